@@ -1,0 +1,40 @@
+"""adapterkit: parameter-efficient fine-tuning for PyTorch and Hugging Face models.
+
+    import adapterkit as ak
+    model = ak.attach(model, ak.LoRAConfig(rank=16, alpha=32, targets="all-linear"))
+    ak.summary(model)
+"""
+from .config import AdapterConfig
+from .errors import (
+    AdapterFileError,
+    AdapterKitError,
+    AdapterNameError,
+    ConfigError,
+    MergeError,
+    TargetError,
+    UnsupportedModuleError,
+)
+from .inject import (
+    active_names,
+    adapter_config,
+    adapter_names,
+    attach,
+    delete_adapter,
+    detach,
+    disabled,
+    merge,
+    set_active,
+)
+from .layer import AdapterLayer
+from .methods.lora import LoRAConfig
+from .methods.lora.combine import combine
+from .summary import summary
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AdapterConfig", "AdapterFileError", "AdapterKitError", "AdapterLayer", "AdapterNameError",
+    "ConfigError", "LoRAConfig", "MergeError", "TargetError", "UnsupportedModuleError",
+    "active_names", "adapter_config", "adapter_names", "attach", "combine", "delete_adapter",
+    "detach", "disabled", "merge", "set_active", "summary",
+]

@@ -1,0 +1,104 @@
+"""What adapterkit knows about the base layers it wraps: their kind, sizes and dense weight.
+
+One place answers "how is this base's weight laid out" so that LoRA, DoRA, merging and
+quantized bases agree. A base is:
+- ``linear``:    ``nn.Linear`` (and subclasses, e.g. bitsandbytes' 4/8-bit layers), weight (out, in);
+- ``conv1d``:    transformers' ``Conv1D`` (GPT-2), weight stored transposed, (in, out);
+- ``embedding``: ``nn.Embedding``, weight (num_embeddings, dim);
+- ``conv2d``:    ``nn.Conv2d`` with groups == 1, weight (out, in, kh, kw);
+- ``quant``:     a quantized linear layer whose class sets ``is_quantized_base = True`` and
+                 has ``in_features``, ``out_features``, ``bias`` and ``dequantize()`` -> (out, in).
+"""
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import torch
+from torch import nn
+
+SUPPORTED = ("nn.Linear", "transformers Conv1D", "nn.Embedding", "nn.Conv2d", "adapterkit QuantLinear")
+
+
+def _is_conv1d(module: nn.Module) -> bool:
+    # transformers is only imported by the user; if it is not loaded, no module is a Conv1D.
+    utils = sys.modules.get("transformers.pytorch_utils")
+    return utils is not None and isinstance(module, utils.Conv1D)
+
+
+def base_kind(module: nn.Module) -> Optional[str]:
+    """The kind of a base module, or None when adapterkit cannot wrap it."""
+    if getattr(type(module), "is_quantized_base", False):
+        return "quant"
+    if isinstance(module, nn.Linear):
+        return "linear"
+    if _is_conv1d(module):
+        return "conv1d"
+    if isinstance(module, nn.Embedding):
+        return "embedding"
+    if isinstance(module, nn.Conv2d) and module.groups == 1:
+        return "conv2d"
+    return None
+
+
+def is_linear_like(module: nn.Module) -> bool:
+    """What ``targets="all-linear"`` picks: Linear, Conv1D and quantized linear layers."""
+    return base_kind(module) in ("linear", "conv1d", "quant")
+
+
+def features(module: nn.Module) -> tuple[int, int]:
+    """(in, out) sizes of a base, as LoRA's A (rank, in) and B (out, rank) see them."""
+    kind = base_kind(module)
+    if kind in ("linear", "quant"):
+        return module.in_features, module.out_features
+    if kind == "conv1d":
+        return module.weight.shape[0], module.weight.shape[1]
+    if kind == "embedding":
+        return module.num_embeddings, module.embedding_dim
+    if kind == "conv2d":
+        return module.in_channels, module.out_channels
+    raise TypeError(f"not a supported base: {type(module).__name__}")
+
+
+def foldable(module: nn.Module) -> bool:
+    """Whether an update can be added to this base's weight (a dense float weight)."""
+    kind = base_kind(module)
+    if kind == "quant":
+        return True
+    return kind is not None and module.weight.dtype.is_floating_point
+
+
+def dense_weight(module: nn.Module) -> torch.Tensor:
+    """The weight as LoRA's update is shaped: (out, in) for linear kinds, as stored otherwise.
+
+    A view where the weight is dense (no copy); a new tensor for a quantized base.
+    """
+    kind = base_kind(module)
+    if kind == "quant":
+        return module.dequantize()
+    if not module.weight.dtype.is_floating_point:
+        raise TypeError(f"{type(module).__name__} holds a {module.weight.dtype} weight, not a float one")
+    if kind == "conv1d":
+        return module.weight.t()
+    return module.weight
+
+
+def folded(module: nn.Module, delta: torch.Tensor) -> nn.Module:
+    """A plain module computing the base with ``delta`` added to its (out, in) weight.
+
+    Dense bases are updated in place and returned. A quantized base becomes an ``nn.Linear``
+    in its compute dtype (dequantize, add; re-quantizing is a separate, explicit step).
+    """
+    kind = base_kind(module)
+    with torch.no_grad():
+        if kind == "quant":
+            weight = module.dequantize()
+            dense = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
+                              device=weight.device, dtype=weight.dtype)
+            dense.weight.copy_(weight + delta.to(weight.dtype))
+            if module.bias is not None:
+                dense.bias.copy_(module.bias)
+            return dense
+        target = module.weight.t() if kind == "conv1d" else module.weight
+        target.add_(delta.to(target.dtype))
+    return module

@@ -1,0 +1,105 @@
+"""The base of every method config: frozen, typed, validated, exact JSON round trip.
+
+A config is a frozen dataclass. Unknown field names are refused (at construction and in
+``from_dict``) with an error that lists the valid ones. Sequences are stored as tuples so that
+configs hash and compare; ``to_dict`` writes lists, ``from_dict`` reads them back, so
+``Config.from_dict(json.loads(json.dumps(c.to_dict()))) == c``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from typing import Any, ClassVar, Mapping
+
+from .errors import ConfigError, close_matches
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+def check_known(cls: type, keys, where: str) -> None:
+    """Raise ConfigError for any key that is not a field of ``cls``."""
+    valid = field_names(cls)
+    for key in keys:
+        if key not in valid:
+            raise ConfigError(
+                f"{where}: unknown field {key!r}{close_matches(key, valid)}. "
+                f"Valid fields: {', '.join(valid)}."
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class AdapterConfig:
+    """Fields and behaviour shared by every method's config."""
+
+    method: ClassVar[str] = ""
+
+    def __new__(cls, *args, **kwargs):
+        check_known(cls, kwargs, cls.__name__)
+        return super().__new__(cls)
+
+    # -- validation helpers for subclasses' __post_init__ ---------------------------------
+    def _set(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+
+    def _tuple(self, name: str) -> None:
+        """Store a list / tuple field as a tuple of str (a plain string stays a string)."""
+        value = getattr(self, name)
+        if isinstance(value, (list, tuple)):
+            if not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{type(self).__name__}.{name} must hold strings; got {value!r}.")
+            self._set(name, tuple(value))
+        elif not isinstance(value, str):
+            raise ConfigError(
+                f"{type(self).__name__}.{name} must be a string or a list of strings; got {value!r}."
+            )
+
+    def _positive(self, name: str, integer: bool = False) -> None:
+        value = getattr(self, name)
+        kind = (int,) if integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kind) or not value > 0 or (
+            not integer and not math.isfinite(value)
+        ):
+            what = "a positive integer" if integer else "a positive number"
+            raise ConfigError(f"{type(self).__name__}.{name} must be {what}; got {value!r}.")
+
+    def _choice(self, name: str, choices: tuple) -> None:
+        value = getattr(self, name)
+        if value not in choices:
+            raise ConfigError(
+                f"{type(self).__name__}.{name} must be one of {', '.join(map(repr, choices))}; "
+                f"got {value!r}{close_matches(str(value), map(str, choices))}."
+            )
+
+    # -- serialisation --------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"method": self.method}
+        for name in field_names(type(self)):
+            value = getattr(self, name)
+            out[name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]):
+        data = dict(data)
+        method = data.pop("method", cls.method)
+        if method != cls.method:
+            raise ConfigError(f"{cls.__name__} reads method {cls.method!r}; the data says {method!r}.")
+        check_known(cls, data, cls.__name__)
+        return cls(**data)
+
+
+def check_adapter_name(name: Any) -> str:
+    """Adapter names are simple identifiers: they become module and folder names."""
+    from .errors import AdapterNameError
+
+    if not isinstance(name, str) or not _IDENTIFIER.match(name):
+        raise AdapterNameError(
+            f"adapter name {name!r} is not a simple identifier; use letters, digits and '_', "
+            "not starting with a digit (e.g. 'default', 'task_a')."
+        )
+    return name

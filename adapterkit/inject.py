@@ -1,0 +1,183 @@
+"""attach / detach / set_active / disabled / delete_adapter / merge: adapters in and out of a model.
+
+The model keeps its class; adapterkit only replaces modules by adapter layers that wrap them,
+and ``detach`` puts the originals back. All adapter state is found by structure.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterable, Iterator, Union
+
+from torch import nn
+
+from . import bases
+from .config import AdapterConfig, check_adapter_name
+from .errors import AdapterNameError, MergeError, TargetError, close_matches
+from .layer import AdapterLayer
+from .methods.trained_module import TrainedModule, trainable_copy
+from .registry import method_for
+from .targets import get_parent, logical_modules, matches
+
+
+def adapter_layers(model: nn.Module) -> Iterator[tuple[str, AdapterLayer]]:
+    """Every adapter layer in the model, outermost first, with its module name."""
+    for name, module in model.named_modules():
+        if isinstance(module, AdapterLayer):
+            yield name, module
+
+
+def adapter_names(model: nn.Module) -> list[str]:
+    """Names of the adapters in the model, in the order they were attached."""
+    names: dict[str, None] = {}
+    for _, layer in adapter_layers(model):
+        names.update(dict.fromkeys(layer.adapters.keys()))
+    return list(names)
+
+
+def adapter_config(model: nn.Module, name: str) -> AdapterConfig:
+    """The config an adapter was attached with."""
+    for _, layer in adapter_layers(model):
+        if name in layer.adapters and not isinstance(layer, TrainedModule):
+            return layer.adapters[name].config
+    raise _unknown(model, name)
+
+
+def active_names(model: nn.Module) -> list[str]:
+    names: dict[str, None] = {}
+    for _, layer in adapter_layers(model):
+        names.update(dict.fromkeys(layer.active))
+    return list(names)
+
+
+def _unknown(model: nn.Module, name: str) -> AdapterNameError:
+    have = adapter_names(model)
+    return AdapterNameError(
+        f"no adapter named {name!r}{close_matches(name, have)}; "
+        f"this model has: {', '.join(map(repr, have)) or 'none'}."
+    )
+
+
+def _wrap(model: nn.Module, name: str, layer_cls: type[AdapterLayer]) -> AdapterLayer:
+    """The adapter layer of ``layer_cls`` at ``name``, wrapping the module there if needed."""
+    module = model.get_submodule(name)
+    if isinstance(module, layer_cls):
+        return module
+    layer = layer_cls(module)
+    parent, attr = get_parent(model, name)
+    setattr(parent, attr, layer)
+    return layer
+
+
+def attach(model: nn.Module, config: AdapterConfig, name: str = "default") -> nn.Module:
+    """Add an adapter to ``model`` in place and make it the active one; returns ``model``.
+
+    Every parameter that is not an adapter's is frozen; the new adapter's parameters train.
+    """
+    check_adapter_name(name)
+    method = method_for(config)
+    if name in adapter_names(model):
+        raise AdapterNameError(
+            f"an adapter named {name!r} is already attached; pick another name, or "
+            f"delete_adapter(model, {name!r}) first."
+        )
+    train_modules = tuple(getattr(config, "train_modules", ()))
+    names = method.where(model, config)
+    copies = _resolve_train_modules(model, train_modules)
+    _freeze_base(model)
+    for target in names:
+        layer = _wrap(model, target, method.layer)
+        layer.add(name, method.build(layer.innermost(), config))
+    for target in copies:
+        layer = _wrap(model, target, TrainedModule)
+        layer.add(name, trainable_copy(layer.innermost()))
+    set_active(model, name)
+    return model
+
+
+def _resolve_train_modules(model: nn.Module, suffixes: tuple[str, ...]) -> list[str]:
+    if not suffixes:
+        return []
+    names = [n for n, _ in logical_modules(model) if n]
+    picked = [n for n in names if matches(n, suffixes)]
+    for suffix in suffixes:
+        if not any(matches(n, (suffix,)) for n in picked):
+            tails = {n.rsplit(".", 1)[-1] for n in names}
+            raise TargetError(f"train_modules entry {suffix!r} matches no module{close_matches(suffix, tails)}.")
+    # the outermost match only: training a head trains everything inside it
+    return [n for n in picked if not any(n.startswith(p + ".") for p in picked)]
+
+
+def _freeze_base(model: nn.Module) -> None:
+    adapter_params = set()
+    for _, layer in adapter_layers(model):
+        adapter_params.update(id(p) for p in layer.adapters.parameters())
+    for p in model.parameters():
+        if id(p) not in adapter_params:
+            p.requires_grad_(False)
+
+
+def set_active(model: nn.Module, names: Union[str, Iterable[str]]) -> None:
+    """Make ``names`` (one name or several) the active adapters; several add up."""
+    wanted = [names] if isinstance(names, str) else list(names)
+    have = adapter_names(model)
+    for name in wanted:
+        if name not in have:
+            raise _unknown(model, name)
+    for _, layer in adapter_layers(model):
+        layer.set_active(wanted)
+
+
+@contextlib.contextmanager
+def disabled(model: nn.Module):
+    """Inside the block the model computes exactly its base output."""
+    layers = [layer for _, layer in adapter_layers(model)]
+    before = [layer.disabled for layer in layers]
+    for layer in layers:
+        layer.disabled = True
+    try:
+        yield model
+    finally:
+        for layer, flag in zip(layers, before):
+            layer.disabled = flag
+
+
+def delete_adapter(model: nn.Module, name: str) -> None:
+    """Remove one adapter everywhere; layers left without adapters give back their base."""
+    if name not in adapter_names(model):
+        raise _unknown(model, name)
+    for layer_name, layer in reversed(list(adapter_layers(model))):
+        layer.remove(name)
+        if not layer.adapters:
+            parent, attr = get_parent(model, layer_name)
+            setattr(parent, attr, layer.base)
+
+
+def detach(model: nn.Module) -> nn.Module:
+    """Every adapter dropped and the original modules put back; returns ``model``."""
+    for layer_name, layer in reversed(list(adapter_layers(model))):
+        parent, attr = get_parent(model, layer_name)
+        setattr(parent, attr, layer.base)
+    return model
+
+
+def merge(model: nn.Module) -> nn.Module:
+    """Fold the active adapters into the base weights; no adapterkit module is left.
+
+    Returns ``model`` (changed in place). Inactive adapters are dropped.
+    """
+    layers = list(adapter_layers(model))
+    for layer_name, layer in layers:  # check everything before changing anything
+        if not hasattr(layer, "merged"):
+            raise MergeError(f"{layer_name}: {type(layer).__name__} adapters cannot be merged into the base.")
+        if layer.active_adapters() and not isinstance(layer, TrainedModule):
+            base = layer.innermost()
+            if not bases.foldable(base):
+                raise MergeError(
+                    f"{layer_name}: cannot fold adapters into a {type(base).__name__} whose weight is "
+                    f"not a dense float tensor. Quantize with ak.quantize (merging dequantizes), or "
+                    f"keep the adapters unmerged."
+                )
+    for layer_name, layer in reversed(layers):
+        parent, attr = get_parent(model, layer_name)
+        setattr(parent, attr, layer.merged())
+    return model

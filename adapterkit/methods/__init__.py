@@ -1,0 +1,2 @@
+"""Adapter methods; importing a method's package registers it."""
+from . import lora  # noqa: F401

@@ -1,0 +1,26 @@
+"""LoRA, rsLoRA and DoRA: config, math (functional.py), layers and registration."""
+from ... import bases
+from ...errors import UnsupportedModuleError
+from ...registry import Method, register
+from ...targets import resolve
+from .config import LoRAConfig
+from .layers import LoRA, LoRALayer
+
+
+def _where(model, config: LoRAConfig) -> list[str]:
+    names = resolve(model, config.targets, config.exclude, config.layers, config.train_modules)
+    if config.dora:
+        for name in names:
+            module = model.get_submodule(name)
+            base = module.innermost() if isinstance(module, LoRALayer) else module
+            if bases.base_kind(base) not in ("linear", "conv1d", "quant") or not bases.foldable(base):
+                raise UnsupportedModuleError(
+                    f"DoRA needs a dense or adapterkit-quantized Linear / Conv1D base; {name!r} is a "
+                    f"{type(base).__name__}. Exclude it, or use dora=False."
+                )
+    return names
+
+
+METHOD = register(Method(config=LoRAConfig, layer=LoRALayer, where=_where, build=LoRA))
+
+__all__ = ["LoRAConfig", "LoRA", "LoRALayer", "METHOD"]

@@ -1,0 +1,88 @@
+"""LoRAConfig: what a LoRA adapter is and where it goes.
+
+LoRA (Hu et al. 2021, arXiv:2106.09685) adds ``scale * B @ A`` to a frozen weight W, with A of
+shape (rank, in) and B of shape (out, rank). ``scale = alpha / rank``, or ``alpha / sqrt(rank)``
+with rsLoRA (Kalajdzievic 2023, arXiv:2312.03732). DoRA (Liu et al. 2024, arXiv:2402.09353)
+re-learns each output row's magnitude: W' = m * (W + scale B A) / ||W + scale B A||_row.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Optional, Union
+
+from ...config import AdapterConfig
+from ...errors import ConfigError
+
+INITS = ("kaiming", "gaussian", "random")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoRAConfig(AdapterConfig):
+    """Low-rank adaptation.
+
+    Args:
+        rank: rank r of the update B @ A (> 0).
+        alpha: numerator of the scale (> 0): scale = alpha / rank (alpha / sqrt(rank) with rslora).
+        dropout: dropout probability on the input of the low-rank branch, in [0, 1).
+        targets: ``"all-linear"`` (every Linear / Conv1D except the output head), a list of
+            module-name suffixes (``["q_proj", "v_proj"]``), or a regular expression matched
+            against the full module name.
+        exclude: modules never to adapt, in the same forms as ``targets`` (no "all-linear").
+        layers: indices of the transformer blocks to adapt (None: all of them).
+        rslora: use scale = alpha / sqrt(rank).
+        dora: weight-decomposed LoRA (Linear and Conv1D bases).
+        init: ``"kaiming"`` (A Kaiming-uniform, B zero: the model starts unchanged),
+            ``"gaussian"`` (A normal with std 1/rank, B zero), or ``"random"`` (both random:
+            the model changes at once; for tests).
+        train_modules: whole modules (name suffixes) trained and saved with the adapter, e.g. a
+            new classification head ``["classifier"]``.
+    """
+
+    method = "lora"
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: Union[str, tuple[str, ...]] = "all-linear"
+    exclude: Union[str, tuple[str, ...]] = ()
+    layers: Optional[tuple[int, ...]] = None
+    rslora: bool = False
+    dora: bool = False
+    init: str = "kaiming"
+    train_modules: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        name = type(self).__name__
+        self._positive("rank", integer=True)
+        self._positive("alpha")
+        d = self.dropout
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 <= d < 1.0:
+            raise ConfigError(f"{name}.dropout must be a number in [0, 1); got {d!r}.")
+        self._tuple("targets")
+        self._tuple("exclude")
+        self._tuple("train_modules")
+        if isinstance(self.train_modules, str):
+            self._set("train_modules", (self.train_modules,))
+        if self.targets in ((), ""):
+            raise ConfigError(f"{name}.targets is empty; give 'all-linear', suffixes or a regex.")
+        if self.exclude == "all-linear":
+            raise ConfigError(f"{name}.exclude cannot be 'all-linear'.")
+        if self.layers is not None:
+            layers = (self.layers,) if isinstance(self.layers, int) else self.layers
+            if not isinstance(layers, (list, tuple, range)) or not all(
+                isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in layers
+            ):
+                raise ConfigError(
+                    f"{name}.layers must be block indices (non-negative ints); got {self.layers!r}."
+                )
+            self._set("layers", tuple(layers))
+        for flag in ("rslora", "dora"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigError(f"{name}.{flag} must be true or false; got {getattr(self, flag)!r}.")
+        self._choice("init", INITS)
+
+    @property
+    def scale(self) -> float:
+        """The factor on B @ A: alpha / rank, or alpha / sqrt(rank) with rsLoRA."""
+        return self.alpha / (math.sqrt(self.rank) if self.rslora else self.rank)

@@ -1,0 +1,151 @@
+"""LoRA on each kind of base layer, and the layer that wraps a base with its LoRA adapters.
+
+Linear / Conv1D:  y = W x + scale * B (A drop(x))            (DoRA: see functional.py)
+Embedding:        y = E[ids] + scale * A^T[ids] B^T           A (r, num), B (dim, r), as PEFT
+Conv2d:           y = conv(x, W) + scale * conv1x1(conv(drop(x), A), B)
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ... import bases
+from ...layer import AdapterLayer
+from .config import LoRAConfig
+from .functional import DoRAFunction, LoRAFunction, dora_norm, new_seed
+
+
+def _param_place(base: nn.Module) -> dict:
+    tensor = next(iter(base.parameters()), None)
+    if tensor is None:
+        tensor = next(iter(base.buffers()))
+    dtype = tensor.dtype if tensor.dtype.is_floating_point else torch.float32
+    return {"device": tensor.device, "dtype": dtype}
+
+
+def _init_pair(a: Tensor, b: Tensor, init: str, rank: int, a_is_zero: bool = False) -> None:
+    """Identity at start: one factor zero. ``random``: both random (the model changes at once)."""
+    with torch.no_grad():
+        if init == "gaussian":
+            nn.init.normal_(a, std=1.0 / rank)
+        else:
+            nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+        if init == "random":
+            nn.init.kaiming_uniform_(b, a=math.sqrt(5))
+        else:
+            b.zero_()
+        if a_is_zero and init != "random":  # embeddings: A zero, B normal (PEFT's choice)
+            a.zero_()
+            nn.init.normal_(b)
+
+
+class LoRA(nn.Module):
+    """One adapter in one layer: A (rank, in), B (out, rank), and for DoRA a magnitude (out,).
+
+    Conv2d keeps A as (rank, in, kh, kw) and B as (out, rank, 1, 1).
+    """
+
+    def __init__(self, base: nn.Module, config: LoRAConfig):
+        super().__init__()
+        self.config = config
+        self.kind = bases.base_kind(base)
+        self.scale = config.scale
+        self.dropout = config.dropout
+        n_in, n_out = bases.features(base)
+        r = config.rank
+        place = _param_place(base)
+        if self.kind == "conv2d":
+            k = base.kernel_size
+            self.a = nn.Parameter(torch.empty(r, n_in, *k, **place))
+            self.b = nn.Parameter(torch.empty(n_out, r, 1, 1, **place))
+        else:
+            self.a = nn.Parameter(torch.empty(r, n_in, **place))
+            self.b = nn.Parameter(torch.empty(n_out, r, **place))
+        _init_pair(self.a, self.b, config.init, r, a_is_zero=self.kind == "embedding")
+        self.magnitude = None
+        if config.dora:
+            weight = bases.dense_weight(base)
+            self.magnitude = nn.Parameter(dora_norm(weight, self.a, self.b, self.scale).to(place["dtype"]))
+
+    def extra_repr(self) -> str:
+        return f"rank={self.config.rank}, scale={self.scale:g}" + (", dora" if self.magnitude is not None else "")
+
+    # -- forward --------------------------------------------------------------------------
+    def forward(self, x: Tensor, y: Tensor, y_base: Tensor, base: nn.Module) -> Tensor:
+        """The layer's output ``y`` with this adapter's contribution added."""
+        if self.kind == "embedding":
+            return self._embedding(x, y, base)
+        if self.kind == "conv2d":
+            return self._conv2d(x, y, base)
+        return self._linear(x, y, y_base, base)
+
+    def _linear(self, x, y, y_base, base):
+        # x (..., in), y (..., out) -> (..., out)
+        dtype = y.dtype
+        a, b = self.a.to(dtype), self.b.to(dtype)
+        x2 = x.to(dtype).reshape(-1, a.shape[1])
+        seed = new_seed() if self.training and self.dropout > 0 else None
+        if self.magnitude is None:
+            out = LoRAFunction.apply(x2, y.reshape(-1, b.shape[0]), a, b, self.scale, self.dropout, seed)
+            return out.view(y.shape)
+        norm = dora_norm(bases.dense_weight(base), a, b, self.scale)
+        bias = base.bias.to(dtype) if getattr(base, "bias", None) is not None else None
+        out = DoRAFunction.apply(
+            x2, y_base.reshape(-1, b.shape[0]), a, b, self.magnitude.to(dtype), bias, norm,
+            self.scale, self.dropout, seed,
+        ).view(y.shape)
+        return out if y is y_base else y + (out - y_base)
+
+    def _embedding(self, ids, y, base):
+        # ids (...), y (..., dim): PEFT applies no dropout to embeddings
+        rows = F.embedding(ids, self.a.t(), base.padding_idx, base.max_norm, base.norm_type,
+                           base.scale_grad_by_freq, base.sparse)  # (..., r)
+        return y + (rows @ self.b.t().to(rows.dtype)).to(y.dtype) * self.scale
+
+    def _conv2d(self, x, y, base):
+        # x (B, in, H, W), y (B, out, H', W')
+        x = F.dropout(x, self.dropout, self.training)
+        h = F.conv2d(x.to(self.a.dtype), self.a, None, base.stride, base.padding, base.dilation)
+        return y + F.conv2d(h, self.b).to(y.dtype) * self.scale
+
+    # -- merging --------------------------------------------------------------------------
+    @torch.no_grad()
+    def delta(self, base: nn.Module) -> Tensor:
+        """The update to the base weight, in its layout: (out, in), (num, dim) or (out, in, kh, kw)."""
+        if self.kind == "conv2d":
+            r = self.config.rank
+            return (self.b.view(-1, r) @ self.a.view(r, -1)).view(base.weight.shape) * self.scale
+        update = self.b @ self.a * self.scale  # (out, in); for embeddings (dim, num)
+        if self.kind == "embedding":
+            return update.t()
+        if self.magnitude is None:
+            return update
+        weight = bases.dense_weight(base)
+        s = (self.magnitude / dora_norm(weight, self.a, self.b, self.scale)).unsqueeze(1)  # (out, 1)
+        return (s - 1) * weight + s * update.to(weight.dtype)
+
+
+class LoRALayer(AdapterLayer):
+    """A base layer and its LoRA adapters; active adapters' contributions add up."""
+
+    method = "lora"
+
+    def forward(self, x, *args, **kwargs):
+        y_base = self.base(x, *args, **kwargs)
+        y = y_base
+        base = self.innermost()
+        for adapter in self.active_adapters():
+            y = adapter(x, y, y_base, base)
+        return y
+
+    def merged(self) -> nn.Module:
+        """The base with the active adapters folded in (deltas all taken from the original W)."""
+        base = self.innermost()
+        adapters = self.active_adapters()
+        if not adapters:
+            return base
+        total = sum(adapter.delta(base) for adapter in adapters)
+        return bases.folded(base, total)

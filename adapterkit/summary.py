@@ -1,0 +1,56 @@
+"""summary(model): trainable and total parameters, per adapter and per method, as a table."""
+from __future__ import annotations
+
+import dataclasses
+
+from torch import nn
+
+from .inject import active_names, adapter_layers
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+    """rows: (adapter, method, parameters, trainable); totals over the whole model."""
+
+    rows: tuple[tuple[str, str, int, int], ...]
+    total: int
+    trainable: int
+    active: tuple[str, ...]
+
+    def per_method(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for _, method, params, _ in self.rows:
+            out[method] = out.get(method, 0) + params
+        return out
+
+    def __str__(self) -> str:
+        def pct(n: int) -> str:
+            return f"{100 * n / self.total:.4f}%" if self.total else "-"
+
+        lines = ["| adapter | method | parameters | trainable | % of model |", "|---|---|---:|---:|---:|"]
+        for adapter, method, params, train in self.rows:
+            star = " *" if adapter in self.active else ""
+            lines.append(f"| {adapter}{star} | {method} | {params:,} | {train:,} | {pct(params)} |")
+        for method, params in self.per_method().items():
+            lines.append(f"| (all) | {method} | {params:,} | | {pct(params)} |")
+        lines.append(f"| model | total | {self.total:,} | {self.trainable:,} | {pct(self.trainable)} trainable |")
+        return "\n".join(lines) + "\n(* active)"
+
+    __repr__ = __str__
+
+
+def summary(model: nn.Module) -> Summary:
+    counts: dict[tuple[str, str], list[int]] = {}
+    for _, layer in adapter_layers(model):
+        for name, adapter in layer.adapters.items():
+            row = counts.setdefault((name, layer.method), [0, 0])
+            for p in adapter.parameters():
+                row[0] += p.numel()
+                row[1] += p.numel() if p.requires_grad else 0
+    params = list(model.parameters())
+    return Summary(
+        rows=tuple((a, m, n, t) for (a, m), (n, t) in counts.items()),
+        total=sum(p.numel() for p in params),
+        trainable=sum(p.numel() for p in params if p.requires_grad),
+        active=tuple(active_names(model)),
+    )
