@@ -32,9 +32,29 @@ from .summary import summary
 
 __version__ = "0.1.0"
 
+# Heavier parts load on first use, so `import adapterkit` stays light (no triton, no bitsandbytes).
+_LAZY = {
+    "save_adapter": "adapterkit.io",
+    "load_adapter": "adapterkit.io",
+    "quantize": "adapterkit.quant",
+    "QuantLinear": "adapterkit.quant",
+    "prepare_for_kbit_training": "adapterkit.quant",
+    "train": "adapterkit.train",
+    "TrainConfig": "adapterkit.train",
+    "load_model": "adapterkit.models",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'adapterkit' has no attribute {name!r}")
+
 __all__ = [
     "AdapterConfig", "AdapterFileError", "AdapterKitError", "AdapterLayer", "AdapterNameError",
     "ConfigError", "LoRAConfig", "MergeError", "TargetError", "UnsupportedModuleError",
     "active_names", "adapter_config", "adapter_names", "attach", "combine", "delete_adapter",
     "detach", "disabled", "merge", "set_active", "summary",
-]
+] + list(_LAZY)

@@ -26,6 +26,9 @@ def command(name: str, help: str, arguments: Callable[[argparse.ArgumentParser],
 
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .commands import load_all
+
+    load_all()
 
     parser = argparse.ArgumentParser(prog="adapterkit", description="Parameter-efficient fine-tuning.")
     parser.add_argument("--version", action="version", version=f"adapterkit {__version__}")
