@@ -6,9 +6,9 @@ test suite and the file code look methods up here instead of special-casing them
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Any, Callable, Mapping, Optional
 
-from torch import nn
+from torch import Tensor, nn
 
 from .config import AdapterConfig
 from .errors import ConfigError
@@ -28,6 +28,41 @@ class Method:
     layer: type[AdapterLayer]
     where: Callable[[nn.Module, AdapterConfig], list[str]]
     build: Callable[[nn.Module, AdapterConfig], nn.Module]
+    files: Optional["FileFormat"] = None  # how adapterkit.io saves and loads it (None: it cannot)
+
+
+# PEFT's key prefix for tensors of layer-based methods (PeftModel.base_model.model is the model).
+PEFT_PREFIX = "base_model.model."
+
+
+@dataclasses.dataclass(frozen=True)
+class FileFormat:
+    """How one method's adapters are written to and read from disk (``adapterkit.io`` uses it).
+
+    On disk: ``adapter_config.json`` (``peft_type`` plus the config under PEFT's keys) and
+    ``adapter_model.safetensors`` (tensors under PEFT's keys, adapter name left out).
+
+    peft_type: the config's ``peft_type`` ("LORA", "IA3", "PROMPT_TUNING", ...); a method PEFT
+        lacks uses a name of its own (e.g. "ADAPTERKIT_BOTTLENECK").
+    config_to_file(config, model) -> dict: the config under PEFT's keys. ``io`` adds
+        ``peft_type``, ``base_model_name_or_path``, ``task_type`` and ``modules_to_save`` (from the
+        config's ``train_modules``, if it has that field) and keeps keys the function already set.
+    config_from_file(data) -> config: the inverse; ``data`` is the whole JSON object. Keys it does
+        not know are ignored (PEFT writes many); values adapterkit cannot honour raise ConfigError.
+    state_to_file(module_name, adapter) -> {key: tensor}: one adapter layer's tensors under their
+        full file keys (e.g. ``PEFT_PREFIX + module_name + ".lora_A.weight"``); ``module_name`` is
+        the wrapped module's name in the model, ``adapter`` is ``layer.adapters[name]``.
+    state_from_file(module_name, adapter, tensors) -> None: copy ``tensors`` (exactly the keys
+        ``state_to_file`` gives, shapes already checked) into the adapter. None: ``io`` copies each
+        tensor into the one ``state_to_file`` returned under its key, which must then be the
+        adapter's own parameter or buffer.
+    """
+
+    peft_type: str
+    config_to_file: Callable[[AdapterConfig, nn.Module], dict[str, Any]]
+    config_from_file: Callable[[Mapping[str, Any]], AdapterConfig]
+    state_to_file: Callable[[str, nn.Module], dict[str, Tensor]]
+    state_from_file: Optional[Callable[[str, nn.Module, Mapping[str, Tensor]], None]] = None
 
 
 METHODS: dict[str, Method] = {}
@@ -44,3 +79,14 @@ def method_for(config: AdapterConfig) -> Method:
         known = ", ".join(m.config.__name__ for m in METHODS.values())
         raise ConfigError(f"{type(config).__name__} is not a method config; use one of: {known}.")
     return found
+
+
+def method_for_peft_type(peft_type: Any) -> Method:
+    """The registered method that reads files with this ``peft_type``."""
+    for method in METHODS.values():
+        if method.files is not None and method.files.peft_type == peft_type:
+            return method
+    known = sorted(m.files.peft_type for m in METHODS.values() if m.files is not None)
+    raise ConfigError(
+        f"peft_type {peft_type!r} is not supported; adapterkit reads: {', '.join(known) or 'none'}."
+    )
