@@ -102,4 +102,11 @@ def check_adapter_name(name: Any) -> str:
             f"adapter name {name!r} is not a simple identifier; use letters, digits and '_', "
             "not starting with a digit (e.g. 'default', 'task_a')."
         )
+    import torch.nn
+
+    if hasattr(torch.nn.ModuleDict, name):
+        raise AdapterNameError(
+            f"adapter name {name!r} is taken by a torch module attribute; pick another "
+            f"(e.g. {name + '_adapter'!r})."
+        )
     return name

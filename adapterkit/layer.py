@@ -23,6 +23,16 @@ class AdapterLayer(nn.Module):
         self.active: tuple[str, ...] = ()
         self.disabled = False
 
+    def __getattr__(self, name: str):
+        # Models read attributes of the layers they own (``self.wo.weight.dtype``,
+        # ``self.q_proj.in_features``): answer them from the wrapped base.
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name in ("base", "adapters"):
+                raise
+            return getattr(self.base, name)
+
     def add(self, name: str, adapter: nn.Module) -> None:
         self.adapters[name] = adapter
 
