@@ -4,6 +4,7 @@ from ...errors import UnsupportedModuleError
 from ...registry import Method, register
 from ...targets import resolve
 from .config import LoRAConfig
+from .files import FILES
 from .layers import LoRA, LoRALayer
 
 
@@ -21,6 +22,6 @@ def _where(model, config: LoRAConfig) -> list[str]:
     return names
 
 
-METHOD = register(Method(config=LoRAConfig, layer=LoRALayer, where=_where, build=LoRA))
+METHOD = register(Method(config=LoRAConfig, layer=LoRALayer, where=_where, build=LoRA, files=FILES))
 
 __all__ = ["LoRAConfig", "LoRA", "LoRALayer", "METHOD"]

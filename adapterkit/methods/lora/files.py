@@ -1,0 +1,153 @@
+"""LoRA / rsLoRA / DoRA on disk: PEFT's ``LoraConfig`` keys and tensor names.
+
+Config (``adapter_config.json``, ``peft_type: "LORA"``):
+
+=================  ======================  ==========================================
+adapterkit         PEFT key                notes
+=================  ======================  ==========================================
+rank               r
+alpha              lora_alpha
+dropout            lora_dropout
+targets            target_modules          "all-linear" is written as the suffixes of the
+                                           modules it picked (as PEFT does); a regex stays
+                                           a string
+exclude            exclude_modules         null when empty
+layers             layers_to_transform     with a regex target, the picked module names
+                                           are written instead (PEFT applies layer indices
+                                           to lists only)
+rslora             use_rslora
+dora               use_dora
+init               init_lora_weights       kaiming: true, gaussian: "gaussian", random: false
+(derived)          fan_in_fan_out          true when a base is a transformers Conv1D
+=================  ======================  ==========================================
+
+Tensors (``adapter_model.safetensors``), per adapted module ``M`` (its name in the model):
+``base_model.model.M.lora_A.weight`` (rank, in), ``....lora_B.weight`` (out, rank), for DoRA
+``....lora_magnitude_vector`` (out,); an embedding writes ``....lora_embedding_A`` (rank, num) and
+``....lora_embedding_B`` (dim, rank); a Conv2d A is (rank, in, kh, kw), B (out, rank, 1, 1).
+
+PEFT options adapterkit cannot honour (per-module ranks, bias training, ...) are refused on load
+with a ConfigError naming the key; keys that do not change the adapter's math are ignored.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping
+
+from torch import Tensor, nn
+
+from ... import bases
+from ...errors import ConfigError
+from ...registry import PEFT_PREFIX, FileFormat
+from ...targets import resolve
+from .config import LoRAConfig
+
+# adapterkit field -> PEFT key (train_modules <-> modules_to_save is done by adapterkit.io)
+KEYS = {
+    "rank": "r", "alpha": "lora_alpha", "dropout": "lora_dropout", "targets": "target_modules",
+    "exclude": "exclude_modules", "layers": "layers_to_transform", "rslora": "use_rslora",
+    "dora": "use_dora", "init": "init_lora_weights",
+}
+_INIT_TO_FILE = {"kaiming": True, "gaussian": "gaussian", "random": False}
+# PEFT keys whose non-default values change what the adapter computes, with that default.
+_UNSUPPORTED = {
+    "rank_pattern": {}, "alpha_pattern": {}, "bias": "none", "lora_bias": False, "use_qalora": False,
+    "layer_replication": None, "target_parameters": None, "trainable_token_indices": None,
+    "alora_invocation_tokens": None, "use_bdlora": None,
+}
+# inits that rewrite the base weights as well: the adapter alone cannot reproduce them
+_BASE_CHANGING_INITS = ("pissa", "olora", "loftq", "corda")
+
+
+def config_to_file(config: LoRAConfig, model: nn.Module) -> dict[str, Any]:
+    """The PEFT ``LoraConfig`` fields for ``config`` as attached to ``model``."""
+    picked = resolve(model, config.targets, config.exclude, config.layers, config.train_modules)
+    targets: Any = config.targets
+    layers = list(config.layers) if config.layers is not None else None
+    if targets == "all-linear":
+        targets = sorted({n.rsplit(".", 1)[-1] for n in picked})
+    elif isinstance(targets, str) and layers is not None:
+        targets, layers = sorted(picked), None
+    else:
+        targets = targets if isinstance(targets, str) else list(targets)
+    exclude = config.exclude if isinstance(config.exclude, str) else (list(config.exclude) or None)
+    conv1d = any(bases.base_kind(_logical(model, n)) == "conv1d" for n in picked)
+    return {
+        "r": config.rank, "lora_alpha": config.alpha, "lora_dropout": config.dropout,
+        "target_modules": targets, "exclude_modules": exclude, "layers_to_transform": layers,
+        "layers_pattern": None, "use_rslora": config.rslora, "use_dora": config.dora,
+        "init_lora_weights": _INIT_TO_FILE[config.init], "fan_in_fan_out": conv1d,
+        "bias": "none", "rank_pattern": {}, "alpha_pattern": {},
+    }
+
+
+def _logical(model: nn.Module, name: str) -> nn.Module:
+    module = model.get_submodule(name)
+    return module.innermost() if hasattr(module, "innermost") else module
+
+
+def config_from_file(data: Mapping[str, Any]) -> LoRAConfig:
+    """A LoRAConfig from a PEFT ``LoraConfig`` dict; refuses options adapterkit cannot honour."""
+    for key, default in _UNSUPPORTED.items():
+        value = data.get(key, default)
+        if value not in (default, None) and not (isinstance(default, dict) and not value):
+            raise ConfigError(
+                f"{key}={value!r} is not supported by adapterkit's LoRA (supported: {default!r}); "
+                f"re-save the adapter without it, or load it with PEFT."
+            )
+    fields: dict[str, Any] = {}
+    for field, key in KEYS.items():
+        if data.get(key) is not None:
+            fields[field] = data[key]
+    if "init" in fields:
+        fields["init"] = _init_from_file(fields["init"])
+    if isinstance(fields.get("targets"), list) and not fields["targets"]:
+        fields.pop("targets")
+    try:
+        return LoRAConfig(**fields)
+    except ConfigError as err:
+        raise ConfigError(f"{_with_file_keys(str(err))}") from None
+
+
+def _init_from_file(value: Any) -> str:
+    if value is True:
+        return "kaiming"
+    if value is False:
+        return "random"
+    if value == "gaussian":
+        return "gaussian"
+    if isinstance(value, str) and value.lower().startswith(_BASE_CHANGING_INITS):
+        raise ConfigError(
+            f"init_lora_weights={value!r} also rewrites the base model's weights, which the adapter "
+            f"file does not hold; convert it to a plain LoRA with PEFT first "
+            f"(save_pretrained(..., path_initial_model_for_weight_conversion=...))."
+        )
+    return "kaiming"  # other inits only choose starting values; the file's tensors replace them
+
+
+def _with_file_keys(message: str) -> str:
+    """'LoRAConfig.rank must ...' -> 'LoRAConfig.rank (file key 'r') must ...'."""
+    def name(match: re.Match) -> str:
+        key = KEYS.get(match.group(1))
+        return match.group(0) + (f" (file key {key!r})" if key else "")
+
+    return re.sub(r"LoRAConfig\.(\w+)", name, message, count=1)
+
+
+def state_to_file(module_name: str, adapter: nn.Module) -> dict[str, Tensor]:
+    """One layer's LoRA tensors under PEFT's keys (the adapter's own parameters)."""
+    prefix = PEFT_PREFIX + module_name
+    if adapter.kind == "embedding":
+        return {f"{prefix}.lora_embedding_A": adapter.a, f"{prefix}.lora_embedding_B": adapter.b}
+    out = {f"{prefix}.lora_A.weight": adapter.a, f"{prefix}.lora_B.weight": adapter.b}
+    if adapter.magnitude is not None:
+        out[f"{prefix}.lora_magnitude_vector"] = adapter.magnitude
+    return out
+
+
+FILES = FileFormat(
+    peft_type="LORA",
+    config_to_file=config_to_file,
+    config_from_file=config_from_file,
+    state_to_file=state_to_file,
+)
