@@ -97,3 +97,21 @@ def test_eval_mode_dropout_equals_peft():
     x = tokens()
     with torch.no_grad():
         torch.testing.assert_close(ours(input_ids=x).logits, theirs(input_ids=x).logits, atol=1e-5, rtol=0)
+
+
+def test_embedding_and_conv2d_equal_peft():
+    from tests.models import TinyCNN
+
+    cfg = ak.LoRAConfig(rank=2, alpha=6, targets=("conv", "embed", "fc"), init="random")
+    ours, theirs = twins(TinyCNN, cfg)
+    image, ids = torch.randn(2, 3, 4, 4), torch.tensor([3, 5])
+    with torch.no_grad():
+        # PEFT initialises embeddings' A to zero even with init_lora_weights=False: make them differ from 0
+        for _, layer in ak.inject.adapter_layers(ours):
+            layer.adapters["default"].a.normal_()
+        from tests.peft_twin import copy_to_peft
+        copy_to_peft(ours, theirs)
+        expected = theirs(image, ids)
+        with ak.disabled(ours):
+            assert not torch.allclose(ours(image, ids), expected, atol=1e-3)  # the adapters matter
+        torch.testing.assert_close(ours(image, ids), expected, atol=1e-5, rtol=0)
