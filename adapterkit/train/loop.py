@@ -1,0 +1,236 @@
+"""The training loop, on Accelerate: one process, or many under ``accelerate launch``.
+
+Each optimizer step: for each of ``grad_accum`` micro-batches, loss = mean token NLL (or mean
+cross-entropy) / grad_accum, backward (gradients synchronised across processes on the last
+micro-batch only); clip the global gradient norm; step the optimizer and the schedule.
+Evaluation every ``eval.every`` steps, checkpoints every ``output.save_every`` steps, early
+stopping on ``eval.metric``; the adapter is saved by the main process at the end.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+
+from . import checkpoint, optim
+from .batches import BatchPlan
+from .config import TrainConfig
+from .data import collate, tokenize
+from .evaluate import batch_loss, evaluate
+from .metrics import HIGHER_IS_BETTER
+from .setup import build_model, generation_set, model_task, read_data
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a run leaves: the model (adapter attached), where the adapter went, the metrics."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    output_dir: Path
+    steps: int
+    first_eval: Optional[dict]
+    last_eval: Optional[dict]
+    history: list
+    stopped_early: bool = False
+    train_tokens: int = 0
+    train_seconds: float = 0.0
+
+
+def _accelerator(config: TrainConfig):
+    from accelerate import Accelerator
+
+    trackers = config.output.trackers
+    if trackers == "auto":
+        import importlib.util
+
+        trackers = "tensorboard" if importlib.util.find_spec("tensorboard") else "none"
+    cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true"
+    return Accelerator(cpu=cpu, mixed_precision=config.optim.mixed_precision,
+                       log_with=None if trackers == "none" else trackers, project_dir=config.output.dir)
+
+
+class _Log:
+    """metrics.jsonl in the output folder (main process), plus Accelerate's trackers."""
+
+    def __init__(self, accelerator, folder: Path, history: list):
+        self.acc, self.path, self.history = accelerator, folder / "metrics.jsonl", history
+
+    def __call__(self, step: int, values: dict) -> None:
+        entry = dict(step=step, **values)
+        self.history.append(entry)
+        if self.acc.is_main_process:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(entry) + "\n")
+        if self.acc.trackers:
+            self.acc.log({k: v for k, v in values.items() if isinstance(v, (int, float))}, step=step)
+
+
+def _improved(value: float, best: Optional[float], metric: str, min_delta: float) -> bool:
+    if best is None:
+        return True
+    return value > best + min_delta if HIGHER_IS_BETTER[metric] else value < best - min_delta
+
+
+def _step(accelerator, model, optimizer, scheduler, batches: list[dict], task: str, max_norm) -> tuple[float, int]:
+    """One optimizer step over this process's micro-batches; (mean loss, tokens seen)."""
+    total, tokens = 0.0, 0
+    for k, batch in enumerate(batches):
+        last = k == len(batches) - 1
+        sync = contextlib.nullcontext() if last else accelerator.no_sync(model)
+        with sync:
+            loss, n = batch_loss(model, batch, task)
+            accelerator.backward(loss / len(batches))
+        total += float(loss.detach()) / len(batches)
+        tokens += n
+    if max_norm:
+        accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total, tokens
+
+
+def _progress(accelerator, config: TrainConfig, total: int, start: int):
+    from tqdm.auto import tqdm
+
+    show = config.output.progress and accelerator.is_main_process
+    return tqdm(total=total, initial=start, disable=not show, desc="train", dynamic_ncols=True)
+
+
+def _prepare(config: TrainConfig, accelerator):
+    """Model, tokenizer, examples and the batch plan."""
+    task = model_task(config)
+    train_records, eval_records, names, num_labels = read_data(config)
+    model, tokenizer = build_model(config, task, num_labels or None)
+    d = config.data
+    train_set = tokenize(train_records, tokenizer, d, d.train, names)
+    eval_set = tokenize(eval_records, tokenizer, d, d.eval or d.train, names) if eval_records else []
+    o = config.optim
+    plan = BatchPlan(len(train_set), o.batch_size, accelerator.num_processes, o.grad_accum, o.seed)
+    plan.check()
+    gen = generation_set(config, tokenizer, eval_records)
+    return task, model, tokenizer, train_set, eval_set, plan, gen, names
+
+
+def train(config: Union[TrainConfig, dict, str], resume: bool = False,
+          callbacks: Sequence[Callable[[int, dict], None]] = ()) -> TrainResult:
+    """Train an adapter as ``config`` says; returns a TrainResult (the adapter is saved too).
+
+    ``config``: a TrainConfig, a dict of sections, or a YAML path. ``resume``: continue from the
+    newest checkpoint in ``output.dir``. ``callbacks``: called as ``f(step, logs)`` after each step.
+    """
+    from accelerate.utils import set_seed
+
+    if not isinstance(config, TrainConfig):
+        config = TrainConfig.from_yaml(config) if isinstance(config, (str, Path)) else TrainConfig.from_dict(config)
+    accelerator = _accelerator(config)
+    try:
+        set_seed(config.optim.seed)
+        return _run(config, accelerator, resume, callbacks)
+    finally:
+        _shutdown(accelerator)
+
+
+def _shutdown(accelerator) -> None:
+    """Wait for all, close trackers and the process group (avoids a crash at exit)."""
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # the next run may differ
+
+
+def _run(config: TrainConfig, accelerator, resume: bool, callbacks) -> TrainResult:
+    task, model, tokenizer, train_set, eval_set, plan, gen, names = _prepare(config, accelerator)
+    o, e, out = config.optim, config.eval, Path(config.output.dir)
+    total = o.max_steps or plan.steps_per_epoch * o.epochs
+    optimizer = optim.build_optimizer(model, o)
+    scheduler = optim.build_schedule(optimizer, o, total)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    model.train()
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+    accelerator.init_trackers("adapterkit", config={"steps": total, "lr": o.lr})
+    history: list = []
+    log = _Log(accelerator, out, history)
+    state = {"best": None, "bad_evals": 0, "first_eval": None, "tokens": 0}
+    step = 0
+    found = checkpoint.latest(out / "checkpoints") if resume else None
+    if found is not None:
+        state.update(checkpoint.load(found, accelerator, model, optimizer, scheduler))
+        step = state.pop("step")
+        history.extend(state.pop("history", []))
+    eval_size = e.batch_size or o.batch_size
+
+    def run_eval(at: int) -> dict:
+        result = evaluate(accelerator, model, task, eval_set, eval_size, tokenizer.pad_token_id,
+                          e.max_batches, gen)
+        log(at, {f"eval_{k}": v for k, v in result.items()})
+        return result
+
+    if eval_set and e.at_start and step == 0:
+        state["first_eval"] = run_eval(0)
+    last_eval, stopped, pad = None, False, tokenizer.pad_token_id
+    bar = _progress(accelerator, config, total, step)
+    started, tokens_run = time.perf_counter(), 0
+    while step < total:
+        idx = plan.micro_batches(step, accelerator.process_index)
+        batches = [{k: v.to(accelerator.device) for k, v in collate([train_set[i] for i in b], pad).items()}
+                   for b in idx]
+        loss, tokens = _step(accelerator, model, optimizer, scheduler, batches, task, o.max_grad_norm)
+        step += 1
+        tokens_run += tokens * accelerator.num_processes
+        lr = scheduler.get_last_lr()[0]
+        rate = tokens_run / max(1e-9, time.perf_counter() - started)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:.0f}")
+        logs = {"loss": loss, "lr": lr, "tokens_per_s": rate}
+        if step % config.output.log_every == 0 or step == total:
+            log(step, logs)
+        if eval_set and e.every and (step % e.every == 0 or step == total):
+            last_eval = run_eval(step)
+            value = last_eval[e.metric]
+            if _improved(value, state["best"], e.metric, e.min_delta):
+                state["best"], state["bad_evals"] = value, 0
+            else:
+                state["bad_evals"] += 1
+            stopped = e.patience is not None and state["bad_evals"] >= e.patience
+        if config.output.save_every and (step % config.output.save_every == 0 or stopped):
+            checkpoint.save(accelerator, out / "checkpoints", step, model, optimizer, scheduler,
+                            dict(state, history=history), config.output.keep)
+        for callback in callbacks:
+            callback(step, logs)
+        if stopped:
+            break
+    bar.close()
+    seconds = time.perf_counter() - started
+    if eval_set and last_eval is None:
+        last_eval = run_eval(step)
+    model = accelerator.unwrap_model(model)
+    _save_final(accelerator, model, config, out, names)
+    return TrainResult(model, tokenizer, out, step, state["first_eval"], last_eval, history, stopped,
+                       tokens_run, seconds)
+
+
+def _save_final(accelerator, model, config: TrainConfig, out: Path, names) -> None:
+    """The adapter (PEFT layout), the config it was trained with, the class names: main process only."""
+    import yaml
+
+    import adapterkit as ak
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        ak.save_adapter(model, str(out))
+        (out / "train_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        if names:
+            (out / "labels.json").write_text(json.dumps(names))
+    accelerator.wait_for_everyone()

@@ -1,0 +1,85 @@
+"""Everything a run needs before its first step: the model with its adapter, and the data."""
+from __future__ import annotations
+
+import dataclasses
+import random
+from typing import Optional
+
+from .. import inject
+from ..errors import ConfigError
+from . import data as data_mod
+from .config import TrainConfig
+
+HEADS = ("classifier", "score")
+
+
+def _head_names(model) -> tuple[str, ...]:
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    return tuple(h for h in HEADS if h in names)
+
+
+def build_model(config: TrainConfig, task: str, num_labels: Optional[int]):
+    """(model with the adapter attached, tokenizer); the base is frozen, quantized if asked."""
+    import adapterkit as ak
+    from ..models import load_model
+
+    m = config.model
+    model, tokenizer = load_model(m.name, task=task, num_labels=num_labels, dtype=m.dtype)
+    if config.quantization is not None:
+        q = config.quantization
+        ak.quantize(model, bits=q.bits, quant_type=q.quant_type)
+    adapter = config.adapter
+    if task == "classification" and not getattr(adapter, "train_modules", ("x",)):
+        # a new head is random: train it with the adapter (as PEFT does for SEQ_CLS)
+        adapter = dataclasses.replace(adapter, train_modules=_head_names(model))
+    inject.attach(model, adapter)
+    if m.gradient_checkpointing:
+        if not hasattr(model, "gradient_checkpointing_enable"):
+            raise ConfigError(f"model.gradient_checkpointing: {type(model).__name__} does not support it.")
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    return model, tokenizer
+
+
+def model_task(config: TrainConfig) -> str:
+    from ..models import default_task
+
+    if config.model.task:
+        return config.model.task
+    if config.data.format == "classification":
+        return "classification"
+    return default_task(config.model.name)
+
+
+def read_data(config: TrainConfig) -> tuple[list[dict], list[dict], Optional[list[str]], int]:
+    """(train records, eval records, class names or None, num_labels or 0)."""
+    d = config.data
+    train = data_mod.read_records(d.train, d.format)
+    held = data_mod.read_records(d.eval, d.format) if d.eval else []
+    if not d.eval and d.eval_split > 0:
+        order = list(range(len(train)))
+        random.Random(config.optim.seed).shuffle(order)
+        cut = max(1, int(len(train) * d.eval_split))
+        held = [train[i] for i in order[:cut]]
+        train = [train[i] for i in order[cut:]]
+    if not train:
+        raise ConfigError(f"data.train {d.train!r} holds no records.")
+    names, num_labels = None, 0
+    if d.format == "classification":
+        names = data_mod.label_names(train, d, d.train)
+        num_labels = config.model.num_labels or (
+            len(names) if names else 1 + max(int(r[d.label_field]) for r in train))
+    return train, held, names, num_labels
+
+
+def generation_set(config: TrainConfig, tokenizer, records: list[dict]) -> Optional[dict]:
+    """Prompts and reference responses for BLEU / chrF, when eval.generate is on."""
+    d = config.data
+    if not config.eval.generate or not records:
+        return None
+    if d.format != "instruction":
+        raise ConfigError(f"eval.generate needs data.format 'instruction'; got {d.format!r}.")
+    prompts = [data_mod.prompt_ids(tokenizer, str(r[d.prompt_field]), d) for r in records]
+    refs = [str(r[d.response_field]) for r in records]
+    return {"tokenizer": tokenizer, "prompts": prompts, "references": refs,
+            "max_new_tokens": config.eval.max_new_tokens}
