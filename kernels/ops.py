@@ -1,0 +1,118 @@
+"""The one dispatch point for quantized ops: Triton kernels or the pure-PyTorch reference.
+
+Backend, read every time an op runs (so a running process can switch it):
+    ADAPTERKIT_BACKEND = auto | reference | triton      (environment variable; default auto)
+    with use_backend("reference"): ...                   (in code; wins over the variable)
+``auto`` takes Triton for CUDA tensors when triton imports, the reference otherwise (quietly).
+``triton`` asks for the kernels: on CPU tensors they run only under TRITON_INTERPRET=1 (how CI
+tests them); without triton, or on CPU without the interpreter, it fails loudly.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import threading
+from typing import Iterator, Optional
+
+import torch
+from torch import Tensor
+
+from . import formats, reference
+from ._launch import interpreting
+from .formats import QuantWeight
+
+BACKENDS = ("auto", "reference", "triton")
+_local = threading.local()
+
+
+def requested_backend() -> str:
+    """The backend asked for now: the innermost ``use_backend``, else ADAPTERKIT_BACKEND, else auto."""
+    stack = getattr(_local, "stack", None)
+    name = stack[-1] if stack else os.environ.get("ADAPTERKIT_BACKEND", "auto").strip().lower() or "auto"
+    if name not in BACKENDS:
+        raise ValueError(f"ADAPTERKIT_BACKEND={name!r} is not a backend; expected one of {', '.join(BACKENDS)}")
+    return name
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Run the block with ``name`` as the backend (auto, reference or triton)."""
+    if name not in BACKENDS:
+        raise ValueError(f"backend {name!r} is unknown; expected one of {', '.join(BACKENDS)}")
+    stack = _local.__dict__.setdefault("stack", [])
+    stack.append(name)
+    try:
+        yield
+    finally:
+        stack.pop()
+
+
+def triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def uses_triton(tensor: Tensor) -> bool:
+    """Whether an op on ``tensor`` runs the Triton kernels under the current backend."""
+    name = requested_backend()
+    if name == "reference":
+        return False
+    runnable = triton_installed() and (tensor.is_cuda or interpreting())
+    if name == "auto":
+        return tensor.is_cuda and triton_installed()
+    if not runnable:
+        why = "triton is not installed" if not triton_installed() else \
+            f"the tensors are on {tensor.device} (Triton needs CUDA, or TRITON_INTERPRET=1 set before import)"
+        raise RuntimeError(f"backend 'triton' was requested but {why}; "
+                           "use ADAPTERKIT_BACKEND=auto or reference, or install triton / move to a GPU")
+    return True
+
+
+# -- public ops --------------------------------------------------------------------------------
+def quantize(weight: Tensor, bits: int = 4, quant_type: str = "nf4", block: int = formats.DEFAULT_BLOCK,
+             double_quant: bool = True) -> QuantWeight:
+    """(out, in) float weight -> QuantWeight (reference code on every backend: it runs once)."""
+    return reference.quantize(weight, bits, quant_type, block, double_quant)
+
+
+def dequantize(qw: QuantWeight, dtype: torch.dtype = torch.float32) -> Tensor:
+    """QuantWeight -> dense (out, in) weight in ``dtype``."""
+    if uses_triton(qw.codes):
+        from .dequant import dequantize_triton
+
+        return dequantize_triton(qw, dtype)
+    return reference.dequantize(qw, dtype)
+
+
+def qmatmul(x: Tensor, qw: QuantWeight, bias: Optional[Tensor] = None) -> Tensor:
+    """x (..., K) -> x @ W^T + bias (..., N), differentiable in x (and bias)."""
+    x2 = x.reshape(-1, x.shape[-1])
+    if uses_triton(x2):
+        from .qmatmul import QMatmulTriton
+
+        y = QMatmulTriton.apply(x2, qw)
+    else:
+        y = reference.QMatmulReference.apply(x2, qw)
+    return reference.maybe_bias(y, bias).view(*x.shape[:-1], qw.shape[0])
+
+
+def qlora_matmul(x: Tensor, qw: QuantWeight, a: Tensor, b: Tensor, scale: float,
+                 bias: Optional[Tensor] = None) -> Tensor:
+    """x (..., K) -> x @ W^T + scale * (x @ A^T) @ B^T + bias (..., N); A (r, K), B (N, r)."""
+    x2 = x.reshape(-1, x.shape[-1])
+    if uses_triton(x2):
+        from .qlora import QLoRATriton
+
+        y = QLoRATriton.apply(x2, qw, a, b, float(scale))
+    else:
+        y = reference.QLoRAReference.apply(x2, qw, a, b, float(scale))
+    return reference.maybe_bias(y, bias).view(*x.shape[:-1], qw.shape[0])
+
+
+def qmatmul_input_grad(dy: Tensor, qw: QuantWeight) -> Tensor:
+    """dy (M, N) -> dy @ W (M, K) (the backward of qmatmul, exposed for tests and benchmarks)."""
+    if uses_triton(dy):
+        from .qmatmul_grad import qmatmul_input_grad_triton
+
+        return qmatmul_input_grad_triton(dy, qw)
+    return reference.qmatmul_input_grad(dy, qw)

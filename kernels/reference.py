@@ -1,0 +1,163 @@
+"""Pure-PyTorch quantize, dequantize and quantized matmuls: the CPU path and the test oracle.
+
+Layouts are defined in ``formats.py``. The matmuls compute, for x (M, K) and W (N, K):
+    qmatmul:             y  = x @ W^T                          (M, N)
+    qmatmul_input_grad:  dx = dy @ W                           (M, K)
+    qlora_matmul:        y  = x @ W^T + scale * (x @ A^T) @ B^T,  A (r, K), B (N, r)
+each by dequantizing W to the input dtype and calling torch.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import formats
+from .formats import QuantWeight
+
+
+def _blockwise_absmax(flat: Tensor, block: int) -> tuple[Tensor, Tensor]:
+    """fp32 (n,) -> (absmax (blocks,), flat / absmax clamped to [-1, 1]); a short last block is allowed."""
+    n = flat.numel()
+    full = n - n % block
+    absmax = flat[:full].view(-1, block).abs().amax(dim=1)
+    scaled = torch.clamp(flat[:full].view(-1, block) * (1.0 / absmax.clamp(min=1e-38)).view(-1, 1), -1, 1)
+    scaled = scaled.reshape(-1)
+    if full < n:
+        last = flat[full:].abs().amax().clamp(min=1e-38)
+        absmax = torch.cat([absmax, last.view(1)])
+        scaled = torch.cat([scaled, torch.clamp(flat[full:] / last, -1, 1)])
+    return absmax, scaled
+
+
+def _nearest(scaled: Tensor, code: Tensor) -> Tensor:
+    """Index of the nearest level of ``code`` (ties to the upper level, as bitsandbytes)."""
+    order = torch.argsort(code)
+    levels = code[order]
+    bounds = (levels[:-1] + levels[1:]) / 2
+    return order[torch.bucketize(scaled, bounds)]
+
+
+def _double_quant(absmax: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """fp32 absmax (blocks,) -> (uint8 codes, nested absmax (ceil(blocks / 256),), offset ())."""
+    offset = absmax.mean()
+    nested, scaled = _blockwise_absmax(absmax - offset, formats.NESTED_BLOCK)
+    q = _nearest(scaled, formats.dynamic_map(absmax.device)).to(torch.uint8)
+    return q, nested, offset
+
+
+def quantize_4bit(weight: Tensor, quant_type: str = "nf4", block: int = formats.DEFAULT_BLOCK,
+                  double_quant: bool = True) -> QuantWeight:
+    """(out, in) float weight -> 4-bit QuantWeight, the bytes bitsandbytes' quantize_4bit writes."""
+    formats.check_format(quant_type, block, double_quant)
+    flat = weight.detach().reshape(-1).float()
+    absmax, scaled = _blockwise_absmax(flat, block)
+    q = _nearest(scaled, formats.code_table(quant_type, weight.device))
+    codes = formats.pack_nibbles(q)
+    if not double_quant:
+        return QuantWeight(codes, absmax, tuple(weight.shape), quant_type, block)
+    qabs, nested, offset = _double_quant(absmax)
+    return QuantWeight(codes, qabs, tuple(weight.shape), quant_type, block, nested, offset)
+
+
+def quantize_8bit(weight: Tensor, block: int = formats.DEFAULT_BLOCK) -> QuantWeight:
+    """(out, in) float weight -> blockwise symmetric int8 QuantWeight."""
+    formats.check_format(formats.QUANT_TYPE_8BIT, block)
+    flat = weight.detach().reshape(-1).float()
+    absmax, scaled = _blockwise_absmax(flat, block)
+    codes = torch.round(scaled * formats.INT8_MAX).to(torch.int8)
+    return QuantWeight(codes, absmax, tuple(weight.shape), formats.QUANT_TYPE_8BIT, block)
+
+
+def quantize(weight: Tensor, bits: int = 4, quant_type: str = "nf4", block: int = formats.DEFAULT_BLOCK,
+             double_quant: bool = True) -> QuantWeight:
+    if bits == 8:
+        return quantize_8bit(weight, block)
+    return quantize_4bit(weight, quant_type, block, double_quant)
+
+
+def block_absmax(qw: QuantWeight) -> Tensor:
+    """The fp32 absmax per block (undoing double quantization)."""
+    if not qw.double_quant:
+        return qw.absmax.float()
+    levels = formats.dynamic_map(qw.device)[qw.absmax.long()]  # (blocks,)
+    blocks = qw.absmax.numel()
+    scale = qw.nested_absmax.repeat_interleave(formats.NESTED_BLOCK)[:blocks]
+    return levels * scale + qw.nested_offset
+
+
+def dequantize(qw: QuantWeight, dtype: torch.dtype = torch.float32) -> Tensor:
+    """QuantWeight -> dense (out, in) weight in ``dtype`` (computed in fp32, then cast)."""
+    n = qw.numel
+    if qw.bits == 8:
+        values = qw.codes.float() * (1.0 / formats.INT8_MAX)
+    else:
+        values = formats.code_table(qw.quant_type, qw.device)[formats.unpack_nibbles(qw.codes, n)]
+    scale = block_absmax(qw).repeat_interleave(qw.block)[:n]
+    return (values * scale).view(qw.shape).to(dtype)
+
+
+def qmatmul(x: Tensor, qw: QuantWeight) -> Tensor:
+    """x (M, K) -> x @ W^T (M, N)."""
+    return x @ dequantize(qw, x.dtype).t()
+
+
+def qmatmul_input_grad(dy: Tensor, qw: QuantWeight) -> Tensor:
+    """dy (M, N) -> dy @ W (M, K)."""
+    return dy @ dequantize(qw, dy.dtype)
+
+
+def qlora_matmul(x: Tensor, qw: QuantWeight, a: Tensor, b: Tensor, scale: float) -> Tensor:
+    """x (M, K) -> x @ W^T + scale * (x @ A^T) @ B^T (M, N)."""
+    return torch.addmm(qmatmul(x, qw), x @ a.t().to(x.dtype), b.t().to(x.dtype), alpha=scale)
+
+
+class QMatmulReference(torch.autograd.Function):
+    """y = x @ W^T on the reference path; backward dequantizes again instead of keeping W."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, qw: QuantWeight):
+        ctx.qw = qw
+        return qmatmul(x, qw)
+
+    @staticmethod
+    def backward(ctx, dy: Tensor):
+        dx = qmatmul_input_grad(dy, ctx.qw) if ctx.needs_input_grad[0] else None
+        return dx, None
+
+
+class QLoRAReference(torch.autograd.Function):
+    """y = x @ W^T + scale * (x @ A^T) @ B^T with gradients for x, A and B (W frozen)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, qw: QuantWeight, a: Tensor, b: Tensor, scale: float):
+        ctx.qw, ctx.scale = qw, scale
+        ctx.save_for_backward(x, a, b)
+        return qlora_matmul(x, qw, a, b, scale)
+
+    @staticmethod
+    def backward(ctx, dy: Tensor):
+        x, a, b = ctx.saved_tensors
+        return lora_backward(ctx, dy, x, a, b, qmatmul_input_grad)
+
+
+def lora_backward(ctx, dy: Tensor, x: Tensor, a: Tensor, b: Tensor, input_grad) -> tuple:
+    """Gradients of x @ W^T + scale * (x @ A^T) @ B^T: (dx, None, dA, dB, None).
+
+    dh = scale * dy @ B (M, r); dx = dy @ W + dh @ A; dA = dh^T @ x; dB = scale * dy^T @ (x @ A^T).
+    """
+    a_, b_ = a.to(dy.dtype), b.to(dy.dtype)
+    dh = (dy @ b_) * ctx.scale  # (M, r)
+    dx = da = db = None
+    if ctx.needs_input_grad[0]:
+        dx = input_grad(dy, ctx.qw) + dh @ a_
+    if ctx.needs_input_grad[2]:
+        da = (dh.t() @ x.to(dy.dtype)).to(a.dtype)
+    if ctx.needs_input_grad[3]:
+        db = ((dy.t() @ (x.to(dy.dtype) @ a_.t())) * ctx.scale).to(b.dtype)
+    return dx, None, da, db, None
+
+
+def maybe_bias(y: Tensor, bias: Optional[Tensor]) -> Tensor:
+    return y if bias is None else y + bias.to(y.dtype)
