@@ -1,0 +1,90 @@
+"""load_adapter: an adapter folder (adapterkit's or PEFT's) into a model, checked key by key."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Union
+
+import torch
+from torch import nn
+
+from ..errors import AdapterFileError, TargetError, UnsupportedModuleError
+from ..inject import adapter_layers, attach, delete_adapter
+from ..config import check_adapter_name
+from .read import WEIGHTS_NAME, file_config, find_folder, read_config, read_tensors
+from .state import Entry, entries
+
+
+def _shape(t) -> tuple:
+    return tuple(t.shape)
+
+
+def _check_state(found: list[Entry], tensors: dict[str, torch.Tensor], folder: Path) -> None:
+    """Shapes first (an adapter for another base model), then missing / unexpected keys."""
+    file = str(folder / WEIGHTS_NAME)
+    expected: dict[str, tuple] = {}
+    for entry in found:
+        for key, live in entry.tensors.items():
+            expected[key] = (entry.module, _shape(live))
+            if key in tensors and _shape(tensors[key]) != _shape(live):
+                raise AdapterFileError(
+                    f"{file!r} does not fit this model: module {entry.module!r} tensor "
+                    f"{key.rsplit(entry.module + '.', 1)[-1]!r} has shape {_shape(tensors[key])} in the file, "
+                    f"but this model needs {_shape(live)}. Was the adapter trained on another base model?"
+                )
+    missing = [k for k in expected if k not in tensors]
+    unexpected = [k for k in tensors if k not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+        raise AdapterFileError(
+            f"{file!r} does not match its config on this model: tensor keys {'; '.join(parts)}. "
+            f"The file may be for another base model, or its adapter_config.json was edited."
+        )
+
+
+@torch.no_grad()
+def _fill(found: list[Entry], tensors: dict[str, torch.Tensor]) -> None:
+    for entry in found:
+        mine = {k: tensors[k] for k in entry.tensors}
+        if entry.fill is not None:
+            entry.fill(entry.module, entry.adapter, mine)
+            continue
+        for key, live in entry.tensors.items():
+            live.copy_(mine[key])
+
+
+def load_adapter(model: nn.Module, path: Union[str, Path], name: str = "default",
+                 trainable: bool = False, allow_pickle: bool = False) -> nn.Module:
+    """Attach the adapter saved in ``path`` (by adapterkit or PEFT) as ``name``; returns ``model``.
+
+    ``path`` is the adapter's folder, or a folder holding it in the sub-folder ``name``. The
+    adapter becomes active. Its parameters are frozen unless ``trainable``. Only safetensors are
+    read unless ``allow_pickle`` (then ``adapter_model.bin`` is read with ``weights_only=True``).
+    On any error the model is left as it was.
+    """
+    check_adapter_name(name)
+    folder = find_folder(path, name)
+    data = read_config(folder)
+    _, config = file_config(data, folder)
+    tensors = read_tensors(folder, allow_pickle=allow_pickle)
+    try:
+        attach(model, config, name)
+    except (TargetError, UnsupportedModuleError) as err:
+        raise AdapterFileError(
+            f"the adapter in {str(folder)!r} does not fit this {type(model).__name__}: {err}"
+        ) from None
+    try:
+        _, found = entries(model, name)
+        _check_state(found, tensors, folder)
+        _fill(found, tensors)
+    except BaseException:
+        delete_adapter(model, name)
+        raise
+    if not trainable:
+        for _, layer in adapter_layers(model):
+            if name in layer.adapters:
+                layer.adapters[name].requires_grad_(False)
+    return model

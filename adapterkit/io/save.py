@@ -1,0 +1,122 @@
+"""save_adapter: adapters to disk in PEFT's layout, atomically."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+from torch import nn
+
+from ..errors import AdapterFileError, AdapterNameError
+from ..inject import adapter_config, adapter_names
+from .atomic import staged
+from .card import Saved, model_card
+from .read import CARD_NAME, CONFIG_NAME, PICKLE_NAME, WEIGHTS_NAME
+from .state import entries, state_to_save
+
+DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
+          "float16": torch.float16, "half": torch.float16, "fp32": torch.float32,
+          "float32": torch.float32, "float": torch.float32}
+
+# transformers class-name endings -> PEFT task_type (PeftModel.from_pretrained picks its class by it)
+_TASKS = (("ForCausalLM", "CAUSAL_LM"), ("ForSequenceClassification", "SEQ_CLS"),
+          ("ForTokenClassification", "TOKEN_CLS"), ("ForQuestionAnswering", "QUESTION_ANS"))
+
+
+def as_dtype(dtype: Union[None, str, torch.dtype]) -> Optional[torch.dtype]:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in DTYPES:
+        return DTYPES[dtype]
+    raise AdapterFileError(f"dtype {dtype!r} is not known; use one of: {', '.join(DTYPES)} or a torch.dtype.")
+
+
+def base_model_name(model: nn.Module) -> Optional[str]:
+    config = getattr(model, "config", None)
+    name = getattr(config, "_name_or_path", None) or getattr(model, "name_or_path", None)
+    return str(name) if name else None
+
+
+def task_type(model: nn.Module) -> Optional[str]:
+    cls = type(model).__name__
+    for ending, task in _TASKS:
+        if cls.endswith(ending):
+            return task
+    if cls.endswith("ForConditionalGeneration") and getattr(getattr(model, "config", None),
+                                                            "is_encoder_decoder", False):
+        return "SEQ_2_SEQ_LM"
+    return None
+
+
+def file_config(model: nn.Module, name: str) -> dict[str, Any]:
+    """The ``adapter_config.json`` object for adapter ``name``."""
+    config = adapter_config(model, name)
+    method, _ = entries(model, name)
+    if method.files is None:
+        raise AdapterFileError(f"adapter {name!r} is a {config.method} adapter, which has no file format yet.")
+    data: dict[str, Any] = {"peft_type": method.files.peft_type, "base_model_name_or_path": base_model_name(model),
+                            "task_type": task_type(model), "inference_mode": True}
+    if "train_modules" in {f.name for f in dataclasses.fields(config)}:
+        data["modules_to_save"] = list(config.train_modules) or None
+    data.update(method.files.config_to_file(config, model))
+    return data
+
+
+def _folders(model: nn.Module, path: Path, name: Optional[str]) -> dict[str, Path]:
+    names = adapter_names(model)
+    if not names:
+        raise AdapterNameError("this model has no adapter to save; attach or load one first.")
+    if name is not None and name not in names:
+        adapter_config(model, name)  # raises the unknown-name error with suggestions
+    chosen = [name] if name is not None else names
+    return {n: path if n == "default" else path / n for n in chosen}
+
+
+def _check_target(path: Path, folders: dict[str, Path], overwrite: bool) -> None:
+    if path.exists() and not path.is_dir():
+        raise AdapterFileError(f"{str(path)!r} is a file; save_adapter writes a folder. Pick another path.")
+    if overwrite:
+        return
+    for folder in folders.values():
+        for file in (CONFIG_NAME, WEIGHTS_NAME, PICKLE_NAME):
+            if (folder / file).exists():
+                raise AdapterFileError(
+                    f"{str(folder)!r} already holds an adapter ({file}); pass overwrite=True to "
+                    f"replace it, or save to another folder."
+                )
+
+
+def save_adapter(model: nn.Module, path: Union[str, Path], name: Optional[str] = None,
+                 overwrite: bool = False, dtype: Union[None, str, torch.dtype] = None) -> Path:
+    """Write adapter ``name`` (default: every adapter) to folder ``path``; returns ``path``.
+
+    PEFT's layout: ``adapter_config.json`` + ``adapter_model.safetensors``; the ``default`` adapter
+    at ``path``, any other in ``path/<name>``; a ``README.md`` model card at ``path``. Tensors are
+    only the adapters' (no base weights), optionally cast to ``dtype`` ("bf16", "fp16", "fp32").
+    All files land together or not at all; an existing adapter is replaced only with ``overwrite``.
+    """
+    from safetensors.torch import save_file
+
+    from .. import __version__
+
+    path = Path(path)
+    dtype = as_dtype(dtype)
+    folders = _folders(model, path, name)
+    _check_target(path, folders, overwrite)
+    saved = []
+    with staged() as stage:
+        for adapter, folder in folders.items():
+            data = file_config(model, adapter)
+            tensors = state_to_save(model, adapter, dtype)
+            text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+            stage(folder / CONFIG_NAME, lambda tmp, text=text: tmp.write_text(text, encoding="utf-8"))
+            stage(folder / WEIGHTS_NAME,
+                  lambda tmp, t=tensors: save_file(t, str(tmp), metadata={"format": "pt"}))
+            rel = "." if folder == path else folder.name
+            count = sum(1 for e in entries(model, adapter)[1] if not e.trained)
+            saved.append(Saved(adapter, rel, data["peft_type"], adapter_config(model, adapter), tensors, count))
+        card = model_card(saved, base_model_name(model), __version__)
+        stage(path / CARD_NAME, lambda tmp: tmp.write_text(card, encoding="utf-8"))
+    return path

@@ -1,0 +1,73 @@
+"""One adapter's tensors in a model, under their file keys, found by structure.
+
+Each adapter layer that holds adapter ``name`` contributes the tensors its method's
+``FileFormat.state_to_file`` gives; each ``TrainedModule`` copy (``train_modules``, PEFT's
+``modules_to_save``) contributes its whole state dict as ``base_model.model.<module>.<key>``,
+PEFT's key for a module to save. Layers nested by several methods are named after the module
+the user sees (``...q_proj``, not ``...q_proj.base``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..inject import adapter_config, adapter_layers
+from ..layer import AdapterLayer
+from ..methods.trained_module import TrainedModule
+from ..registry import PEFT_PREFIX, Method, method_for
+
+
+@dataclasses.dataclass
+class Entry:
+    """One layer's share of an adapter: its live tensors under file keys, and how to fill them."""
+
+    module: str
+    adapter: nn.Module
+    tensors: dict[str, Tensor]
+    fill: Optional[Callable[[str, nn.Module, dict], None]]
+    trained: bool = False  # a train_modules copy rather than a method layer
+
+
+def _logical_name(model: nn.Module, name: str) -> str:
+    """``a.b.base.base`` -> ``a.b`` when those ``base``s are adapter layers' wrapped modules."""
+    while name.endswith(".base") or name == "base":
+        parent = name[: -len(".base")] if name != "base" else ""
+        if not isinstance(model.get_submodule(parent), AdapterLayer):
+            break
+        name = parent
+    return name
+
+
+def entries(model: nn.Module, name: str) -> tuple[Method, list[Entry]]:
+    """The method of adapter ``name`` and one entry per layer that holds it."""
+    method = method_for(adapter_config(model, name))
+    found = []
+    for layer_name, layer in adapter_layers(model):
+        if name not in layer.adapters:
+            continue
+        adapter = layer.adapters[name]
+        module = _logical_name(model, layer_name)
+        if isinstance(layer, TrainedModule):
+            tensors = {f"{PEFT_PREFIX}{module}.{k}": v for k, v in adapter.state_dict(keep_vars=True).items()}
+            found.append(Entry(module, adapter, tensors, None, trained=True))
+        elif isinstance(layer, method.layer):
+            files = method.files
+            found.append(Entry(module, adapter, files.state_to_file(module, adapter), files.state_from_file))
+    return method, found
+
+
+def state_to_save(model: nn.Module, name: str, dtype: Optional[torch.dtype] = None) -> dict[str, Tensor]:
+    """Detached CPU copies of adapter ``name``'s tensors, cast to ``dtype`` (floats only)."""
+    _, found = entries(model, name)
+    out: dict[str, Tensor] = {}
+    for entry in found:
+        for key, tensor in entry.tensors.items():
+            t = tensor.detach()
+            if dtype is not None and t.is_floating_point():
+                t = t.to(dtype)
+            t = t.to("cpu").contiguous()
+            out[key] = t.clone() if t.data_ptr() == tensor.data_ptr() else t  # never the live tensor
+    return out
