@@ -123,12 +123,20 @@ def _load_safetensors(file: Path) -> dict[str, torch.Tensor]:
         ) from None
 
 
+_DTYPE_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+                "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+
+
 def tensor_header(file: Path) -> dict[str, tuple[tuple[int, ...], str]]:
     """{key: (shape, dtype)} from a safetensors header, without reading the tensors."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(file), "pt") as f:
-            return {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}
+            out = {}
+            for key in f.keys():
+                part = f.get_slice(key)
+                out[key] = (tuple(part.get_shape()), _DTYPE_NAMES.get(part.get_dtype(), part.get_dtype()))
+            return out
     except Exception as err:  # noqa: BLE001
         raise AdapterFileError(f"{str(file)!r} is truncated or corrupt ({err}); re-save or re-download it.") from None
