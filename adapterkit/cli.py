@@ -40,7 +40,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # A command may let its list positional also follow options (`generate DIR --base M "prompt"`):
+    # it names that positional with `set_defaults(_trailing=DEST)`.
+    trailing = getattr(args, "_trailing", None)
+    if extra and (trailing is None or any(e.startswith("-") for e in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        getattr(args, trailing).extend(extra)
     if not args.command:
         parser.print_help()
         return 2

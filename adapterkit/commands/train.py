@@ -1,0 +1,55 @@
+"""``adapterkit train CONFIG.yaml``: fine-tune an adapter as a YAML file says."""
+from __future__ import annotations
+
+import argparse
+
+from ..cli import command
+from ..errors import ConfigError
+
+
+def _arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="the YAML train config (sections: model, adapter, data, optim, eval, output)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config value, e.g. --set optim.lr=1e-4 (repeatable)")
+    p.add_argument("--num-processes", type=int, default=None, metavar="N",
+                   help="train on N processes through `accelerate launch` (DDP; gloo on a CPU)")
+    p.add_argument("--config-file", default=None, metavar="F",
+                   help="an Accelerate config file passed to `accelerate launch` (FSDP, DeepSpeed, ...)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest checkpoint in output.dir")
+
+
+def _child_args(args) -> list[str]:
+    out = ["train", args.config]
+    for item in args.set:
+        out += ["--set", item]
+    return out + (["--resume"] if args.resume else [])
+
+
+@command("train", "fine-tune an adapter from a YAML config", _arguments)
+def run(args) -> int:
+    from ..train import TrainConfig
+    from ..train.launch import launched, run_launched
+
+    config = TrainConfig.from_yaml(args.config, tuple(args.set))  # fail early, before launching
+    if args.num_processes is not None and args.num_processes < 1:
+        raise ConfigError(f"--num-processes must be at least 1; got {args.num_processes}.")
+    if not launched() and ((args.num_processes or 1) > 1 or args.config_file):
+        return run_launched(_child_args(args), args.num_processes, args.config_file)
+    from ..train import train
+
+    result = train(config, resume=args.resume)
+    _report(result)
+    return 0
+
+
+def _report(result) -> None:
+    import os
+
+    if os.environ.get("RANK", "0") != "0":
+        return
+    for label, values in (("before", result.first_eval), ("after", result.last_eval)):
+        if values:
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in values.items())
+            print(f"eval {label}: {shown}")
+    print(f"{result.steps} steps in {result.train_seconds:.1f} s; adapter saved to {result.output_dir}")

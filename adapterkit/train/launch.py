@@ -1,0 +1,47 @@
+"""Several processes through ``accelerate launch`` (never a launcher of our own).
+
+``adapterkit train CONFIG --num-processes N`` re-runs the same command under
+``python -m accelerate.commands.launch ... -m adapterkit.cli train CONFIG ...``. With a GPU it asks
+for DDP (``--multi_gpu``); on a CPU-only machine it runs DDP over gloo
+(``ACCELERATE_USE_CPU=true`` with ``--multi_gpu``: ``--cpu`` alone would start one process).
+``--config-file`` passes an Accelerate config (FSDP, DeepSpeed, ...) through unchanged.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Optional, Sequence
+
+
+def launched() -> bool:
+    """True inside a process started by a launcher (accelerate / torchrun set these)."""
+    return "LOCAL_RANK" in os.environ or "ACCELERATE_LAUNCHED" in os.environ
+
+
+def launch_command(target: Sequence[str], num_processes: Optional[int],
+                   config_file: Optional[str], cuda: bool) -> tuple[list[str], dict]:
+    """(argv, environment) for ``accelerate launch`` running ``target`` (a script and its
+    arguments, or ``["-m", module, ...]``) in each process."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch"]
+    env = dict(os.environ, ACCELERATE_LAUNCHED="1")
+    if config_file:
+        cmd += ["--config_file", config_file]
+        if num_processes:
+            cmd += ["--num_processes", str(num_processes)]
+    else:
+        cmd += ["--multi_gpu", "--num_processes", str(num_processes or 1), "--num_machines", "1",
+                "--dynamo_backend", "no"]
+        if not cuda:
+            cmd += ["--mixed_precision", "no"]
+            env["ACCELERATE_USE_CPU"] = "true"
+            env.setdefault("OMP_NUM_THREADS", "1")
+    return cmd + list(target), env
+
+
+def run_launched(child_args: Sequence[str], num_processes: Optional[int], config_file: Optional[str]) -> int:
+    import torch
+
+    target = ["-m", "adapterkit.cli", *child_args]
+    cmd, env = launch_command(target, num_processes, config_file, torch.cuda.is_available())
+    return subprocess.call(cmd, env=env)
