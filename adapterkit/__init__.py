@@ -25,8 +25,12 @@ from .inject import (
     merge,
     set_active,
 )
+from .heads import replace_head, unfreeze
 from .layer import AdapterLayer
+from .methods.bottleneck import BottleneckConfig
+from .methods.ia3 import IA3Config
 from .methods.lora import LoRAConfig
+from .methods.prompt import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig
 from .methods.lora.combine import combine
 from .summary import summary
 
@@ -53,6 +57,8 @@ def __getattr__(name):
     raise AttributeError(f"module 'adapterkit' has no attribute {name!r}")
 
 __all__ = [
+    "BottleneckConfig", "IA3Config", "PrefixTuningConfig", "PromptEncoderConfig", "PromptTuningConfig",
+    "replace_head", "unfreeze",
     "AdapterConfig", "AdapterFileError", "AdapterKitError", "AdapterLayer", "AdapterNameError",
     "ConfigError", "LoRAConfig", "MergeError", "TargetError", "UnsupportedModuleError",
     "active_names", "adapter_config", "adapter_names", "attach", "combine", "delete_adapter",

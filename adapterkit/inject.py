@@ -148,16 +148,23 @@ def delete_adapter(model: nn.Module, name: str) -> None:
     for layer_name, layer in reversed(list(adapter_layers(model))):
         layer.remove(name)
         if not layer.adapters:
-            parent, attr = get_parent(model, layer_name)
-            setattr(parent, attr, layer.base)
+            _unwrap(model, layer_name, layer)
 
 
 def detach(model: nn.Module) -> nn.Module:
     """Every adapter dropped and the original modules put back; returns ``model``."""
     for layer_name, layer in reversed(list(adapter_layers(model))):
-        parent, attr = get_parent(model, layer_name)
-        setattr(parent, attr, layer.base)
+        _unwrap(model, layer_name, layer)
     return model
+
+
+def _unwrap(model: nn.Module, layer_name: str, layer: AdapterLayer) -> None:
+    """Put ``layer``'s base back; a layer that set up model-level hooks removes them (``release``)."""
+    parent, attr = get_parent(model, layer_name)
+    setattr(parent, attr, layer.base)
+    release = getattr(layer, "release", None)
+    if release is not None:
+        release(model)
 
 
 def merge(model: nn.Module) -> nn.Module:

@@ -1,0 +1,57 @@
+"""Bottleneck adapters: houlsby, pfeiffer and parallel presets, placed by module names and types."""
+from ... import bases
+from ...errors import UnsupportedModuleError
+from ...registry import Method, register
+from ...targets import matches, resolve
+from .config import BottleneckConfig
+from .layers import Bottleneck, BottleneckLayer, Tap, build
+from .roles import pick
+
+PEFT_TYPE = "ADAPTERKIT_BOTTLENECK"
+
+# id(base module) -> role ('serial' | 'parallel' | 'tap'), written by _where just before attach builds
+_ROLES: dict[int, str] = {}
+
+
+def _logical(model, name):
+    module = model.get_submodule(name)
+    return module.innermost() if hasattr(module, "innermost") else module
+
+
+def _placement(model, config: BottleneckConfig) -> list[tuple[str, str]]:
+    if config.targets is not None:
+        names = resolve(model, config.targets, (), config.layers, config.train_modules)
+        return [(n, "serial") for n in names]
+    if config.preset == "parallel":
+        taps, outs = pick(model, "ffn_in", config.layers), pick(model, "ffn_out", config.layers)
+        return [pair for t, o in zip(taps, outs) for pair in ((t, "tap"), (o, "parallel"))]
+    names = pick(model, "ffn_out", config.layers)
+    if config.preset == "houlsby":
+        names = sorted(names + pick(model, "attention_out", config.layers), key=_order(model))
+    return [(n, "serial") for n in names if not matches(n, config.train_modules)]
+
+
+def _order(model):
+    index = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    return lambda name: index[name]
+
+
+def _where(model, config: BottleneckConfig) -> list[str]:
+    placed = _placement(model, config)
+    for name, _ in placed:
+        if bases.base_kind(_logical(model, name)) is None:
+            raise UnsupportedModuleError(
+                f"bottleneck adapters follow modules with a known output size (Linear, Conv1D, ...); "
+                f"{name!r} is a {type(_logical(model, name)).__name__}. Pick other targets."
+            )
+    _ROLES.update({id(_logical(model, n)): role for n, role in placed})
+    return [n for n, _ in placed]
+
+
+def _build(base, config: BottleneckConfig):
+    return build(base, config, _ROLES.pop(id(base), "serial"))
+
+
+METHOD = register(Method(config=BottleneckConfig, layer=BottleneckLayer, where=_where, build=_build))
+
+__all__ = ["BottleneckConfig", "Bottleneck", "BottleneckLayer", "Tap", "METHOD", "PEFT_TYPE"]

@@ -1,0 +1,124 @@
+"""The model-level forward pre-hook that feeds virtual tokens to the model.
+
+The trained tensors live in adapter layers around the input embeddings (found by structure);
+one forward pre-hook on the model rewrites the call's arguments:
+
+- prefix (first call, empty cache): the cache gets every layer's prefix keys/values (n_k);
+- prompts (first call): ``inputs_embeds = [P; E(input_ids)]`` (n_p rows), labels get n_p
+  ``-100`` in front, token type ids n_p zeros;
+- always: the attention mask gets n_k + n_p ones in front; ``position_ids`` / ``cache_position``
+  move by n_k + n_p (the virtual tokens take the first positions), as PEFT's models see them.
+
+Calls with a non-empty cache (``generate``'s later steps) only get the mask and positions moved,
+so ``model.generate`` works unchanged. ``detach`` removes the hook with the last such layer.
+"""
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import Tensor, nn
+
+
+def virtual_token_layers(model: nn.Module) -> list:
+    from .layers import VirtualTokenLayer
+
+    return [m for m in model.modules() if isinstance(m, VirtualTokenLayer)]
+
+
+def install(model: nn.Module) -> None:
+    """Register the hook once per model."""
+    if not any(fn is _pre_hook for fn in model._forward_pre_hooks.values()):
+        model.register_forward_pre_hook(_pre_hook, with_kwargs=True)
+
+
+def release(model: nn.Module) -> None:
+    """Remove the hook when no virtual-token layer is left in the model."""
+    if virtual_token_layers(model):
+        return
+    for key, fn in list(model._forward_pre_hooks.items()):
+        if fn is _pre_hook:
+            del model._forward_pre_hooks[key]
+            model._forward_pre_hooks_with_kwargs.pop(key, None)
+
+
+def _pre_hook(model: nn.Module, args: tuple, kwargs: dict):
+    prompts: list[Tensor] = []
+    prefixes: list[Tensor] = []
+    for layer in virtual_token_layers(model):
+        for adapter in layer.active_adapters():
+            if adapter.kind == "prefix":
+                prefixes.append(adapter.key_values())
+            else:
+                prompts.append(adapter.prompt())
+    if not prompts and not prefixes:
+        return None
+    kwargs = dict(kwargs)
+    if args:  # positional arguments by name (input_ids, attention_mask, ...)
+        names = [p for p, v in inspect.signature(model.forward).parameters.items()
+                 if v.kind in (v.POSITIONAL_ONLY, v.POSITIONAL_OR_KEYWORD)]
+        kwargs.update(zip(names, args))
+    cache = kwargs.get("past_key_values")
+    first = cache is None or cache.get_seq_length() == 0
+    n_prefix = sum(p.shape[-2] for p in prefixes)
+    n_prompt = sum(p.shape[0] for p in prompts)
+    if first and prefixes:
+        kwargs["past_key_values"] = _filled_cache(model, cache, torch.cat(prefixes, dim=-2), _batch(kwargs))
+    if first and prompts:
+        _prepend_prompts(model, kwargs, torch.cat(prompts, dim=0))
+    _shift(kwargs, n_prefix, n_prompt, first)
+    return (), kwargs
+
+
+def _batch(kwargs: dict) -> int:
+    x = kwargs.get("input_ids")
+    return (x if x is not None else kwargs["inputs_embeds"]).shape[0]
+
+
+def _filled_cache(model: nn.Module, cache, kv: Tensor, batch: int):
+    """``cache`` (a new DynamicCache when None) holding the prefix; kv (layers, 2, H, n, hd)."""
+    if cache is None:
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=model.config)
+    dtype = next(p for p in model.parameters()).dtype
+    for i in range(kv.shape[0]):
+        k = kv[i, 0].unsqueeze(0).expand(batch, -1, -1, -1).to(dtype)  # (B, H, n, hd)
+        v = kv[i, 1].unsqueeze(0).expand(batch, -1, -1, -1).to(dtype)
+        cache.update(k, v, i)
+    return cache
+
+
+def _prepend_prompts(model: nn.Module, kwargs: dict, prompt: Tensor) -> None:
+    """[P; E(x)] as inputs_embeds; labels and token type ids extended to match. prompt (n, D)."""
+    embeds = kwargs.get("inputs_embeds")
+    if embeds is None:
+        ids = kwargs.pop("input_ids")
+        embeds = model.get_input_embeddings()(ids)  # (B, T, D)
+    kwargs["input_ids"] = None
+    batch, length, n = embeds.shape[0], embeds.shape[1], prompt.shape[0]
+    kwargs["inputs_embeds"] = torch.cat([prompt.to(embeds.dtype).unsqueeze(0).expand(batch, -1, -1), embeds], 1)
+    labels = kwargs.get("labels")
+    if labels is not None and labels.dim() == 2 and labels.shape[1] == length:  # token labels only
+        kwargs["labels"] = torch.cat([labels.new_full((batch, n), -100), labels], 1)
+    types = kwargs.get("token_type_ids")
+    if types is not None:
+        kwargs["token_type_ids"] = torch.cat([types.new_zeros(batch, n), types], 1)
+
+
+def _shift(kwargs: dict, n_prefix: int, n_prompt: int, first: bool) -> None:
+    """Attention mask, position ids and cache positions, moved past the virtual tokens."""
+    total = n_prefix + n_prompt
+    mask = kwargs.get("attention_mask")
+    if mask is not None and mask.dim() == 2:
+        kwargs["attention_mask"] = torch.cat([mask.new_ones(mask.shape[0], total), mask], 1)
+    for key in ("position_ids", "cache_position"):
+        pos = kwargs.get(key)
+        if pos is None:
+            continue
+        moved = pos + total
+        if first and n_prompt:
+            lead = torch.arange(n_prefix, total, device=pos.device, dtype=pos.dtype)
+            lead = lead.expand(*pos.shape[:-1], n_prompt)
+            moved = torch.cat([lead, moved], -1)
+        kwargs[key] = moved
