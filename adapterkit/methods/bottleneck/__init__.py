@@ -4,10 +4,9 @@ from ...errors import UnsupportedModuleError
 from ...registry import Method, register
 from ...targets import matches, resolve
 from .config import BottleneckConfig
+from .files import FILES, PEFT_TYPE
 from .layers import Bottleneck, BottleneckLayer, Tap, build
 from .roles import pick
-
-PEFT_TYPE = "ADAPTERKIT_BOTTLENECK"
 
 # id(base module) -> role ('serial' | 'parallel' | 'tap'), written by _where just before attach builds
 _ROLES: dict[int, str] = {}
@@ -52,6 +51,6 @@ def _build(base, config: BottleneckConfig):
     return build(base, config, _ROLES.pop(id(base), "serial"))
 
 
-METHOD = register(Method(config=BottleneckConfig, layer=BottleneckLayer, where=_where, build=_build))
+METHOD = register(Method(config=BottleneckConfig, layer=BottleneckLayer, where=_where, build=_build, files=FILES))
 
 __all__ = ["BottleneckConfig", "Bottleneck", "BottleneckLayer", "Tap", "METHOD", "PEFT_TYPE"]

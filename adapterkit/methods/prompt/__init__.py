@@ -9,6 +9,7 @@ from ...errors import TargetError, UnsupportedModuleError
 from ...registry import Method, register
 from . import hook
 from .config import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig
+from .files import P_TUNING_FILES, PREFIX_FILES, PROMPT_FILES
 from .encoders import Geometry, PrefixEncoder, PromptEncoder, PromptTable
 from .layers import PrefixLayer, PromptLayer, PTuningLayer, VirtualTokenLayer
 
@@ -90,9 +91,12 @@ def _build_prefix(base, config: PrefixTuningConfig) -> PrefixEncoder:
     return PrefixEncoder(config, _GEOMETRY.pop(id(base)), base.weight)
 
 
-register(Method(config=PromptTuningConfig, layer=PromptLayer, where=_where, build=_build_prompt))
-register(Method(config=PromptEncoderConfig, layer=PTuningLayer, where=_where, build=_build_p_tuning))
-register(Method(config=PrefixTuningConfig, layer=PrefixLayer, where=_where, build=_build_prefix))
+register(Method(config=PromptTuningConfig, layer=PromptLayer, where=_where, build=_build_prompt,
+                  files=PROMPT_FILES))
+register(Method(config=PromptEncoderConfig, layer=PTuningLayer, where=_where, build=_build_p_tuning,
+                  files=P_TUNING_FILES))
+register(Method(config=PrefixTuningConfig, layer=PrefixLayer, where=_where, build=_build_prefix,
+                  files=PREFIX_FILES))
 
 __all__ = [
     "PromptTuningConfig", "PromptEncoderConfig", "PrefixTuningConfig", "PromptTable", "PromptEncoder",

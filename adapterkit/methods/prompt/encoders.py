@@ -48,6 +48,21 @@ class PromptTable(nn.Module):
     def prompt(self) -> Tensor:
         return self.embedding  # (n, D)
 
+    def saved(self) -> Tensor:
+        return self.embedding
+
+    def load_saved(self, table: Tensor) -> None:
+        with torch.no_grad():
+            self.embedding.copy_(table)
+
+
+def _as_table(module: nn.Module, table: Tensor, *drop: str) -> None:
+    """Hold ``table`` as the adapter's only tensor (PEFT's inference form); drop the encoder."""
+    old = module.embedding
+    module.embedding = nn.Parameter(table.detach().to(old.device, old.dtype).clone(), requires_grad=old.requires_grad)
+    for name in drop:
+        setattr(module, name, None)
+
 
 class PromptEncoder(nn.Module):
     """P-tuning: P = mlp_head(E_v), or mlp_head(lstm_head(E_v)) for the LSTM encoder."""
@@ -70,7 +85,15 @@ class PromptEncoder(nn.Module):
                                           nn.ReLU(), nn.Linear(hidden, dim))
         self.to(device=like.device, dtype=like.dtype)
 
+    def saved(self) -> Tensor:
+        return self.prompt()
+
+    def load_saved(self, table: Tensor) -> None:
+        _as_table(self, table, "lstm_head", "mlp_head")
+
     def prompt(self) -> Tensor:
+        if self.mlp_head is None:  # loaded from a file: the encoder's output itself
+            return self.embedding
         v = self.embedding.unsqueeze(0)  # (1, n, D)
         if self.lstm_head is not None:
             v = self.lstm_head(v)[0]  # (1, n, 2 * hidden)
@@ -96,6 +119,16 @@ class PrefixEncoder(nn.Module):
             self.embedding = nn.Parameter(torch.randn(n, width))
             self.transform = None
         self.to(device=like.device, dtype=like.dtype)
+
+    def saved(self) -> Tensor:
+        return self.flat()
+
+    def load_saved(self, table: Tensor) -> None:
+        if self.transform is None:
+            with torch.no_grad():
+                self.embedding.copy_(table)
+        else:
+            _as_table(self, table, "transform")
 
     def flat(self) -> Tensor:
         """(n, layers * 2 * kv_dim): what PEFT saves as ``prompt_embeddings``."""
