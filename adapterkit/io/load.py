@@ -1,6 +1,7 @@
 """load_adapter: an adapter folder (adapterkit's or PEFT's) into a model, checked key by key."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Union
 
@@ -10,6 +11,7 @@ from torch import nn
 from ..errors import AdapterFileError, TargetError, UnsupportedModuleError
 from ..inject import adapter_layers, attach, delete_adapter
 from ..config import check_adapter_name
+from ..targets import logical_modules, matches
 from .read import WEIGHTS_NAME, file_config, find_folder, read_config, read_tensors
 from .state import Entry, entries
 
@@ -56,11 +58,23 @@ def _fill(found: list[Entry], tensors: dict[str, torch.Tensor]) -> None:
             live.copy_(mine[key])
 
 
+def _present_train_modules(model: nn.Module, config):
+    """PEFT lists the heads of several architectures (``["classifier", "score"]`` for SEQ_CLS) and
+    saves those the model has; keep the entries that name a module of this model."""
+    wanted = tuple(getattr(config, "train_modules", ()))
+    if not wanted:
+        return config
+    names = [n for n, _ in logical_modules(model) if n]
+    kept = tuple(s for s in wanted if any(matches(n, (s,)) for n in names))
+    return config if kept == wanted else dataclasses.replace(config, train_modules=kept)
+
+
 def load_adapter(model: nn.Module, path: Union[str, Path], name: str = "default",
                  trainable: bool = False, allow_pickle: bool = False) -> nn.Module:
     """Attach the adapter saved in ``path`` (by adapterkit or PEFT) as ``name``; returns ``model``.
 
-    ``path`` is the adapter's folder, or a folder holding it in the sub-folder ``name``. The
+    ``path`` is the adapter's folder; for a ``name`` other than "default", ``path/name`` is read
+    instead when it holds an adapter (where ``save_adapter`` and PEFT put it). The
     adapter becomes active. Its parameters are frozen unless ``trainable``. Only safetensors are
     read unless ``allow_pickle`` (then ``adapter_model.bin`` is read with ``weights_only=True``).
     On any error the model is left as it was.
@@ -70,6 +84,7 @@ def load_adapter(model: nn.Module, path: Union[str, Path], name: str = "default"
     data = read_config(folder)
     _, config = file_config(data, folder)
     tensors = read_tensors(folder, allow_pickle=allow_pickle)
+    config = _present_train_modules(model, config)
     try:
         attach(model, config, name)
     except (TargetError, UnsupportedModuleError) as err:

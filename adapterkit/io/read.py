@@ -37,7 +37,8 @@ def adapter_folders(path: Union[str, Path]) -> dict[str, Path]:
 
 
 def find_folder(path: Union[str, Path], name: str = "default") -> Path:
-    """The folder holding adapter ``name``: ``path`` itself, or ``path/name`` (PEFT's layout)."""
+    """The folder holding adapter ``name``: ``path/name`` if ``name`` is not "default" and that
+    sub-folder holds an adapter (PEFT's layout for several adapters), else ``path`` itself."""
     path = Path(path)
     if not path.exists():
         raise AdapterFileError(f"adapter folder {str(path)!r} does not exist; check the path.")
@@ -45,10 +46,10 @@ def find_folder(path: Union[str, Path], name: str = "default") -> Path:
         raise AdapterFileError(
             f"{str(path)!r} is a file; give the folder that holds {CONFIG_NAME} and {WEIGHTS_NAME}."
         )
+    if name != "default" and (path / name / CONFIG_NAME).is_file():
+        return path / name  # where save_adapter (and PEFT) put a non-default adapter
     if (path / CONFIG_NAME).is_file():
         return path
-    if (path / name / CONFIG_NAME).is_file():
-        return path / name
     subs = [n for n in adapter_folders(path) if n != "default"]
     hint = (f" It holds adapters in sub-folders: {', '.join(subs)}; pass the sub-folder, or "
             f"name=<one of them>." if subs else "")

@@ -51,7 +51,8 @@ def entries(model: nn.Module, name: str) -> tuple[Method, list[Entry]]:
         adapter = layer.adapters[name]
         module = _logical_name(model, layer_name)
         if isinstance(layer, TrainedModule):
-            tensors = {f"{PEFT_PREFIX}{module}.{k}": v for k, v in adapter.state_dict(keep_vars=True).items()}
+            prefix = method.files.trained_prefix if method.files is not None else PEFT_PREFIX
+            tensors = {f"{prefix}{module}.{k}": v for k, v in adapter.state_dict(keep_vars=True).items()}
             found.append(Entry(module, adapter, tensors, None, trained=True))
         elif isinstance(layer, method.layer):
             files = method.files

@@ -8,13 +8,13 @@ adapterkit         PEFT key                notes
 rank               r
 alpha              lora_alpha
 dropout            lora_dropout
-targets            target_modules          "all-linear" is written as the suffixes of the
-                                           modules it picked (as PEFT does); a regex stays
-                                           a string
+targets            target_modules          "all-linear" is written as the full names of
+                                           the modules it picked (as PEFT does); a regex
+                                           stays a string
 exclude            exclude_modules         null when empty
-layers             layers_to_transform     with a regex target, the picked module names
-                                           are written instead (PEFT applies layer indices
-                                           to lists only)
+layers             layers_to_transform     with "all-linear" or a regex, the picked
+                                           modules' names are written instead (PEFT
+                                           applies layer indices to lists only)
 rslora             use_rslora
 dora               use_dora
 init               init_lora_weights       kaiming: true, gaussian: "gaussian", random: false
@@ -64,10 +64,8 @@ def config_to_file(config: LoRAConfig, model: nn.Module) -> dict[str, Any]:
     picked = resolve(model, config.targets, config.exclude, config.layers, config.train_modules)
     targets: Any = config.targets
     layers = list(config.layers) if config.layers is not None else None
-    if targets == "all-linear":
-        targets = sorted({n.rsplit(".", 1)[-1] for n in picked})
-    elif isinstance(targets, str) and layers is not None:
-        targets, layers = sorted(picked), None
+    if targets == "all-linear" or (isinstance(targets, str) and layers is not None):
+        targets, layers = sorted(picked), None  # the picked modules' full names, as PEFT writes them
     else:
         targets = targets if isinstance(targets, str) else list(targets)
     exclude = config.exclude if isinstance(config.exclude, str) else (list(config.exclude) or None)
