@@ -63,6 +63,8 @@ class FileFormat:
     config_from_file: Callable[[Mapping[str, Any]], AdapterConfig]
     state_to_file: Callable[[str, nn.Module], dict[str, Tensor]]
     state_from_file: Optional[Callable[[str, nn.Module, Mapping[str, Tensor]], None]] = None
+    trained_prefix: str = PEFT_PREFIX  # key prefix of train_modules copies ("base_model." for
+    # PEFT's prompt-learning methods, whose PeftModel holds the model itself as base_model)
 
 
 METHODS: dict[str, Method] = {}

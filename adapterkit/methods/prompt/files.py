@@ -13,7 +13,8 @@ TEXT), ``prompt_tuning_init_text``, ``tokenizer_name_or_path``; P-tuning
 ``encoder_reparameterization_type`` (MLP | LSTM), ``encoder_hidden_size``, ``encoder_num_layers``,
 ``encoder_dropout``; prefix tuning ``prefix_projection``, ``encoder_hidden_size``. ``token_dim``,
 ``num_layers`` and ``num_attention_heads`` are left null (PEFT reads them from the model);
-``num_transformer_submodules`` is 1 (decoder-only and encoder-only models).
+``num_transformer_submodules`` is 1 (decoder-only and encoder-only models). A ``train_modules``
+copy of module ``M`` is saved as ``base_model.M.<key>``, as PEFT's prompt-learning models do.
 """
 from __future__ import annotations
 
@@ -95,7 +96,7 @@ def state_from_file(module_name: str, adapter: nn.Module, tensors: Mapping[str, 
 
 def _format(peft_type: str, to_file, from_file) -> FileFormat:
     return FileFormat(peft_type=peft_type, config_to_file=to_file, config_from_file=from_file,
-                      state_to_file=state_to_file, state_from_file=state_from_file)
+                      state_to_file=state_to_file, state_from_file=state_from_file, trained_prefix="base_model.")
 
 
 PROMPT_FILES = _format("PROMPT_TUNING", _prompt_to_file, _prompt_from_file)
