@@ -22,7 +22,7 @@ def weight_args(qw: QuantWeight) -> tuple:
     device = qw.device
     levels = formats.code_table(qw.quant_type, device) if qw.bits == 4 else qw.absmax
     if qw.double_quant:
-        nested, offset, dynamic = qw.nested_absmax, qw.nested_offset, formats.dynamic_map(device)
+        nested, offset, dynamic = qw.nested_absmax, qw.nested_offset, qw.nested_levels
     else:
         nested = offset = dynamic = qw.absmax  # unused placeholders (NESTED is False)
     return qw.codes, qw.absmax, nested, offset, levels, dynamic

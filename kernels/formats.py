@@ -10,6 +10,9 @@
     Double quantization: the absmax vector itself is stored as 8-bit codes of bitsandbytes'
     signed dynamic map, blockwise (block 256), after subtracting its mean ``offset``:
         a[j] = dynamic[q[j]] * nested_absmax[j // 256] + offset
+    The 256 levels travel with each weight (``nested_levels``): bitsandbytes' CPU quantizer sets
+    the lowest level to -1.0 and saves that map, its CUDA one keeps -0.99297; carrying the table
+    lets a converted layer reproduce either exactly. adapterkit quantizes with the -1.0 variant.
 8-bit: blockwise symmetric int8, W[i] = q[i] * a[i // block] / 127, q in [-127, 127].
 """
 from __future__ import annotations
@@ -53,7 +56,7 @@ def code_table(quant_type: str, device=None) -> Tensor:
 
 
 def dynamic_map(device=None) -> Tensor:
-    """bitsandbytes' signed 8-bit dynamic map (Dettmers 2015): 256 sorted fp32 levels in [-1, 1]."""
+    """bitsandbytes' signed 8-bit dynamic map (Dettmers 2015): 256 sorted fp32 levels, lowest -1.0."""
     key = ("dynamic", str(device))
     if key not in _CACHE:
         data = []
@@ -65,6 +68,7 @@ def dynamic_map(device=None) -> Tensor:
         data += [0, 1.0]
         data += [0] * (256 - len(data))
         data.sort()
+        data[0] = -1.0  # as bitsandbytes' CPU quantizer: the map then spans [-1, 1]
         _CACHE[key] = torch.tensor(data, dtype=torch.float32).to(device)
     return _CACHE[key]
 
@@ -75,7 +79,8 @@ class QuantWeight:
 
     codes:  4-bit: uint8 (ceil(n / 2),) two codes a byte; 8-bit: int8 (n,)
     absmax: fp32 (blocks,), or uint8 (blocks,) codes of the dynamic map when double-quantized
-    nested_absmax: fp32 (ceil(blocks / 256),) and nested_offset: fp32 () when double-quantized
+    nested_absmax: fp32 (ceil(blocks / 256),), nested_offset: fp32 () and nested_levels: fp32 (256,)
+        when double-quantized
     """
 
     codes: Tensor
@@ -85,6 +90,7 @@ class QuantWeight:
     block: int = DEFAULT_BLOCK
     nested_absmax: Optional[Tensor] = None
     nested_offset: Optional[Tensor] = None
+    nested_levels: Optional[Tensor] = None
 
     @property
     def bits(self) -> int:
@@ -105,10 +111,11 @@ class QuantWeight:
     def to(self, device) -> "QuantWeight":
         move = (lambda t: None if t is None else t.to(device))
         return replace(self, codes=move(self.codes), absmax=move(self.absmax),
-                       nested_absmax=move(self.nested_absmax), nested_offset=move(self.nested_offset))
+                       nested_absmax=move(self.nested_absmax), nested_offset=move(self.nested_offset),
+                       nested_levels=move(self.nested_levels))
 
     def nbytes(self) -> int:
-        tensors = (self.codes, self.absmax, self.nested_absmax, self.nested_offset)
+        tensors = (self.codes, self.absmax, self.nested_absmax, self.nested_offset, self.nested_levels)
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
 
@@ -127,6 +134,7 @@ def storage_shapes(shape, quant_type: str, block: int, double_quant: bool) -> di
         out["absmax"] = ((blocks,), torch.uint8)
         out["nested_absmax"] = ((num_blocks(blocks, NESTED_BLOCK),), torch.float32)
         out["nested_offset"] = ((), torch.float32)
+        out["nested_levels"] = ((256,), torch.float32)
     else:
         out["absmax"] = ((blocks,), torch.float32)
     return out

@@ -39,12 +39,13 @@ def _nearest(scaled: Tensor, code: Tensor) -> Tensor:
     return order[torch.bucketize(scaled, bounds)]
 
 
-def _double_quant(absmax: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """fp32 absmax (blocks,) -> (uint8 codes, nested absmax (ceil(blocks / 256),), offset ())."""
+def _double_quant(absmax: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """fp32 absmax (blocks,) -> (uint8 codes, nested absmax (ceil(blocks / 256),), offset (), levels)."""
     offset = absmax.mean()
     nested, scaled = _blockwise_absmax(absmax - offset, formats.NESTED_BLOCK)
-    q = _nearest(scaled, formats.dynamic_map(absmax.device)).to(torch.uint8)
-    return q, nested, offset
+    levels = formats.dynamic_map(absmax.device).clone()
+    q = _nearest(scaled, levels).to(torch.uint8)
+    return q, nested, offset, levels
 
 
 def quantize_4bit(weight: Tensor, quant_type: str = "nf4", block: int = formats.DEFAULT_BLOCK,
@@ -57,8 +58,8 @@ def quantize_4bit(weight: Tensor, quant_type: str = "nf4", block: int = formats.
     codes = formats.pack_nibbles(q)
     if not double_quant:
         return QuantWeight(codes, absmax, tuple(weight.shape), quant_type, block)
-    qabs, nested, offset = _double_quant(absmax)
-    return QuantWeight(codes, qabs, tuple(weight.shape), quant_type, block, nested, offset)
+    qabs, nested, offset, levels = _double_quant(absmax)
+    return QuantWeight(codes, qabs, tuple(weight.shape), quant_type, block, nested, offset, levels)
 
 
 def quantize_8bit(weight: Tensor, block: int = formats.DEFAULT_BLOCK) -> QuantWeight:
@@ -81,7 +82,7 @@ def block_absmax(qw: QuantWeight) -> Tensor:
     """The fp32 absmax per block (undoing double quantization)."""
     if not qw.double_quant:
         return qw.absmax.float()
-    levels = formats.dynamic_map(qw.device)[qw.absmax.long()]  # (blocks,)
+    levels = qw.nested_levels[qw.absmax.long()]  # (blocks,)
     blocks = qw.absmax.numel()
     scale = qw.nested_absmax.repeat_interleave(formats.NESTED_BLOCK)[:blocks]
     return levels * scale + qw.nested_offset

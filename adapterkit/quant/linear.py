@@ -1,0 +1,104 @@
+"""QuantLinear: a frozen linear layer whose weight is stored in 4 or 8 bits.
+
+y = x @ dequant(W)^T + b, computed by ``adapterkit_kernels.ops.qmatmul`` (Triton on CUDA: the
+weight is dequantized tile by tile in registers, never held dense; the PyTorch reference
+elsewhere). Layout: ``adapterkit_kernels.formats`` (4-bit NF4/FP4 as QLoRA, Dettmers et al. 2023,
+byte-compatible with bitsandbytes; 8-bit blockwise int8).
+
+The packed codes and scales are buffers: ``state_dict`` and ``load_state_dict`` carry them as they
+are, ``.to(device)`` moves them, and ``.to(dtype)`` / ``.half()`` change only the compute dtype
+(and the bias): the codes stay integers and the scales fp32.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from adapterkit_kernels import formats, ops
+from adapterkit_kernels.formats import QuantWeight
+
+STORED = ("codes", "absmax", "nested_absmax", "nested_offset", "nested_levels")
+
+
+class QuantLinear(nn.Module):
+    """A quantized ``nn.Linear``: ``in_features``, ``out_features``, ``bias``, ``dequantize()``."""
+
+    is_quantized_base = True  # adapterkit.bases: LoRA, DoRA and merge treat it as a linear base
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, bits: int = 4,
+                 quant_type: str = "nf4", block: int = formats.DEFAULT_BLOCK, double_quant: bool = True,
+                 compute_dtype: torch.dtype = torch.float32, device=None):
+        super().__init__()
+        if bits == 8:
+            quant_type, double_quant = formats.QUANT_TYPE_8BIT, False
+        formats.check_format(quant_type, block, double_quant)
+        self.in_features, self.out_features = in_features, out_features
+        self.quant_type, self.block, self.double_quant = quant_type, block, double_quant
+        self.compute_dtype = compute_dtype
+        shapes = formats.storage_shapes((out_features, in_features), quant_type, block, double_quant)
+        for name, (shape, dtype) in shapes.items():
+            self.register_buffer(name, torch.zeros(shape, dtype=dtype, device=device))
+        self.bias = nn.Parameter(torch.zeros(out_features, dtype=compute_dtype, device=device)) if bias else None
+
+    @property
+    def bits(self) -> int:
+        return 8 if self.quant_type == formats.QUANT_TYPE_8BIT else 4
+
+    # -- building -----------------------------------------------------------------------------
+    @classmethod
+    def from_weight(cls, qw: QuantWeight, bias: Optional[Tensor] = None,
+                    compute_dtype: torch.dtype = torch.float32) -> "QuantLinear":
+        """A layer holding an already quantized weight (no re-quantizing)."""
+        out_features, in_features = qw.shape
+        layer = cls(in_features, out_features, bias is not None, qw.bits, qw.quant_type, qw.block,
+                    qw.double_quant, compute_dtype, device="meta")
+        for name in STORED:
+            tensor = getattr(qw, name)
+            if tensor is not None:
+                layer._buffers[name] = tensor.detach().reshape(layer._buffers[name].shape)
+        if bias is not None:
+            layer.bias = nn.Parameter(bias.detach().to(compute_dtype).clone(), requires_grad=bias.requires_grad)
+        return layer
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, bits: int = 4, quant_type: str = "nf4",
+                    block: int = formats.DEFAULT_BLOCK, double_quant: bool = True,
+                    compute_dtype: Optional[torch.dtype] = None) -> "QuantLinear":
+        """Quantize an ``nn.Linear``'s weight (out, in); compute dtype defaults to the weight's."""
+        qw = ops.quantize(linear.weight, bits, quant_type, block, double_quant and bits == 4)
+        return cls.from_weight(qw, linear.bias, compute_dtype or linear.weight.dtype)
+
+    # -- reading ------------------------------------------------------------------------------
+    def quant_weight(self) -> QuantWeight:
+        nested = {name: getattr(self, name) for name in STORED[2:]} if self.double_quant else {}
+        return QuantWeight(self.codes, self.absmax, (self.out_features, self.in_features),
+                           self.quant_type, self.block, **nested)
+
+    def dequantize(self) -> Tensor:
+        """The dense (out, in) weight in the compute dtype."""
+        return ops.dequantize(self.quant_weight(), self.compute_dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        # x (..., in) -> (..., out); computed in the compute dtype, returned in x's dtype
+        y = ops.qmatmul(x.to(self.compute_dtype), self.quant_weight(), self.bias)
+        return y.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        kind = f"{self.quant_type}, block={self.block}" + (", double_quant" if self.double_quant else "")
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, {kind}, compute_dtype={self.compute_dtype}")
+
+    # -- moving -------------------------------------------------------------------------------
+    def _apply(self, fn, recurse=True):
+        """Moves keep the codes' and scales' dtypes; a float cast sets the compute dtype."""
+        probe = fn(torch.empty(0, dtype=self.compute_dtype, device=self.codes.device))
+        order = list(self._buffers)
+        stored = {name: self._buffers.pop(name) for name in STORED if name in self._buffers}
+        super()._apply(fn, recurse)
+        moved = {name: t.to(probe.device) for name, t in stored.items()}
+        self._buffers = {name: moved[name] if name in moved else self._buffers[name] for name in order}
+        if probe.dtype.is_floating_point:
+            self.compute_dtype = probe.dtype
+        return self
