@@ -10,9 +10,8 @@
     Double quantization: the absmax vector itself is stored as 8-bit codes of bitsandbytes'
     signed dynamic map, blockwise (block 256), after subtracting its mean ``offset``:
         a[j] = dynamic[q[j]] * nested_absmax[j // 256] + offset
-    The 256 levels travel with each weight (``nested_levels``): bitsandbytes' CPU quantizer sets
-    the lowest level to -1.0 and saves that map, its CUDA one keeps -0.99297; carrying the table
-    lets a converted layer reproduce either exactly. adapterkit quantizes with the -1.0 variant.
+    The 256 levels travel with each weight (``nested_levels``), so that a layer converted from
+    bitsandbytes dequantizes with exactly the map it was saved with.
 8-bit: blockwise symmetric int8, W[i] = q[i] * a[i // block] / 127, q in [-127, 127].
 """
 from __future__ import annotations
@@ -56,7 +55,7 @@ def code_table(quant_type: str, device=None) -> Tensor:
 
 
 def dynamic_map(device=None) -> Tensor:
-    """bitsandbytes' signed 8-bit dynamic map (Dettmers 2015): 256 sorted fp32 levels, lowest -1.0."""
+    """bitsandbytes' signed 8-bit dynamic map (Dettmers 2015): 256 sorted fp32 levels in [-0.993, 1]."""
     key = ("dynamic", str(device))
     if key not in _CACHE:
         data = []
@@ -68,7 +67,6 @@ def dynamic_map(device=None) -> Tensor:
         data += [0, 1.0]
         data += [0] * (256 - len(data))
         data.sort()
-        data[0] = -1.0  # as bitsandbytes' CPU quantizer: the map then spans [-1, 1]
         _CACHE[key] = torch.tensor(data, dtype=torch.float32).to(device)
     return _CACHE[key]
 

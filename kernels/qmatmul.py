@@ -61,13 +61,16 @@ def _qmatmul_kernel(x_ptr, out_ptr, codes_ptr, absmax_ptr, nested_ptr, offset_pt
 
 
 def qmatmul_triton(x: Tensor, qw: QuantWeight, a: Optional[Tensor] = None, b: Optional[Tensor] = None,
-                   scale: float = 1.0) -> Tensor:
-    """x (M, K) -> x @ W^T [+ scale * (x @ A^T) @ B^T] (M, N), in x's dtype."""
+                   scale: float = 1.0, blocks: Optional[dict] = None) -> Tensor:
+    """x (M, K) -> x @ W^T [+ scale * (x @ A^T) @ B^T] (M, N), in x's dtype.
+
+    ``blocks`` overrides the block sizes / SPLIT_K that ``_launch.matmul_blocks`` picks.
+    """
     x = x.contiguous()
     m, k = x.shape
     n = qw.shape[0]
     assert k == qw.shape[1], (x.shape, qw.shape)
-    cfg = _launch.matmul_blocks(m, n, k)
+    cfg = {**_launch.matmul_blocks(m, n, k), **(blocks or {})}
     split = cfg["SPLIT_K"]
     out = torch.empty((split, m, n), device=x.device, dtype=torch.float32 if split > 1 else x.dtype)
     has_lora = a is not None

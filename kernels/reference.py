@@ -44,7 +44,9 @@ def _double_quant(absmax: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     offset = absmax.mean()
     nested, scaled = _blockwise_absmax(absmax - offset, formats.NESTED_BLOCK)
     levels = formats.dynamic_map(absmax.device).clone()
-    q = _nearest(scaled, levels).to(torch.uint8)
+    search = levels.clone()
+    search[0] = -1.0  # bitsandbytes searches with the lowest level at -1.0 (it stores -0.993)
+    q = _nearest(scaled, search).to(torch.uint8)
     return q, nested, offset, levels
 
 
@@ -54,6 +56,8 @@ def quantize_4bit(weight: Tensor, quant_type: str = "nf4", block: int = formats.
     formats.check_format(quant_type, block, double_quant)
     flat = weight.detach().reshape(-1).float()
     absmax, scaled = _blockwise_absmax(flat, block)
+    if scaled.numel() % 2:  # an odd count: the spare nibble holds the code of 0.0, as bitsandbytes
+        scaled = torch.cat([scaled, scaled.new_zeros(1)])
     q = _nearest(scaled, formats.code_table(quant_type, weight.device))
     codes = formats.pack_nibbles(q)
     if not double_quant:
