@@ -1,0 +1,91 @@
+"""The dispatch point: ADAPTERKIT_BACKEND read at call time, the context manager, loud failures."""
+import sys
+
+import pytest
+import torch
+
+from adapterkit_kernels import ops, reference
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Counts calls into the Triton launcher and the reference."""
+    pytest.importorskip("triton")
+    from adapterkit_kernels import qmatmul
+
+    calls = {"triton": 0, "reference": 0}
+
+    def spy(name, fn):
+        def wrapped(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(qmatmul, "qmatmul_triton", spy("triton", qmatmul.qmatmul_triton))
+    monkeypatch.setattr(reference, "qmatmul", spy("reference", reference.qmatmul))
+    return calls
+
+
+def _qw():
+    return ops.quantize(torch.randn(20, 64))
+
+
+def test_environment_variable_is_read_at_each_call(monkeypatch, counted):
+    qw, x = _qw(), torch.randn(3, 64)
+    monkeypatch.setenv("ADAPTERKIT_BACKEND", "triton")
+    ops.qmatmul(x, qw)
+    assert counted == {"triton": 1, "reference": 0}
+    monkeypatch.setenv("ADAPTERKIT_BACKEND", "reference")
+    ops.qmatmul(x, qw)
+    assert counted == {"triton": 1, "reference": 1}
+
+
+def test_auto_uses_the_reference_for_cpu_tensors(monkeypatch, counted):
+    monkeypatch.delenv("ADAPTERKIT_BACKEND", raising=False)
+    ops.qmatmul(torch.randn(3, 64), _qw())
+    assert counted == {"triton": 0, "reference": 1}
+
+
+def test_context_manager_wins_and_nests(monkeypatch, counted):
+    monkeypatch.setenv("ADAPTERKIT_BACKEND", "reference")
+    qw, x = _qw(), torch.randn(3, 64)
+    with ops.use_backend("triton"):
+        ops.qmatmul(x, qw)
+        with ops.use_backend("reference"):
+            ops.qmatmul(x, qw)
+        assert ops.requested_backend() == "triton"
+    assert ops.requested_backend() == "reference"
+    assert counted == {"triton": 1, "reference": 1}
+
+
+def test_unknown_backend_is_refused(monkeypatch):
+    monkeypatch.setenv("ADAPTERKIT_BACKEND", "cuda")
+    with pytest.raises(ValueError, match="auto, reference, triton"):
+        ops.qmatmul(torch.randn(3, 64), _qw())
+    with pytest.raises(ValueError, match="unknown"):
+        with ops.use_backend("tensorrt"):
+            pass
+
+
+def test_explicit_triton_fails_loudly_where_it_cannot_run(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # CPU tensors, no interpreter: Triton cannot run them
+    with ops.use_backend("triton"):
+        with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+            ops.qmatmul(torch.randn(3, 64), _qw())
+    monkeypatch.setattr(ops, "triton_installed", lambda: False)
+    with ops.use_backend("triton"):
+        with pytest.raises(RuntimeError, match="not installed"):
+            ops.dequantize(_qw())
+    qw = _qw()
+    with ops.use_backend("auto"):  # auto falls back quietly
+        assert torch.equal(ops.dequantize(qw), reference.dequantize(qw))
+
+
+def test_import_is_light():
+    """adapterkit and the kernels' formats/reference/ops never import triton or bitsandbytes."""
+    import subprocess
+
+    code = ("import sys, adapterkit, adapterkit_kernels.ops, adapterkit.quant; "
+            "bad = [m for m in ('triton', 'bitsandbytes') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
