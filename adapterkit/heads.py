@@ -64,6 +64,8 @@ def replace_head(model: nn.Module, num_labels: int, name: Optional[str] = None) 
     setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
     if config is not None:
         config.num_labels = num_labels  # transformers rebuilds id2label / label2id from it
+    if isinstance(getattr(model, "num_labels", None), int):  # the copy task models keep for their loss
+        model.num_labels = num_labels
     return name
 
 
