@@ -1,0 +1,146 @@
+"""Every adapter method on the Llama-shaped benchmark model: trainable parameters, adapter file
+size and training-step time, adapterkit beside PEFT where PEFT has the method.
+
+Model: Llama-shaped from a config (hidden 512, intermediate 1376, 8 layers, 8 heads, vocab 8000;
+33.5M parameters, the same as bench_lora.py), batch 4 x 128 tokens, fp32 on CPU.
+
+- params: trainable parameters after attach (``ak.summary``; PEFT: requires_grad count).
+- file:   bytes of ``adapter_model.safetensors`` written by ``ak.save_adapter`` / ``save_pretrained``.
+- step:   forward + backward + AdamW on the adapter, median of ``--steps`` after 2 warm-up steps;
+          adapterkit and PEFT alternate step by step in one process (same weights, same batch);
+          ratio = adapterkit median / PEFT median.
+
+    python benchmarks/bench_methods.py                      # every method (about 2 minutes on 2 cores)
+    python benchmarks/bench_methods.py --methods ia3 prefix --steps 3
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+
+import torch
+
+import adapterkit as ak
+
+MODEL = dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=8, num_attention_heads=8,
+             num_key_value_heads=8, vocab_size=8000, max_position_embeddings=256)
+BATCH, SEQ, N_VIRTUAL = 4, 128, 20
+
+
+def methods():
+    """name -> (adapterkit config, PEFT config or None)."""
+    import peft
+
+    task = "CAUSAL_LM"
+    return {
+        "lora": (ak.LoRAConfig(rank=16, alpha=32, targets="all-linear"),
+                 peft.LoraConfig(task_type=task, r=16, lora_alpha=32, target_modules="all-linear")),
+        "ia3": (ak.IA3Config(), peft.IA3Config(task_type=task)),
+        "prompt": (ak.PromptTuningConfig(num_virtual_tokens=N_VIRTUAL),
+                   peft.PromptTuningConfig(task_type=task, num_virtual_tokens=N_VIRTUAL)),
+        "p_tuning": (ak.PromptEncoderConfig(num_virtual_tokens=N_VIRTUAL, encoder_hidden_size=128),
+                     peft.PromptEncoderConfig(task_type=task, num_virtual_tokens=N_VIRTUAL, encoder_hidden_size=128)),
+        "prefix": (ak.PrefixTuningConfig(num_virtual_tokens=N_VIRTUAL),
+                   peft.PrefixTuningConfig(task_type=task, num_virtual_tokens=N_VIRTUAL)),
+        "prefix_mlp": (ak.PrefixTuningConfig(num_virtual_tokens=N_VIRTUAL, projection=True, encoder_hidden_size=128),
+                       peft.PrefixTuningConfig(task_type=task, num_virtual_tokens=N_VIRTUAL, prefix_projection=True,
+                                               encoder_hidden_size=128)),
+        "houlsby": (ak.BottleneckConfig(preset="houlsby", reduction_factor=16), None),
+        "pfeiffer": (ak.BottleneckConfig(preset="pfeiffer", reduction_factor=16), None),
+        "parallel": (ak.BottleneckConfig(preset="parallel", reduction_factor=16, scale=4.0), None),
+    }
+
+
+def base_model():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(**MODEL)).train()
+
+
+def _trainable(model) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _file_bytes(save) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        save(tmp)
+        return os.path.getsize(os.path.join(tmp, "adapter_model.safetensors"))
+
+
+def _stepper(model, ids):
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+    def step() -> float:
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        return time.perf_counter() - start
+
+    return step
+
+
+def measure(name, ours_cfg, peft_cfg, base, ids, steps: int) -> dict:
+    ours = ak.attach(copy.deepcopy(base), ours_cfg)
+    row = {"method": name, "ak_params": ak.summary(ours).trainable,
+           "ak_file": _file_bytes(lambda d: ak.save_adapter(ours, d))}
+    runs = {"ak": (_stepper(ours, ids), [])}
+    if peft_cfg is not None:
+        import peft
+
+        theirs = peft.get_peft_model(copy.deepcopy(base), peft_cfg).train()
+        row.update(peft_params=_trainable(theirs), peft_file=_file_bytes(theirs.save_pretrained))
+        runs["peft"] = (_stepper(theirs, ids), [])
+    for i in range(steps + 2):
+        order = list(runs) if i % 2 == 0 else list(reversed(runs))
+        for lib in order:
+            took = runs[lib][0]()
+            if i >= 2:
+                runs[lib][1].append(took)
+    for lib, (_, times) in runs.items():
+        row[f"{lib}_ms"] = 1000 * statistics.median(times)
+    return row
+
+
+def table(rows) -> str:
+    lines = ["| method | trainable (ak) | trainable (PEFT) | file (ak) | file (PEFT) | step ak | step PEFT | ratio |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        peft_ms = r.get("peft_ms")
+        cells = [r["method"], f"{r['ak_params']:,}", f"{r['peft_params']:,}" if "peft_params" in r else "-",
+                 f"{r['ak_file'] / 1024:.1f} KiB", f"{r['peft_file'] / 1024:.1f} KiB" if "peft_file" in r else "-",
+                 f"{r['ak_ms']:.0f} ms", f"{peft_ms:.0f} ms" if peft_ms else "-",
+                 f"{r['ak_ms'] / peft_ms:.2f}" if peft_ms else "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--methods", nargs="*", default=None, help="subset of method names")
+    parser.add_argument("--steps", type=int, default=5)
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
+    all_methods = methods()
+    chosen = args.methods or list(all_methods)
+    base = base_model()
+    ids = torch.randint(0, MODEL["vocab_size"], (BATCH, SEQ), generator=torch.Generator().manual_seed(1))
+    rows = []
+    for name in chosen:
+        rows.append(measure(name, *all_methods[name], base, ids, args.steps))
+        print(f"{name}: {rows[-1]}", file=sys.stderr, flush=True)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}x{SEQ}, "
+          f"{sum(p.numel() for p in base.parameters()) / 1e6:.1f}M parameters")
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
