@@ -22,7 +22,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--compare", action="store_true", help="also show the base model's answer")
     p.add_argument("--no-chat-template", action="store_true", help="feed the raw prompt text")
-    p.add_argument("--system", default=None, help="a system prompt (chat template only)")
+    p.add_argument("--system", default=None, help="a system prompt (default: the one used in training)")
     p.set_defaults(_trailing="prompts")  # prompts may also follow the options
 
 
@@ -42,10 +42,17 @@ def _base_name(adapter: Path) -> str:
     raise AdapterFileError(f"{str(adapter)!r} does not record its base model; pass --base MODEL.")
 
 
-def _data_config(args):
+def _data_config(args, folder: Path):
+    """How prompts are rendered: as in training (train_config.yaml), unless the flags say otherwise."""
+    import yaml
+
     from ..train.sections import DataConfig
 
-    return DataConfig(train="-", chat_template=not args.no_chat_template, system_prompt=args.system)
+    trained = folder / "train_config.yaml"
+    data = yaml.safe_load(trained.read_text()).get("data", {}) if trained.is_file() else {}
+    system = args.system if args.system is not None else data.get("system_prompt")
+    template = data.get("chat_template", True) and not args.no_chat_template
+    return DataConfig(train="-", chat_template=template, system_prompt=system)
 
 
 @command("generate", "generate text with a trained adapter (and the base model, --compare)", _arguments)
@@ -62,7 +69,7 @@ def run(args) -> int:
     model, tokenizer = load_model(args.base or _base_name(folder), task="causal-lm")
     ak.load_adapter(model, str(folder))
     model.eval()
-    cfg = _data_config(args)
+    cfg = _data_config(args, folder)
     device = next(model.parameters()).device
     prompts = args.prompts or (line.strip() for line in sys.stdin if line.strip())
     for prompt in prompts:

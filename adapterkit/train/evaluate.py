@@ -15,11 +15,30 @@ from .batches import eval_shards
 from .data import IGNORE, collate
 
 
+def _keeps_logits(model) -> bool:
+    """Whether the model's forward takes ``logits_to_keep`` (transformers' causal LMs do)."""
+    import inspect
+
+    inner = getattr(model, "module", model)  # DDP wraps the model
+    return "logits_to_keep" in inspect.signature(inner.forward).parameters
+
+
 def causal_nll(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of token nll, number of target tokens) for a padded batch."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    logits = logits[:, :-1].float()  # (B, T-1, V)
+    """(sum of token nll, number of target tokens) for a padded batch.
+
+    Logits are computed only at positions where some row has a target (``logits_to_keep``):
+    with loss on responses only, the output head skips the prompt tokens.
+    """
     targets = batch["labels"][:, 1:]  # (B, T-1)
+    kwargs = {}
+    if _keeps_logits(model):
+        keep = (targets != IGNORE).any(0).nonzero().squeeze(1)  # (K,) positions predicting a target
+        targets = targets[:, keep]
+        kwargs["logits_to_keep"] = keep
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs).logits
+    if not kwargs:
+        logits = logits[:, :-1]
+    logits = logits.float()  # (B, K, V)
     nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
                           ignore_index=IGNORE, reduction="sum")
     return nll, (targets != IGNORE).sum()

@@ -1,0 +1,130 @@
+"""The loop on tiny local models: learning, exact resume, PEFT-readable output, classification, CLI."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import adapterkit as ak
+from tests.train.helpers import memorise_records, tiny_folder, write_jsonl
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    return tiny_folder(tmp_path_factory.mktemp("llama") / "model")
+
+
+def _config(tmp_path, model, **changes):
+    data = write_jsonl(tmp_path / "train.jsonl", memorise_records(8))
+    cfg = {"model": {"name": model}, "adapter": {"method": "lora", "rank": 4, "alpha": 8},
+           "data": {"train": data, "eval": data},
+           "optim": {"lr": 1e-2, "batch_size": 4, "max_steps": 30, "schedule": "constant", "seed": 0},
+           "eval": {"every": 0}, "output": {"dir": str(tmp_path / "out"), "progress": False}}
+    for key, value in changes.items():
+        section, _, field = key.partition("__")
+        cfg[section][field] = value
+    return cfg
+
+
+def test_loss_falls_on_a_memorisation_task(tmp_path, llama_dir):
+    result = ak.train(_config(tmp_path, llama_dir))
+    assert result.steps == 30
+    assert result.last_eval["loss"] < 0.25 * result.first_eval["loss"]
+    assert result.last_eval["perplexity"] == pytest.approx(torch.tensor(result.last_eval["loss"]).exp().item())
+    lines = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert lines[0]["step"] == 0 and "eval_loss" in lines[0] and lines[-1]["step"] == 30
+
+
+def test_saved_adapter_loads_in_peft_with_the_same_outputs(tmp_path, llama_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    result = ak.train(_config(tmp_path, llama_dir, optim__max_steps=5))
+    ids = torch.randint(3, 99, (2, 11), generator=torch.Generator().manual_seed(0))
+    result.model.eval()
+    with torch.no_grad():
+        ours = result.model(input_ids=ids).logits
+        with ak.disabled(result.model):
+            base_out = result.model(input_ids=ids).logits
+        peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(llama_dir), str(tmp_path / "out"))
+        theirs = peft_model.eval()(input_ids=ids).logits
+    assert not torch.allclose(ours, base_out, atol=1e-4)  # the adapter changed the model
+    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-5)
+
+
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, llama_dir):
+    changes = dict(optim__max_steps=6, optim__schedule="cosine", optim__batch_size=2,
+                   output__save_every=3, eval__every=2)
+    cfg = _config(tmp_path, llama_dir, **changes)
+    cfg["adapter"]["dropout"] = 0.2  # the dropout RNG must be restored too
+    ak.train(dict(cfg, output=dict(cfg["output"], dir=str(tmp_path / "whole"))))
+
+    def crash(step, logs):
+        if step == 4:
+            raise KeyboardInterrupt
+
+    split = dict(cfg, output=dict(cfg["output"], dir=str(tmp_path / "split")))
+    with pytest.raises(KeyboardInterrupt):
+        ak.train(split, callbacks=[crash])
+    assert not (tmp_path / "split" / "adapter_model.safetensors").exists()
+    result = ak.train(split, resume=True)
+    assert result.steps == 6
+    whole = load_file(str(tmp_path / "whole" / "adapter_model.safetensors"))
+    resumed = load_file(str(tmp_path / "split" / "adapter_model.safetensors"))
+    assert whole.keys() == resumed.keys()
+    for key in whole:
+        assert torch.equal(whole[key], resumed[key]), key
+    checkpoints = sorted(p.name for p in (tmp_path / "split" / "checkpoints").iterdir())
+    assert checkpoints == ["step-0000003", "step-0000006"]
+
+
+def test_early_stopping_stops_when_eval_stops_improving(tmp_path, llama_dir):
+    cfg = _config(tmp_path, llama_dir, optim__lr=1e-9, optim__max_steps=20, eval__every=1, eval__patience=2,
+                  eval__min_delta=1.0)
+    result = ak.train(cfg)
+    assert result.stopped_early and result.steps == 3  # first eval sets the best; two more fail
+
+
+def test_classification_trains_the_head_and_reports_accuracy_and_f1(tmp_path):
+    folder = tiny_folder(tmp_path / "bert", kind="bert", num_labels=2)
+    rows = [{"text": t, "label": "pos" if t.startswith("a") else "neg"}
+            for t in ["aaa", "abc", "azz", "bbb", "bcd", "bzz", "aab", "bba"]]
+    data = write_jsonl(tmp_path / "cls.jsonl", rows)
+    cfg = {"model": {"name": folder}, "adapter": {"method": "lora", "rank": 4, "targets": ["query", "value"]},
+           "data": {"train": data, "eval": data, "format": "classification"},
+           "optim": {"lr": 5e-2, "batch_size": 4, "max_steps": 25, "schedule": "constant"},
+           "output": {"dir": str(tmp_path / "out"), "progress": False}}
+    result = ak.train(cfg)
+    assert set(result.last_eval) == {"loss", "accuracy", "macro_f1"}
+    assert result.last_eval["loss"] < result.first_eval["loss"]
+    assert result.last_eval["accuracy"] == 1.0
+    assert json.loads((tmp_path / "out" / "labels.json").read_text()) == ["neg", "pos"]
+    saved = load_file(str(tmp_path / "out" / "adapter_model.safetensors"))
+    assert any("classifier" in k for k in saved)  # the new head is saved with the adapter
+
+
+def test_cli_train_then_generate(tmp_path, llama_dir, capsys):
+    import yaml
+
+    from adapterkit.cli import main
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(_config(tmp_path, llama_dir)))
+    assert main(["train", str(path), "--set", "optim.max_steps=3", "--set", "output.log_every=1"]) == 0
+    out = capsys.readouterr().out
+    assert "eval before: loss" in out and "3 steps" in out
+    assert (tmp_path / "out" / "train_config.yaml").is_file()
+    assert main(["generate", str(tmp_path / "out"), "--compare", "--max-new-tokens", "3", "q1?", "q2?"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("base:") == 2 and out.count("adapter:") == 2
+
+
+def test_launch_command_asks_accelerate_for_ddp_on_cpu():
+    from adapterkit.train.launch import launch_command
+
+    cmd, env = launch_command(["-m", "adapterkit.cli", "train", "c.yaml"], 2, None, cuda=False)
+    assert cmd[1:3] == ["-m", "accelerate.commands.launch"]
+    assert "--multi_gpu" in cmd and cmd[cmd.index("--num_processes") + 1] == "2"
+    assert env["ACCELERATE_USE_CPU"] == "true" and cmd[-4:] == ["-m", "adapterkit.cli", "train", "c.yaml"]
+    cmd, env = launch_command(["s.py"], None, "fsdp.yaml", cuda=True)
+    assert cmd[cmd.index("--config_file") + 1] == "fsdp.yaml" and "--multi_gpu" not in cmd
