@@ -7,6 +7,7 @@ transformers loaded with ``BitsAndBytesConfig``) becomes a QuantLinear holding t
 """
 from __future__ import annotations
 
+import copy
 import sys
 from typing import Iterable, Iterator, Optional, Sequence
 
@@ -49,6 +50,13 @@ def from_bnb_linear4bit(module: nn.Module, compute_dtype: Optional[torch.dtype] 
     if state is None:
         raise UnsupportedModuleError("this Linear4bit holds no quantized weight yet (quant_state is None); "
                                      "move it to its device or load its state first")
+    data = weight.data
+    if getattr(state, "packing_format_for_cpu", False):
+        # bitsandbytes repacked it for its AVX512-BF16 CPU inference kernel (codes reordered, scales
+        # rounded to bf16); its own inverse gives back the standard codes (the scales stay rounded)
+        from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+        data, state = _convert_weight_packed_for_cpu_inverse(data.clone(), copy.deepcopy(state))
     nested = {}
     if state.nested:
         if state.state2.blocksize != formats.NESTED_BLOCK:
@@ -56,7 +64,7 @@ def from_bnb_linear4bit(module: nn.Module, compute_dtype: Optional[torch.dtype] 
                                          f"expected {formats.NESTED_BLOCK}")
         nested = {"nested_absmax": state.state2.absmax.float(), "nested_offset": state.offset.float().reshape(()),
                   "nested_levels": state.state2.code.float()}
-    qw = QuantWeight(weight.data.view(torch.uint8).reshape(-1), state.absmax, tuple(state.shape),
+    qw = QuantWeight(data.view(torch.uint8).reshape(-1), state.absmax.float(), tuple(state.shape),
                      state.quant_type, state.blocksize, **nested)
     dtype = compute_dtype or getattr(module, "compute_dtype", None) or state.dtype
     return QuantLinear.from_weight(qw, module.bias, dtype)
