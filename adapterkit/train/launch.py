@@ -19,6 +19,15 @@ def launched() -> bool:
     return "LOCAL_RANK" in os.environ or "ACCELERATE_LAUNCHED" in os.environ
 
 
+def _free_port() -> int:
+    """A free TCP port, so two runs on one machine do not collide on the default one."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def launch_command(target: Sequence[str], num_processes: Optional[int],
                    config_file: Optional[str], cuda: bool) -> tuple[list[str], dict]:
     """(argv, environment) for ``accelerate launch`` running ``target`` (a script and its
@@ -31,7 +40,7 @@ def launch_command(target: Sequence[str], num_processes: Optional[int],
             cmd += ["--num_processes", str(num_processes)]
     else:
         cmd += ["--multi_gpu", "--num_processes", str(num_processes or 1), "--num_machines", "1",
-                "--dynamo_backend", "no"]
+                "--dynamo_backend", "no", "--main_process_port", str(_free_port())]
         if not cuda:
             cmd += ["--mixed_precision", "no"]
             env["ACCELERATE_USE_CPU"] = "true"
