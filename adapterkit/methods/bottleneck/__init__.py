@@ -43,6 +43,7 @@ def _where(model, config: BottleneckConfig) -> list[str]:
                 f"bottleneck adapters follow modules with a known output size (Linear, Conv1D, ...); "
                 f"{name!r} is a {type(_logical(model, name)).__name__}. Pick other targets."
             )
+    _ROLES.clear()  # only the attach under way reads it
     _ROLES.update({id(_logical(model, n)): role for n, role in placed})
     return [n for n, _ in placed]
 

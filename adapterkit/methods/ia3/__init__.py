@@ -37,6 +37,7 @@ def _ffn_out(model) -> set:
 
 def _where(model, config: IA3Config) -> list[str]:
     placed = placement(model, config)
+    _FEEDFORWARD.clear()  # only the attach under way reads it
     _FEEDFORWARD.update({id(_logical(model, n)): ff for n, ff in placed})
     return [n for n, _ in placed]
 

@@ -61,6 +61,7 @@ def _where(model, config) -> list[str]:
     name = embedding_name(model)
     if isinstance(config, PrefixTuningConfig):
         module = model.get_submodule(name)
+        _GEOMETRY.clear()  # only the attach under way reads it
         _GEOMETRY[id(module.innermost() if hasattr(module, "innermost") else module)] = geometry(model)
     hook.install(model)
     return [name]
