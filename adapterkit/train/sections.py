@@ -50,13 +50,19 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class QuantConfig:
-    """A quantized frozen base (ak.quantize): bits 4 or 8; quant_type nf4 / fp4 (4-bit)."""
+    """A quantized frozen base (ak.quantize): bits 4 or 8; quant_type nf4 / fp4 (4-bit);
+    double_quant: quantize the scales too; block: weights per scale; skip: modules kept dense."""
 
     bits: int = 4
     quant_type: str = "nf4"
+    double_quant: bool = True
+    block: int = 64
+    skip: tuple[str, ...] = ()
 
     def __post_init__(self):
         _choice("quantization", "bits", self.bits, (4, 8))
+        _choice("quantization", "quant_type", self.quant_type, ("nf4", "fp4"))
+        _at_least("quantization", "block", self.block, 16)
 
 
 @dataclasses.dataclass(frozen=True)

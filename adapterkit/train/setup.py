@@ -27,7 +27,8 @@ def build_model(config: TrainConfig, task: str, num_labels: Optional[int]):
     model, tokenizer = load_model(m.name, task=task, num_labels=num_labels, dtype=m.dtype)
     if config.quantization is not None:
         q = config.quantization
-        ak.quantize(model, bits=q.bits, quant_type=q.quant_type)
+        ak.quantize(model, bits=q.bits, quant_type=q.quant_type, double_quant=q.double_quant,
+                    block=q.block, skip=q.skip)
     adapter = config.adapter
     if task == "classification" and not getattr(adapter, "train_modules", ("x",)):
         # a new head is random: train it with the adapter (as PEFT does for SEQ_CLS)

@@ -128,3 +128,14 @@ def test_launch_command_asks_accelerate_for_ddp_on_cpu():
     assert env["ACCELERATE_USE_CPU"] == "true" and cmd[-4:] == ["-m", "adapterkit.cli", "train", "c.yaml"]
     cmd, env = launch_command(["s.py"], None, "fsdp.yaml", cuda=True)
     assert cmd[cmd.index("--config_file") + 1] == "fsdp.yaml" and "--multi_gpu" not in cmd
+
+
+def test_quantized_base_trains(tmp_path, llama_dir):
+    """quantization: 4-bit nf4 base layers (ak.quantize) under the LoRA adapter; the loss still falls."""
+    from adapterkit.quant import QuantLinear
+
+    cfg = _config(tmp_path, llama_dir, optim__max_steps=15)
+    cfg["quantization"] = {"bits": 4, "quant_type": "nf4", "block": 32}
+    result = ak.train(cfg)
+    assert any(isinstance(m, QuantLinear) for m in result.model.modules())
+    assert result.last_eval["loss"] < 0.6 * result.first_eval["loss"]
