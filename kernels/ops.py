@@ -10,6 +10,7 @@ tests them); without triton, or on CPU without the interpreter, it fails loudly.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import os
 import threading
@@ -48,6 +49,7 @@ def use_backend(name: str) -> Iterator[None]:
         stack.pop()
 
 
+@functools.lru_cache(maxsize=None)
 def triton_installed() -> bool:
     return importlib.util.find_spec("triton") is not None
 

@@ -92,14 +92,24 @@ def block_absmax(qw: QuantWeight) -> Tensor:
     return levels * scale + qw.nested_offset
 
 
+def _byte_levels(quant_type: str, device) -> Tensor:
+    """(256, 2) fp32: the levels of a byte's high and low nibble, so one gather reads two codes."""
+    code = formats.code_table(quant_type, device)
+    byte = torch.arange(256, device=device)
+    return torch.stack([code[byte >> 4], code[byte & 0xF]], dim=1)
+
+
 def dequantize(qw: QuantWeight, dtype: torch.dtype = torch.float32) -> Tensor:
     """QuantWeight -> dense (out, in) weight in ``dtype`` (computed in fp32, then cast)."""
     n = qw.numel
     if qw.bits == 8:
         values = qw.codes.float() * (1.0 / formats.INT8_MAX)
     else:
-        values = formats.code_table(qw.quant_type, qw.device)[formats.unpack_nibbles(qw.codes, n)]
-    scale = block_absmax(qw).repeat_interleave(qw.block)[:n]
+        values = _byte_levels(qw.quant_type, qw.device).index_select(0, qw.codes.int()).view(-1)[:n]  # (n,)
+    absmax = block_absmax(qw)
+    if n % qw.block == 0:  # whole blocks: broadcast the scales instead of repeating them
+        return (values.view(-1, qw.block) * absmax.view(-1, 1)).view(qw.shape).to(dtype)
+    scale = absmax.repeat_interleave(qw.block)[:n]
     return (values * scale).view(qw.shape).to(dtype)
 
 

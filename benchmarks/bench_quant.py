@@ -1,0 +1,259 @@
+"""4-bit quantized linear layer and QLoRA training step: adapterkit against bitsandbytes (+ PEFT).
+
+Part ``layer``: forward and forward+backward of one layer, M tokens x (K -> N), with and without a
+rank-16 LoRA branch, for the contenders of quant_setup.py. On CUDA: bf16, Triton kernels, medians
+of ``triton.testing.do_bench``; M in {1, 16, 512, 4096}, (K, N) in {(4096, 4096), (4096, 14336),
+(14336, 4096)}. On CPU: fp32, adapterkit's PyTorch reference against bitsandbytes' CPU code,
+medians of --reps runs (perf_counter); by default the (4096, 4096) shape and M in {1, 16, 512}.
+
+Part ``step``: one QLoRA training step (rank 16 all-linear, gradient checkpointing, AdamW) of a
+Llama-shaped model, adapterkit vs PEFT + bitsandbytes, each in a fresh process: tokens/s and peak
+memory. CUDA preset: about 1.1B parameters, bf16, batch 4 x 1024. CPU preset: a small model in fp32.
+
+    python benchmarks/bench_quant.py --part layer            # tables on stdout, --json FILE to keep them
+    python benchmarks/bench_quant.py --part step
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import quant_setup as S  # noqa: E402
+
+CUDA = torch.cuda.is_available()
+SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096)]
+
+
+def _sync():
+    if CUDA:
+        torch.cuda.synchronize()
+
+
+def time_ms(fn, reps: int) -> float:
+    """Median milliseconds of fn(): do_bench on CUDA, perf_counter medians on CPU."""
+    if CUDA:
+        import triton.testing
+
+        return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
+    fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def _runner(contender, x, training: bool):
+    """A no-argument callable: forward (no_grad) or forward + backward."""
+    if not training:
+        def run():
+            with torch.no_grad():
+                contender(x)
+        return run
+    dy = None
+
+    def run():
+        nonlocal dy
+        y = contender(x)
+        dy = torch.ones_like(y) if dy is None else dy
+        y.backward(dy)
+    return run
+
+
+def bench_layer(args) -> list:
+    device, dtype = ("cuda", torch.bfloat16) if CUDA else ("cpu", torch.float32)
+    backend = "triton" if CUDA else "reference"
+    rows = []
+    for k, n in args.shapes:
+        layer = S.Layer(k, n, args.rank, device, dtype, need_bnb=not args.no_bnb)
+        for lora in (False, True):
+            for training in (False, True):
+                contenders = S.builders(layer, lora, training, backend, not args.no_bnb)
+                for m in args.m:
+                    x = torch.randn(m, k, device=device, dtype=dtype, requires_grad=training)
+                    row = {"mode": "fwd+bwd" if training else "fwd", "lora": lora, "M": m, "K": k, "N": n}
+                    for name, contender in contenders.items():
+                        row[name] = round(time_ms(_runner(contender, x, training), args.reps), 4)
+                        layer.a.grad = layer.b.grad = None
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+        del layer
+    return rows
+
+
+def layer_table(rows: list) -> str:
+    names = ["adapterkit", "bnb_dequant", "bnb_matmul_4bit", "peft_bnb", "dense"]
+    names = [n for n in names if any(n in r for r in rows)]
+    head = "| mode | LoRA | M | K x N | " + " | ".join(f"{n} ms" for n in names) + \
+        " | dense / adapterkit | peft_bnb / adapterkit |"
+    lines = [head, "|" + "---|" * (len(names) + 6)]
+    dense_ms = {(r["mode"], r["M"], r["K"], r["N"]): r.get("dense") for r in rows if not r["lora"]}
+    for r in rows:
+        cells = [f"{r[n]:.3f}" if n in r else "" for n in names]
+        floor = dense_ms.get((r["mode"], r["M"], r["K"], r["N"]))
+        ratio_dense = f"{floor / r['adapterkit']:.2f}x" if floor else ""
+        ratio_peft = f"{r['peft_bnb'] / r['adapterkit']:.2f}x" if "peft_bnb" in r else ""
+        lines.append(f"| {r['mode']} | {'r16' if r['lora'] else '-'} | {r['M']} | {r['K']} x {r['N']} | "
+                     + " | ".join(cells) + f" | {ratio_dense} | {ratio_peft} |")
+    return "\n".join(lines)
+
+
+# -- the training step ------------------------------------------------------------------------------
+PRESETS = {
+    "1b": dict(config=dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
+                           num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048),
+               batch=4, seq=1024, dtype="bfloat16"),
+    "cpu": dict(config=dict(hidden_size=256, intermediate_size=704, num_hidden_layers=4, num_attention_heads=4,
+                            num_key_value_heads=2, vocab_size=1000, max_position_embeddings=256),
+                batch=2, seq=128, dtype="float32"),
+}
+
+
+def _save_model(preset: dict, folder: str) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if os.path.exists(os.path.join(folder, "config.json")):
+        return
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**preset["config"])).to(getattr(torch, preset["dtype"]))
+    model.save_pretrained(folder)
+
+
+def _load(lib: str, folder: str, dtype: torch.dtype, device: str):
+    from transformers import AutoModelForCausalLM
+
+    if lib == "adapterkit":
+        import adapterkit as ak
+
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device)
+        ak.quantize(model, bits=4, quant_type="nf4", double_quant=True, compute_dtype=dtype)
+        ak.prepare_for_kbit_training(model)
+        return ak.attach(model, ak.LoRAConfig(rank=16, alpha=32, targets="all-linear"))
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import BitsAndBytesConfig
+
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(folder, quantization_config=quant, dtype=dtype, device_map=device)
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+    return get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))
+
+
+def step_child(args) -> dict:
+    """One library's training steps in this process; prints one JSON line."""
+    preset = PRESETS[args.preset]
+    device, dtype = ("cuda" if CUDA else "cpu"), getattr(torch, preset["dtype"])
+    model = _load(args.lib, args.folder, dtype, device)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    ids = torch.randint(0, preset["config"]["vocab_size"], (preset["batch"], preset["seq"]), device=device)
+
+    def step():
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    for _ in range(2):
+        step()
+    _sync()
+    if CUDA:
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(args.steps):
+        start = time.perf_counter()
+        step()
+        _sync()
+        times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    out = {"lib": args.lib, "preset": args.preset, "step_s": round(median, 4),
+           "tokens_per_s": round(preset["batch"] * preset["seq"] / median, 1),
+           "trainable": sum(p.numel() for p in params)}
+    if CUDA:
+        out["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+    print("RESULT " + json.dumps(out), flush=True)
+    return out
+
+
+def bench_step(args) -> list:
+    preset = args.preset or ("1b" if CUDA else "cpu")
+    folder = args.folder or os.path.join(os.environ.get("TMPDIR", "/tmp"), f"adapterkit_bench_{preset}")
+    _save_model(PRESETS[preset], folder)
+    rows = []
+    for lib in ("adapterkit", "peft"):
+        cmd = [sys.executable, os.path.abspath(__file__), "--part", "step-child", "--lib", lib,
+               "--preset", preset, "--folder", folder, "--steps", str(args.steps)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
+        if done.returncode or not lines:
+            raise SystemExit(f"{lib} step failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        rows.append(json.loads(lines[-1][7:]))
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def step_table(rows: list) -> str:
+    a, p = rows
+    mem = f" | {a['peak_gib']} | {p['peak_gib']} | {a['peak_gib'] / p['peak_gib']:.2f}x" if "peak_gib" in a else ""
+    head = "| preset | adapterkit tok/s | PEFT+bnb tok/s | speed-up" + (
+        " | adapterkit GiB | PEFT+bnb GiB | memory ratio" if mem else "") + " |"
+    return "\n".join([head, "|" + "---|" * (7 if mem else 4),
+                      f"| {a['preset']} | {a['tokens_per_s']} | {p['tokens_per_s']} | "
+                      f"{a['tokens_per_s'] / p['tokens_per_s']:.2f}x{mem} |"])
+
+
+def machine() -> dict:
+    import transformers
+
+    info = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "device": torch.cuda.get_device_name() if CUDA else platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads()}
+    for name in ("triton", "bitsandbytes", "peft"):
+        try:
+            info[name] = __import__(name).__version__
+        except ImportError:
+            info[name] = None
+    return info
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", choices=["layer", "step", "step-child"], default="layer")
+    parser.add_argument("--m", type=int, nargs="+", default=[1, 16, 512, 4096] if CUDA else [1, 16, 512])
+    parser.add_argument("--shapes", type=lambda s: tuple(int(v) for v in s.split("x")), nargs="+",
+                        default=SHAPES if CUDA else SHAPES[:1], help="K x N pairs, e.g. 4096x14336")
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--reps", type=int, default=3, help="CPU timing runs per case (median)")
+    parser.add_argument("--no-bnb", action="store_true", help="adapterkit and dense only")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--preset", choices=list(PRESETS))
+    parser.add_argument("--lib", choices=["adapterkit", "peft"])
+    parser.add_argument("--folder")
+    parser.add_argument("--json", help="write the results and the machine here")
+    args = parser.parse_args(argv)
+    if args.part == "step-child":
+        return step_child(args)
+    info = machine()
+    print(json.dumps(info), flush=True)
+    rows = bench_layer(args) if args.part == "layer" else bench_step(args)
+    print()
+    print(layer_table(rows) if args.part == "layer" else step_table(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": info, "part": args.part, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
