@@ -123,3 +123,14 @@ def test_bad_targets_are_user_errors():
         ak.IA3Config(init="zeros")
     with pytest.raises(ak.UnsupportedModuleError, match="IA3 scales"):
         ak.attach(tiny_llama(), ak.IA3Config(targets=["embed_tokens"]))
+
+
+def test_on_a_4bit_base_merging_dequantizes():
+    model = ak.quantize(tiny_llama(hidden_size=64, intermediate_size=128), bits=4)
+    ak.attach(model, ak.IA3Config(init="random"))
+    ids = tokens()
+    with torch.no_grad():
+        expected = model(ids).logits
+        merged = ak.merge(model)
+        assert type(merged.model.layers[0].self_attn.k_proj) is torch.nn.Linear
+        torch.testing.assert_close(merged(ids).logits, expected, atol=1e-5, rtol=1e-5)
