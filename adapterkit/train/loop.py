@@ -149,76 +149,98 @@ def _shutdown(accelerator) -> None:
     AcceleratorState._reset_state(reset_partial_state=True)  # the next run may differ
 
 
-def _run(config: TrainConfig, accelerator, resume: bool, callbacks) -> TrainResult:
-    task, model, tokenizer, train_set, eval_set, plan, gen, names = _prepare(config, accelerator)
-    o, e, out = config.optim, config.eval, Path(config.output.dir)
-    total = o.max_steps or plan.steps_per_epoch * o.epochs
-    optimizer = optim.build_optimizer(model, o)
-    scheduler = optim.build_schedule(optimizer, o, total)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    model.train()
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-    accelerator.init_trackers("adapterkit", config={"steps": total, "lr": o.lr})
-    history: list = []
-    log = _Log(accelerator, out, history)
-    state = {"best": None, "bad_evals": 0, "first_eval": None, "tokens": 0}
-    step = 0
-    found = checkpoint.latest(out / "checkpoints") if resume else None
-    if found is not None:
-        state.update(checkpoint.load(found, accelerator, model, optimizer, scheduler))
-        step = state.pop("step")
-        history.extend(state.pop("history", []))
-    eval_size = e.batch_size or o.batch_size
+class _Run:
+    """One run's pieces: model, data, optimizer, schedule, log and early-stopping state."""
 
-    def run_eval(at: int) -> dict:
-        result = evaluate(accelerator, model, task, eval_set, eval_size, tokenizer.pad_token_id,
-                          e.max_batches, gen)
-        log(at, {f"eval_{k}": v for k, v in result.items()})
+    def __init__(self, config: TrainConfig, accelerator):
+        self.config, self.acc, self.out = config, accelerator, Path(config.output.dir)
+        (self.task, model, self.tokenizer, self.train_set, self.eval_set, self.plan, self.gen,
+         self.names) = _prepare(config, accelerator)
+        o = config.optim
+        self.total = o.max_steps or self.plan.steps_per_epoch * o.epochs
+        optimizer = optim.build_optimizer(model, o)
+        self.scheduler = optim.build_schedule(optimizer, o, self.total)
+        self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        self.model.train()
+        if accelerator.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+        accelerator.init_trackers("adapterkit", config={"steps": self.total, "lr": o.lr})
+        self.history: list = []
+        self.log = _Log(accelerator, self.out, self.history)
+        self.state = {"best": None, "bad_evals": 0, "first_eval": None}
+        self.step = 0
+
+    def resume(self) -> None:
+        found = checkpoint.latest(self.out / "checkpoints")
+        if found is not None:
+            self.state.update(checkpoint.load(found, self.acc, self.model, self.optimizer, self.scheduler))
+            self.step = self.state.pop("step")
+            self.history.extend(self.state.pop("history", []))
+
+    def evaluate(self) -> dict:
+        e = self.config.eval
+        result = evaluate(self.acc, self.model, self.task, self.eval_set, e.batch_size or self.config.optim.batch_size,
+                          self.tokenizer.pad_token_id, e.max_batches, self.gen)
+        self.log(self.step, {f"eval_{k}": v for k, v in result.items()})
         return result
 
-    if eval_set and e.at_start and step == 0:
-        state["first_eval"] = run_eval(0)
-    last_eval, stopped, pad = None, False, tokenizer.pad_token_id
-    bar = _progress(accelerator, config, total, step)
+    def should_stop(self, result: dict) -> bool:
+        """Early stopping: ``eval.patience`` evaluations in a row without improvement."""
+        e, state = self.config.eval, self.state
+        if _improved(result[e.metric], state["best"], e.metric, e.min_delta):
+            state["best"], state["bad_evals"] = result[e.metric], 0
+        else:
+            state["bad_evals"] += 1
+        return e.patience is not None and state["bad_evals"] >= e.patience
+
+    def batches(self) -> list[dict]:
+        pad, device = self.tokenizer.pad_token_id, self.acc.device
+        return [{k: v.to(device) for k, v in collate([self.train_set[i] for i in idx], pad).items()}
+                for idx in self.plan.micro_batches(self.step, self.acc.process_index)]
+
+    def checkpoint(self) -> None:
+        checkpoint.save(self.acc, self.out / "checkpoints", self.step, self.model, self.optimizer,
+                        self.scheduler, dict(self.state, history=self.history), self.config.output.keep)
+
+
+def _run(config: TrainConfig, accelerator, resume: bool, callbacks) -> TrainResult:
+    run = _Run(config, accelerator)
+    if resume:
+        run.resume()
+    e, out_cfg = config.eval, config.output
+    if run.eval_set and e.at_start and run.step == 0:
+        run.state["first_eval"] = run.evaluate()
+    last_eval, stopped = None, False
+    bar = _progress(accelerator, config, run.total, run.step)
     started, tokens_run = time.perf_counter(), 0
-    while step < total:
-        idx = plan.micro_batches(step, accelerator.process_index)
-        batches = [{k: v.to(accelerator.device) for k, v in collate([train_set[i] for i in b], pad).items()}
-                   for b in idx]
-        loss, tokens = _step(accelerator, model, optimizer, scheduler, batches, task, o.max_grad_norm)
-        step += 1
+    while run.step < run.total:
+        loss, tokens = _step(accelerator, run.model, run.optimizer, run.scheduler, run.batches(), run.task,
+                             config.optim.max_grad_norm)
+        run.step += 1
         tokens_run += tokens * accelerator.num_processes
-        lr = scheduler.get_last_lr()[0]
-        rate = tokens_run / max(1e-9, time.perf_counter() - started)
+        logs = {"loss": loss, "lr": run.scheduler.get_last_lr()[0],
+                "tokens_per_s": tokens_run / max(1e-9, time.perf_counter() - started)}
         bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:.0f}")
-        logs = {"loss": loss, "lr": lr, "tokens_per_s": rate}
-        if step % config.output.log_every == 0 or step == total:
-            log(step, logs)
-        if eval_set and e.every and (step % e.every == 0 or step == total):
-            last_eval = run_eval(step)
-            value = last_eval[e.metric]
-            if _improved(value, state["best"], e.metric, e.min_delta):
-                state["best"], state["bad_evals"] = value, 0
-            else:
-                state["bad_evals"] += 1
-            stopped = e.patience is not None and state["bad_evals"] >= e.patience
-        if config.output.save_every and (step % config.output.save_every == 0 or stopped):
-            checkpoint.save(accelerator, out / "checkpoints", step, model, optimizer, scheduler,
-                            dict(state, history=history), config.output.keep)
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{logs['lr']:.2e}", tok_s=f"{logs['tokens_per_s']:.0f}")
+        if run.step % out_cfg.log_every == 0 or run.step == run.total:
+            run.log(run.step, logs)
+        if run.eval_set and e.every and (run.step % e.every == 0 or run.step == run.total):
+            last_eval = run.evaluate()
+            stopped = run.should_stop(last_eval)
+        if out_cfg.save_every and (run.step % out_cfg.save_every == 0 or stopped):
+            run.checkpoint()
         for callback in callbacks:
-            callback(step, logs)
+            callback(run.step, logs)
         if stopped:
             break
     bar.close()
     seconds = time.perf_counter() - started
-    if eval_set and last_eval is None:
-        last_eval = run_eval(step)
-    model = accelerator.unwrap_model(model)
-    _save_final(accelerator, model, config, out, names)
-    return TrainResult(model, tokenizer, out, step, state["first_eval"], last_eval, history, stopped,
-                       tokens_run, seconds)
+    if run.eval_set and last_eval is None:
+        last_eval = run.evaluate()
+    model = accelerator.unwrap_model(run.model)
+    _save_final(accelerator, model, config, run.out, run.names)
+    return TrainResult(model, run.tokenizer, run.out, run.step, run.state["first_eval"], last_eval,
+                       run.history, stopped, tokens_run, seconds)
 
 
 def _save_final(accelerator, model, config: TrainConfig, out: Path, names) -> None:
