@@ -181,3 +181,15 @@ def test_config_errors_name_the_problem():
         ak.PrefixTuningConfig(num_virtual_tokens=0)
     with pytest.raises(ak.UnsupportedModuleError, match="get_input_embeddings"):
         ak.attach(torch.nn.Sequential(torch.nn.Linear(3, 3)), ak.PromptTuningConfig())
+
+
+def test_gradient_checkpointing_works_with_prompts_and_is_refused_clearly_with_prefixes():
+    ids = tokens()
+    prompt = ak.attach(tiny_llama(), ak.PromptTuningConfig(num_virtual_tokens=2)).train()
+    plain = copy.deepcopy(prompt)
+    prompt.gradient_checkpointing_enable()
+    torch.testing.assert_close(prompt(ids, labels=ids).loss, plain(ids, labels=ids).loss)
+    prefix = ak.attach(tiny_llama(), ak.PrefixTuningConfig(num_virtual_tokens=2)).train()
+    prefix.gradient_checkpointing_enable()
+    with pytest.raises(ak.UnsupportedModuleError, match="gradient_checkpointing_disable"):
+        prefix(ids, labels=ids)

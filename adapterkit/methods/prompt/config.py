@@ -92,6 +92,9 @@ class PromptEncoderConfig(AdapterConfig):
 class PrefixTuningConfig(AdapterConfig):
     """Prefix tuning: trained keys and values in front of every attention layer's own.
 
+    The prefix reaches the layers through the model's key/value cache, so it cannot be combined
+    with transformers' gradient checkpointing (which drops the cache); use prompt tuning there.
+
     Args:
         num_virtual_tokens: n, the prefix length.
         projection: reparameterise the prefix by an MLP (Linear-Tanh-Linear) over n trained

@@ -19,6 +19,8 @@ import inspect
 import torch
 from torch import Tensor, nn
 
+from ...errors import UnsupportedModuleError
+
 
 def virtual_token_layers(model: nn.Module) -> list:
     from .layers import VirtualTokenLayer
@@ -53,6 +55,12 @@ def _pre_hook(model: nn.Module, args: tuple, kwargs: dict):
                 prompts.append(adapter.prompt())
     if not prompts and not prefixes:
         return None
+    if prefixes and model.training and getattr(model, "is_gradient_checkpointing", False):
+        raise UnsupportedModuleError(
+            "prefix tuning feeds its keys/values through the model's cache, which transformers drops in "
+            "layers under gradient checkpointing; call model.gradient_checkpointing_disable(), or use "
+            "prompt tuning / P-tuning (PromptTuningConfig, PromptEncoderConfig), which work with it."
+        )
     kwargs = dict(kwargs)
     if args:  # positional arguments by name (input_ids, attention_mask, ...)
         names = [p for p, v in inspect.signature(model.forward).parameters.items()
