@@ -13,7 +13,8 @@ modules (Linear, Conv1D, quantized linear) split into
   feed-forward input (``gate_proj``, ``c_fc``, ``intermediate.dense``, ``wi``) and the last is its
   output projection (``down_proj``, ``mlp.c_proj``, ``output.dense``, ``wo``).
 
-This holds for Llama-, GPT-2-, BERT-, ViT- and T5-style blocks.
+This holds for Llama-, GPT-2-, BERT-, ViT- and T5-style blocks (and OPT, GPT-NeoX, Falcon, Phi,
+DistilBERT naming). Mixture-of-experts blocks are not understood: give explicit targets there.
 """
 from __future__ import annotations
 
@@ -27,8 +28,8 @@ from ...errors import ConfigError, TargetError
 from ...targets import logical_modules
 
 _ATTENTION = re.compile(r"attn|attention", re.IGNORECASE)
-KEY_VALUE = ("k_proj", "v_proj", "key", "value", "k", "v", "wk", "wv",
-             "c_attn", "qkv_proj", "query_key_value", "Wqkv", "qkv")
+KEY_VALUE = ("k_proj", "v_proj", "key", "value", "k", "v", "wk", "wv", "k_lin", "v_lin", "key_proj",
+             "value_proj", "c_attn", "qkv_proj", "query_key_value", "Wqkv", "qkv")
 
 
 @dataclasses.dataclass
