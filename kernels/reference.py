@@ -107,8 +107,8 @@ def dequantize(qw: QuantWeight, dtype: torch.dtype = torch.float32) -> Tensor:
     else:
         values = _byte_levels(qw.quant_type, qw.device).index_select(0, qw.codes.int()).view(-1)[:n]  # (n,)
     absmax = block_absmax(qw)
-    if n % qw.block == 0:  # whole blocks: broadcast the scales instead of repeating them
-        return (values.view(-1, qw.block) * absmax.view(-1, 1)).view(qw.shape).to(dtype)
+    if n % qw.block == 0:  # whole blocks: broadcast the scales in place (values is a fresh tensor)
+        return values.view(-1, qw.block).mul_(absmax.view(-1, 1)).view(qw.shape).to(dtype)
     scale = absmax.repeat_interleave(qw.block)[:n]
     return (values * scale).view(qw.shape).to(dtype)
 

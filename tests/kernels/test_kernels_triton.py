@@ -110,7 +110,8 @@ def test_cuda_realistic_shapes(m, dtype):
     with ops.use_backend("triton"):
         y = ops.qlora_matmul(x, qw, a, b, 2.0)
         grads = torch.autograd.grad(y, (x, a, b), dy)
-        assert torch.equal(ops.dequantize(qw), reference.dequantize(qw))
+        # compiled code may fuse level * nested + offset into one FMA: an ulp, not a bit-exact match
+        assert torch.allclose(ops.dequantize(qw), reference.dequantize(qw), rtol=1e-6, atol=1e-7)
     ref_in = [t.detach().float().requires_grad_() for t in (x, a, b)]
     yr = reference.QLoRAReference.apply(ref_in[0], qw, ref_in[1], ref_in[2], 2.0)
     _close(y, yr)
