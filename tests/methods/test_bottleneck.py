@@ -157,3 +157,27 @@ def test_config_errors_name_the_problem():
         ak.BottleneckConfig(preset="parallel", targets=["o_proj"])
     with pytest.raises(ak.TargetError, match="transformer blocks"):
         ak.attach(torch.nn.Sequential(torch.nn.Linear(3, 3)), ak.BottleneckConfig())
+
+
+OTHER = {  # architecture -> (config, model class, (attention out, key/value, ffn in, ffn out) in block 0)
+    "OPT": (dict(hidden_size=32, num_attention_heads=4, num_hidden_layers=2, vocab_size=97, ffn_dim=64,
+                 word_embed_proj_dim=32), "OPTForCausalLM", ("self_attn.out_proj", "k_proj v_proj", "fc1", "fc2")),
+    "GPTNeoX": (dict(hidden_size=32, num_attention_heads=4, num_hidden_layers=2, vocab_size=97, intermediate_size=64),
+                "GPTNeoXForCausalLM", ("attention.dense", "query_key_value", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h")),
+    "DistilBert": (dict(dim=32, n_heads=4, n_layers=2, hidden_dim=64, vocab_size=97),
+                   "DistilBertForSequenceClassification", ("attention.out_lin", "k_lin v_lin", "ffn.lin1", "ffn.lin2")),
+}
+
+
+@pytest.mark.parametrize("arch", list(OTHER))
+def test_roles_on_other_architectures(arch):
+    import transformers
+
+    from adapterkit.methods.bottleneck.roles import blocks
+
+    kwargs, cls, (attn_out, kv, ffn_in, ffn_out) = OTHER[arch]
+    config = getattr(transformers, f"{arch}Config")(**kwargs)
+    block = blocks(getattr(transformers, cls)(config))[0]
+    assert block.attention_out[0].endswith("." + attn_out)
+    assert {n.rsplit(".", 1)[-1] for n in block.key_value} == set(kv.split())
+    assert block.ffn_in.endswith("." + ffn_in) and block.ffn_out.endswith("." + ffn_out)
