@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         find_folder(args.folder)  # raises the error that says what is missing
     infos = [describe(folder, name) for name, folder in folders.items()]
     if args.json:
-        print(json.dumps(infos if len(infos) > 1 else infos[0], indent=2))
+        print(json.dumps(infos, indent=2))  # a list: one entry per adapter in the folder
     else:
         print("\n\n".join(_text(info) for info in infos))
     return 0

@@ -2,18 +2,34 @@
 from __future__ import annotations
 
 import dataclasses
+import dataclasses
 from pathlib import Path
 from typing import Union
 
 import torch
 from torch import nn
 
+from ..config import AdapterConfig, check_adapter_name
 from ..errors import AdapterFileError, TargetError, UnsupportedModuleError
 from ..inject import adapter_layers, attach, delete_adapter
-from ..config import check_adapter_name
+from ..targets import logical_modules, matches
 from ..targets import logical_modules, matches
 from .read import WEIGHTS_NAME, file_config, find_folder, read_config, read_tensors
 from .state import Entry, entries
+
+
+def _present_train_modules(model: nn.Module, config: AdapterConfig) -> AdapterConfig:
+    """Drop ``train_modules`` entries that match no module of ``model``.
+
+    PEFT adds its task's usual heads (``classifier`` and ``score`` for SEQ_CLS) whether the model
+    has them or not; an entry that matches nothing has no tensors in the file either.
+    """
+    wanted = getattr(config, "train_modules", ())
+    if not wanted:
+        return config
+    names = [n for n, _ in logical_modules(model) if n]
+    keep = tuple(s for s in wanted if any(matches(n, (s,)) for n in names))
+    return config if keep == tuple(wanted) else dataclasses.replace(config, train_modules=keep)
 
 
 def _shape(t) -> tuple:
@@ -83,6 +99,7 @@ def load_adapter(model: nn.Module, path: Union[str, Path], name: str = "default"
     folder = find_folder(path, name)
     data = read_config(folder)
     _, config = file_config(data, folder)
+    config = _present_train_modules(model, config)
     tensors = read_tensors(folder, allow_pickle=allow_pickle)
     config = _present_train_modules(model, config)
     try:

@@ -80,11 +80,11 @@ def _check_target(path: Path, folders: dict[str, Path], overwrite: bool) -> None
     if overwrite:
         return
     for folder in folders.values():
-        for file in (CONFIG_NAME, WEIGHTS_NAME, PICKLE_NAME):
+        for file in (CONFIG_NAME, WEIGHTS_NAME, PICKLE_NAME) + ((CARD_NAME,) if folder == path else ()):
             if (folder / file).exists():
                 raise AdapterFileError(
-                    f"{str(folder)!r} already holds an adapter ({file}); pass overwrite=True to "
-                    f"replace it, or save to another folder."
+                    f"{str(folder)!r} already holds {file}; pass overwrite=True to replace the "
+                    f"adapter files there, or save to another folder."
                 )
 
 

@@ -43,7 +43,7 @@ def peft_adapter(tmp_path):
 def test_inspect_reports_what_the_files_hold(peft_adapter, capsys):
     _, adapter, theirs = peft_adapter
     assert main(["inspect", str(adapter), "--json"]) == 0
-    info = json.loads(capsys.readouterr().out)
+    [info] = json.loads(capsys.readouterr().out)
     tensors = load_file(adapter / "adapter_model.safetensors")
     peft_config = theirs.peft_config["default"]
     assert info["method"] == "lora" and info["peft_type"] == "LORA"

@@ -181,3 +181,20 @@ def test_dtype_and_trainable_flags(tmp_path):
     for _, layer in adapter_layers(live):  # values are the bf16 file values, held in the model's fp32
         key = f"base_model.model.{_}.lora_A.weight"
         torch.testing.assert_close(layer.adapters["default"].a, tensors[key].float(), atol=0, rtol=0)
+
+
+def test_sequence_classification_heads_both_ways(tmp_path):
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    from tests.models import tiny_bert
+
+    theirs = get_peft_model(tiny_bert(), LoraConfig(r=4, target_modules=["query", "value"], task_type="SEQ_CLS",
+                                                   init_lora_weights=False))
+    _perturb_peft_copies(theirs)  # PEFT trains the head ("classifier"; it also lists "score")
+    theirs.save_pretrained(tmp_path / "peft")
+    ours = ak.load_adapter(tiny_bert(), tmp_path / "peft")
+    torch.testing.assert_close(_logits(ours), _logits(theirs), atol=1e-5, rtol=0)
+    ak.save_adapter(ours, tmp_path / "ours")
+    again = PeftModel.from_pretrained(tiny_bert(), tmp_path / "ours")
+    assert type(again).__name__ == "PeftModelForSequenceClassification"
+    torch.testing.assert_close(_logits(again), _logits(ours), atol=1e-5, rtol=0)
