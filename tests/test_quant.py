@@ -28,6 +28,20 @@ def test_forward_is_linear_of_dequantized_weight(bits, quant_type, double_quant)
     assert bases.base_kind(layer) == "quant" and bases.features(layer) == (128, 48)
 
 
+def test_forward_lora_is_base_plus_branch_with_gradients():
+    layer = _layer()
+    x = torch.randn(2, 3, 128)
+    a = torch.randn(4, 128, requires_grad=True)
+    b = torch.randn(48, 4, requires_grad=True)
+    fused = layer.forward_lora(x, a, b, 0.5)
+    plain = layer(x) + 0.5 * (x @ a.t()) @ b.t()
+    assert torch.allclose(fused, plain, atol=1e-5)
+    grads = torch.autograd.grad(fused.sum(), (a, b))
+    want = torch.autograd.grad(plain.sum(), (a, b))
+    for got, ref in zip(grads, want):
+        assert torch.allclose(got, ref, atol=1e-4)
+
+
 def test_quantization_error_is_small():
     torch.manual_seed(0)
     dense = nn.Linear(256, 64)

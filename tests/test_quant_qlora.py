@@ -34,9 +34,10 @@ def _step(model, ids):
     return loss
 
 
-def test_qlora_trains_and_merges_to_a_dense_model():
+@pytest.mark.parametrize("dora", [False, True])
+def test_qlora_trains_and_merges_to_a_dense_model(dora):
     model = ak.quantize(tiny_llama(**LLAMA), bits=4, quant_type="nf4")
-    model = ak.attach(model, ak.LoRAConfig(rank=4, alpha=8, targets="all-linear"))
+    model = ak.attach(model, ak.LoRAConfig(rank=4, alpha=8, targets="all-linear", dora=dora))
     ids = tokens(4, 16)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     model.train()

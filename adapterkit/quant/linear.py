@@ -85,6 +85,14 @@ class QuantLinear(nn.Module):
         y = ops.qmatmul(x.to(self.compute_dtype), self.quant_weight(), self.bias)
         return y.to(x.dtype)
 
+    def forward_lora(self, x: Tensor, a: Tensor, b: Tensor, scale: float) -> Tensor:
+        """x @ W^T + b + scale * (x @ A^T) @ B^T in one pass over x (the fused kernel on CUDA).
+
+        x (..., in), A (r, in), B (out, r) -> (..., out); gradients flow to x, A and B.
+        """
+        y = ops.qlora_matmul(x.to(self.compute_dtype), self.quant_weight(), a, b, scale, self.bias)
+        return y.to(x.dtype)
+
     def extra_repr(self) -> str:
         kind = f"{self.quant_type}, block={self.block}" + (", double_quant" if self.double_quant else "")
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
