@@ -13,7 +13,8 @@ adapter_model.safetensors
     Only the adapter's tensors, never base weights, metadata ``{"format": "pt"}``, keys as PEFT
     names them with the adapter name left out: ``base_model.model.<module>.<tensor>``. A
     ``train_modules`` copy of module ``M`` is saved as its state dict under
-    ``base_model.model.M.<key>`` (PEFT's ``modules_to_save``). Pickle files
+    ``base_model.model.M.<key>`` (PEFT's ``modules_to_save``; the prefix is the method's
+    ``FileFormat.trained_prefix``, ``base_model.`` for prompt learning). Pickle files
     (``adapter_model.bin``) are read only with ``allow_pickle=True``, with ``weights_only=True``.
 
 Per method (each method's ``FileFormat`` is in its package, ``methods/<method>/files.py``):
@@ -23,8 +24,17 @@ Per method (each method's ``FileFormat`` is in its package, ``methods/<method>/f
   ``init_lora_weights``, ``fan_in_fan_out``; tensors ``<module>.lora_A.weight`` (rank, in),
   ``<module>.lora_B.weight`` (out, rank), DoRA ``<module>.lora_magnitude_vector`` (out,),
   embeddings ``<module>.lora_embedding_A`` / ``_B``. Full table: ``methods/lora/files.py``.
-- A method registers its own format with ``Method(..., files=FileFormat(...))``; a method PEFT
-  does not have writes a ``peft_type`` of adapterkit's own, documented in its ``files.py``.
+- IA3: ``peft_type: "IA3"``; keys ``target_modules``, ``feedforward_modules``,
+  ``exclude_modules``, ``init_ia3_weights``, ``fan_in_fan_out``; tensors ``<module>.ia3_l``,
+  (out, 1), or (1, in) on feed-forward layers. Table: ``methods/ia3/files.py``.
+- Prompt tuning, P-tuning, prefix tuning: ``peft_type`` ``PROMPT_TUNING`` / ``P_TUNING`` /
+  ``PREFIX_TUNING``; one tensor, ``prompt_embeddings`` (n, D), or (n, layers * 2 * kv_dim) for
+  prefix tuning, as PEFT saves it. Keys: ``methods/prompt/files.py``.
+- Bottleneck adapters: PEFT has no such method; ``peft_type: "ADAPTERKIT_BOTTLENECK"``, the
+  config's own field names, tensors ``<module>.adapter_down.weight`` / ``.bias`` and
+  ``<module>.adapter_up.weight`` / ``.bias``. PEFT cannot load these. ``methods/bottleneck/files.py``.
+- A new method registers its format with ``Method(..., files=FileFormat(...))``
+  (``registry.FileFormat``); ``io`` never special-cases a method.
 
 Writes are atomic (``atomic.py``): every file is written under a temporary name in its own
 folder and all are renamed into place only once all are written, so a failed save leaves the

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import dataclasses
 from pathlib import Path
 from typing import Union
 
@@ -12,7 +11,6 @@ from torch import nn
 from ..config import AdapterConfig, check_adapter_name
 from ..errors import AdapterFileError, TargetError, UnsupportedModuleError
 from ..inject import adapter_layers, attach, delete_adapter
-from ..targets import logical_modules, matches
 from ..targets import logical_modules, matches
 from .read import WEIGHTS_NAME, file_config, find_folder, read_config, read_tensors
 from .state import Entry, entries
@@ -74,17 +72,6 @@ def _fill(found: list[Entry], tensors: dict[str, torch.Tensor]) -> None:
             live.copy_(mine[key])
 
 
-def _present_train_modules(model: nn.Module, config):
-    """PEFT lists the heads of several architectures (``["classifier", "score"]`` for SEQ_CLS) and
-    saves those the model has; keep the entries that name a module of this model."""
-    wanted = tuple(getattr(config, "train_modules", ()))
-    if not wanted:
-        return config
-    names = [n for n, _ in logical_modules(model) if n]
-    kept = tuple(s for s in wanted if any(matches(n, (s,)) for n in names))
-    return config if kept == wanted else dataclasses.replace(config, train_modules=kept)
-
-
 def load_adapter(model: nn.Module, path: Union[str, Path], name: str = "default",
                  trainable: bool = False, allow_pickle: bool = False) -> nn.Module:
     """Attach the adapter saved in ``path`` (by adapterkit or PEFT) as ``name``; returns ``model``.
@@ -101,7 +88,6 @@ def load_adapter(model: nn.Module, path: Union[str, Path], name: str = "default"
     _, config = file_config(data, folder)
     config = _present_train_modules(model, config)
     tensors = read_tensors(folder, allow_pickle=allow_pickle)
-    config = _present_train_modules(model, config)
     try:
         attach(model, config, name)
     except (TargetError, UnsupportedModuleError) as err:
