@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 from typing import Iterable, Iterator, Union
 
+import torch
 from torch import nn
 
 from . import bases
@@ -187,4 +188,8 @@ def merge(model: nn.Module) -> nn.Module:
     for layer_name, layer in reversed(layers):
         parent, attr = get_parent(model, layer_name)
         setattr(parent, attr, layer.merged())
+    for name, module in list(model.named_modules()):  # quantized layers no adapter touched: dense too
+        if bases.base_kind(module) == "quant":
+            parent, attr = get_parent(model, name)
+            setattr(parent, attr, bases.folded(module, torch.zeros(())))
     return model

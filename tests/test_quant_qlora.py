@@ -76,6 +76,30 @@ def test_adapters_on_quant_base_equal_a_dense_twin(bits, dora):
         assert torch.allclose(grads_q[name], grads_d[name], atol=1e-5, rtol=1e-4), name
 
 
+def test_ia3_on_quant_base_equals_a_dense_twin_and_merges_fully_dense():
+    """Another mergeable method on QuantLinear; merge leaves no quantized layer, adapted or not."""
+    quant = ak.quantize(tiny_llama(**LLAMA))
+    dense = _dense_twin(quant)
+    for model in (quant, dense):
+        ak.attach(model, ak.IA3Config())  # k, v and down projections only
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if param.requires_grad:
+                    param.copy_(1 + 0.1 * torch.randn(param.shape, generator=torch.Generator().manual_seed(3)))
+    ids = tokens(2, 8)
+    loss_q, loss_d = _step(quant, ids), _step(dense, ids)
+    assert torch.allclose(loss_q, loss_d, atol=1e-5)
+    grads_d = _lora_grads(dense)
+    for name, grad in _lora_grads(quant).items():
+        assert torch.allclose(grad, grads_d[name], atol=1e-5, rtol=1e-4), name
+    quant.eval()
+    with torch.no_grad():
+        want = quant(ids).logits
+        merged = ak.merge(quant)
+        assert not any(isinstance(m, (QuantLinear, ak.AdapterLayer)) for m in merged.modules())
+        assert torch.allclose(merged(ids).logits, want, atol=1e-5)
+
+
 def test_triton_kernels_train_like_the_reference():
     """One QLoRA step with the Triton kernels (interpreter on CPU) equals the reference path."""
     pytest.importorskip("triton")
