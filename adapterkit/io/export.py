@@ -34,14 +34,18 @@ def _load_base(base: Path, dtype: Optional[torch.dtype]):
             f"base model folder {str(base)!r} has no config.json; give a transformers model folder "
             f"(what save_pretrained writes)."
         )
-    config = transformers.AutoConfig.from_pretrained(str(base))
-    arch = (getattr(config, "architectures", None) or [None])[0]
-    cls = getattr(transformers, arch, None) if arch else None
-    cls = cls or transformers.AutoModelForCausalLM
-    target = dtype or getattr(config, "dtype", None) or torch.float32
-    if isinstance(target, str):
-        target = getattr(torch, target)
-    return cls.from_pretrained(str(base), dtype=target).eval(), target
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(base))
+        arch = (getattr(config, "architectures", None) or [None])[0]
+        cls = getattr(transformers, arch, None) if arch else None
+        cls = cls or transformers.AutoModelForCausalLM
+        target = dtype or getattr(config, "dtype", None) or torch.float32
+        if isinstance(target, str):
+            target = getattr(torch, target)
+        return cls.from_pretrained(str(base), dtype=target).eval(), target
+    except (OSError, ValueError, KeyError) as err:  # transformers' own errors, often several lines
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise AdapterFileError(f"could not load the base model from {str(base)!r}: {first}") from None
 
 
 def export_merged(adapter: Union[str, Path], base: Union[str, Path], out: Union[str, Path],
