@@ -9,7 +9,7 @@ from torch import nn
 import adapterkit as ak
 from adapterkit import bases
 from adapterkit.quant import QuantLinear, from_bnb_linear4bit
-from tests.models import tiny_llama, tokens
+from tests.models import tiny_gpt2, tiny_llama, tokens
 
 # hidden sizes that are multiples of the block: bitsandbytes' CPU dequantize is wrong when blocks span rows
 LLAMA = dict(hidden_size=64, intermediate_size=128)
@@ -84,6 +84,21 @@ def test_quantize_model_keeps_head_and_skips():
     assert kinds["model.layers.0.mlp.down_proj"] is nn.Linear
     assert kinds["model.layers.0.self_attn.q_proj"] is QuantLinear
     assert isinstance(model.model.embed_tokens, nn.Embedding)
+
+
+def test_gpt2_conv1d_layers_are_quantized_transposed():
+    from transformers.pytorch_utils import Conv1D
+
+    dense = tiny_gpt2(n_embd=64)
+    quant = ak.quantize(copy.deepcopy(dense), bits=8)  # 8-bit: close enough to compare outputs
+    attn = quant.transformer.h[0].attn.c_attn
+    assert isinstance(attn, QuantLinear) and (attn.in_features, attn.out_features) == (64, 192)
+    assert not any(isinstance(m, Conv1D) for m in quant.modules())
+    source = dense.transformer.h[0].attn.c_attn
+    assert torch.allclose(attn.dequantize(), source.weight.t(), atol=source.weight.abs().max().item() / 127)
+    ids = tokens(2, 9)
+    with torch.no_grad():
+        assert torch.allclose(quant(ids).logits, dense(ids).logits, atol=2e-2)
 
 
 def test_quantize_errors_say_what_to_do():

@@ -17,6 +17,7 @@ from torch import nn
 from adapterkit_kernels import formats
 from adapterkit_kernels.formats import QuantWeight
 
+from .. import bases
 from ..errors import ConfigError, UnsupportedModuleError
 from ..layer import AdapterLayer
 from .linear import QuantLinear
@@ -92,7 +93,10 @@ def _matches(name: str, patterns: Sequence[str]) -> bool:
 def quantize(model: nn.Module, bits: int = 4, quant_type: str = "nf4", double_quant: bool = True,
              compute_dtype: Optional[torch.dtype] = None, skip: Iterable[str] = (), block: int = 64,
              keep_head: bool = True) -> nn.Module:
-    """Replace ``nn.Linear`` layers by QuantLinear, in place; returns the model.
+    """Replace ``nn.Linear`` (and transformers ``Conv1D``) layers by QuantLinear, in place.
+
+    Returns the model. Subclasses of ``nn.Linear`` that other code reads the weight of directly
+    (e.g. ``nn.MultiheadAttention.out_proj``) are left as they are.
 
     bits: 4 (``quant_type`` nf4 | fp4, ``double_quant`` of the scales) or 8 (blockwise int8).
     compute_dtype: the dtype matmuls run in (default: each layer's weight dtype).
@@ -114,6 +118,9 @@ def quantize(model: nn.Module, bits: int = 4, quant_type: str = "nf4", double_qu
             swaps.append((parent, name, from_bnb_linear4bit(child, compute_dtype)))
         elif type(child) is nn.Linear:
             swaps.append((parent, name, QuantLinear.from_linear(
+                child, bits, quant_type, block, double_quant, compute_dtype)))
+        elif bases.base_kind(child) == "conv1d":
+            swaps.append((parent, name, QuantLinear.from_conv1d(
                 child, bits, quant_type, block, double_quant, compute_dtype)))
     for parent, name, new in swaps:
         setattr(parent, name.rsplit(".", 1)[-1], new)

@@ -70,6 +70,14 @@ class QuantLinear(nn.Module):
         qw = ops.quantize(linear.weight, bits, quant_type, block, double_quant and bits == 4)
         return cls.from_weight(qw, linear.bias, compute_dtype or linear.weight.dtype)
 
+    @classmethod
+    def from_conv1d(cls, conv, bits: int = 4, quant_type: str = "nf4", block: int = formats.DEFAULT_BLOCK,
+                    double_quant: bool = True, compute_dtype: Optional[torch.dtype] = None) -> "QuantLinear":
+        """Quantize a transformers ``Conv1D`` (GPT-2: y = x @ W + b, W stored (in, out))."""
+        weight = conv.weight.detach().t().contiguous()  # (out, in)
+        qw = ops.quantize(weight, bits, quant_type, block, double_quant and bits == 4)
+        return cls.from_weight(qw, conv.bias, compute_dtype or conv.weight.dtype)
+
     # -- reading ------------------------------------------------------------------------------
     def quant_weight(self) -> QuantWeight:
         nested = {name: getattr(self, name) for name in STORED[2:]} if self.double_quant else {}
