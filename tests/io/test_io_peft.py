@@ -198,3 +198,21 @@ def test_sequence_classification_heads_both_ways(tmp_path):
     again = PeftModel.from_pretrained(tiny_bert(), tmp_path / "ours")
     assert type(again).__name__ == "PeftModelForSequenceClassification"
     torch.testing.assert_close(_logits(again), _logits(ours), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("extra", [
+    dict(target_modules=["q_proj", "v_proj"], layers_to_transform=[1], layers_pattern="layers"),
+    dict(target_modules=["q_proj", "v_proj"], layers_to_transform=[0]),
+    dict(target_modules="all-linear", exclude_modules=["o_proj", "up_proj"]),
+    dict(target_modules=r".*\.mlp\.(gate|down)_proj"),
+])
+def test_peft_target_specs_load_on_the_same_modules(tmp_path, extra):
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.lora import LoraLayer
+
+    theirs = get_peft_model(tiny_llama(), LoraConfig(r=4, init_lora_weights=False, **extra))
+    theirs.save_pretrained(tmp_path)
+    ours = ak.load_adapter(tiny_llama(), tmp_path)
+    peft_names = {n.removeprefix("base_model.model.") for n, m in theirs.named_modules() if isinstance(m, LoraLayer)}
+    assert {n for n, _ in adapter_layers(ours)} == peft_names
+    torch.testing.assert_close(_logits(ours), _logits(theirs), atol=1e-5, rtol=0)
