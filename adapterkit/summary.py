@@ -5,6 +5,7 @@ import dataclasses
 
 from torch import nn
 
+from . import bases
 from .inject import active_names, adapter_layers
 
 
@@ -48,9 +49,11 @@ def summary(model: nn.Module) -> Summary:
                 row[0] += p.numel()
                 row[1] += p.numel() if p.requires_grad else 0
     params = list(model.parameters())
+    # a quantized base keeps its weight in buffers: count it as the (out, in) weight it stands for
+    quantized = sum(m.in_features * m.out_features for m in model.modules() if bases.base_kind(m) == "quant")
     return Summary(
         rows=tuple((a, m, n, t) for (a, m), (n, t) in counts.items()),
-        total=sum(p.numel() for p in params),
+        total=sum(p.numel() for p in params) + quantized,
         trainable=sum(p.numel() for p in params if p.requires_grad),
         active=tuple(active_names(model)),
     )

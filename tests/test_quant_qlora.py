@@ -100,6 +100,14 @@ def test_ia3_on_quant_base_equals_a_dense_twin_and_merges_fully_dense():
         assert torch.allclose(merged(ids).logits, want, atol=1e-5)
 
 
+def test_summary_counts_quantized_weights():
+    dense = tiny_llama(**LLAMA)
+    total = sum(p.numel() for p in dense.parameters())
+    quant = ak.attach(ak.quantize(copy.deepcopy(dense)), ak.LoRAConfig(rank=4))
+    lora = sum(p.numel() for p in quant.parameters() if p.requires_grad)
+    assert ak.summary(quant).total == total + lora
+
+
 def test_triton_kernels_train_like_the_reference():
     """One QLoRA step with the Triton kernels (interpreter on CPU) equals the reference path."""
     pytest.importorskip("triton")
