@@ -11,6 +11,7 @@ from torch import nn
 
 from ..errors import AdapterFileError, AdapterNameError
 from ..inject import adapter_config, adapter_names
+from ..registry import method_for
 from .atomic import staged
 from .card import Saved, model_card
 from .read import CARD_NAME, CONFIG_NAME, PICKLE_NAME, WEIGHTS_NAME
@@ -53,7 +54,7 @@ def task_type(model: nn.Module) -> Optional[str]:
 def file_config(model: nn.Module, name: str) -> dict[str, Any]:
     """The ``adapter_config.json`` object for adapter ``name``."""
     config = adapter_config(model, name)
-    method, _ = entries(model, name)
+    method = method_for(config)
     if method.files is None:
         raise AdapterFileError(f"adapter {name!r} is a {config.method} adapter, which has no file format yet.")
     data: dict[str, Any] = {"peft_type": method.files.peft_type, "base_model_name_or_path": base_model_name(model),
