@@ -25,7 +25,12 @@ import subprocess
 import sys
 import time
 
-import torch
+# On a shared machine, spinning OpenMP threads that wait for a descheduled partner make a
+# 2-thread step 5-10x slower; passive waiting keeps timings meaningful. Both libraries run
+# under the same setting. Set OMP_WAIT_POLICY yourself to override.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lora_setup as S  # noqa: E402
@@ -141,6 +146,7 @@ def _conditions(threads: int) -> dict:
 
     return {"date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "machine": platform.machine(),
             "cpus": os.cpu_count(), "threads": threads, "load_avg": os.getloadavg(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
 
 

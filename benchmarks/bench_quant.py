@@ -16,6 +16,7 @@ memory. CUDA preset: about 1.1B parameters, bf16, batch 4 x 1024. CPU preset: a 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -243,6 +244,9 @@ def main(argv=None):
     parser.add_argument("--folder")
     parser.add_argument("--json", help="write the results and the machine here")
     args = parser.parse_args(argv)
+    if not args.no_bnb and importlib.util.find_spec("bitsandbytes") is None:
+        print("bitsandbytes is not installed: adapterkit and dense only (carry its wheel to compare)", flush=True)
+        args.no_bnb = True
     if args.part == "step-child":
         return step_child(args)
     info = machine()
