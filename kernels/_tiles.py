@@ -1,4 +1,4 @@
-"""The one Triton helper every kernel uses: a dequantized (BN, BK) tile of a QuantWeight.
+"""The one Triton function every kernel uses: a dequantized (BN, BK) tile of a QuantWeight.
 
 W[n, k] = level(c[n * K + k]) * absmax[(n * K + k) // BLOCK], with the layouts of formats.py;
 for double quantization absmax[j] = dynamic[q[j]] * nested[j // 256] + offset. All in fp32.
