@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
@@ -170,6 +171,13 @@ class _Run:
         self.state = {"best": None, "bad_evals": 0, "first_eval": None}
         self.step = 0
 
+    def fresh_start(self) -> None:
+        """A run without --resume starts a new log and drops checkpoints of an earlier run there."""
+        if self.acc.is_main_process:
+            (self.out / "metrics.jsonl").unlink(missing_ok=True)
+            shutil.rmtree(self.out / "checkpoints", ignore_errors=True)
+        self.acc.wait_for_everyone()
+
     def resume(self) -> None:
         found = checkpoint.latest(self.out / "checkpoints")
         if found is not None:
@@ -207,6 +215,8 @@ def _run(config: TrainConfig, accelerator, resume: bool, callbacks) -> TrainResu
     run = _Run(config, accelerator)
     if resume:
         run.resume()
+    else:
+        run.fresh_start()
     e, out_cfg = config.eval, config.output
     if run.eval_set and e.at_start and run.step == 0:
         run.state["first_eval"] = run.evaluate()
@@ -251,7 +261,7 @@ def _save_final(accelerator, model, config: TrainConfig, out: Path, names) -> No
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        ak.save_adapter(model, str(out))
+        ak.save_adapter(model, str(out), overwrite=True)  # this run's output folder
         (out / "train_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         if names:
             (out / "labels.json").write_text(json.dumps(names))

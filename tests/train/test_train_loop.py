@@ -139,3 +139,43 @@ def test_quantized_base_trains(tmp_path, llama_dir):
     result = ak.train(cfg)
     assert any(isinstance(m, QuantLinear) for m in result.model.modules())
     assert result.last_eval["loss"] < 0.6 * result.first_eval["loss"]
+
+
+def test_gradient_checkpointing_gives_the_same_adapter(tmp_path, llama_dir):
+    plain = ak.train(_config(tmp_path, llama_dir, optim__max_steps=4, output__dir=str(tmp_path / "a")))
+    ckpt = _config(tmp_path, llama_dir, optim__max_steps=4, output__dir=str(tmp_path / "b"))
+    ckpt["model"]["gradient_checkpointing"] = True
+    checkpointed = ak.train(ckpt)
+    a = load_file(str(tmp_path / "a" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "adapter_model.safetensors"))
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], atol=1e-6, rtol=1e-5)
+    assert checkpointed.last_eval["loss"] == pytest.approx(plain.last_eval["loss"], rel=1e-5)
+
+
+def test_packed_text_and_generation_scores(tmp_path, llama_dir):
+    """format text with packing trains; eval.generate adds BLEU and chrF of greedy answers."""
+    import sacrebleu
+
+    from adapterkit.train.data import prompt_ids
+    from adapterkit.train.evaluate import generate_texts
+    from adapterkit.train.sections import DataConfig
+
+    text = write_jsonl(tmp_path / "text.jsonl", [{"text": f"line {i} says {i * 3}"} for i in range(12)])
+    cfg = _config(tmp_path, llama_dir, optim__max_steps=3)
+    cfg["data"] = {"train": text, "format": "text", "packing": True, "max_length": 16}
+    assert ak.train(cfg).steps == 3
+
+    cfg = _config(tmp_path, llama_dir, optim__max_steps=2, eval__generate=True, eval__max_new_tokens=4)
+    result = ak.train(cfg)
+    records = memorise_records(8)
+    prompts = [prompt_ids(result.tokenizer, r["prompt"], DataConfig(train="x")) for r in records]
+    hyps = generate_texts(result.model.eval(), result.tokenizer, prompts, 4, "cpu")
+    refs = [r["response"] for r in records]
+    assert result.last_eval["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score)
+    assert result.last_eval["chrf"] == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs]).score)
+
+
+def test_bf16_mixed_precision_runs_on_cpu(tmp_path, llama_dir):
+    result = ak.train(_config(tmp_path, llama_dir, optim__max_steps=10, optim__mixed_precision="bf16"))
+    assert result.last_eval["loss"] < result.first_eval["loss"]
