@@ -20,6 +20,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 
 from . import checkpoint, optim
+from ..errors import ConfigError
 from .batches import BatchPlan
 from .config import TrainConfig
 from .data import collate, tokenize
@@ -53,6 +54,8 @@ def _accelerator(config: TrainConfig):
 
         trackers = "tensorboard" if importlib.util.find_spec("tensorboard") else "none"
     cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true"
+    if cpu and config.optim.mixed_precision == "fp16":
+        raise ConfigError("optim.mixed_precision 'fp16' needs a GPU; on a CPU use 'bf16' or 'no'.")
     return Accelerator(cpu=cpu, mixed_precision=config.optim.mixed_precision,
                        log_with=None if trackers == "none" else trackers, project_dir=config.output.dir)
 

@@ -99,3 +99,13 @@ def test_cli_reports_a_bad_config_in_one_line(tmp_path, capsys):
     assert main(["train", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "optim.lr must be a positive number" in err
+
+
+def test_fp16_on_a_cpu_is_refused_before_loading_anything(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU has fp16")
+    cfg = config(optim__mixed_precision="fp16", model__name=str(tmp_path / "none"))
+    with pytest.raises(ConfigError, match="'fp16' needs a GPU"):
+        ak.train(cfg)
