@@ -211,3 +211,15 @@ def test_save_load_round_trip(case, tmp_path):
     ak.save_adapter(model, tmp_path)
     fresh = ak.load_adapter(case.model(), tmp_path)
     assert _close(_out(fresh, case.inputs()), out, atol=1e-6)
+
+
+@cases
+def test_config_is_frozen_and_round_trips_through_json(case):
+    import json
+
+    config = case.config()
+    assert type(config).from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.method_field = 1  # frozen: no attribute can be set
+    with pytest.raises(ak.ConfigError, match="unknown field"):
+        type(config).from_dict({**config.to_dict(), "no_such_field": 1})
