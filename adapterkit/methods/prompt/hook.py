@@ -45,16 +45,11 @@ def release(model: nn.Module) -> None:
 
 
 def _pre_hook(model: nn.Module, args: tuple, kwargs: dict):
-    prompts: list[Tensor] = []
-    prefixes: list[Tensor] = []
-    for layer in virtual_token_layers(model):
-        for adapter in layer.active_adapters():
-            if adapter.kind == "prefix":
-                prefixes.append(adapter.key_values())
-            else:
-                prompts.append(adapter.prompt())
-    if not prompts and not prefixes:
+    active = [a for layer in virtual_token_layers(model) for a in layer.active_adapters()]
+    if not active:
         return None
+    prefixes = [a for a in active if a.kind == "prefix"]
+    prompts = [a for a in active if a.kind != "prefix"]
     if prefixes and model.training and getattr(model, "is_gradient_checkpointing", False):
         raise UnsupportedModuleError(
             "prefix tuning feeds its keys/values through the model's cache, which transformers drops in "
@@ -68,13 +63,12 @@ def _pre_hook(model: nn.Module, args: tuple, kwargs: dict):
         kwargs.update(zip(names, args))
     cache = kwargs.get("past_key_values")
     first = cache is None or cache.get_seq_length() == 0
-    n_prefix = sum(p.shape[-2] for p in prefixes)
-    n_prompt = sum(p.shape[0] for p in prompts)
-    if first and prefixes:
-        kwargs["past_key_values"] = _filled_cache(model, cache, torch.cat(prefixes, dim=-2), _batch(kwargs))
+    if first and prefixes:  # later calls (generate's steps) find everything in the cache already
+        kv = torch.cat([a.key_values() for a in prefixes], dim=-2)
+        kwargs["past_key_values"] = _filled_cache(model, cache, kv, _batch(kwargs))
     if first and prompts:
-        _prepend_prompts(model, kwargs, torch.cat(prompts, dim=0))
-    _shift(kwargs, n_prefix, n_prompt, first)
+        _prepend_prompts(model, kwargs, torch.cat([a.prompt() for a in prompts], dim=0))
+    _shift(kwargs, sum(a.num_virtual_tokens for a in prefixes), sum(a.num_virtual_tokens for a in prompts), first)
     return (), kwargs
 
 
