@@ -4,8 +4,10 @@ The same workload in both: the demo's model (SmolLM2-135M-Instruct, fp32), LoRA 
 on all linear layers, dropout 0, the bundled instruction data with the same tokenization (loss on
 responses only), batch 8, AdamW lr 1e-3, cosine with 4 warmup steps, clipping at 1.0, no eval,
 no checkpoints. Each run is a fresh process; runs alternate (a, p, a, p, ...) and the table shows
-the median. tokens/s counts non-padding tokens of the training batches over the training wall
-time; peak memory is the process's maximum resident set (ru_maxrss), model load included.
+the median. Throughput counts the non-padding tokens of steps 2..N (the first step warms up)
+over the wall time and over the CPU time (``time.process_time``) those steps took: on a machine
+shared with other jobs the wall time swings by 2x between runs, the CPU time much less. Peak
+memory is the process's maximum resident set (ru_maxrss), model load included.
 
     python benchmarks/bench_train.py --steps 20 --repeats 2
 """
@@ -34,8 +36,11 @@ def run_adapterkit(steps: int, out: str) -> dict:
 
     cfg = TrainConfig.from_yaml(CONFIG, (f"optim.max_steps={steps}", "data.eval=null", "eval.every=0",
                                          "output.save_every=0", f"output.dir={out}", "output.progress=false"))
-    result = ak.train(cfg)
-    return {"tokens": result.train_tokens, "seconds": result.train_seconds, "peak_mib": _peak_mib()}
+    marks = []
+    ak.train(cfg, callbacks=[lambda step, logs: marks.append(
+        (time.perf_counter(), time.process_time(), logs["tokens"])) if step in (1, steps) else None])
+    (w0, c0, t0), (w1, c1, t1) = marks
+    return {"tokens": t1 - t0, "seconds": w1 - w0, "cpu_seconds": c1 - c0, "peak_mib": _peak_mib()}
 
 
 def _peft_examples():
@@ -52,30 +57,38 @@ def _peft_examples():
 def run_peft(steps: int, out: str) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import Trainer, TrainingArguments
+    from transformers import Trainer, TrainerCallback, TrainingArguments
 
     from adapterkit.train.data import collate
 
     cfg, model, tokenizer, examples = _peft_examples()
     o = cfg.optim
     model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear"))
-    seen = {"tokens": 0}
+    seen: list[int] = []  # tokens of each batch, in the order they are fetched
 
     def collator(batch):
         out = collate(batch, tokenizer.pad_token_id)
-        seen["tokens"] += int(out["attention_mask"].sum())
+        seen.append(int(out["attention_mask"].sum()))
         return out
+
+    marks = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step in (1, steps):
+                marks.append((time.perf_counter(), time.process_time()))
 
     args = TrainingArguments(output_dir=out, per_device_train_batch_size=o.batch_size, max_steps=steps,
                              learning_rate=o.lr, lr_scheduler_type="cosine", warmup_steps=o.warmup_steps,
                              max_grad_norm=o.max_grad_norm, weight_decay=0.0, save_strategy="no",
                              report_to=[], logging_steps=10, use_cpu=True, seed=o.seed,
                              dataloader_drop_last=True, remove_unused_columns=False, disable_tqdm=True)
-    trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=collator)
-    started = time.perf_counter()
+    trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=collator,
+                      callbacks=[Clock()])
     trainer.train()
-    return {"tokens": seen["tokens"], "seconds": time.perf_counter() - started, "peak_mib": _peak_mib(),
-            "threads": torch.get_num_threads()}
+    (w0, c0), (w1, c1) = marks
+    return {"tokens": sum(seen[1:steps]), "seconds": w1 - w0, "cpu_seconds": c1 - c0,
+            "peak_mib": _peak_mib(), "threads": torch.get_num_threads()}
 
 
 def child(kind: str, steps: int) -> None:
@@ -102,12 +115,14 @@ def main() -> None:
                 sys.exit(f"{kind} run failed:\n{done.stderr[-3000:]}")
             runs[kind].append(json.loads(line[0][7:]))
             print(kind, runs[kind][-1], flush=True)
-    print(f"\n| loop | tokens/s (median of {args.repeats}) | s/step | peak RSS MiB |\n|---|---:|---:|---:|")
+    print(f"\n| loop (median of {args.repeats}) | tokens per wall s | tokens per CPU s | CPU s/step | "
+          f"peak RSS MiB |\n|---|---:|---:|---:|---:|")
     for kind, rs in runs.items():
-        rate = statistics.median(r["tokens"] / r["seconds"] for r in rs)
-        step = statistics.median(r["seconds"] / args.steps for r in rs)
+        wall = statistics.median(r["tokens"] / r["seconds"] for r in rs)
+        cpu = statistics.median(r["tokens"] / r["cpu_seconds"] for r in rs)
+        step = statistics.median(r["cpu_seconds"] / (args.steps - 1) for r in rs)
         peak = statistics.median(r["peak_mib"] for r in rs)
-        print(f"| {kind} | {rate:.0f} | {step:.2f} | {peak:.0f} |")
+        print(f"| {kind} | {wall:.0f} | {cpu:.0f} | {step:.2f} | {peak:.0f} |")
 
 
 if __name__ == "__main__":

@@ -231,7 +231,7 @@ def _run(config: TrainConfig, accelerator, resume: bool, callbacks) -> TrainResu
                              config.optim.max_grad_norm)
         run.step += 1
         tokens_run += tokens * accelerator.num_processes
-        logs = {"loss": loss, "lr": run.scheduler.get_last_lr()[0],
+        logs = {"loss": loss, "lr": run.scheduler.get_last_lr()[0], "tokens": tokens_run,
                 "tokens_per_s": tokens_run / max(1e-9, time.perf_counter() - started)}
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{logs['lr']:.2e}", tok_s=f"{logs['tokens_per_s']:.0f}")
