@@ -83,7 +83,7 @@ def _improved(value: float, best: Optional[float], metric: str, min_delta: float
 
 
 def _step(accelerator, model, optimizer, scheduler, batches: list[dict], task: str, max_norm) -> tuple[float, int]:
-    """One optimizer step over this process's micro-batches; (mean loss, tokens seen)."""
+    """One optimizer step over this process's micro-batches; (mean loss, tokens) of the global batch."""
     total, tokens = 0.0, 0
     for k, batch in enumerate(batches):
         last = k == len(batches) - 1
@@ -98,6 +98,9 @@ def _step(accelerator, model, optimizer, scheduler, batches: list[dict], task: s
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
+    if accelerator.num_processes > 1:  # the loss of the global batch, and all processes' tokens
+        both = accelerator.reduce(torch.tensor([total, tokens], dtype=torch.float64, device=accelerator.device))
+        total, tokens = float(both[0]) / accelerator.num_processes, int(both[1])
     return total, tokens
 
 
@@ -230,7 +233,7 @@ def _run(config: TrainConfig, accelerator, resume: bool, callbacks) -> TrainResu
         loss, tokens = _step(accelerator, run.model, run.optimizer, run.scheduler, run.batches(), run.task,
                              config.optim.max_grad_norm)
         run.step += 1
-        tokens_run += tokens * accelerator.num_processes
+        tokens_run += tokens
         logs = {"loss": loss, "lr": run.scheduler.get_last_lr()[0], "tokens": tokens_run,
                 "tokens_per_s": tokens_run / max(1e-9, time.perf_counter() - started)}
         bar.update(1)

@@ -48,3 +48,26 @@ def test_two_processes_match_each_other_and_one_process(tmp_path):
     assert any(k.endswith(".b") and v.abs().sum() > 0 for k, v in rank0.items())  # B left zero: trained
     torch.testing.assert_close(torch.tensor(_evals(tmp_path / "ddp")), torch.tensor(_evals(tmp_path / "one")),
                                atol=1e-5, rtol=1e-5)
+
+
+def test_cli_num_processes_launches_two_processes(tmp_path):
+    """`adapterkit train CONFIG --num-processes 2` goes through accelerate launch and saves once."""
+    import yaml
+
+    from adapterkit.cli import main
+
+    model = tiny_folder(tmp_path / "model")
+    data = write_jsonl(tmp_path / "train.jsonl", memorise_records(8))
+    config = {"model": {"name": model}, "adapter": {"method": "lora", "rank": 4},
+              "data": {"train": data, "eval": data}, "optim": {"lr": 1e-2, "batch_size": 2, "max_steps": 4},
+              "output": {"dir": str(tmp_path / "out"), "save_every": 2, "progress": False}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["train", str(path), "--num-processes", "2"]) == 0
+    out = tmp_path / "out"
+    assert (out / "adapter_model.safetensors").is_file()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000002", "step-0000004"]
+    assert sorted(p.name for p in (out / "checkpoints" / "step-0000004").glob("rng-*.json")) == [
+        "rng-0.json", "rng-1.json"]  # one random state per process
+    evals = _evals(out)
+    assert len(evals) == 2 and evals[-1] < evals[0]
