@@ -46,8 +46,9 @@ def _timed(fn) -> float:
     return _clock() - start
 
 
-def _alternate(runs: dict, rounds: int, warmup: int) -> dict:
-    """Median seconds per named callable, run in turn (order reversed every other round)."""
+def _alternate(runs: dict, rounds: int, warmup: int) -> tuple[dict, dict]:
+    """Median seconds per named callable, run in turn (order reversed every other round),
+    and every round's time per name."""
     names = list(runs)
     for _ in range(warmup):
         for name in names:
@@ -56,25 +57,35 @@ def _alternate(runs: dict, rounds: int, warmup: int) -> dict:
     for i in range(rounds):
         for name in (names if i % 2 == 0 else names[::-1]):
             times[name].append(_timed(runs[name]))
-    return {name: statistics.median(t) for name, t in times.items()}
+    return {name: statistics.median(t) for name, t in times.items()}, times
+
+
+def _paired(times: dict, a, b) -> float:
+    """Median over rounds of a's time / b's time in the same round (robust to load drifting)."""
+    return statistics.median(x / y for x, y in zip(times[a], times[b]))
 
 
 def bench_step(variants, rounds: int, warmup: int) -> dict:
+    """All models of all variants in one loop, so every ratio comes from the same run."""
     ids = S.batch()
     base = S.base_model()
+    runs = {}
+    for variant in variants:
+        for lib, model in zip(("adapterkit", "peft"), S.pair(variant, base)):
+            opt = S.optimizer(model)
+            runs[(variant, lib)] = lambda model=model, opt=opt: S.train_step(model, opt, ids)
+    med, times = _alternate(runs, rounds, warmup)
+    ref = med.get(("plain", "peft"))
     out = {}
     for variant in variants:
-        ours, theirs = S.pair(variant, base)
-        opt_ours, opt_theirs = S.optimizer(ours), S.optimizer(theirs)
-        med = _alternate({
-            "adapterkit": lambda: S.train_step(ours, opt_ours, ids),
-            "peft": lambda: S.train_step(theirs, opt_theirs, ids),
-        }, rounds, warmup)
-        med["ratio"] = med["adapterkit"] / med["peft"]
-        out[variant] = med
-        print(f"step {variant:8s} adapterkit {med['adapterkit'] * 1e3:7.1f} ms  "
-              f"peft {med['peft'] * 1e3:7.1f} ms  ratio {med['ratio']:.3f}", flush=True)
-        del ours, theirs, opt_ours, opt_theirs
+        ours, theirs = med[(variant, "adapterkit")], med[(variant, "peft")]
+        out[variant] = {"adapterkit": ours, "peft": theirs, "ratio": ours / theirs,
+                        "paired_ratio": _paired(times, (variant, "adapterkit"), (variant, "peft"))}
+        if ref:
+            out[variant].update(adapterkit_vs_peft_plain=ours / ref, peft_vs_peft_plain=theirs / ref)
+        print(f"step {variant:8s} adapterkit {ours * 1e3:7.1f} ms  peft {theirs * 1e3:7.1f} ms  "
+              f"ratio {ours / theirs:.3f} (paired {out[variant]['paired_ratio']:.3f})" + (f"  (vs PEFT plain: adapterkit {ours / ref:.3f}, "
+                                               f"peft {theirs / ref:.3f})" if ref else ""), flush=True)
     return out
 
 
@@ -129,8 +140,8 @@ def bench_infer(rounds: int, warmup: int, variant: str = "plain") -> dict:
                 model(input_ids=ids)
         return go
 
-    med = _alternate({"adapterkit": run(ours), "adapterkit_merged": run(ours_merged),
-                      "peft": run(theirs), "peft_merged": run(theirs_merged)}, rounds, warmup)
+    med, _ = _alternate({"adapterkit": run(ours), "adapterkit_merged": run(ours_merged),
+                         "peft": run(theirs), "peft_merged": run(theirs_merged)}, rounds, warmup)
     med["adapterkit_ratio"] = med["adapterkit"] / med["adapterkit_merged"]
     med["peft_ratio"] = med["peft"] / med["peft_merged"]
     print(f"infer {variant}: adapterkit unmerged/merged {med['adapterkit_ratio']:.3f} "

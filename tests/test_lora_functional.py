@@ -188,3 +188,49 @@ def test_saved_for_backward_is_small():
     assert big == []
     mask = [t for t in saved if t.dtype == torch.uint8]
     assert len(mask) == 1 and mask[0].numel() == x.numel() // 8
+
+
+@pytest.mark.parametrize("seed", [None, 5])
+@pytest.mark.parametrize("dora", [False, True])
+def test_linear_functions_gradcheck_including_base_weight_and_bias(seed, dora):
+    from adapterkit.methods.lora.functional import LinearDoRAFunction, LinearLoRAFunction
+
+    t = _inputs()
+    w = t["w"].detach().requires_grad_()
+    if dora:
+        norm = dora_norm(w, t["a"], t["b"], 0.7)
+        fn = lambda x, w, bias, a, b, m: LinearDoRAFunction.apply(  # noqa: E731
+            x, w, bias, a, b, m, norm, 0.7, 0.25, seed)
+        args = (t["x"], w, t["bias"], t["a"], t["b"], t["m"])
+    else:
+        fn = lambda x, w, bias, a, b: LinearLoRAFunction.apply(x, w, bias, a, b, 0.7, 0.25, seed)  # noqa: E731
+        args = (t["x"], w, t["bias"], t["a"], t["b"])
+    assert torch.autograd.gradcheck(fn, args)
+
+
+@pytest.mark.parametrize("dora", [False, True])
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_fused_linear_path_equals_separate_base_path(dora, dropout):
+    """One node (base inside) and two nodes (base outside, forced by a hook) agree, dropout included."""
+    import adapterkit as ak
+
+    def build():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(12, 10), torch.nn.Linear(10, 7)).double()
+        cfg = ak.LoRAConfig(rank=3, alpha=6, dropout=dropout, dora=dora, targets=["0", "1"], init="random")
+        return ak.attach(model, cfg).train()
+
+    fused, separate = build(), build()
+    for _, layer in ak.inject.adapter_layers(separate):
+        layer.base.register_forward_hook(lambda mod, inp, out: out)  # a hook: no fusing
+    x = torch.randn(4, 5, 12, dtype=torch.float64)
+    outs, grads = [], []
+    for model in (fused, separate):
+        torch.manual_seed(1)  # the same dropout seeds in both
+        out = model(x)
+        out.square().sum().backward()
+        outs.append(out)
+        grads.append([p.grad for p in model.parameters() if p.requires_grad])
+    torch.testing.assert_close(outs[0], outs[1])
+    for g0, g1 in zip(*grads):
+        torch.testing.assert_close(g0, g1)

@@ -19,6 +19,7 @@ expectation, without a second full matmul); with dropout 0 or in eval mode both 
 """
 from __future__ import annotations
 
+import sys
 from typing import Optional
 
 import torch
@@ -29,6 +30,7 @@ _BIT_PER_BYTE = 0x8040201008040201 - 2**64  # byte k keeps bit k (as a signed in
 _LOW7 = 0x7F7F7F7F7F7F7F7F  # added to bytes of 0 or 2^k: the top bit of each byte says "non-zero"
 _ONES = 0x0101010101010101  # bit 0 of every byte
 _GATHER = 0x0102040810204080  # sums 8 bytes holding 0/1 into the top byte, byte k -> bit k
+_TOP_BYTE = 7 if sys.byteorder == "little" else 0
 
 
 def new_seed() -> int:
@@ -62,7 +64,7 @@ def pack_mask(keep: Tensor) -> Tensor:
     if pad:
         flat = torch.cat([flat, flat.new_zeros(pad)])
     words = flat.view(torch.int64)  # 8 elements (bytes of 0/1) per word
-    return ((words * _GATHER) >> 56).bitwise_and_(0xFF).to(torch.uint8)
+    return (words * _GATHER).view(torch.uint8)[_TOP_BYTE::8].clone()  # the top byte of each word
 
 
 def unpack_mask(bits: Tensor, shape: torch.Size) -> Tensor:
@@ -72,85 +74,158 @@ def unpack_mask(bits: Tensor, shape: torch.Size) -> Tensor:
     return words.view(torch.uint8)[: shape.numel()].view(shape)
 
 
-def _masked(x: Tensor, keep: Optional[Tensor]) -> Tensor:
-    """x with dropped elements zeroed (the 1 / (1 - p) factor is applied to the small side)."""
-    return x if keep is None else x * keep.to(x.dtype)
+def _branch(x: Tensor, a: Tensor, p: float, seed: Optional[int]) -> tuple[Tensor, Optional[Tensor]]:
+    """h = drop(x) @ A^T (N, r), and the keep-mask packed to bits (None without dropout)."""
+    if seed is None:
+        return x @ a.t(), None
+    keep = keep_mask(x.shape, p, seed, x.device)  # (N, in) float32 0/1
+    bits = pack_mask(keep)
+    keep = keep if keep.dtype == x.dtype else keep.to(x.dtype)
+    h = keep.mul_(x) @ a.t()  # x * keep, in the mask's own buffer
+    return h.mul_(1.0 / (1.0 - p)), bits  # the 1 / (1 - p) factor on the small side
+
+
+def _lora_grads(dz, x, h, a, b, bits, scale: float, p: float, need) -> tuple:
+    """Gradients (dx, dA, dB) of scale * (drop(x) @ A^T) @ B^T for an upstream dz (N, out).
+
+    ``need``: which of (x, A, B) want a gradient; the others come back as None.
+    """
+    need_x, need_a, need_b = need
+    dh = torch.mm(dz, b).mul_(scale)  # (N, r): gradient of h
+    db = torch.mm(dz.t(), h).mul_(scale) if need_b else None  # (out, r)
+    if bits is None:
+        da = torch.mm(dh.t(), x) if need_a else None  # (r, in)
+        dx = torch.mm(dh, a) if need_x else None  # (N, in)
+        return dx, da, db
+    # d drop(x) / dx = keep / (1 - p), with the forward's mask, unpacked
+    dh.mul_(1.0 / (1.0 - p))
+    keep = unpack_mask(bits, x.shape).to(x.dtype)  # (N, in) 0/1
+    dx = torch.mm(dh, a).mul_(keep) if need_x else None  # (N, in)
+    da = torch.mm(dh.t(), keep.mul_(x)) if need_a else None  # (r, in); keep becomes x * keep
+    return dx, da, db
+
+
+def _base_grads(dz, dx, x, weight, need_x: bool, need_w: bool) -> tuple:
+    """Add the base's input gradient dz @ W to dx (in place), and W's own gradient if asked."""
+    if need_x:
+        dx = torch.mm(dz, weight) if dx is None else dx.addmm_(dz, weight)  # (N, in)
+    dw = torch.mm(dz.t(), x) if need_w else None  # (out, in)
+    return dx, dw
+
+
+def _dora_scale(out, s, bias) -> Tensor:
+    """s * (out - bias) + bias, in place; ``out`` holds y_b + scale * h @ B^T."""
+    out.mul_(s)
+    if bias is not None:
+        out.add_(bias * (1 - s))
+    return out
+
+
+def _dora_magnitude_grad(dy, out, bias, m) -> Tensor:
+    """d loss / d m = sum over rows of dy * (out - bias) / m: from the output, no kept W x."""
+    dm = (dy * out).sum(0)
+    if bias is not None:
+        dm -= dy.sum(0) * bias
+    return dm.div_(m)
 
 
 class LoRAFunction(torch.autograd.Function):
     """out = y + scale * (drop(x) @ A^T) @ B^T; shapes x (N, in), y (N, out), A (r, in), B (out, r).
 
-    ``seed`` None means no dropout (p is then ignored).
+    ``y`` is the base output, computed outside. ``seed`` None means no dropout (p is then ignored).
     """
 
     @staticmethod
     def forward(ctx, x, y, a, b, scale: float, p: float, seed: Optional[int]):
-        keep = None if seed is None else keep_mask(x.shape, p, seed, x.device)
-        h = _masked(x, keep) @ a.t()  # (N, r)
-        if keep is not None:
-            h.mul_(1.0 / (1.0 - p))
+        h, bits = _branch(x, a, p, seed)
         out = torch.addmm(y, h, b.t(), alpha=scale)  # (N, out)
-        ctx.save_for_backward(x, h, a, b, None if keep is None else pack_mask(keep))
+        ctx.save_for_backward(x, h, a, b, bits)
         ctx.scale, ctx.p = scale, p
         return out
 
     @staticmethod
     def backward(ctx, dy):
         x, h, a, b, bits = ctx.saved_tensors
-        dx, da, db = _lora_grads(ctx, dy, x, h, a, b, bits)
+        need = (ctx.needs_input_grad[0], ctx.needs_input_grad[2], ctx.needs_input_grad[3])
+        dx, da, db = _lora_grads(dy, x, h, a, b, bits, ctx.scale, ctx.p, need)
         return dx, dy, da, db, None, None, None
 
 
-def _lora_grads(ctx, dz, x, h, a, b, bits):
-    """Gradients of scale * (drop(x) @ A^T) @ B^T for an upstream gradient dz (N, out)."""
-    need_x, need_a, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[2], ctx.needs_input_grad[3]
-    dh = torch.mm(dz, b).mul_(ctx.scale)  # (N, r): gradient of h
-    db = torch.mm(dz.t(), h).mul_(ctx.scale) if need_b else None  # (out, r)
-    keep = None
-    if bits is not None:  # d drop(x) / dx = keep / (1 - p): the forward's mask, unpacked
-        keep = unpack_mask(bits, x.shape).to(x.dtype)
-        dh.mul_(1.0 / (1.0 - ctx.p))
-    da = torch.mm(dh.t(), _masked(x, keep)) if need_a else None  # (r, in)
-    dx = None
-    if need_x:
-        dx = torch.mm(dh, a)  # (N, in)
-        if keep is not None:
-            dx.mul_(keep)  # (dh @ A) * keep / (1 - p); the factor is already in dh
-    return dx, da, db
+class LinearLoRAFunction(torch.autograd.Function):
+    """out = x @ W^T + bias + scale * (drop(x) @ A^T) @ B^T: an nn.Linear base and its LoRA as one node.
+
+    Against a separate base node it saves an (N, out) sum in forward and an (N, in) sum in
+    backward (dx = dh A + dy W is one accumulating matmul).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, a, b, scale: float, p: float, seed: Optional[int]):
+        h, bits = _branch(x, a, p, seed)
+        out = torch.addmm(bias, x, weight.t()) if bias is not None else x @ weight.t()  # (N, out)
+        out.addmm_(h, b.t(), alpha=scale)
+        ctx.save_for_backward(x, weight, h, a, b, bits)
+        ctx.scale, ctx.p = scale, p
+        return out
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, h, a, b, bits = ctx.saved_tensors
+        need_x, need_w, need_bias, need_a, need_b = ctx.needs_input_grad[:5]
+        dx, da, db = _lora_grads(dy, x, h, a, b, bits, ctx.scale, ctx.p, (need_x, need_a, need_b))
+        dx, dw = _base_grads(dy, dx, x, weight, need_x, need_w)
+        dbias = dy.sum(0) if need_bias else None
+        return dx, dw, dbias, da, db, None, None, None
 
 
 class DoRAFunction(torch.autograd.Function):
     """out = s * (y_b - bias + scale * (drop(x) @ A^T) @ B^T) + bias, s = m / norm (norm constant).
 
-    y_b (N, out) is the base output (bias included); m and norm are (out,).
+    y_b (N, out) is the base output (bias included), computed outside; m and norm are (out,).
     """
 
     @staticmethod
     def forward(ctx, x, y_b, a, b, m, bias, norm, scale: float, p: float, seed: Optional[int]):
-        keep = None if seed is None else keep_mask(x.shape, p, seed, x.device)
-        h = _masked(x, keep) @ a.t()  # (N, r)
-        if keep is not None:
-            h.mul_(1.0 / (1.0 - p))
+        h, bits = _branch(x, a, p, seed)
         s = m / norm  # (out,)
-        out = torch.addmm(y_b, h, b.t(), alpha=scale).mul_(s)  # s * (y_b + lora)
-        if bias is not None:
-            out.add_(bias * (1 - s))  # s * (y_b - bias + lora) + bias
-        ctx.save_for_backward(x, h, a, b, m, s, bias, out, None if keep is None else pack_mask(keep))
+        out = _dora_scale(torch.addmm(y_b, h, b.t(), alpha=scale), s, bias)  # (N, out)
+        ctx.save_for_backward(x, h, a, b, m, s, bias, out, bits)
         ctx.scale, ctx.p = scale, p
         return out
 
     @staticmethod
     def backward(ctx, dy):
         x, h, a, b, m, s, bias, out, bits = ctx.saved_tensors
+        need = (ctx.needs_input_grad[0], ctx.needs_input_grad[2], ctx.needs_input_grad[3])
         dz = dy * s  # (N, out): gradient of the un-scaled sum y_b - bias + lora
-        dx, da, db = _lora_grads(ctx, dz, x, h, a, b, bits)
-        dm = None
-        if ctx.needs_input_grad[4]:  # d out / d m = (out - bias) / m, summed over rows
-            dm = (dy * out).sum(0)
-            if bias is not None:
-                dm -= dy.sum(0) * bias
-            dm /= m
-        return dx, dz, da, db, dm, None, None, None, None, None
+        dx, da, db = _lora_grads(dz, x, h, a, b, bits, ctx.scale, ctx.p, need)
+        dm = _dora_magnitude_grad(dy, out, bias, m) if ctx.needs_input_grad[4] else None
+        dbias = (dy * (1 - s)).sum(0) if ctx.needs_input_grad[5] else None  # the direct path only
+        return dx, dz, da, db, dm, dbias, None, None, None, None
+
+
+class LinearDoRAFunction(torch.autograd.Function):
+    """DoRAFunction with the nn.Linear base computed inside: y_b = x @ W^T + bias, one node."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, a, b, m, norm, scale: float, p: float, seed: Optional[int]):
+        h, bits = _branch(x, a, p, seed)
+        s = m / norm  # (out,)
+        y_b = torch.addmm(bias, x, weight.t()) if bias is not None else x @ weight.t()  # (N, out)
+        out = _dora_scale(y_b.addmm_(h, b.t(), alpha=scale), s, bias)
+        ctx.save_for_backward(x, weight, h, a, b, m, s, bias, out, bits)
+        ctx.scale, ctx.p = scale, p
+        return out
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, h, a, b, m, s, bias, out, bits = ctx.saved_tensors
+        need_x, need_w, need_bias, need_a, need_b, need_m = ctx.needs_input_grad[:6]
+        dz = dy * s  # (N, out)
+        dx, da, db = _lora_grads(dz, x, h, a, b, bits, ctx.scale, ctx.p, (need_x, need_a, need_b))
+        dx, dw = _base_grads(dz, dx, x, weight, need_x, need_w)
+        dm = _dora_magnitude_grad(dy, out, bias, m) if need_m else None
+        dbias = dy.sum(0) if need_bias else None  # out = s * (x W^T + lora) + bias
+        return dx, dw, dbias, da, db, dm, None, None, None, None
 
 
 @torch.no_grad()

@@ -7,15 +7,24 @@ Conv2d:           y = conv(x, W) + scale * conv1x1(conv(drop(x), A), B)
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules import module as _module
 
 from ... import bases
 from ...layer import AdapterLayer
 from .config import LoRAConfig
-from .functional import DoRAFunction, LoRAFunction, dora_norm, new_seed
+from .functional import (
+    DoRAFunction,
+    LinearDoRAFunction,
+    LinearLoRAFunction,
+    LoRAFunction,
+    dora_norm,
+    new_seed,
+)
 
 
 def _param_place(base: nn.Module) -> dict:
@@ -24,6 +33,15 @@ def _param_place(base: nn.Module) -> dict:
         tensor = next(iter(base.buffers()))
     dtype = tensor.dtype if tensor.dtype.is_floating_point else torch.float32
     return {"device": tensor.device, "dtype": dtype}
+
+
+def _plain_linear(base: nn.Module, x: Tensor) -> bool:
+    """Whether ``base(x)`` is exactly F.linear(x, W, b): an nn.Linear with its own forward, no hooks,
+    no autocast, and x in the weight's dtype. Then the base can run inside the LoRA node."""
+    return (type(base).forward is nn.Linear.forward and x.dtype == base.weight.dtype
+            and not (base._forward_hooks or base._forward_pre_hooks)
+            and not (_module._global_forward_hooks or _module._global_forward_pre_hooks)
+            and not torch.is_autocast_enabled(x.device.type))
 
 
 def _init_pair(a: Tensor, b: Tensor, init: str, rank: int, a_is_zero: bool = False) -> None:
@@ -82,6 +100,24 @@ class LoRA(nn.Module):
             return self._conv2d(x, y, base)
         return self._linear(x, y, y_base, base)
 
+    def fused(self, x: Tensor, base: nn.Module) -> Optional[Tensor]:
+        """``base(x)`` with this adapter added, as one autograd node; None where that does not apply.
+
+        For a plain ``nn.Linear`` base (see ``_plain_linear``): x (..., in) -> (..., out).
+        """
+        if self.kind != "linear" or not _plain_linear(base, x):
+            return None
+        a, b = self.a.to(x.dtype), self.b.to(x.dtype)
+        x2 = x.reshape(-1, a.shape[1])  # (N, in)
+        seed = new_seed() if self.training and self.dropout > 0 else None
+        if self.magnitude is None:
+            out = LinearLoRAFunction.apply(x2, base.weight, base.bias, a, b, self.scale, self.dropout, seed)
+        else:
+            norm = dora_norm(base.weight, a, b, self.scale)
+            out = LinearDoRAFunction.apply(x2, base.weight, base.bias, a, b, self.magnitude.to(x.dtype),
+                                           norm, self.scale, self.dropout, seed)
+        return out.view(*x.shape[:-1], out.shape[-1])
+
     def _linear(self, x, y, y_base, base):
         # x (..., in), y (..., out) -> (..., out)
         dtype = y.dtype
@@ -134,6 +170,11 @@ class LoRALayer(AdapterLayer):
     method = "lora"
 
     def forward(self, x, *args, **kwargs):
+        adapters = self.active_adapters()
+        if len(adapters) == 1 and not args and not kwargs and not isinstance(self.base, AdapterLayer):
+            out = adapters[0].fused(x, self.base)  # base and adapter in one node where possible
+            if out is not None:
+                return out
         y_base = self.base(x, *args, **kwargs)
         y = y_base
         base = self.innermost()
