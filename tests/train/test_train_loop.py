@@ -52,9 +52,12 @@ def test_saved_adapter_loads_in_peft_with_the_same_outputs(tmp_path, llama_dir):
     torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-5)
 
 
-def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, llama_dir):
-    changes = dict(optim__max_steps=6, optim__schedule="cosine", optim__batch_size=2,
-                   output__save_every=3, eval__every=2)
+@pytest.mark.parametrize("optimizer, loraplus", [("adamw", None), ("adamw8bit", 4.0)])
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, llama_dir, optimizer, loraplus):
+    if optimizer != "adamw":
+        pytest.importorskip("bitsandbytes")
+    changes = dict(optim__max_steps=6, optim__schedule="cosine", optim__batch_size=2, optim__optimizer=optimizer,
+                   optim__loraplus_ratio=loraplus, output__save_every=3, eval__every=2)
     cfg = _config(tmp_path, llama_dir, **changes)
     cfg["adapter"]["dropout"] = 0.2  # the dropout RNG must be restored too
     ak.train(dict(cfg, output=dict(cfg["output"], dir=str(tmp_path / "whole"))))
