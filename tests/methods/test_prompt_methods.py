@@ -179,6 +179,10 @@ def test_config_errors_name_the_problem():
         ak.PromptEncoderConfig(encoder="gru")
     with pytest.raises(ak.ConfigError, match="num_virtual_tokens"):
         ak.PrefixTuningConfig(num_virtual_tokens=0)
+    from tests.models import tiny_t5
+
+    with pytest.raises(ak.UnsupportedModuleError, match="encoder-decoder"):
+        ak.attach(tiny_t5(), ak.PrefixTuningConfig())
     with pytest.raises(ak.UnsupportedModuleError, match="get_input_embeddings"):
         ak.attach(torch.nn.Sequential(torch.nn.Linear(3, 3)), ak.PromptTuningConfig())
 

@@ -58,6 +58,11 @@ def geometry(model) -> Geometry:
 
 
 def _where(model, config) -> list[str]:
+    if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+        raise UnsupportedModuleError(
+            f"{type(model).__name__} is an encoder-decoder model; adapterkit feeds virtual tokens to "
+            "decoder-only and encoder-only models. Use LoRA, IA3 or bottleneck adapters here."
+        )
     name = embedding_name(model)
     if isinstance(config, PrefixTuningConfig):
         module = model.get_submodule(name)
