@@ -65,6 +65,10 @@ def read_data(config: TrainConfig) -> tuple[list[dict], list[dict], Optional[lis
         train = [train[i] for i in order[cut:]]
     if not train:
         raise ConfigError(f"data.train {d.train!r} holds no records.")
+    e = config.eval
+    if not held and (e.every or e.patience or e.generate):
+        raise ConfigError("the eval section asks for evaluations (every, patience or generate) but there is "
+                          "no held-out data; set data.eval to a file or data.eval_split to a fraction.")
     names, num_labels = None, 0
     if d.format == "classification":
         names = data_mod.label_names(train, d, d.train)

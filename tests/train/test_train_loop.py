@@ -182,3 +182,16 @@ def test_packed_text_and_generation_scores(tmp_path, llama_dir):
 def test_bf16_mixed_precision_runs_on_cpu(tmp_path, llama_dir):
     result = ak.train(_config(tmp_path, llama_dir, optim__max_steps=10, optim__mixed_precision="bf16"))
     assert result.last_eval["loss"] < result.first_eval["loss"]
+
+
+def test_evaluation_without_held_out_data_is_an_error(tmp_path, llama_dir):
+    from adapterkit.errors import ConfigError
+
+    cfg = _config(tmp_path, llama_dir, eval__every=5)
+    cfg["data"].pop("eval")
+    with pytest.raises(ConfigError, match="no held-out data; set data.eval"):
+        ak.train(cfg)
+    cfg["data"]["eval_split"] = 0.25  # 2 of the 8 records held out
+    cfg["optim"].update(max_steps=2)
+    result = ak.train(cfg)
+    assert result.first_eval is not None and result.steps == 2
