@@ -234,3 +234,19 @@ def test_fused_linear_path_equals_separate_base_path(dora, dropout):
     torch.testing.assert_close(outs[0], outs[1])
     for g0, g1 in zip(*grads):
         torch.testing.assert_close(g0, g1)
+
+
+def test_dora_weight_norm_follows_changes_of_the_base_weight():
+    import copy
+
+    import adapterkit as ak
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 6)).double()
+    ak.attach(model, ak.LoRAConfig(rank=2, dora=True, targets=["0"], init="random"))
+    x = torch.randn(3, 8, dtype=torch.float64)
+    with torch.no_grad():
+        model(x)  # fills any cache
+        model[0].base.weight.mul_(1.5)
+        want = ak.merge(copy.deepcopy(model))(x)
+        torch.testing.assert_close(model(x), want)

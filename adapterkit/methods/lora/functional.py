@@ -44,33 +44,40 @@ def keep_mask(shape: torch.Size, p: float, seed: int, device: torch.device) -> T
     One 64-bit draw gives four 16-bit uniforms u; an element is kept when u < round((1 - p) 2^16).
     The same (shape, p, seed, device) always gives the same mask.
     """
+    return _neg_keep(shape, p, seed, device).neg_()
+
+
+def _neg_keep(shape: torch.Size, p: float, seed: int, device: torch.device) -> Tensor:
+    """-1 where kept, 0 where dropped (keep_mask without its last pass), float32."""
     n = shape.numel()
     threshold = round((1.0 - p) * 65536)
     if threshold >= 65536:
-        return torch.ones(shape, device=device)
+        return torch.full(shape, -1.0, device=device)
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
     words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device)
     words.random_(-(2**63), None, generator=gen)  # all 64 bits uniform
     uniform = words.view(torch.int16)[:n].view(shape).float()  # integers in [-2^15, 2^15)
-    # threshold - u is an integer: >= 1 (kept) or <= 0 (dropped); exact in float32
-    return uniform.neg_().add_(threshold - 32768).clamp_(0, 1)
+    # u - threshold is an integer: <= -1 (kept) or >= 0 (dropped); exact in float32
+    return uniform.sub_(threshold - 32768).clamp_(-1, 0)
 
 
 def pack_mask(keep: Tensor) -> Tensor:
-    """A 0/1 tensor packed to bits: uint8 (ceil(n / 8),), element i in bit i % 8 of byte i // 8."""
+    """A mask packed to bits: uint8 (ceil(n / 8),), bit i % 8 of byte i // 8 set where element i
+    is non-zero. ``keep`` holds 0 and 1 (or -1): whole numbers that fit in an int8."""
     flat = keep.reshape(-1).to(torch.int8)  # (float -> int8 is a fast cast on CPU; -> uint8 is not)
     pad = (-flat.numel()) % 8
     if pad:
         flat = torch.cat([flat, flat.new_zeros(pad)])
-    words = flat.view(torch.int64)  # 8 elements (bytes of 0/1) per word
-    return (words * _GATHER).view(torch.uint8)[_TOP_BYTE::8].clone()  # the top byte of each word
+    words = flat.view(torch.int64).bitwise_and_(_ONES)  # 8 elements (bytes of 0/1) per word
+    top = words.mul_(_GATHER).view(torch.uint8)[_TOP_BYTE::8]  # the top byte of each word
+    return torch.empty_like(top, memory_format=torch.contiguous_format).copy_(top)
 
 
 def unpack_mask(bits: Tensor, shape: torch.Size) -> Tensor:
     """The 0/1 uint8 tensor of ``shape`` that ``pack_mask`` packed into ``bits``."""
-    words = (bits.to(torch.int64) * _SPREAD).bitwise_and_(_BIT_PER_BYTE)  # byte k: 2^k or 0
-    words = ((words + _LOW7) >> 7).bitwise_and_(_ONES)  # byte k: 1 or 0
+    words = bits.to(torch.int64).mul_(_SPREAD).bitwise_and_(_BIT_PER_BYTE)  # byte k: 2^k or 0
+    words = words.add_(_LOW7).bitwise_right_shift_(7).bitwise_and_(_ONES)  # byte k: 1 or 0
     return words.view(torch.uint8)[: shape.numel()].view(shape)
 
 
@@ -78,11 +85,11 @@ def _branch(x: Tensor, a: Tensor, p: float, seed: Optional[int]) -> tuple[Tensor
     """h = drop(x) @ A^T (N, r), and the keep-mask packed to bits (None without dropout)."""
     if seed is None:
         return x @ a.t(), None
-    keep = keep_mask(x.shape, p, seed, x.device)  # (N, in) float32 0/1
-    bits = pack_mask(keep)
-    keep = keep if keep.dtype == x.dtype else keep.to(x.dtype)
-    h = keep.mul_(x) @ a.t()  # x * keep, in the mask's own buffer
-    return h.mul_(1.0 / (1.0 - p)), bits  # the 1 / (1 - p) factor on the small side
+    neg_keep = _neg_keep(x.shape, p, seed, x.device)  # (N, in) float32: -1 kept, 0 dropped
+    bits = pack_mask(neg_keep)
+    neg_keep = neg_keep if neg_keep.dtype == x.dtype else neg_keep.to(x.dtype)
+    h = neg_keep.mul_(x) @ a.t()  # -(x * keep), in the mask's own buffer
+    return h.mul_(-1.0 / (1.0 - p)), bits  # the sign and 1 / (1 - p) on the small side
 
 
 def _lora_grads(dz, x, h, a, b, bits, scale: float, p: float, need) -> tuple:
@@ -228,16 +235,24 @@ class LinearDoRAFunction(torch.autograd.Function):
         return dx, dw, dbias, da, db, dm, None, None, None, None
 
 
+def weight_sq(weight: Tensor) -> Tensor:
+    """||W_o||^2 per output row (out,), in fp32 (fp64 for fp64 weights)."""
+    acc = torch.promote_types(weight.dtype, torch.float32)
+    with torch.no_grad():
+        return torch.linalg.vector_norm(weight, dim=1, dtype=acc).square_()
+
+
 @torch.no_grad()
-def dora_norm(weight: Tensor, a: Tensor, b: Tensor, scale: float) -> Tensor:
+def dora_norm(weight: Tensor, a: Tensor, b: Tensor, scale: float, w_sq: Optional[Tensor] = None) -> Tensor:
     """||W + scale B A|| per output row (out,), in fp32 (fp64 for fp64 weights), without building B A.
 
     ||W_o + c (BA)_o||^2 = ||W_o||^2 + 2c <B_o, (W A^T)_o> + c^2 <B_o, (B A A^T)_o>
+    ``w_sq``: ||W_o||^2 when the caller has it already (W is frozen: it changes rarely).
     """
     acc = torch.promote_types(weight.dtype, torch.float32)
     wa = (weight @ a.to(weight.dtype).t()).to(acc)  # (out, r)
     a32, b32 = a.to(acc), b.to(acc)
-    sq = torch.linalg.vector_norm(weight, dim=1, dtype=acc).square()
+    sq = weight_sq(weight) if w_sq is None else w_sq.clone()
     sq += 2 * scale * (b32 * wa).sum(1)
     sq += scale * scale * ((b32 @ (a32 @ a32.t())) * b32).sum(1)
     return sq.clamp_min_(0).sqrt_()

@@ -24,6 +24,7 @@ from .functional import (
     LoRAFunction,
     dora_norm,
     new_seed,
+    weight_sq,
 )
 
 
@@ -113,10 +114,20 @@ class LoRA(nn.Module):
         if self.magnitude is None:
             out = LinearLoRAFunction.apply(x2, base.weight, base.bias, a, b, self.scale, self.dropout, seed)
         else:
-            norm = dora_norm(base.weight, a, b, self.scale)
+            norm = dora_norm(base.weight, a, b, self.scale, self._weight_sq(base.weight))
             out = LinearDoRAFunction.apply(x2, base.weight, base.bias, a, b, self.magnitude.to(x.dtype),
                                            norm, self.scale, self.dropout, seed)
         return out.view(*x.shape[:-1], out.shape[-1])
+
+    def _weight_sq(self, weight: Tensor) -> Tensor:
+        """||W_o||^2 of a frozen dense weight, computed again only when W changes (DoRA)."""
+        if torch.compiler.is_compiling():
+            return weight_sq(weight)
+        key = (weight.data_ptr(), weight._version, weight.shape, weight.dtype, weight.device)
+        cached = getattr(self, "_w_sq", None)
+        if cached is None or cached[0] != key:
+            cached = self._w_sq = (key, weight_sq(weight))
+        return cached[1]
 
     def _linear(self, x, y, y_base, base):
         # x (..., in), y (..., out) -> (..., out)
