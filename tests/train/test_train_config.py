@@ -109,3 +109,17 @@ def test_fp16_on_a_cpu_is_refused_before_loading_anything(tmp_path):
     cfg = config(optim__mixed_precision="fp16", model__name=str(tmp_path / "none"))
     with pytest.raises(ConfigError, match="'fp16' needs a GPU"):
         ak.train(cfg)
+
+
+@pytest.mark.parametrize("name", ["smollm2_format.yaml", "minilm_sentiment.yaml"])
+def test_example_configs_parse_and_their_data_reads(name):
+    from pathlib import Path
+
+    from adapterkit.train.data import read_records
+
+    root = Path(__file__).resolve().parents[2]
+    cfg = TrainConfig.from_yaml(root / "examples" / "configs" / name)
+    for path in (cfg.data.train, cfg.data.eval):
+        records = read_records(str(root / path), cfg.data.format)
+        fields = ("text", "label") if cfg.data.format == "classification" else ("prompt", "response")
+        assert len(records) >= 16 and all(f in r for r in records for f in fields)
