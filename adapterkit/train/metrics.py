@@ -41,16 +41,22 @@ def macro_f1(predictions: Sequence, references: Sequence) -> float:
     return sum(scores) / len(scores) if scores else 0.0
 
 
-def bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
-    import sacrebleu
+def _sacrebleu():
+    try:
+        import sacrebleu
+    except ImportError:
+        from ..errors import ConfigError
 
-    return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score)
+        raise ConfigError("BLEU and chrF (eval.generate: true) need sacrebleu: pip install sacrebleu.") from None
+    return sacrebleu
+
+
+def bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
+    return float(_sacrebleu().corpus_bleu(list(hypotheses), [list(references)]).score)
 
 
 def chrf(hypotheses: Sequence[str], references: Sequence[str]) -> float:
-    import sacrebleu
-
-    return float(sacrebleu.corpus_chrf(list(hypotheses), [list(references)]).score)
+    return float(_sacrebleu().corpus_chrf(list(hypotheses), [list(references)]).score)
 
 
 HIGHER_IS_BETTER = {"loss": False, "perplexity": False, "accuracy": True, "macro_f1": True,
