@@ -6,7 +6,7 @@ here each section checks choices and ranges.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Optional, Union
 
 from ..errors import ConfigError, close_matches
 
@@ -119,10 +119,12 @@ class OptimConfig:
     max_grad_norm: Optional[float] = 1.0
     epochs: int = 1
     max_steps: Optional[int] = None
-    mixed_precision: str = "no"
+    mixed_precision: Union[str, bool] = "no"  # YAML reads a bare `no` as false
     seed: int = 0
 
     def __post_init__(self):
+        if self.mixed_precision is False:
+            object.__setattr__(self, "mixed_precision", "no")
         _choice("optim", "optimizer", self.optimizer, OPTIMIZERS)
         _choice("optim", "schedule", self.schedule, SCHEDULES)
         _choice("optim", "mixed_precision", self.mixed_precision, ("no", "bf16", "fp16"))

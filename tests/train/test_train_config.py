@@ -123,3 +123,23 @@ def test_example_configs_parse_and_their_data_reads(name):
         records = read_records(str(root / path), cfg.data.format)
         fields = ("text", "label") if cfg.data.format == "classification" else ("prompt", "response")
         assert len(records) >= 16 and all(f in r for r in records for f in fields)
+
+
+def test_the_all_options_example_lists_every_key():
+    import dataclasses
+    from pathlib import Path
+
+    import yaml
+
+    from adapterkit.train.config import SECTIONS
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "configs" / "all_options.yaml"
+    data = yaml.safe_load(path.read_text())
+    cfg = TrainConfig.from_yaml(path)
+    for name, section in SECTIONS.items():
+        assert set(data[name]) == {f.name for f in dataclasses.fields(section)}, name
+        assert getattr(cfg, name) == section(**{k: getattr(getattr(cfg, name), k) for k in data[name]})
+    defaults = TrainConfig.from_dict({"model": {"name": "x"}, "adapter": {"method": "lora"},
+                                      "data": {"train": "t"}})
+    for name in ("optim", "eval", "output"):  # the listed values are the defaults
+        assert getattr(cfg, name) == getattr(defaults, name), name
