@@ -170,8 +170,11 @@ def test_dropout_is_unbiased():
     assert (total / runs - x).abs().mean() < 0.05 * x.abs().mean()
 
 
-def test_saved_for_backward_is_small():
+@pytest.mark.parametrize("fused", [False, True])
+def test_saved_for_backward_is_small(fused):
     """With dropout, no tensor of x's size is kept besides x itself (no dropped copy, no float mask)."""
+    from adapterkit.methods.lora.functional import LinearLoRAFunction
+
     n, d, r = 512, 64, 4
     x = torch.randn(n, d, requires_grad=True)
     a = torch.randn(r, d, requires_grad=True)
@@ -183,7 +186,10 @@ def test_saved_for_backward_is_small():
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        LoRAFunction.apply(x, torch.zeros(n, d), a, b, 1.0, 0.1, new_seed())
+        if fused:
+            LinearLoRAFunction.apply(x, torch.randn(d, d), None, a, b, 1.0, 0.1, new_seed())
+        else:
+            LoRAFunction.apply(x, torch.zeros(n, d), a, b, 1.0, 0.1, new_seed())
     big = [t for t in saved if t.numel() >= x.numel() and t.data_ptr() != x.data_ptr()]
     assert big == []
     mask = [t for t in saved if t.dtype == torch.uint8]

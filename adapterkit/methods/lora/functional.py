@@ -1,21 +1,28 @@
-"""The LoRA and DoRA branches of a linear layer, as two autograd Functions.
+"""The LoRA and DoRA branches of a linear layer, as autograd Functions.
 
 LoRA:  out = y + scale * (drop(x) @ A^T) @ B^T                        x (N, in), y (N, out)
 DoRA:  out = s * (y_b + scale * (drop(x) @ A^T) @ B^T - bias) + bias,  s = m / ||W + scale B A||_row
 
 drop(x) = x * keep / (1 - p), keep ~ Bernoulli(1 - p) per element (inverted dropout, as torch and PEFT).
+LoRA: Hu et al. 2021 (arXiv:2106.09685); DoRA: Liu et al. 2024 (arXiv:2402.09353).
 
-Why custom Functions: with dropout, autograd would keep a dropped copy of x (and a float mask) for
+``LoRAFunction`` / ``DoRAFunction`` take the base output y computed outside (any base kind);
+``LinearLoRAFunction`` / ``LinearDoRAFunction`` run an nn.Linear base inside the same node, which
+saves an (N, out) sum in forward and an (N, in) sum in backward (dx = dh A + dy W accumulates in
+one matmul).
+
+Why custom Functions: with dropout, autograd would keep a dropped copy of x and a float mask for
 every adapted layer. Here only x itself (shared with the base layer and its neighbours) and the
 small h = drop(x) @ A^T (N, rank) are kept, plus the keep-mask packed to one bit per element
-(1/32 of an fp32 copy of x); backward unpacks the same mask. The mask comes from a seeded
-generator, 16 random bits per element (so p is rounded to a multiple of 2^-16), which is several
-times cheaper on CPU than ``bernoulli_``.
-For DoRA the row norm is a constant (DoRA paper, arXiv:2402.09353, section 4.3; PEFT does the
-same) computed from W and the small factors, never from a dense W + scale B A; the magnitude's
-gradient is taken from the output, which the next layer often keeps anyway, instead of a kept
-copy of W x. With dropout in training, s multiplies W x rather than PEFT's W drop(x) (the same
-expectation, without a second full matmul); with dropout 0 or in eval mode both are identical.
+(1/32 of an fp32 copy of x); backward unpacks the same mask. Packing and unpacking cost less than
+drawing the mask a second time from a saved seed. The mask comes from a seeded generator with
+16 random bits per element (so p is rounded to a multiple of 2^-16), several times cheaper on
+CPU than ``bernoulli_``.
+For DoRA the row norm is a constant (DoRA paper, section 4.3; PEFT does the same) computed from
+W and the small factors, never from a dense W + scale B A; the magnitude's gradient is taken from
+the output, which the next layer often keeps anyway, instead of a kept copy of W x. With dropout
+in training, s multiplies W x rather than PEFT's W drop(x) (the same expectation, without a
+second full matmul); with dropout 0 or in eval mode both are identical.
 """
 from __future__ import annotations
 
