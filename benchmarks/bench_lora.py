@@ -3,15 +3,17 @@
 Model: Llama-shaped (hidden 512, intermediate 1376, 8 layers, 8 heads, vocab 8000), batch 4 x 128,
 rank 16 / alpha 32 on every linear layer; variants plain, dropout 0.1 and DoRA.
 
-- step:   forward + backward + AdamW, adapterkit and PEFT alternating in one process (the order
-          flips each round); medians and the ratio adapterkit / PEFT of the medians.
+- step:   forward + backward + AdamW; the six models (two libraries x three variants) run in
+          turn in one process, the order flipping each round; medians, the ratio adapterkit /
+          PEFT of the medians, and the median of the per-round ratios ("paired").
 - memory: bytes in use (glibc mallinfo2, MALLOC_MMAP_THRESHOLD_=65536 so large blocks are
           counted exactly) after a training forward minus before it: the activations kept for
           backward. A fresh process per library and variant.
 - infer:  inference forward (eval, no_grad) of the unmerged model against the merged one.
 
-    python benchmarks/bench_lora.py                    # everything (about 5 minutes on 2 cores)
-    python benchmarks/bench_lora.py --part step --steps 5 --variants dora
+    python benchmarks/bench_lora.py                    # everything (5-10 minutes on 2 busy cores)
+    python benchmarks/bench_lora.py --part step --steps 5 --variants plain,dora
+    python benchmarks/bench_lora.py --part step --threads 1 --clock cpu   # steadier when shared
 """
 from __future__ import annotations
 
