@@ -34,6 +34,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--model", default="minilm-l6", help="an alias or a local transformers folder (BERT family)")
     p.add_argument("--out", type=Path, default=HERE / "out", help="runs, results.json and schedules.png go here")
     p.add_argument("--warmup-ratio", type=float, default=0.1)
+    p.add_argument("--epochs", type=int, default=None, help="instead of lora.yaml's 3")
     p.add_argument("--smoke", action="store_true", help="6 steps each; the README is left alone")
     return p.parse_args(argv)
 
@@ -43,6 +44,8 @@ def config_for(schedule: str, args) -> TrainConfig:
                "data.eval": str(ROOT / "examples/data/classification_test.jsonl"),
                "model.name": args.model, "output.dir": str(args.out / schedule), "output.progress": False,
                "optim.schedule": schedule, "optim.warmup_ratio": args.warmup_ratio, "optim.warmup_steps": 0}
+    if args.epochs:
+        changes["optim.epochs"] = args.epochs
     if args.smoke:
         changes.update({"optim.max_steps": 6, "optim.batch_size": 4, "eval.max_batches": 2})
     return TrainConfig.from_yaml(ROOT / "examples/text_classification/lora.yaml").replace(changes)
