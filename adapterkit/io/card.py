@@ -49,7 +49,8 @@ def _section(item: Saved) -> list[str]:
 def model_card(saved: list[Saved], base_model: Optional[str], version: str) -> str:
     """The README.md text for the adapters in ``saved``."""
     methods = sorted({s.config.method for s in saved})
-    head = ["---", "library_name: peft"]
+    peft_reads = all(not s.peft_type.startswith("ADAPTERKIT_") for s in saved)
+    head = ["---", f"library_name: {'peft' if peft_reads else 'adapterkit'}"]
     if base_model:
         head.append(f"base_model: {base_model}")
     head.append("tags:")
@@ -67,6 +68,9 @@ def model_card(saved: list[Saved], base_model: Optional[str], version: str) -> s
     sub = "" if first.folder == "." else f", subfolder={first.folder!r}"
     body += ["## Load", "", "```python", "import adapterkit as ak",
              f"model = ak.load_adapter(model, {'PATH' if first.folder == '.' else 'PATH/' + first.folder!r}"
-             f", name={first.name!r})", "# or, with PEFT:", "from peft import PeftModel",
-             f"model = PeftModel.from_pretrained(model, 'PATH'{sub})", "```", ""]
+             f", name={first.name!r})"]
+    if peft_reads:
+        body += ["# or, with PEFT:", "from peft import PeftModel",
+                 f"model = PeftModel.from_pretrained(model, 'PATH'{sub})"]
+    body += ["```", ""]
     return "\n".join(head + [""] + body)

@@ -20,3 +20,13 @@ def test_model_card_states_base_method_rank_targets_and_parameters(tmp_path):
     assert f"| adapted modules | {adapted} |" in card
     config = json.loads((tmp_path / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == "org/tiny-llama" and config["task_type"] == "CAUSAL_LM"
+
+
+def test_card_of_a_method_peft_lacks_does_not_promise_peft(tmp_path):
+    import adapterkit as ak
+    from tests.models import tiny_llama
+
+    model = ak.attach(tiny_llama(), ak.BottleneckConfig())
+    ak.save_adapter(model, tmp_path / "adapter")
+    card = (tmp_path / "adapter" / "README.md").read_text()
+    assert "library_name: adapterkit" in card and "PeftModel" not in card
