@@ -82,12 +82,12 @@ def attach(model: nn.Module, config: AdapterConfig, name: str = "default") -> nn
             f"delete_adapter(model, {name!r}) first."
         )
     train_modules = tuple(getattr(config, "train_modules", ()))
-    names = method.where(model, config)
+    placed = method.where(model, config)
     copies = _resolve_train_modules(model, train_modules)
     _freeze_base(model)
-    for target in names:
+    for target, placement in placed.items():
         layer = _wrap(model, target, method.layer)
-        layer.add(name, method.build(layer.innermost(), config))
+        layer.add(name, method.build(layer.innermost(), config, placement))
     for target in copies:
         layer = _wrap(model, target, TrainedModule)
         layer.add(name, trainable_copy(layer.innermost()))

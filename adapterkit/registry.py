@@ -20,14 +20,16 @@ class Method:
     """How one method enters a model.
 
     config: its config class.  layer: the AdapterLayer subclass that wraps a base.
-    where(model, config) -> names of the modules to wrap.
-    build(base, config) -> the adapter's module for one base (held in ``layer.adapters[name]``).
+    where(model, config) -> {module name: placement}: the modules to wrap, each with what ``build``
+        needs to know about its place (a role, sizes; None when the method needs nothing).
+    build(base, config, placement) -> the adapter's module for one base (held in
+        ``layer.adapters[name]``).
     """
 
     config: type[AdapterConfig]
     layer: type[AdapterLayer]
-    where: Callable[[nn.Module, AdapterConfig], list[str]]
-    build: Callable[[nn.Module, AdapterConfig], nn.Module]
+    where: Callable[[nn.Module, AdapterConfig], dict[str, Any]]
+    build: Callable[[nn.Module, AdapterConfig, Any], nn.Module]
     files: Optional["FileFormat"] = None  # how adapterkit.io saves and loads it (None: it cannot)
 
 

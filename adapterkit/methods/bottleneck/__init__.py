@@ -8,10 +8,6 @@ from .files import FILES, PEFT_TYPE
 from .layers import Bottleneck, BottleneckLayer, Tap, build
 from .roles import pick
 
-# id(base module) -> role ('serial' | 'parallel' | 'tap'), written by _where just before attach builds
-_ROLES: dict[int, str] = {}
-
-
 def _logical(model, name):
     module = model.get_submodule(name)
     return module.innermost() if hasattr(module, "innermost") else module
@@ -35,7 +31,8 @@ def _order(model):
     return lambda name: index[name]
 
 
-def _where(model, config: BottleneckConfig) -> list[str]:
+def _where(model, config: BottleneckConfig) -> dict[str, str]:
+    """{module name: role}, a role being 'serial', 'parallel' or 'tap'."""
     placed = _placement(model, config)
     for name, _ in placed:
         if bases.base_kind(_logical(model, name)) is None:
@@ -43,13 +40,11 @@ def _where(model, config: BottleneckConfig) -> list[str]:
                 f"bottleneck adapters follow modules with a known output size (Linear, Conv1D, ...); "
                 f"{name!r} is a {type(_logical(model, name)).__name__}. Pick other targets."
             )
-    _ROLES.clear()  # only the attach under way reads it
-    _ROLES.update({id(_logical(model, n)): role for n, role in placed})
-    return [n for n, _ in placed]
+    return dict(placed)
 
 
-def _build(base, config: BottleneckConfig):
-    return build(base, config, _ROLES.pop(id(base), "serial"))
+def _build(base, config: BottleneckConfig, role: str):
+    return build(base, config, role)
 
 
 METHOD = register(Method(config=BottleneckConfig, layer=BottleneckLayer, where=_where, build=_build, files=FILES))

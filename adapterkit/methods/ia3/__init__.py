@@ -35,11 +35,9 @@ def _ffn_out(model) -> set:
         return set()
 
 
-def _where(model, config: IA3Config) -> list[str]:
-    placed = placement(model, config)
-    _FEEDFORWARD.clear()  # only the attach under way reads it
-    _FEEDFORWARD.update({id(_logical(model, n)): ff for n, ff in placed})
-    return [n for n, _ in placed]
+def _where(model, config: IA3Config) -> dict[str, bool]:
+    """{module name: whether it scales its input (a feed-forward output projection)}."""
+    return dict(placement(model, config))
 
 
 def _logical(model, name):
@@ -47,12 +45,8 @@ def _logical(model, name):
     return module.innermost() if hasattr(module, "innermost") else module
 
 
-# id(base module) -> feed-forward flag, written by _where just before attach builds each adapter
-_FEEDFORWARD: dict[int, bool] = {}
-
-
-def _build(base, config: IA3Config) -> IA3:
-    return IA3(base, config, feedforward=_FEEDFORWARD.pop(id(base), False))
+def _build(base, config: IA3Config, feedforward: bool) -> IA3:
+    return IA3(base, config, feedforward=feedforward)
 
 
 METHOD = register(Method(config=IA3Config, layer=IA3Layer, where=_where, build=_build, files=FILES))

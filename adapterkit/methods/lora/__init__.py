@@ -8,7 +8,7 @@ from .files import FILES
 from .layers import LoRA, LoRALayer
 
 
-def _where(model, config: LoRAConfig) -> list[str]:
+def _where(model, config: LoRAConfig) -> dict[str, None]:
     names = resolve(model, config.targets, config.exclude, config.layers, config.train_modules)
     if config.dora:
         for name in names:
@@ -19,9 +19,13 @@ def _where(model, config: LoRAConfig) -> list[str]:
                     f"DoRA needs a dense or adapterkit-quantized Linear / Conv1D base; {name!r} is a "
                     f"{type(base).__name__}. Exclude it, or use dora=False."
                 )
-    return names
+    return dict.fromkeys(names)
 
 
-METHOD = register(Method(config=LoRAConfig, layer=LoRALayer, where=_where, build=LoRA, files=FILES))
+def _build(base, config: LoRAConfig, placement: None) -> LoRA:
+    return LoRA(base, config)
+
+
+METHOD = register(Method(config=LoRAConfig, layer=LoRALayer, where=_where, build=_build, files=FILES))
 
 __all__ = ["LoRAConfig", "LoRA", "LoRALayer", "METHOD"]

@@ -13,10 +13,6 @@ from .files import P_TUNING_FILES, PREFIX_FILES, PROMPT_FILES
 from .encoders import Geometry, PrefixEncoder, PromptEncoder, PromptTable
 from .layers import PrefixLayer, PromptLayer, PTuningLayer, VirtualTokenLayer
 
-# id(input embedding) -> the model's key/value Geometry, written by _where just before attach builds
-_GEOMETRY: dict[int, Geometry] = {}
-
-
 def embedding_name(model) -> str:
     """The name of the model's input embedding module (seen through adapter layers)."""
     get = getattr(model, "get_input_embeddings", None)
@@ -57,19 +53,17 @@ def geometry(model) -> Geometry:
     return Geometry(layers=layers, heads=kv_heads, head_dim=head_dim)
 
 
-def _where(model, config) -> list[str]:
+def _where(model, config) -> dict:
+    """{input embedding's name: the model's attention geometry for prefix tuning, else None}."""
     if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
         raise UnsupportedModuleError(
             f"{type(model).__name__} is an encoder-decoder model; adapterkit feeds virtual tokens to "
             "decoder-only and encoder-only models. Use LoRA, IA3 or bottleneck adapters here."
         )
     name = embedding_name(model)
-    if isinstance(config, PrefixTuningConfig):
-        module = model.get_submodule(name)
-        _GEOMETRY.clear()  # only the attach under way reads it
-        _GEOMETRY[id(module.innermost() if hasattr(module, "innermost") else module)] = geometry(model)
+    placement = geometry(model) if isinstance(config, PrefixTuningConfig) else None
     hook.install(model)
-    return [name]
+    return {name: placement}
 
 
 def _text_token_ids(config: PromptTuningConfig) -> list[int]:
@@ -80,7 +74,7 @@ def _text_token_ids(config: PromptTuningConfig) -> list[int]:
     return (ids * math.ceil(n / len(ids)))[:n]
 
 
-def _build_prompt(base, config: PromptTuningConfig) -> PromptTable:
+def _build_prompt(base, config: PromptTuningConfig, placement: None) -> PromptTable:
     ids = None
     if config.init == "vocab":
         ids = torch.randint(0, base.num_embeddings, (config.num_virtual_tokens,))
@@ -89,12 +83,12 @@ def _build_prompt(base, config: PromptTuningConfig) -> PromptTable:
     return PromptTable(config, base, ids)
 
 
-def _build_p_tuning(base, config: PromptEncoderConfig) -> PromptEncoder:
+def _build_p_tuning(base, config: PromptEncoderConfig, placement: None) -> PromptEncoder:
     return PromptEncoder(config, base.weight.shape[1], base.weight)
 
 
-def _build_prefix(base, config: PrefixTuningConfig) -> PrefixEncoder:
-    return PrefixEncoder(config, _GEOMETRY.pop(id(base)), base.weight)
+def _build_prefix(base, config: PrefixTuningConfig, geometry) -> PrefixEncoder:
+    return PrefixEncoder(config, geometry, base.weight)
 
 
 register(Method(config=PromptTuningConfig, layer=PromptLayer, where=_where, build=_build_prompt,
