@@ -85,9 +85,11 @@ def bench_step(variants, rounds: int, warmup: int) -> dict:
                         "paired_ratio": _paired(times, (variant, "adapterkit"), (variant, "peft"))}
         if ref:
             out[variant].update(adapterkit_vs_peft_plain=ours / ref, peft_vs_peft_plain=theirs / ref)
-        print(f"step {variant:8s} adapterkit {ours * 1e3:7.1f} ms  peft {theirs * 1e3:7.1f} ms  "
-              f"ratio {ours / theirs:.3f} (paired {out[variant]['paired_ratio']:.3f})" + (f"  (vs PEFT plain: adapterkit {ours / ref:.3f}, "
-                                               f"peft {theirs / ref:.3f})" if ref else ""), flush=True)
+        line = (f"step {variant:8s} adapterkit {ours * 1e3:7.1f} ms  peft {theirs * 1e3:7.1f} ms  "
+                f"ratio {ours / theirs:.3f} (paired {out[variant]['paired_ratio']:.3f})")
+        if ref:
+            line += f"  (vs PEFT plain: adapterkit {ours / ref:.3f}, peft {theirs / ref:.3f})"
+        print(line, flush=True)
     return out
 
 

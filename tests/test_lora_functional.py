@@ -209,7 +209,8 @@ def test_linear_functions_gradcheck_including_base_weight_and_bias(seed, dora):
             x, w, bias, a, b, m, norm, 0.7, 0.25, seed)
         args = (t["x"], w, t["bias"], t["a"], t["b"], t["m"])
     else:
-        fn = lambda x, w, bias, a, b: LinearLoRAFunction.apply(x, w, bias, a, b, 0.7, 0.25, seed)  # noqa: E731
+        fn = lambda x, w, bias, a, b: LinearLoRAFunction.apply(  # noqa: E731
+            x, w, bias, a, b, 0.7, 0.25, seed)
         args = (t["x"], w, t["bias"], t["a"], t["b"])
     assert torch.autograd.gradcheck(fn, args)
 
