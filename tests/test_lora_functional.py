@@ -276,3 +276,21 @@ def test_dropout_masks_survive_gradient_checkpointing():
     assert len(grads[0]) > 0
     for g0, g1 in zip(*grads):
         torch.testing.assert_close(g0, g1)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("fused", [True, False])
+def test_dora_and_dropout_train_in_half_precision(dtype, fused):
+    import adapterkit as ak
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.Linear(16, 8)).to(dtype)
+    ak.attach(model, ak.LoRAConfig(rank=4, dora=True, dropout=0.2, targets=["0", "1"], init="random"))
+    if not fused:
+        for _, layer in ak.inject.adapter_layers(model):
+            layer.base.register_forward_hook(lambda mod, inp, out: out)
+    out = model.train()(torch.randn(5, 16, dtype=dtype))
+    assert out.dtype == dtype
+    out.float().square().mean().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert grads and all(g is not None and g.dtype == dtype and torch.isfinite(g).all() for g in grads)

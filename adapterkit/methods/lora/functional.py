@@ -200,7 +200,7 @@ class DoRAFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, y_b, a, b, m, bias, norm, scale: float, p: float, seed: Optional[int]):
         h, bits = _branch(x, a, p, seed)
-        s = m / norm  # (out,)
+        s = (m / norm).to(x.dtype)  # (out,); norm comes in fp32
         out = _dora_scale(torch.addmm(y_b, h, b.t(), alpha=scale), s, bias)  # (N, out)
         ctx.save_for_backward(x, h, a, b, m, s, bias, out, bits)
         ctx.scale, ctx.p = scale, p
@@ -223,7 +223,7 @@ class LinearDoRAFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, a, b, m, norm, scale: float, p: float, seed: Optional[int]):
         h, bits = _branch(x, a, p, seed)
-        s = m / norm  # (out,)
+        s = (m / norm).to(x.dtype)  # (out,); norm comes in fp32
         y_b = torch.addmm(bias, x, weight.t()) if bias is not None else x @ weight.t()  # (N, out)
         out = _dora_scale(y_b.addmm_(h, b.t(), alpha=scale), s, bias)
         ctx.save_for_backward(x, weight, h, a, b, m, s, bias, out, bits)
