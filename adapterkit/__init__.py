@@ -43,8 +43,8 @@ _LAZY = {
     "quantize": "adapterkit.quant",
     "QuantLinear": "adapterkit.quant",
     "prepare_for_kbit_training": "adapterkit.quant",
-    "train": "adapterkit.train",
-    "TrainConfig": "adapterkit.train",
+    "train": "adapterkit.training",
+    "TrainConfig": "adapterkit.training",
     "load_model": "adapterkit.models",
 }
 

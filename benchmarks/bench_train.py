@@ -32,7 +32,7 @@ def _peak_mib() -> float:
 
 def run_adapterkit(steps: int, out: str) -> dict:
     import adapterkit as ak
-    from adapterkit.train import TrainConfig
+    from adapterkit.training import TrainConfig
 
     cfg = TrainConfig.from_yaml(CONFIG, (f"optim.max_steps={steps}", "data.eval=null", "eval.every=0",
                                          "output.save_every=0", f"output.dir={out}", "output.progress=false"))
@@ -45,8 +45,8 @@ def run_adapterkit(steps: int, out: str) -> dict:
 
 def _peft_examples():
     from adapterkit.models import load_model
-    from adapterkit.train import TrainConfig
-    from adapterkit.train.data import read_records, tokenize
+    from adapterkit.training import TrainConfig
+    from adapterkit.training.data import read_records, tokenize
 
     cfg = TrainConfig.from_yaml(CONFIG)
     model, tokenizer = load_model(cfg.model.name)
@@ -59,7 +59,7 @@ def run_peft(steps: int, out: str) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    from adapterkit.train.data import collate
+    from adapterkit.training.data import collate
 
     cfg, model, tokenizer, examples = _peft_examples()
     o = cfg.optim

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import adapterkit as ak
 from adapterkit.models import load_model
-from adapterkit.train import TrainConfig
-from adapterkit.train.data import prompt_ids, read_records
-from adapterkit.train.evaluate import generate_texts
+from adapterkit.training import TrainConfig
+from adapterkit.training.data import prompt_ids, read_records
+from adapterkit.training.evaluate import generate_texts
 
 
 def parse(text: str):

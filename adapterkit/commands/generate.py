@@ -46,7 +46,7 @@ def _data_config(args, folder: Path):
     """How prompts are rendered: as in training (train_config.yaml), unless the flags say otherwise."""
     import yaml
 
-    from ..train.sections import DataConfig
+    from ..training.sections import DataConfig
 
     trained = folder / "train_config.yaml"
     data = yaml.safe_load(trained.read_text()).get("data", {}) if trained.is_file() else {}
@@ -60,8 +60,8 @@ def run(args) -> int:
     import adapterkit as ak
 
     from ..models import load_model
-    from ..train.data import prompt_ids
-    from ..train.evaluate import generate_texts
+    from ..training.data import prompt_ids
+    from ..training.evaluate import generate_texts
 
     folder = Path(args.adapter)
     if not folder.is_dir():

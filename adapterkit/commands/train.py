@@ -28,15 +28,15 @@ def _child_args(args) -> list[str]:
 
 @command("train", "fine-tune an adapter from a YAML config", _arguments)
 def run(args) -> int:
-    from ..train import TrainConfig
-    from ..train.launch import launched, run_launched
+    from ..training import TrainConfig
+    from ..training.launch import launched, run_launched
 
     config = TrainConfig.from_yaml(args.config, tuple(args.set))  # fail early, before launching
     if args.num_processes is not None and args.num_processes < 1:
         raise ConfigError(f"--num-processes must be at least 1; got {args.num_processes}.")
     if not launched() and ((args.num_processes or 1) > 1 or args.config_file):
         return run_launched(_child_args(args), args.num_processes, args.config_file)
-    from ..train import train
+    from ..training import train
 
     result = train(config, resume=args.resume)
     _report(result)

@@ -1,7 +1,7 @@
 """Several processes through ``accelerate launch`` (never a launcher of our own).
 
 ``adapterkit train CONFIG --num-processes N`` re-runs the same command under
-``python -m accelerate.commands.launch ... -m adapterkit.train.launch train CONFIG ...`` (this
+``python -m accelerate.commands.launch ... -m adapterkit.training.launch train CONFIG ...`` (this
 module runs the command line; ``-m adapterkit.cli`` would import the CLI twice). With a GPU it asks
 for DDP (``--multi_gpu``); on a CPU-only machine it runs DDP over gloo
 (``ACCELERATE_USE_CPU=true`` with ``--multi_gpu``: ``--cpu`` alone would start one process).
@@ -52,7 +52,7 @@ def launch_command(target: Sequence[str], num_processes: Optional[int],
 def run_launched(child_args: Sequence[str], num_processes: Optional[int], config_file: Optional[str]) -> int:
     import torch
 
-    target = ["-m", "adapterkit.train.launch", *child_args]
+    target = ["-m", "adapterkit.training.launch", *child_args]
     cmd, env = launch_command(target, num_processes, config_file, torch.cuda.is_available())
     return subprocess.call(cmd, env=env)
 

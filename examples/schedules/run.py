@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 import adapterkit as ak
-from adapterkit.train import TrainConfig
+from adapterkit.training import TrainConfig
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent

@@ -1,6 +1,6 @@
 """Fine-tuning without an adapter: only the parameters a predicate picks train (the head, the last
 blocks, or everything), with the same data, batches, optimizer, schedule and metrics as
-``ak.train`` (adapterkit.train's own pieces), so the comparison with adapters is like for like.
+``ak.train`` (adapterkit.training's own pieces), so the comparison with adapters is like for like.
 
 Each optimizer step: mean cross-entropy over a batch, backward, clip the gradient norm, AdamW
 step, schedule step (warmup then decay, as ``optim.schedule`` says).
@@ -15,13 +15,13 @@ import torch
 from safetensors.torch import save_file
 
 import adapterkit as ak
-from adapterkit.train import TrainConfig
-from adapterkit.train.batches import BatchPlan
-from adapterkit.train.data import collate, tokenize
-from adapterkit.train.evaluate import batch_loss, classify
-from adapterkit.train.metrics import accuracy, macro_f1
-from adapterkit.train.optim import build_optimizer, build_schedule
-from adapterkit.train.setup import read_data
+from adapterkit.training import TrainConfig
+from adapterkit.training.batches import BatchPlan
+from adapterkit.training.data import collate, tokenize
+from adapterkit.training.evaluate import batch_loss, classify
+from adapterkit.training.metrics import accuracy, macro_f1
+from adapterkit.training.optim import build_optimizer, build_schedule
+from adapterkit.training.setup import read_data
 
 
 def last_blocks(model: torch.nn.Module, n: int) -> list[str]:

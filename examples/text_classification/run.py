@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from partial import last_blocks, train_partial  # noqa: E402
 
 import adapterkit as ak  # noqa: E402
-from adapterkit.train import TrainConfig  # noqa: E402
+from adapterkit.training import TrainConfig  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent

@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 
 import adapterkit as ak
-from adapterkit.train import TrainConfig
-from adapterkit.train.data import prompt_ids, read_records
-from adapterkit.train.evaluate import generate_texts
+from adapterkit.training import TrainConfig
+from adapterkit.training.data import prompt_ids, read_records
+from adapterkit.training.evaluate import generate_texts
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 
 from examples_util import ROOT, load_example
-from tests.train.helpers import tiny_folder
+from tests.training.helpers import tiny_folder
 
 run = load_example("schedules/run.py", "example_schedules_run")
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from examples_util import ROOT, load_example
-from tests.train.helpers import tiny_folder
+from tests.training.helpers import tiny_folder
 
 run = load_example("text_classification/run.py", "example_text_run")
 import partial  # noqa: E402  (examples/text_classification, put on the path by run.py)

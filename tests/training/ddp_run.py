@@ -5,7 +5,7 @@ import sys
 from safetensors.torch import save_file
 
 import adapterkit as ak
-from adapterkit.train.checkpoint import trainable_state
+from adapterkit.training.checkpoint import trainable_state
 
 config = json.loads(open(sys.argv[1]).read())
 result = ak.train(config)

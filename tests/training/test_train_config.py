@@ -3,7 +3,7 @@ import pytest
 
 import adapterkit as ak
 from adapterkit.errors import ConfigError
-from adapterkit.train.config import TrainConfig, apply_overrides
+from adapterkit.training.config import TrainConfig, apply_overrides
 
 BASE = {"model": {"name": "m"}, "adapter": {"method": "lora", "rank": 4},
         "data": {"train": "train.jsonl"}}
@@ -115,7 +115,7 @@ def test_fp16_on_a_cpu_is_refused_before_loading_anything(tmp_path):
 def test_example_configs_parse_and_their_data_reads(name):
     from pathlib import Path
 
-    from adapterkit.train.data import read_records
+    from adapterkit.training.data import read_records
 
     root = Path(__file__).resolve().parents[2]
     cfg = TrainConfig.from_yaml(root / "examples" / "configs" / name)
@@ -131,7 +131,7 @@ def test_the_all_options_example_lists_every_key():
 
     import yaml
 
-    from adapterkit.train.config import SECTIONS
+    from adapterkit.training.config import SECTIONS
 
     path = Path(__file__).resolve().parents[2] / "examples" / "configs" / "all_options.yaml"
     data = yaml.safe_load(path.read_text())

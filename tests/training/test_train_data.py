@@ -2,9 +2,9 @@
 import pytest
 
 from adapterkit.errors import ConfigError
-from adapterkit.train.data import IGNORE, collate, read_records, tokenize
-from adapterkit.train.sections import DataConfig
-from tests.train.helpers import char_tokenizer, write_jsonl
+from adapterkit.training.data import IGNORE, collate, read_records, tokenize
+from adapterkit.training.sections import DataConfig
+from tests.training.helpers import char_tokenizer, write_jsonl
 
 
 def _targets(example, tok):
@@ -42,7 +42,7 @@ def test_text_packing_cuts_the_token_stream_into_blocks():
 
 
 def test_classification_names_are_numbered_in_sorted_order(tmp_path):
-    from adapterkit.train.data import label_names
+    from adapterkit.training.data import label_names
 
     path = tmp_path / "c.csv"
     path.write_text("text,label\ngood film,pos\nbad film,neg\nfine,pos\n")

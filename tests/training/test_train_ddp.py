@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 import adapterkit as ak
-from adapterkit.train.launch import launch_command
-from tests.train.helpers import memorise_records, tiny_folder, write_jsonl
+from adapterkit.training.launch import launch_command
+from tests.training.helpers import memorise_records, tiny_folder, write_jsonl
 
 
 def _evals(folder: Path) -> list[float]:

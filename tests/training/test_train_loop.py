@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 import adapterkit as ak
-from tests.train.helpers import memorise_records, tiny_folder, write_jsonl
+from tests.training.helpers import memorise_records, tiny_folder, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +123,7 @@ def test_cli_train_then_generate(tmp_path, llama_dir, capsys):
 
 
 def test_launch_command_asks_accelerate_for_ddp_on_cpu():
-    from adapterkit.train.launch import launch_command
+    from adapterkit.training.launch import launch_command
 
     cmd, env = launch_command(["-m", "adapterkit.cli", "train", "c.yaml"], 2, None, cuda=False)
     assert cmd[1:3] == ["-m", "accelerate.commands.launch"]
@@ -160,9 +160,9 @@ def test_packed_text_and_generation_scores(tmp_path, llama_dir):
     """format text with packing trains; eval.generate adds BLEU and chrF of greedy answers."""
     import sacrebleu
 
-    from adapterkit.train.data import prompt_ids
-    from adapterkit.train.evaluate import generate_texts
-    from adapterkit.train.sections import DataConfig
+    from adapterkit.training.data import prompt_ids
+    from adapterkit.training.evaluate import generate_texts
+    from adapterkit.training.sections import DataConfig
 
     text = write_jsonl(tmp_path / "text.jsonl", [{"text": f"line {i} says {i * 3}"} for i in range(12)])
     cfg = _config(tmp_path, llama_dir, optim__max_steps=3)

@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from adapterkit.train import metrics
+from adapterkit.training import metrics
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -41,8 +41,8 @@ def test_bleu_and_chrf_match_sacrebleu_scorers():
 
 def test_loss_and_perplexity_match_transformers():
     """causal_nll / tokens is the loss transformers computes; perplexity its exp."""
-    from adapterkit.train.data import IGNORE
-    from adapterkit.train.evaluate import causal_nll
+    from adapterkit.training.data import IGNORE
+    from adapterkit.training.evaluate import causal_nll
     from tests.models import tiny_llama
 
     model = tiny_llama()

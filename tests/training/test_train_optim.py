@@ -3,9 +3,9 @@ import pytest
 import torch
 
 import adapterkit as ak
-from adapterkit.train.batches import BatchPlan
-from adapterkit.train.optim import build_optimizer, build_schedule
-from adapterkit.train.sections import OptimConfig
+from adapterkit.training.batches import BatchPlan
+from adapterkit.training.optim import build_optimizer, build_schedule
+from adapterkit.training.sections import OptimConfig
 from tests.models import tiny_llama
 
 
