@@ -21,7 +21,7 @@ from typing import Callable, Optional
 
 from .errors import ConfigError, close_matches
 
-TASKS = ("causal-lm", "classification")
+TASKS = ("causal-lm", "classification", "seq2seq")
 
 
 def cache_dir() -> Path:
@@ -94,7 +94,8 @@ def load_model(name: str, task: Optional[str] = None, num_labels: Optional[int] 
     """(model, tokenizer) for ``name``: an alias, a local folder or a hub name.
 
     task: ``"causal-lm"`` (AutoModelForCausalLM) or ``"classification"``
-    (AutoModelForSequenceClassification with a new head of ``num_labels`` outputs).
+    (AutoModelForSequenceClassification with a new head of ``num_labels`` outputs) or
+    ``"seq2seq"`` (AutoModelForSeq2SeqLM: T5, BART and other encoder-decoders).
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
@@ -110,6 +111,10 @@ def load_model(name: str, task: Optional[str] = None, num_labels: Optional[int] 
     if task == "classification":
         extra = {} if num_labels is None else {"num_labels": num_labels}
         model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch_dtype, **extra)
+    elif task == "seq2seq":
+        from transformers import AutoModelForSeq2SeqLM
+
+        model = AutoModelForSeq2SeqLM.from_pretrained(path, dtype=torch_dtype)
     else:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
     if tokenizer.pad_token is None:

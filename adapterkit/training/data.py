@@ -8,6 +8,9 @@ Formats (``data.format``):
 - ``text``: plain text, loss on every token; ``packing`` concatenates the documents (each ending
   with EOS) and cuts fixed blocks of ``max_length`` tokens.
 - ``classification``: a text and a label (an int, or a name: names are numbered in sorted order).
+- ``seq2seq``: a source and a target, for encoder-decoder models: input_ids = source + EOS (the
+  encoder's input), labels = target + EOS (the decoder's targets; the model shifts them right
+  to build its decoder inputs). Loss on every target token.
 
 Files: ``.jsonl`` / ``.json`` (one object per line, or a list), ``.csv`` (a header row), or
 ``.txt`` (documents separated by blank lines; text format only).
@@ -89,6 +92,21 @@ def prompt_ids(tokenizer, prompt: str, cfg: DataConfig) -> list[int]:
     return bos + _encode(tokenizer, prompt + "\n")
 
 
+def source_ids(tokenizer, text: str, cfg: DataConfig) -> list[int]:
+    """The encoder's input of a seq2seq example: the source and EOS, cut to ``max_length``."""
+    return (_encode(tokenizer, text) + _eos(tokenizer))[: cfg.max_length]
+
+
+def _seq2seq(records: list[dict], tokenizer, cfg: DataConfig, path: str) -> list[dict]:
+    out = []
+    for i, r in enumerate(records):
+        source = str(_field(r, cfg.source_field, path, i, "source_field"))
+        target = str(_field(r, cfg.target_field, path, i, "target_field"))
+        labels = (_encode(tokenizer, target) + _eos(tokenizer))[: cfg.max_length]
+        out.append({"input_ids": source_ids(tokenizer, source, cfg), "labels": labels})
+    return out
+
+
 def _chat_example(tokenizer, messages: list[dict]) -> dict:
     """Tokens of a conversation; labels only on the assistant turns."""
     ids: list[int] = []
@@ -151,6 +169,8 @@ def tokenize(records: list[dict], tokenizer, cfg: DataConfig, path: str,
             ids = tokenizer(text, truncation=True, max_length=cfg.max_length)["input_ids"]
             out.append({"input_ids": list(ids), "labels": label})
         return out
+    if cfg.format == "seq2seq":
+        return _seq2seq(records, tokenizer, cfg, path)
     if cfg.format == "text":
         docs = [_encode(tokenizer, str(_field(r, cfg.text_field, path, i, "text_field"))) + _eos(tokenizer)
                 for i, r in enumerate(records)]
@@ -170,7 +190,8 @@ def tokenize(records: list[dict], tokenizer, cfg: DataConfig, path: str,
 
 
 def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded batch: input_ids, attention_mask (B, T); labels (B, T) or (B,)."""
+    """Right-padded batch: input_ids, attention_mask (B, T); labels (B, T) or (B,), or (B, L)
+    for seq2seq targets (padded with -100 to the longest target)."""
     width = max(len(e["input_ids"]) for e in examples)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(examples), width), dtype=torch.long)
@@ -182,7 +203,8 @@ def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     if isinstance(examples[0]["labels"], int):
         batch["labels"] = torch.tensor([e["labels"] for e in examples])
     else:
-        labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+        label_width = max(len(e["labels"]) for e in examples)  # = width, except for seq2seq
+        labels = torch.full((len(examples), label_width), IGNORE, dtype=torch.long)
         for row, e in enumerate(examples):
             labels[row, : len(e["labels"])] = torch.tensor(e["labels"], dtype=torch.long)
         batch["labels"] = labels

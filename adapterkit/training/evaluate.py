@@ -2,6 +2,8 @@
 
 Causal LM: token t predicts token t + 1; nll summed over target tokens (labels != -100).
 Classification: cross-entropy of the head's logits; predictions are their argmax.
+Seq2seq: the encoder reads input_ids; decoder position t predicts labels[t] (the model builds
+its decoder inputs by shifting the labels right); nll summed over the target tokens.
 """
 from __future__ import annotations
 
@@ -44,6 +46,20 @@ def causal_nll(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return nll, (targets != IGNORE).sum()
 
 
+def seq2seq_nll(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of target-token nll, number of target tokens) for an encoder-decoder batch."""
+    targets = batch["labels"]  # (B, L)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=targets).logits
+    logits = logits.float()  # (B, L, V)
+    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                          ignore_index=IGNORE, reduction="sum")
+    return nll, (targets != IGNORE).sum()
+
+
+def token_nll(model, batch: dict, task: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return seq2seq_nll(model, batch) if task == "seq2seq" else causal_nll(model, batch)
+
+
 def classify(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of cross-entropy over the batch, predicted classes (B,))."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
@@ -56,7 +72,7 @@ def batch_loss(model, batch: dict, task: str) -> tuple[torch.Tensor, int]:
     if task == "classification":
         total, _ = classify(model, batch)
         return total / batch["labels"].shape[0], tokens
-    nll, n = causal_nll(model, batch)
+    nll, n = token_nll(model, batch, task)
     return nll / n.clamp(min=1), tokens
 
 
@@ -82,7 +98,7 @@ def evaluate(accelerator, model, task: str, examples: list[dict], batch_size: in
             preds += p.tolist()
             refs += batch["labels"].tolist()
         else:
-            nll, n = causal_nll(model, batch)
+            nll, n = token_nll(model, batch, task)
             total += torch.stack([nll.double(), n.double()])
     total = accelerator.reduce(total, reduction="sum")
     out = {"loss": metrics.loss(float(total[0]), int(total[1]))}
@@ -105,7 +121,8 @@ def generate_texts(model, tokenizer, prompts: list[list[int]], max_new_tokens: i
         x = torch.tensor([ids], device=device)
         y = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens,
                            do_sample=False, pad_token_id=tokenizer.pad_token_id)
-        texts.append(tokenizer.decode(y[0, len(ids):], skip_special_tokens=True).strip())
+        start = 0 if getattr(model.config, "is_encoder_decoder", False) else len(ids)  # decoders echo the prompt
+        texts.append(tokenizer.decode(y[0, start:], skip_special_tokens=True).strip())
     return texts
 
 

@@ -260,7 +260,8 @@ def _run(config: TrainConfig, accelerator, resume: bool, callbacks) -> TrainResu
 
 
 def _save_final(accelerator, model, config: TrainConfig, out: Path, names) -> None:
-    """The adapter (PEFT layout), the config it was trained with, the class names: main process only."""
+    """The adapter (PEFT layout), the config it was trained with, the class names, the curves
+    (curves.png): main process only."""
     import yaml
 
     import adapterkit as ak
@@ -271,4 +272,8 @@ def _save_final(accelerator, model, config: TrainConfig, out: Path, names) -> No
         (out / "train_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         if names:
             (out / "labels.json").write_text(json.dumps(names))
+        if config.output.plot:
+            from .plot import plot_run
+
+            plot_run(out, f"{Path(config.model.name).name} -> {out.name}")
     accelerator.wait_for_everyone()

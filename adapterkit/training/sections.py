@@ -29,7 +29,8 @@ def _at_least(section: str, name: str, value, low, allow_none: bool = False) -> 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """name: an alias (smollm2-135m, minilm-l6), a local transformers folder, or a hub name.
-    task: causal-lm or classification (default: from the alias, else causal-lm).
+    task: causal-lm, classification or seq2seq (encoder-decoder, AutoModelForSeq2SeqLM; default:
+    from data.format or the alias, else causal-lm).
     num_labels: classes of a classification head (default: from the data).
     dtype: the weights' dtype. gradient_checkpointing: recompute activations in backward."""
 
@@ -43,7 +44,7 @@ class ModelConfig:
         if not self.name:
             raise ConfigError("model.name is missing; give an alias (smollm2-135m, minilm-l6) or a folder.")
         if self.task is not None:
-            _choice("model", "task", self.task, ("causal-lm", "classification"))
+            _choice("model", "task", self.task, ("causal-lm", "classification", "seq2seq"))
         _choice("model", "dtype", self.dtype, ("float32", "bfloat16", "float16"))
         _at_least("model", "num_labels", self.num_labels, 2, allow_none=True)
 
@@ -68,8 +69,9 @@ class QuantConfig:
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """train / eval: JSONL, CSV or text files. eval_split: fraction of train held out when no
-    eval file is given. format: instruction (prompt, response), chat (messages), text, or
-    classification (text, label). Loss on the response only for instruction and chat."""
+    eval file is given. format: instruction (prompt, response), chat (messages), text,
+    classification (text, label), or seq2seq (source, target: the encoder reads the source, the
+    decoder is trained on the target). Loss on the response only for instruction and chat."""
 
     train: str = ""
     eval: Optional[str] = None
@@ -84,11 +86,13 @@ class DataConfig:
     messages_field: str = "messages"
     text_field: str = "text"
     label_field: str = "label"
+    source_field: str = "source"
+    target_field: str = "target"
 
     def __post_init__(self):
         if not self.train:
             raise ConfigError("data.train is missing; give the path of a JSONL, CSV or text file.")
-        _choice("data", "format", self.format, ("instruction", "chat", "text", "classification"))
+        _choice("data", "format", self.format, ("instruction", "chat", "text", "classification", "seq2seq"))
         _at_least("data", "max_length", self.max_length, 2)
         if not 0.0 <= self.eval_split < 1.0:
             raise ConfigError(f"data.eval_split must be in [0, 1); got {self.eval_split!r}.")
@@ -174,7 +178,8 @@ class EvalConfig:
 class OutputConfig:
     """dir: where the adapter (and checkpoints/, metrics.jsonl) go. save_every: checkpoint every
     N optimizer steps (0: never); keep: checkpoints kept. trackers: auto (TensorBoard when
-    installed), none, or an Accelerate tracker name. progress: show a progress bar."""
+    installed), none, or an Accelerate tracker name. progress: show a progress bar. plot: write
+    curves.png (loss and learning rate from metrics.jsonl) when the run ends."""
 
     dir: str = "runs/adapter"
     save_every: int = 0
@@ -182,6 +187,7 @@ class OutputConfig:
     log_every: int = 10
     trackers: str = "auto"
     progress: bool = True
+    plot: bool = True
 
     def __post_init__(self):
         _at_least("output", "save_every", self.save_every, 0)

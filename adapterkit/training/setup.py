@@ -47,8 +47,8 @@ def model_task(config: TrainConfig) -> str:
 
     if config.model.task:
         return config.model.task
-    if config.data.format == "classification":
-        return "classification"
+    if config.data.format in ("classification", "seq2seq"):
+        return config.data.format
     return default_task(config.model.name)
 
 
@@ -82,9 +82,13 @@ def generation_set(config: TrainConfig, tokenizer, records: list[dict]) -> Optio
     d = config.data
     if not config.eval.generate or not records:
         return None
-    if d.format != "instruction":
-        raise ConfigError(f"eval.generate needs data.format 'instruction'; got {d.format!r}.")
-    prompts = [data_mod.prompt_ids(tokenizer, str(r[d.prompt_field]), d) for r in records]
-    refs = [str(r[d.response_field]) for r in records]
+    if d.format == "seq2seq":
+        prompts = [data_mod.source_ids(tokenizer, str(r[d.source_field]), d) for r in records]
+        refs = [str(r[d.target_field]) for r in records]
+    elif d.format == "instruction":
+        prompts = [data_mod.prompt_ids(tokenizer, str(r[d.prompt_field]), d) for r in records]
+        refs = [str(r[d.response_field]) for r in records]
+    else:
+        raise ConfigError(f"eval.generate needs data.format 'instruction' or 'seq2seq'; got {d.format!r}.")
     return {"tokenizer": tokenizer, "prompts": prompts, "references": refs,
             "max_new_tokens": config.eval.max_new_tokens}

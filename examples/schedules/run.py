@@ -23,6 +23,7 @@ import torch
 
 import adapterkit as ak
 from adapterkit.training import TrainConfig
+from adapterkit.training.plot import plot_curves, smooth  # noqa: F401  (smooth: used by callers)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -64,38 +65,10 @@ def run_schedule(schedule: str, args) -> dict:
             "seconds": time.perf_counter() - started}
 
 
-def smooth(values: list[float], width: int) -> list[float]:
-    """Trailing moving average over ``width`` steps (fewer at the start)."""
-    out, total = [], 0.0
-    for i, v in enumerate(values):
-        total += v - (values[i - width] if i >= width else 0.0)
-        out.append(total / min(i + 1, width))
-    return out
-
-
 def plot(runs: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_lr, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
-    width = max(1, len(runs[0]["loss"]) // 20)
-    for r in runs:
-        ax_lr.plot(r["steps"], r["lr"], label=r["schedule"])
-        line, = ax_loss.plot(r["steps"], smooth(r["loss"], width),
-                             label=f"{r['schedule']} (test accuracy {100 * r['accuracy']:.1f}%)")
-        ax_loss.plot(r["steps"], r["loss"], color=line.get_color(), alpha=0.2, linewidth=0.8)
-    ax_lr.set(xlabel="optimizer step", ylabel="learning rate", title="learning rate")
-    ax_loss.set(xlabel="optimizer step", ylabel="training loss", yscale="log",
-                title=f"training loss (faint: per step; bold: mean of {width} steps)")
-    for ax in (ax_lr, ax_loss):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    """The runs' learning-rate and loss curves (adapterkit.training.plot), labelled with their accuracy."""
+    plot_curves([dict(r, label=f"{r['schedule']} (test accuracy {100 * r['accuracy']:.1f}%)") for r in runs],
+                path, title)
 
 
 def table(runs: list[dict]) -> str:

@@ -29,4 +29,4 @@ def test_missing_folder_suggests_aliases():
     with pytest.raises(ConfigError, match=r"not a folder.*smollm2-135m"):
         resolve("./no/such/model")
     with pytest.raises(ConfigError, match="model task must be one of"):
-        load_model("x", task="seq2seq")
+        load_model("x", task="translation")
