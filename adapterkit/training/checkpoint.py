@@ -28,11 +28,14 @@ from ..errors import AdapterFileError
 _STEP = re.compile(r"step-(\d+)\Z")
 
 
-def trainable_state(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+def trainable_state(model, names=None) -> dict[str, torch.Tensor]:
+    """The parameters that train (or those named: with stages, all that train in any stage)."""
+    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters()
+            if (p.requires_grad if names is None else n in names)}
 
 
-def save(accelerator, folder: Path, step: int, model, optimizer, scheduler, state: dict, keep: int) -> Path:
+def save(accelerator, folder: Path, step: int, model, optimizer, scheduler, state: dict, keep: int,
+         names=None) -> Path:
     final = folder / f"step-{step:07d}"
     tmp = folder / f".step-{step:07d}.partial"
     rank = accelerator.process_index
@@ -46,7 +49,7 @@ def save(accelerator, folder: Path, step: int, model, optimizer, scheduler, stat
     save_file(gen, str(tmp / f"rng-{rank}.safetensors"))
     (tmp / f"rng-{rank}.json").write_text(json.dumps(random.getstate()))
     if accelerator.is_main_process:
-        save_file(trainable_state(accelerator.unwrap_model(model)), str(tmp / "trainable.safetensors"))
+        save_file(trainable_state(accelerator.unwrap_model(model), names), str(tmp / "trainable.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         (tmp / "scheduler.json").write_text(json.dumps(scheduler.state_dict()))
         (tmp / "state.json").write_text(json.dumps(dict(state, step=step), indent=1))
@@ -72,12 +75,14 @@ def latest(folder: Path) -> Optional[Path]:
     return found[-1][1] if found else None
 
 
-def load(path: Path, accelerator, model, optimizer, scheduler) -> dict:
-    """Restore everything saved in ``path``; returns the saved state (with ``step``)."""
+def load(path: Path, accelerator, model, optimizer, scheduler, names=None) -> dict:
+    """Restore everything saved in ``path``; returns the saved state (with ``step``). With
+    ``optimizer`` None (a new stage starts here) its state and the schedule's are not read."""
     model = accelerator.unwrap_model(model)
     weights = load_file(str(path / "trainable.safetensors"))
     params = dict(model.named_parameters())
-    missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
+    missing = [n for n, p in params.items() if (p.requires_grad if names is None else n in names)
+               and n not in weights]
     extra = [n for n in weights if n not in params]
     if missing or extra:
         raise AdapterFileError(
@@ -87,8 +92,9 @@ def load(path: Path, accelerator, model, optimizer, scheduler) -> dict:
     with torch.no_grad():
         for name, tensor in weights.items():
             params[name].copy_(tensor)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
-    scheduler.load_state_dict(json.loads((path / "scheduler.json").read_text()))
+    if optimizer is not None:
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
+        scheduler.load_state_dict(json.loads((path / "scheduler.json").read_text()))
     rank = accelerator.process_index
     rng_file = path / f"rng-{rank}.safetensors"
     if rng_file.is_file():

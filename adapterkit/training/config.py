@@ -1,7 +1,8 @@
 """TrainConfig: everything ``adapterkit train`` needs, from one YAML file.
 
 Sections: ``model``, ``quantization`` (optional), ``adapter`` (``method`` plus that method's
-config fields, e.g. LoRAConfig's), ``data``, ``optim``, ``eval``, ``output``. Each section is a
+config fields, e.g. LoRAConfig's; ``null`` or ``method: none`` for no adapter), ``data``, ``optim``,
+``eval``, ``output``, and ``stages`` (optional: staged / partial fine-tuning, see stages.py). Each section is a
 frozen dataclass; values are checked against the field types, and an unknown key is an error
 that names it, the section, and the valid keys. ``--set optim.lr=1e-4`` overrides one value.
 """
@@ -16,6 +17,7 @@ from typing import Any, Mapping, Optional, Union
 
 from ..config import AdapterConfig, check_known
 from ..errors import ConfigError, close_matches
+from .stages import StageConfig, build_stages
 from .sections import (DataConfig, EvalConfig, ModelConfig, OptimConfig, OutputConfig,
                        QuantConfig)
 
@@ -78,13 +80,18 @@ def build_section(cls: type, data: Any, name: str):
     return cls(**values)
 
 
-def build_adapter(data: Any) -> AdapterConfig:
-    """The adapter config named by ``method`` (any registered method: lora, ...)."""
+def build_adapter(data: Any) -> Optional[AdapterConfig]:
+    """The adapter config named by ``method`` (any registered method: lora, ...); None for
+    ``null`` or ``method: none`` (no adapter: the stages say which weights train)."""
     from .. import methods  # noqa: F401  (registers the built-in methods)
     from ..registry import METHODS
 
-    if isinstance(data, AdapterConfig):
+    if data is None or isinstance(data, AdapterConfig):
         return data
+    if isinstance(data, Mapping) and data.get("method") in ("none", None) and "method" in data:
+        if len(data) > 1:
+            raise ConfigError(f"adapter.method none takes no other fields; got {sorted(set(data) - {'method'})}.")
+        return None
     if not isinstance(data, Mapping) or "method" not in data:
         raise ConfigError(
             f"config section 'adapter' must be a mapping with a 'method' key (one of: "
@@ -111,12 +118,18 @@ class TrainConfig:
     """A whole training run. Build with ``from_dict`` / ``from_yaml`` or directly in code."""
 
     model: ModelConfig
-    adapter: AdapterConfig
+    adapter: Optional[AdapterConfig]
     data: DataConfig
     optim: OptimConfig = OptimConfig()
     eval: EvalConfig = EvalConfig()
     output: OutputConfig = OutputConfig()
     quantization: Optional[QuantConfig] = None
+    stages: tuple[StageConfig, ...] = ()
+
+    def __post_init__(self):
+        if self.adapter is None and not self.stages:
+            raise ConfigError("train config: with no adapter (adapter: null or method: none), give stages: "
+                              "naming what trains, e.g. stages: [{train: [all]}] for full fine-tuning.")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
@@ -124,13 +137,17 @@ class TrainConfig:
             raise ConfigError(f"a train config is a mapping of sections; got {type(data).__name__}.")
         valid = [f.name for f in dataclasses.fields(cls)]
         check_known(cls, data, "train config")
-        for required in ("model", "adapter", "data"):
+        if "adapter" not in data:
+            raise ConfigError("train config: section 'adapter' is missing (null for no adapter). "
+                              f"Sections: {', '.join(valid)}.")
+        for required in ("model", "data"):
             if data.get(required) is None:
                 raise ConfigError(f"train config: section {required!r} is missing. Sections: {', '.join(valid)}.")
         parts: dict[str, Any] = {"adapter": build_adapter(data["adapter"])}
         for name, section in SECTIONS.items():
             if name in data and not (name == "quantization" and data[name] is None):
                 parts[name] = build_section(section, data[name], name)
+        parts["stages"] = build_stages(data.get("stages"), build_section)
         return cls(**parts)
 
     @classmethod
@@ -147,12 +164,13 @@ class TrainConfig:
         return cls.from_dict(apply_overrides(data, overrides))
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"adapter": self.adapter.to_dict()}
+        out: dict[str, Any] = {"adapter": None if self.adapter is None else self.adapter.to_dict()}
         for name in SECTIONS:
             section = getattr(self, name)
             if section is not None:
-                out[name] = {k: list(v) if isinstance(v, tuple) else v
-                             for k, v in dataclasses.asdict(section).items()}
+                out[name] = _plain(section)
+        if self.stages:
+            out["stages"] = [_plain(s) for s in self.stages]
         return out
 
     def replace(self, changes: Mapping[str, Any]) -> "TrainConfig":
@@ -165,6 +183,10 @@ class TrainConfig:
             else:
                 data[section] = value
         return TrainConfig.from_dict(data)
+
+
+def _plain(section) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(section).items()}
 
 
 def apply_overrides(data: Mapping[str, Any], overrides: tuple[str, ...]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
-from . import checkpoint, optim
+from . import checkpoint, optim, stages
 from ..errors import ConfigError
 from .batches import BatchPlan
 from .config import TrainConfig
@@ -164,10 +164,15 @@ class _Run:
         (self.task, model, self.tokenizer, self.train_set, self.eval_set, self.plan, self.gen,
          self.names) = _prepare(config, accelerator)
         o = config.optim
-        self.total = o.max_steps or self.plan.steps_per_epoch * o.epochs
-        optimizer = optim.build_optimizer(model, o)
-        self.scheduler = optim.build_schedule(optimizer, o, self.total)
-        self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        self.adapter_params = {n for n, p in model.named_parameters() if p.requires_grad}
+        self.stage, self.saved_names = -1, None
+        if config.stages:
+            self._prepare_stages(model)
+        else:
+            self.total = o.max_steps or self.plan.steps_per_epoch * o.epochs
+            optimizer = optim.build_optimizer(model, o)
+            self.scheduler = optim.build_schedule(optimizer, o, self.total)
+            self.model, self.optimizer = accelerator.prepare(model, optimizer)
         self.model.train()
         if accelerator.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -176,6 +181,35 @@ class _Run:
         self.log = _Log(accelerator, self.out, self.history)
         self.state = {"best": None, "bad_evals": 0, "first_eval": None}
         self.step = 0
+
+    def _prepare_stages(self, model) -> None:
+        """Stage bounds; the names every stage trains (what checkpoints hold); stage 0 set up."""
+        if self.acc.num_processes > 1:
+            raise ConfigError("stages run on one process for now; drop --num-processes or the stages.")
+        self.stage_ends = stages.ends(self.config.stages, self.config.optim, self.plan.steps_per_epoch)
+        self.total = self.stage_ends[-1]
+        names: set[str] = set()
+        for k, stage in enumerate(self.config.stages):  # checks every stage before the first step
+            names |= set(stages.apply(model, stage, self.adapter_params, f"stages[{k}]"))
+        self.saved_names = names
+        self.model = self.acc.prepare(model)
+        self.enter_stage(0)
+
+    def enter_stage(self, k: int) -> None:
+        """Stage ``k``: its parameters trainable, a new optimizer and schedule over its length."""
+        stage, model = self.config.stages[k], self.acc.unwrap_model(self.model)
+        stages.apply(model, stage, self.adapter_params, f"stages[{k}]")
+        o = stage.optim(self.config.optim)
+        groups = None
+        if stage.layer_decay is not None:
+            if o.loraplus_ratio is not None:
+                raise ConfigError(f"stages[{k}].layer_decay does not combine with optim.loraplus_ratio; drop one.")
+            groups = stages.decayed_groups(model, o.lr, stage.layer_decay)
+        optimizer = optim.build_optimizer(model, o, groups)
+        start = self.stage_ends[k - 1] if k else 0
+        self.scheduler = optim.build_schedule(optimizer, o, self.stage_ends[k] - start)
+        self.optimizer = self.acc.prepare(optimizer)
+        self.stage = k
 
     def fresh_start(self) -> None:
         """A run without --resume starts a new log and drops checkpoints of an earlier run there."""
@@ -187,7 +221,16 @@ class _Run:
     def resume(self) -> None:
         found = checkpoint.latest(self.out / "checkpoints")
         if found is not None:
-            self.state.update(checkpoint.load(found, self.acc, self.model, self.optimizer, self.scheduler))
+            same = True
+            if self.config.stages:  # a checkpoint at a stage's end: the next stage starts afresh
+                saved = json.loads((found / "state.json").read_text())
+                k = stages.stage_at(saved["step"], self.stage_ends)
+                same = saved.get("stage") == k
+                if k != self.stage:
+                    self.enter_stage(k)
+            self.state.update(checkpoint.load(found, self.acc, self.model, self.optimizer if same else None,
+                                              self.scheduler, self.saved_names))
+            self.state.pop("stage", None)
             self.step = self.state.pop("step")
             self.history.extend(self.state.pop("history", []))
 
@@ -214,7 +257,8 @@ class _Run:
 
     def checkpoint(self) -> None:
         checkpoint.save(self.acc, self.out / "checkpoints", self.step, self.model, self.optimizer,
-                        self.scheduler, dict(self.state, history=self.history), self.config.output.keep)
+                        self.scheduler, dict(self.state, history=self.history, stage=self.stage),
+                        self.config.output.keep, self.saved_names)
 
 
 def _run(config: TrainConfig, accelerator, resume: bool, callbacks) -> TrainResult:
@@ -230,12 +274,16 @@ def _run(config: TrainConfig, accelerator, resume: bool, callbacks) -> TrainResu
     bar = _progress(accelerator, config, run.total, run.step)
     started, tokens_run = time.perf_counter(), 0
     while run.step < run.total:
+        if config.stages and stages.stage_at(run.step, run.stage_ends) != run.stage:
+            run.enter_stage(stages.stage_at(run.step, run.stage_ends))
         loss, tokens = _step(accelerator, run.model, run.optimizer, run.scheduler, run.batches(), run.task,
                              config.optim.max_grad_norm)
         run.step += 1
         tokens_run += tokens
         logs = {"loss": loss, "lr": run.scheduler.get_last_lr()[0], "tokens": tokens_run,
                 "tokens_per_s": tokens_run / max(1e-9, time.perf_counter() - started)}
+        if config.stages:
+            logs["stage"] = run.stage
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{logs['lr']:.2e}", tok_s=f"{logs['tokens_per_s']:.0f}")
         if run.step % out_cfg.log_every == 0 or run.step == run.total:
@@ -254,12 +302,12 @@ def _run(config: TrainConfig, accelerator, resume: bool, callbacks) -> TrainResu
     if run.eval_set and last_eval is None:
         last_eval = run.evaluate()
     model = accelerator.unwrap_model(run.model)
-    _save_final(accelerator, model, config, run.out, run.names)
+    _save_final(accelerator, model, config, run.out, run.names, run.saved_names, run.adapter_params)
     return TrainResult(model, run.tokenizer, run.out, run.step, run.state["first_eval"], last_eval,
                        run.history, stopped, tokens_run, seconds)
 
 
-def _save_final(accelerator, model, config: TrainConfig, out: Path, names) -> None:
+def _save_final(accelerator, model, config: TrainConfig, out: Path, names, staged=None, adapter_params=()) -> None:
     """The adapter (PEFT layout), the config it was trained with, the class names, the curves
     (curves.png): main process only."""
     import yaml
@@ -268,7 +316,15 @@ def _save_final(accelerator, model, config: TrainConfig, out: Path, names) -> No
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        ak.save_adapter(model, str(out), overwrite=True)  # this run's output folder
+        if config.adapter is not None:
+            ak.save_adapter(model, str(out), overwrite=True)  # this run's output folder
+        elif hasattr(model, "save_pretrained"):
+            model.save_pretrained(out)  # no adapter: the whole fine-tuned model
+        if staged:  # weights the stages trained outside the adapter
+            from safetensors.torch import save_file
+
+            save_file(checkpoint.trainable_state(model, set(staged) - set(adapter_params)),
+                      str(out / "trained.safetensors"))
         (out / "train_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         if names:
             (out / "labels.json").write_text(json.dumps(names))

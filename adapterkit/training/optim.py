@@ -47,8 +47,9 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
     return [{"params": rest, "lr": cfg.lr}, {"params": b, "lr": cfg.lr * cfg.loraplus_ratio}]
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg)
+def build_optimizer(model: nn.Module, cfg: OptimConfig, groups=None) -> torch.optim.Optimizer:
+    """The optimizer over ``groups`` (default: ``param_groups(model, cfg)``)."""
+    groups = groups if groups is not None else param_groups(model, cfg)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":

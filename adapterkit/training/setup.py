@@ -30,16 +30,24 @@ def build_model(config: TrainConfig, task: str, num_labels: Optional[int]):
         ak.quantize(model, bits=q.bits, quant_type=q.quant_type, double_quant=q.double_quant,
                     block=q.block, skip=q.skip)
     adapter = config.adapter
+    if adapter is None:  # no adapter: the stages choose which weights train
+        for p in model.parameters():
+            p.requires_grad_(False)
+        return _checkpointing(model, m), tokenizer
     if task == "classification" and not getattr(adapter, "train_modules", ("x",)):
         # a new head is random: train it with the adapter (as PEFT does for SEQ_CLS)
         adapter = dataclasses.replace(adapter, train_modules=_head_names(model))
     inject.attach(model, adapter)
+    return _checkpointing(model, m), tokenizer
+
+
+def _checkpointing(model, m):
     if m.gradient_checkpointing:
         if not hasattr(model, "gradient_checkpointing_enable"):
             raise ConfigError(f"model.gradient_checkpointing: {type(model).__name__} does not support it.")
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
-    return model, tokenizer
+    return model
 
 
 def model_task(config: TrainConfig) -> str:

@@ -1,0 +1,136 @@
+"""Staged and partial fine-tuning: what each stage trains, layer-wise learning rates, resume, errors."""
+import re
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import adapterkit as ak
+from adapterkit.training import TrainConfig
+from adapterkit.training import stages as st
+from tests.training.helpers import memorise_records, tiny_folder, write_jsonl
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory):
+    return tiny_folder(tmp_path_factory.mktemp("bert") / "model", kind="bert", num_labels=2)
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    return tiny_folder(tmp_path_factory.mktemp("llama") / "model")
+
+
+def _classify(tmp_path, model, stage_list, adapter=None, **output):
+    rows = [{"text": f"item {i} {'good' if i % 2 else 'bad'}", "label": i % 2} for i in range(16)]
+    data = write_jsonl(tmp_path / "cls.jsonl", rows)
+    return {"model": {"name": model}, "adapter": adapter, "stages": stage_list,
+            "data": {"train": data, "format": "classification"},
+            "optim": {"lr": 1e-2, "batch_size": 4, "schedule": "constant"},
+            "output": dict({"dir": str(tmp_path / "out"), "progress": False, "plot": False}, **output)}
+
+
+def _initial(folder):
+    from transformers import AutoModelForSequenceClassification
+
+    return dict(AutoModelForSequenceClassification.from_pretrained(folder).named_parameters())
+
+
+def test_each_stage_trains_its_parameters_and_no_other(tmp_path, bert_dir):
+    stage_list = [{"train": "head", "steps": 3}, {"top_blocks": 1, "steps": 3, "lr": 5e-3}]
+    ak.train(_classify(tmp_path, bert_dir, stage_list, save_every=3))
+    start = _initial(bert_dir)
+    after = {s: load_file(str(tmp_path / f"out/checkpoints/step-{s:07d}/trainable.safetensors")) for s in (3, 6)}
+    top = "bert.encoder.layer.1."
+    assert set(after[3]) == {n for n in start if n.startswith(("classifier.", top))}
+    for name in after[3]:
+        head = name.startswith("classifier.")
+        assert torch.equal(after[3][name], start[name]) != head, name  # stage 0: the head only
+        assert torch.equal(after[6][name], after[3][name]) != (not head), name  # stage 1: the top block only
+    final = dict(ak.train(_classify(tmp_path, bert_dir, stage_list)).model.named_parameters())
+    for name, p in start.items():  # the bottom block and the embeddings never train
+        if not name.startswith(("classifier.", top)):
+            assert torch.equal(final[name], p), name
+    saved = load_file(str(tmp_path / "out" / "trained.safetensors"))
+    torch.testing.assert_close(saved["classifier.weight"], final["classifier.weight"])
+
+
+def test_layer_wise_learning_rates_are_the_configured_ones(bert_dir):
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(bert_dir)
+    st.apply(model, st.StageConfig(train=("all",)), set())
+    lr, decay, layers = 1e-3, 0.8, model.config.num_hidden_layers
+    groups = st.decayed_groups(model, lr, decay)
+    got = {id(p): g["lr"] for g in groups for p in g["params"]}
+    assert len(got) == sum(1 for _ in model.parameters())
+    for name, p in model.named_parameters():
+        block = re.match(r"bert\.encoder\.layer\.(\d+)\.", name)
+        if block:
+            want = lr * decay ** (layers - int(block.group(1)))
+        elif "embeddings" in name:
+            want = lr * decay ** (layers + 1)
+        else:
+            want = lr
+        assert got[id(p)] == pytest.approx(want, rel=1e-12), name
+
+
+def test_a_stage_with_layer_decay_builds_those_groups(tmp_path, bert_dir, monkeypatch):
+    seen = []
+    real = torch.optim.AdamW.__init__
+
+    def spy(self, groups, *args, **kwargs):
+        seen.append(sorted({g["lr"] for g in groups}))
+        real(self, groups, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "__init__", spy)
+    ak.train(_classify(tmp_path, bert_dir, [{"train": "head", "steps": 1},
+                                            {"train": "all", "steps": 1, "lr": 1e-3, "layer_decay": 0.5}]))
+    assert seen[0] == [1e-2]
+    assert seen[1] == pytest.approx(sorted(1e-3 * 0.5 ** k for k in (0, 1, 2, 3)))
+
+
+def test_resume_across_a_stage_boundary_equals_an_uninterrupted_run(tmp_path, llama_dir):
+    data = write_jsonl(tmp_path / "train.jsonl", memorise_records(8))
+    cfg = {"model": {"name": llama_dir}, "adapter": {"method": "lora", "rank": 4, "dropout": 0.1},
+           "data": {"train": data}, "optim": {"lr": 1e-2, "batch_size": 2, "seed": 0},
+           "stages": [{"train": "adapters", "steps": 3, "schedule": "constant"},
+                      {"train": "adapters", "top_blocks": 1, "steps": 3, "lr": 5e-3, "warmup_steps": 1}],
+           "output": {"progress": False, "plot": False, "save_every": 3}}
+    ak.train(dict(cfg, output=dict(cfg["output"], dir=str(tmp_path / "whole"))))
+
+    def crash(step, logs):
+        if step == 4:
+            raise KeyboardInterrupt
+
+    split = dict(cfg, output=dict(cfg["output"], dir=str(tmp_path / "split")))
+    with pytest.raises(KeyboardInterrupt):
+        ak.train(split, callbacks=[crash])
+    result = ak.train(split, resume=True)
+    assert result.steps == 6
+    for file in ("adapter_model.safetensors", "trained.safetensors"):
+        whole, resumed = (load_file(str(tmp_path / d / file)) for d in ("whole", "split"))
+        assert whole.keys() == resumed.keys() and whole
+        for key in whole:
+            assert torch.equal(whole[key], resumed[key]), (file, key)
+
+
+@pytest.mark.parametrize("stage_list, message", [
+    ([{"train": "head"}, {"train": "head", "lr": -1}], r"stages\[1\]\.lr"),
+    ([{"train": "head", "step": 3}], r"stages\[0\].*unknown field 'step'.*steps"),
+    ([{"train": "head", "steps": 2, "epochs": 1}], r"stages\[0\] gives both steps"),
+    ([{"train": "heads"}], r"stages\[0\]\.train must be one of"),
+    ([{"lr": 1e-3}], r"stages\[0\] trains nothing"),
+    ([{"top_blocks": 1, "layer_decay": 1.5}], r"stages\[0\]\.layer_decay"),
+    ([], "non-empty list"),
+])
+def test_stage_errors_name_the_stage_and_the_key(tmp_path, stage_list, message):
+    with pytest.raises(ak.ConfigError, match=message):
+        TrainConfig.from_dict(_classify(tmp_path, "x/model", stage_list))
+
+
+def test_no_adapter_needs_stages_and_adapters_need_an_adapter(tmp_path, bert_dir):
+    with pytest.raises(ak.ConfigError, match="no adapter"):
+        TrainConfig.from_dict(_classify(tmp_path, bert_dir, None, adapter={"method": "none"}))
+    with pytest.raises(ak.ConfigError, match=r"stages\[0\]\.train: adapters"):
+        ak.train(_classify(tmp_path, bert_dir, [{"train": "adapters", "steps": 1}]))
