@@ -52,4 +52,8 @@ def _report(result) -> None:
         if values:
             shown = ", ".join(f"{k} {v:.4f}" for k, v in values.items())
             print(f"eval {label}: {shown}")
-    print(f"{result.steps} steps in {result.train_seconds:.1f} s; adapter saved to {result.output_dir}")
+    saved = "adapter" if (result.output_dir / "adapter_config.json").is_file() else "model"
+    print(f"{result.steps} steps in {result.train_seconds:.1f} s; {saved} saved to {result.output_dir}")
+    curves = result.output_dir / "curves.png"
+    if curves.is_file():
+        print(f"loss and learning-rate curves: {curves}")

@@ -2,7 +2,8 @@
 
 ``plot_run(folder)`` reads a run's ``metrics.jsonl`` and writes ``curves.png`` beside it: the
 learning rate per logged step (left) and the training loss (right, log scale; faint per logged
-step, bold its trailing mean over ``width`` points), plus eval loss where it was measured.
+step, bold its trailing mean over ``width`` points), plus eval loss where it was measured, and
+dotted vertical lines where a new stage starts (runs with ``stages:``).
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def _pyplot():
 
 def plot_curves(runs: Sequence[dict], path: Path, title: str) -> None:
     """One PNG of several runs; each run: ``{"label", "steps", "loss", "lr"}`` and optionally
-    ``"eval_steps"`` / ``"eval_loss"``."""
+    ``"eval_steps"`` / ``"eval_loss"`` and ``"stage_starts"`` (steps where a stage began)."""
     plt = _pyplot()
     fig, (ax_lr, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
     width = max(1, max(len(r["loss"]) for r in runs) // 20)
@@ -44,6 +45,9 @@ def plot_curves(runs: Sequence[dict], path: Path, title: str) -> None:
         if r.get("eval_steps"):
             ax_loss.plot(r["eval_steps"], r["eval_loss"], "o--", color=line.get_color(),
                          label=f"{r['label']}: eval loss")
+    for start in runs[0].get("stage_starts", ()):
+        for ax in (ax_lr, ax_loss):
+            ax.axvline(start, color="gray", linestyle=":", linewidth=1)
     ax_lr.set(xlabel="optimizer step", ylabel="learning rate", title="learning rate")
     ax_loss.set(xlabel="optimizer step", ylabel="loss", yscale="log",
                 title=f"training loss (faint: per logged step; bold: mean of {width})")
@@ -57,8 +61,9 @@ def plot_curves(runs: Sequence[dict], path: Path, title: str) -> None:
 
 
 def read_metrics(folder: Path) -> dict:
-    """The curves in ``folder/metrics.jsonl``: steps, loss, lr, eval_steps, eval_loss."""
-    out: dict = {"steps": [], "loss": [], "lr": [], "eval_steps": [], "eval_loss": []}
+    """The curves in ``folder/metrics.jsonl``: steps, loss, lr, eval_steps, eval_loss, stage_starts."""
+    out: dict = {"steps": [], "loss": [], "lr": [], "eval_steps": [], "eval_loss": [], "stage_starts": []}
+    stage = 0
     path = Path(folder) / "metrics.jsonl"
     if not path.is_file():
         return out
@@ -68,6 +73,9 @@ def read_metrics(folder: Path) -> dict:
             out["steps"].append(entry["step"])
             out["loss"].append(entry["loss"])
             out["lr"].append(entry["lr"])
+            if entry.get("stage", 0) != stage:  # the first logged step of a new stage
+                stage = entry["stage"]
+                out["stage_starts"].append(entry["step"] - 1)
         if "eval_loss" in entry:
             out["eval_steps"].append(entry["step"])
             out["eval_loss"].append(entry["eval_loss"])

@@ -36,3 +36,22 @@ def test_no_png_when_switched_off(tmp_path):
 
 def test_smooth_is_a_trailing_mean():
     assert smooth([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
+
+
+def test_cli_full_fine_tune_in_two_stages_leaves_the_model_and_its_curves(tmp_path, capsys):
+    import yaml
+
+    from adapterkit.cli import main
+
+    model = tiny_folder(tmp_path / "model")
+    cfg = _config(tmp_path, model)
+    cfg["adapter"] = None
+    cfg["stages"] = [{"train": "head", "steps": 2}, {"train": "all", "steps": 2, "lr": 1e-3}]
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "4 steps" in out and "model saved" in out and "curves.png" in out
+    assert (tmp_path / "out" / "curves.png").read_bytes()[:8] == PNG
+    assert read_metrics(tmp_path / "out")["stage_starts"] == [2]
+    assert (tmp_path / "out" / "config.json").is_file() and not (tmp_path / "out" / "adapter_config.json").exists()
