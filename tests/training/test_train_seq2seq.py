@@ -1,4 +1,4 @@
-"""Encoder-decoder (T5) fine-tuning from source/target data: LoRA trains, saves, merges, generates."""
+"""Encoder-decoder (T5, BART) fine-tuning from source/target data: LoRA trains, saves, merges, generates."""
 import copy
 
 import pytest
@@ -13,13 +13,25 @@ from tests.training.helpers import char_tokenizer, write_jsonl
 RECORDS = [{"source": f"n{i}", "target": f"={i * 3 % 10}"} for i in range(8)]
 
 
-@pytest.fixture(scope="module")
-def t5_dir(tmp_path_factory):
+def _tiny_bart(vocab_size):
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    torch.manual_seed(0)
+    cfg = BartConfig(vocab_size=vocab_size, d_model=32, encoder_layers=2, decoder_layers=2,
+                     encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
+                     decoder_ffn_dim=64, max_position_embeddings=64, pad_token_id=0, eos_token_id=1,
+                     bos_token_id=1, decoder_start_token_id=1, forced_eos_token_id=None, init_std=0.3)
+    return BartForConditionalGeneration(cfg)
+
+
+@pytest.fixture(scope="module", params=["t5", "bart"])
+def s2s_dir(tmp_path_factory, request):
     from tests.models import tiny_t5
 
-    path = tmp_path_factory.mktemp("t5") / "model"
+    path = tmp_path_factory.mktemp(request.param) / "model"
     tok = char_tokenizer(template=False)
-    tiny_t5(vocab_size=len(tok)).save_pretrained(path)
+    model = tiny_t5(vocab_size=len(tok)) if request.param == "t5" else _tiny_bart(len(tok))
+    model.save_pretrained(path)
     tok.save_pretrained(path)
     return str(path)
 
@@ -42,28 +54,26 @@ def test_examples_are_source_and_target_with_eos():
     assert batch["labels"].tolist() == [[8, -100], [9, 9]] and batch["input_ids"].shape == (2, 3)
 
 
-def test_lora_on_t5_trains_saves_merges_and_generates(tmp_path, t5_dir):
+def test_lora_on_an_encoder_decoder_trains_saves_merges_and_generates(tmp_path, s2s_dir):
     from transformers import AutoModelForSeq2SeqLM
 
-    result = ak.train(_config(tmp_path, t5_dir))
-    assert type(result.model).__name__ == "T5ForConditionalGeneration"
-    assert result.last_eval["loss"] < 0.3 * result.first_eval["loss"]
+    result = ak.train(_config(tmp_path, s2s_dir))
+    assert type(result.model).__name__ == type(AutoModelForSeq2SeqLM.from_pretrained(s2s_dir)).__name__
+    assert result.last_eval["loss"] < 0.5 * result.first_eval["loss"]
     assert {"bleu", "chrf"} <= set(result.last_eval)
     model = result.model.eval()
     batch = collate(tokenize(RECORDS, result.tokenizer, DataConfig(train="x", format="seq2seq"), "x"), 0)
     with torch.no_grad():
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       labels=batch["labels"]).logits
+        logits = model(**batch).logits  # batch: input_ids, attention_mask, labels
         # the loss the loop reports is plain token cross-entropy of the target
         reference = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100)
         assert reference.item() == pytest.approx(result.last_eval["loss"], rel=1e-4)
         # reload the saved adapter on a fresh base: the same outputs
-        fresh = ak.load_adapter(AutoModelForSeq2SeqLM.from_pretrained(t5_dir), str(tmp_path / "out")).eval()
-        again = fresh(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                      labels=batch["labels"]).logits
+        fresh = ak.load_adapter(AutoModelForSeq2SeqLM.from_pretrained(s2s_dir), str(tmp_path / "out")).eval()
+        again = fresh(**batch).logits
         torch.testing.assert_close(again, logits, atol=1e-5, rtol=1e-5)
         merged = ak.merge(copy.deepcopy(model))
-        out = merged(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).logits
+        out = merged(**batch).logits
         torch.testing.assert_close(out, logits, atol=1e-5, rtol=1e-5)
         kwargs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=4,
                       do_sample=False)
@@ -76,11 +86,11 @@ def test_lora_on_t5_trains_saves_merges_and_generates(tmp_path, t5_dir):
     assert all(t.startswith("=") for t in texts), texts  # the targets' shape was learnt
 
 
-def test_seq2seq_task_follows_the_data_format(tmp_path, t5_dir):
+def test_seq2seq_task_follows_the_data_format(tmp_path, s2s_dir):
     from adapterkit.training import TrainConfig
     from adapterkit.training.setup import model_task
 
-    cfg = TrainConfig.from_dict(_config(tmp_path, t5_dir))
+    cfg = TrainConfig.from_dict(_config(tmp_path, s2s_dir))
     assert model_task(cfg) == "seq2seq"
     with pytest.raises(ak.ConfigError, match="data.format"):
-        TrainConfig.from_dict(dict(_config(tmp_path, t5_dir), data={"train": "x", "format": "pairs"}))
+        TrainConfig.from_dict(dict(_config(tmp_path, s2s_dir), data={"train": "x", "format": "pairs"}))

@@ -134,3 +134,11 @@ def test_no_adapter_needs_stages_and_adapters_need_an_adapter(tmp_path, bert_dir
         TrainConfig.from_dict(_classify(tmp_path, bert_dir, None, adapter={"method": "none"}))
     with pytest.raises(ak.ConfigError, match=r"stages\[0\]\.train: adapters"):
         ak.train(_classify(tmp_path, bert_dir, [{"train": "adapters", "steps": 1}]))
+
+
+def test_a_modules_stage_trains_only_the_named_modules(tmp_path, bert_dir):
+    result = ak.train(_classify(tmp_path, bert_dir, [{"modules": ["LayerNorm"], "steps": 2}]))
+    final = dict(result.model.named_parameters())
+    start = _initial(bert_dir)
+    changed = {n for n, p in start.items() if not torch.equal(final[n], p)}
+    assert changed and changed <= {n for n in start if ".LayerNorm." in n}
