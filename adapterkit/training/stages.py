@@ -4,8 +4,8 @@ A stage trains the union of: ``train`` items (``adapters``: the parameters the a
 trainable, ``head``: the task head, ``all``: every floating-point parameter), the top
 ``top_blocks`` transformer blocks (``ak.unfreeze(last=N)``) and ``modules`` (name suffixes or a
 regex). Everything else is frozen for the stage. Each stage has its own learning rate, schedule,
-warmup and length (``steps``, or ``epochs`` of the training set); the optimizer and the schedule
-are rebuilt at its start.
+warmup and length (``steps``, or ``epochs`` of the training set; neither: ``optim.max_steps``, else
+``optim.epochs``); the optimizer and the schedule are rebuilt at its start.
 
 Layer-wise decay (``layer_decay`` = d; Clark et al. 2020, ELECTRA; Bao et al. 2022, BEiT): in a
 stack of L blocks, block i (0 = bottom) trains at lr * d^(L - i); the embeddings at lr * d^(L + 1);
@@ -28,7 +28,7 @@ HEAD_NAMES = ("classifier", "score", "lm_head")
 
 @dataclasses.dataclass(frozen=True)
 class StageConfig:
-    """One stage; lr / schedule / warmup default to the optim section's, length to optim.epochs."""
+    """One stage; lr / schedule default to the optim section's, length to optim.max_steps or epochs."""
 
     name: str = ""
     train: tuple[str, ...] = ()
@@ -74,6 +74,8 @@ class StageConfig:
     def length(self, base: OptimConfig, steps_per_epoch: int) -> int:
         if self.steps is not None:
             return self.steps
+        if self.epochs is None and base.max_steps:
+            return base.max_steps
         return steps_per_epoch * (self.epochs or base.epochs)
 
 

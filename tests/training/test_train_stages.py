@@ -142,3 +142,13 @@ def test_a_modules_stage_trains_only_the_named_modules(tmp_path, bert_dir):
     start = _initial(bert_dir)
     changed = {n for n, p in start.items() if not torch.equal(final[n], p)}
     assert changed and changed <= {n for n in start if ".LayerNorm." in n}
+
+
+def test_stage_lengths_and_a_round_trip_through_a_dict(tmp_path):
+    stage_list = [{"train": "head", "steps": 5}, {"train": "all", "epochs": 2}, {"top_blocks": 1}]
+    cfg = TrainConfig.from_dict(_classify(tmp_path, "x/model", stage_list))
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg and cfg.stages[0].train == ("head",)
+    assert st.ends(cfg.stages, cfg.optim, 4) == [5, 5 + 8, 5 + 8 + 4 * cfg.optim.epochs]
+    capped = cfg.replace({"optim.max_steps": 3})
+    assert st.ends(capped.stages, capped.optim, 4) == [5, 13, 16]
+    assert [st.stage_at(s, [5, 13, 16]) for s in (0, 4, 5, 12, 13, 15)] == [0, 0, 1, 1, 2, 2]
