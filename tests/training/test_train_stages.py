@@ -152,3 +152,24 @@ def test_stage_lengths_and_a_round_trip_through_a_dict(tmp_path):
     capped = cfg.replace({"optim.max_steps": 3})
     assert st.ends(capped.stages, capped.optim, 4) == [5, 13, 16]
     assert [st.stage_at(s, [5, 13, 16]) for s in (0, 4, 5, 12, 13, 15)] == [0, 0, 1, 1, 2, 2]
+
+
+def test_a_top_block_and_head_stage_matches_a_plain_partial_loop(tmp_path, bert_dir):
+    """The same steps written out by hand (examples/text_classification/partial.py) give the same model."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "examples/text_classification/partial.py"
+    spec = importlib.util.spec_from_file_location("partial_reference", path)
+    partial = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(partial)
+    cfg = _classify(tmp_path, bert_dir, [{"train": "head", "top_blocks": 1, "schedule": "linear", "warmup_steps": 1}])
+    cfg["optim"].update(max_steps=4, schedule="linear", warmup_steps=1)
+    cfg["data"]["eval"] = cfg["data"]["train"]
+    ours = dict(ak.train(cfg).model.named_parameters())
+    config = TrainConfig.from_dict(dict(cfg, adapter={"method": "lora"}, stages=None))
+    _, reference = partial.train_partial(config, lambda m: lambda n: n.startswith(
+        ("classifier.", *partial.last_blocks(m, 1))), tmp_path / "reference")
+    for name, p in reference.named_parameters():
+        torch.testing.assert_close(ours[name], p, atol=1e-6, rtol=1e-5)
+    assert any(not torch.equal(ours[n], p) for n, p in _initial(bert_dir).items())
