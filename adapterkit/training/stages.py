@@ -133,7 +133,8 @@ def apply(model: nn.Module, stage: StageConfig, adapter_params: set[str], where:
         heads = [n for n in names if any(re.search(rf"(^|\.){h}\.", n) for h in HEAD_NAMES)]
         if not heads:
             raise ConfigError(f"{where}.train: head, but the model has no head ({', '.join(HEAD_NAMES)}).")
-        chosen |= set(heads)
+        copies = {n.split(".adapters.")[0] for n in heads if ".adapters." in n}  # a head in train_modules
+        chosen |= {n for n in heads if not any(n.startswith(c + ".base.") for c in copies)}
     for n in chosen:
         names[n].requires_grad_(True)
     if stage.top_blocks:

@@ -173,3 +173,16 @@ def test_a_top_block_and_head_stage_matches_a_plain_partial_loop(tmp_path, bert_
     for name, p in reference.named_parameters():
         torch.testing.assert_close(ours[name], p, atol=1e-6, rtol=1e-5)
     assert any(not torch.equal(ours[n], p) for n, p in _initial(bert_dir).items())
+
+
+def test_with_an_adapter_the_head_stage_trains_the_adapters_copy_of_the_head(tmp_path, bert_dir):
+    stage_list = [{"train": "head", "steps": 2}, {"train": "adapters", "steps": 2}]
+    ak.train(_classify(tmp_path, bert_dir, stage_list, adapter={"method": "lora", "rank": 2}, save_every=2))
+    first = load_file(str(tmp_path / "out/checkpoints/step-0000002/trainable.safetensors"))
+    assert "classifier.adapters.default.weight" in first and not any(".base." in n for n in first)
+    start = _initial(bert_dir)
+    assert not torch.equal(first["classifier.adapters.default.weight"], start["classifier.weight"])
+    last = load_file(str(tmp_path / "out/checkpoints/step-0000004/trainable.safetensors"))
+    lora_b = [n for n in first if n.endswith(".b")]  # LoRA's B starts at zero
+    assert lora_b and all(not first[n].any() for n in lora_b)  # stage 0: the head only
+    assert all(last[n].any() for n in lora_b)  # stage 1: the adapters
