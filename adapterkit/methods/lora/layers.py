@@ -106,6 +106,8 @@ class LoRA(nn.Module):
 
         For a plain ``nn.Linear`` base (see ``_plain_linear``): x (..., in) -> (..., out).
         """
+        if self.kind == "quant":
+            return self._fused_quant(x, base)
         if self.kind != "linear" or not _plain_linear(base, x):
             return None
         a, b = self.a.to(x.dtype), self.b.to(x.dtype)
@@ -118,6 +120,14 @@ class LoRA(nn.Module):
             out = LinearDoRAFunction.apply(x2, base.weight, base.bias, a, b, self.magnitude.to(x.dtype),
                                            norm, self.scale, self.dropout, seed)
         return out.view(*x.shape[:-1], out.shape[-1])
+
+    def _fused_quant(self, x: Tensor, base: nn.Module) -> Optional[Tensor]:
+        """A quantized base and plain LoRA in one pass over x (the fused Triton kernel on CUDA):
+        x (..., in) -> (..., out). Not for DoRA, dropout in training, or a base with hooks."""
+        if (self.magnitude is not None or (self.training and self.dropout > 0)
+                or not hasattr(base, "forward_lora") or base._forward_hooks or base._forward_pre_hooks):
+            return None
+        return base.forward_lora(x, self.a, self.b, self.scale)
 
     def _weight_sq(self, weight: Tensor) -> Tensor:
         """||W_o||^2 of a frozen dense weight, computed again only when W changes (DoRA)."""
