@@ -184,21 +184,20 @@ class _Run:
 
     def _prepare_stages(self, model) -> None:
         """Stage bounds; the names every stage trains (what checkpoints hold); stage 0 set up."""
-        if self.acc.num_processes > 1:
-            raise ConfigError("stages run on one process for now; drop --num-processes or the stages.")
         self.stage_ends = stages.ends(self.config.stages, self.config.optim, self.plan.steps_per_epoch)
         self.total = self.stage_ends[-1]
         names: set[str] = set()
         for k, stage in enumerate(self.config.stages):  # checks every stage before the first step
             names |= set(stages.apply(model, stage, self.adapter_params, f"stages[{k}]"))
-        self.saved_names = names
-        self.model = self.acc.prepare(model)
+        self.saved_names, self.model = names, model
         self.enter_stage(0)
 
     def enter_stage(self, k: int) -> None:
-        """Stage ``k``: its parameters trainable, a new optimizer and schedule over its length."""
+        """Stage ``k``: its parameters trainable, a new optimizer and schedule over its length; the
+        model is prepared again (DDP registers the parameters that train when it wraps a model)."""
         stage, model = self.config.stages[k], self.acc.unwrap_model(self.model)
         stages.apply(model, stage, self.adapter_params, f"stages[{k}]")
+        self.model = self.acc.prepare(model)
         o = stage.optim(self.config.optim)
         groups = None
         if stage.layer_decay is not None:

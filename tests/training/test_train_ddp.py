@@ -71,3 +71,32 @@ def test_cli_num_processes_launches_two_processes(tmp_path):
         "rng-0.json", "rng-1.json"]  # one random state per process
     evals = _evals(out)
     assert len(evals) == 2 and evals[-1] < evals[0]
+
+
+def test_stages_on_two_processes_match_one_process(tmp_path):
+    """DDP is rebuilt at each stage: the second stage trains a block the first left frozen."""
+    model = tiny_folder(tmp_path / "model")
+    data = write_jsonl(tmp_path / "train.jsonl", memorise_records(8))
+    config = {"model": {"name": model}, "adapter": {"method": "lora", "rank": 4},
+              "data": {"train": data}, "optim": {"lr": 1e-2, "batch_size": 2, "seed": 1},
+              "stages": [{"train": "adapters", "steps": 2},
+                         {"train": "adapters", "top_blocks": 1, "steps": 2, "lr": 5e-3}],
+              "output": {"dir": str(tmp_path / "ddp"), "progress": False, "plot": False}}
+    path = tmp_path / "ddp.json"
+    path.write_text(json.dumps(config))
+    cmd, env = launch_command([str(Path(__file__).with_name("ddp_run.py")), str(path)], 2, None, cuda=False)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    single = dict(config, optim=dict(config["optim"], grad_accum=2),
+                  output=dict(config["output"], dir=str(tmp_path / "one")))
+    ak.train(single)
+    for file in ("adapter_model.safetensors", "trained.safetensors"):
+        ddp, one = (load_file(str(tmp_path / d / file)) for d in ("ddp", "one"))
+        assert ddp.keys() == one.keys() and ddp, file
+        for key in ddp:
+            torch.testing.assert_close(ddp[key], one[key], atol=1e-5, rtol=1e-4)
+    from transformers import AutoModelForCausalLM
+
+    base = dict(AutoModelForCausalLM.from_pretrained(model).named_parameters())
+    trained = load_file(str(tmp_path / "one" / "trained.safetensors"))
+    assert trained and all(not torch.equal(v, base[k.replace(".base.", ".")]) for k, v in trained.items())
