@@ -5,6 +5,7 @@ The package is ``adapterkit.training`` so that ``adapterkit.train`` stays the fu
 from .config import TrainConfig
 from .loop import TrainResult, train
 from .sections import DataConfig, EvalConfig, ModelConfig, OptimConfig, OutputConfig, QuantConfig
+from .stages import StageConfig
 
 __all__ = ["TrainConfig", "TrainResult", "train", "DataConfig", "EvalConfig", "ModelConfig",
-           "OptimConfig", "OutputConfig", "QuantConfig"]
+           "OptimConfig", "OutputConfig", "QuantConfig", "StageConfig"]

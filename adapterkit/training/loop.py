@@ -4,7 +4,9 @@ Each optimizer step: for each of ``grad_accum`` micro-batches, loss = mean token
 cross-entropy) / grad_accum, backward (gradients synchronised across processes on the last
 micro-batch only); clip the global gradient norm; step the optimizer and the schedule.
 Evaluation every ``eval.every`` steps, checkpoints every ``output.save_every`` steps, early
-stopping on ``eval.metric``; the adapter is saved by the main process at the end.
+stopping on ``eval.metric``; the adapter is saved by the main process at the end, with
+curves.png of the loss and learning rate. With ``stages`` (stages.py) each stage sets what
+trains and gets a new optimizer and schedule when its first step comes (also after --resume).
 """
 from __future__ import annotations
 
