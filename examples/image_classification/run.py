@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -31,6 +30,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import digits as D  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from example_report import machine, write_results  # noqa: E402
 import adapterkit as ak  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -163,13 +164,6 @@ def run_backbone(bb: Backbone, args, data) -> dict:
     return out
 
 
-def machine() -> str:
-    import os
-
-    return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores, "
-            f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
-
-
 def main(argv=None) -> dict:
     args = parse(argv)
     t0 = time.perf_counter()
@@ -198,10 +192,7 @@ def report(result: dict, args) -> str:
 
 
 def write_readme(text: str) -> None:
-    readme = HERE / "README.md"
-    start, end = "<!-- results:start -->", "<!-- results:end -->"
-    head, rest = readme.read_text().split(start, 1)
-    readme.write_text(head + start + "\n" + text + "\n" + end + rest.split(end, 1)[1])
+    write_results(HERE / "README.md", text)
 
 
 if __name__ == "__main__":

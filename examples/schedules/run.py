@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
 
-import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from example_report import machine, write_results  # noqa: E402
 import adapterkit as ak
 from adapterkit.training import TrainConfig
 from adapterkit.training.plot import plot_curves, smooth  # noqa: F401  (smooth: used by callers)
@@ -87,11 +87,8 @@ def main(argv=None) -> dict:
     png = args.out / "schedules.png"
     plot(runs, png, f"LoRA on {Path(args.model).name}: {len(runs[0]['steps'])} steps, "
                     f"{int(100 * args.warmup_ratio)}% warmup, peak lr {max(runs[0]['lr']):g}")
-    import os
-
     result = {"runs": runs, "table": table(runs), "png": str(png), "seconds": time.perf_counter() - started,
-              "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores, "
-                         f"torch {torch.__version__} ({torch.get_num_threads()} threads)",
+              "machine": machine(),
               "command": " ".join(["python examples/schedules/run.py", *(argv or sys.argv[1:])])}
     print(result["table"])
     print(f"curves: {png}")
@@ -105,10 +102,7 @@ def main(argv=None) -> dict:
 def write_readme(result: dict) -> None:
     text = (f"Command: `{result['command']}`  \nMachine: {result['machine']}; the whole command took "
             f"{result['seconds']:.0f} s.\n\n{result['table']}\n\n![learning rate and loss curves](schedules.png)")
-    readme = HERE / "README.md"
-    start, end = "<!-- results:start -->", "<!-- results:end -->"
-    head, rest = readme.read_text().split(start, 1)
-    readme.write_text(head + start + "\n" + text + "\n" + end + rest.split(end, 1)[1])
+    write_results(HERE / "README.md", text)
 
 
 if __name__ == "__main__":

@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from partial import last_blocks, train_partial  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from example_report import machine, write_results  # noqa: E402
 import adapterkit as ak  # noqa: E402
 from adapterkit.training import TrainConfig  # noqa: E402
 
@@ -100,13 +100,6 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def machine() -> str:
-    import os
-
-    return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores, "
-            f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
-
-
 def main(argv=None) -> dict:
     args = parse(argv)
     started = time.perf_counter()
@@ -127,10 +120,7 @@ def main(argv=None) -> dict:
 def write_readme(result: dict) -> None:
     text = (f"Command: `{result['command']}`  \nMachine: {result['machine']}; the whole command took "
             f"{result['seconds']:.0f} s (wall time per method includes loading the model).\n\n{result['table']}")
-    readme = HERE / "README.md"
-    start, end = "<!-- results:start -->", "<!-- results:end -->"
-    head, rest = readme.read_text().split(start, 1)
-    readme.write_text(head + start + "\n" + text + "\n" + end + rest.split(end, 1)[1])
+    write_results(HERE / "README.md", text)
 
 
 if __name__ == "__main__":

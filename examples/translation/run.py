@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
 
-import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from example_report import machine, write_results  # noqa: E402
 import adapterkit as ak
 from adapterkit.training import TrainConfig
 from adapterkit.training.data import prompt_ids, read_records
@@ -104,13 +104,6 @@ def main(argv=None) -> dict:
     return out
 
 
-def machine() -> str:
-    import os
-
-    return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores, "
-            f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
-
-
 def write_readme(out: dict) -> None:
     text = "\n".join([
         f"Command: `{out['command']}`  ",
@@ -119,10 +112,7 @@ def write_readme(out: dict) -> None:
         f"Trained: {out['trained']:,} LoRA parameters ({100 * out['trained'] / out['total']:.2f}% of "
         f"{out['total']:,}); adapter file {out['adapter_bytes'] / 2**20:.1f} MiB.", "",
         out["scores"], "", "Greedy translations of the first held-out sentences:", "", out["examples"]])
-    readme = HERE / "README.md"
-    start, end = "<!-- results:start -->", "<!-- results:end -->"
-    head, rest = readme.read_text().split(start, 1)
-    readme.write_text(head + start + "\n" + text + "\n" + end + rest.split(end, 1)[1])
+    write_results(HERE / "README.md", text)
 
 
 if __name__ == "__main__":
