@@ -17,6 +17,14 @@ def _evals(folder: Path) -> list[float]:
     return [x["eval_loss"] for x in lines if "eval_loss" in x]
 
 
+def _close_under_adam(got, want, what):
+    """Equal within float tolerance, but for a rare few elements: Adam normalises each element's
+    update, so one whose gradient is ~0 can move the other way when the all-reduce sums in another
+    order. Those may differ by a fraction of the learning rate (1e-2 here)."""
+    gap = (got - want).abs()
+    assert gap.max() < 1e-3 and (gap > 1e-5 + 1e-4 * want.abs()).float().mean() < 0.01, (what, gap.max())
+
+
 def test_two_processes_match_each_other_and_one_process(tmp_path):
     model = tiny_folder(tmp_path / "model")
     data = write_jsonl(tmp_path / "train.jsonl", memorise_records(12))
@@ -41,7 +49,7 @@ def test_two_processes_match_each_other_and_one_process(tmp_path):
     result = ak.train(single)
     for name, p in result.model.named_parameters():
         if p.requires_grad:
-            torch.testing.assert_close(p.detach(), rank0[name], atol=1e-5, rtol=1e-4)
+            _close_under_adam(p.detach(), rank0[name], name)
     ddp_file = load_file(str(tmp_path / "ddp" / "adapter_model.safetensors"))
     one_file = load_file(str(tmp_path / "one" / "adapter_model.safetensors"))
     assert ddp_file.keys() == one_file.keys()
@@ -94,10 +102,7 @@ def test_stages_on_two_processes_match_one_process(tmp_path):
         ddp, one = (load_file(str(tmp_path / d / file)) for d in ("ddp", "one"))
         assert ddp.keys() == one.keys() and ddp, file
         for key in ddp:
-            # Adam normalises each element's update, so an element whose gradient is ~0 can flip
-            # with the summation order of the all-reduce: allow a rare few, by a fraction of the lr.
-            gap = (ddp[key] - one[key]).abs()
-            assert gap.max() < 1e-3 and (gap > 1e-5).float().mean() < 0.01, (file, key, gap.max())
+            _close_under_adam(ddp[key], one[key], f"{file}: {key}")
     from transformers import AutoModelForCausalLM
 
     base = dict(AutoModelForCausalLM.from_pretrained(model).named_parameters())
