@@ -1,4 +1,5 @@
-"""``adapterkit generate ADAPTER_DIR --base MODEL "prompt" ...``: try an adapter.
+"""``adapterkit generate ADAPTER_DIR --base MODEL "prompt" ...``: try an adapter (decoder-only or
+encoder-decoder: an encoder-decoder adapter reads each prompt as a source).
 
 Greedy decoding. Prompts go through the tokenizer's chat template (as in training) unless
 ``--no-chat-template``. ``--compare`` prints the base model's answer next to the adapter's.
@@ -42,6 +43,23 @@ def _base_name(adapter: Path) -> str:
     raise AdapterFileError(f"{str(adapter)!r} does not record its base model; pass --base MODEL.")
 
 
+def _task(folder: Path) -> str:
+    """seq2seq for an encoder-decoder adapter (its task_type, or the data it was trained on), else causal-lm."""
+    import json
+
+    import yaml
+
+    config = folder / "adapter_config.json"
+    if config.is_file() and json.loads(config.read_text()).get("task_type") == "SEQ_2_SEQ_LM":
+        return "seq2seq"
+    trained = folder / "train_config.yaml"
+    if trained.is_file():
+        data = yaml.safe_load(trained.read_text())
+        if (data.get("model") or {}).get("task") == "seq2seq" or (data.get("data") or {}).get("format") == "seq2seq":
+            return "seq2seq"
+    return "causal-lm"
+
+
 def _data_config(args, folder: Path):
     """How prompts are rendered: as in training (train_config.yaml), unless the flags say otherwise."""
     import yaml
@@ -60,20 +78,21 @@ def run(args) -> int:
     import adapterkit as ak
 
     from ..models import load_model
-    from ..training.data import prompt_ids
+    from ..training.data import prompt_ids, source_ids
     from ..training.evaluate import generate_texts
 
     folder = Path(args.adapter)
     if not folder.is_dir():
         raise AdapterFileError(f"adapter folder {args.adapter!r} does not exist.")
-    model, tokenizer = load_model(args.base or _base_name(folder), task="causal-lm")
+    task = _task(folder)
+    model, tokenizer = load_model(args.base or _base_name(folder), task=task)
     ak.load_adapter(model, str(folder))
     model.eval()
     cfg = _data_config(args, folder)
     device = next(model.parameters()).device
     prompts = args.prompts or (line.strip() for line in sys.stdin if line.strip())
     for prompt in prompts:
-        ids = [prompt_ids(tokenizer, prompt, cfg)]
+        ids = [source_ids(tokenizer, prompt, cfg) if task == "seq2seq" else prompt_ids(tokenizer, prompt, cfg)]
         print(f"### {prompt}")
         if args.compare:
             with ak.disabled(model):

@@ -94,3 +94,25 @@ def test_seq2seq_task_follows_the_data_format(tmp_path, s2s_dir):
     assert model_task(cfg) == "seq2seq"
     with pytest.raises(ak.ConfigError, match="data.format"):
         TrainConfig.from_dict(dict(_config(tmp_path, s2s_dir), data={"train": "x", "format": "pairs"}))
+
+
+def test_generate_command_reads_prompts_as_sources_for_an_encoder_decoder(tmp_path, s2s_dir, capsys):
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from adapterkit.cli import main
+    from adapterkit.training.data import source_ids
+    from adapterkit.training.evaluate import generate_texts
+
+    config = _config(tmp_path, s2s_dir, max_steps=4)
+    ak.train(config)
+    out = config["output"]["dir"]
+    capsys.readouterr()
+    assert main(["generate", out, "n3", "--compare", "--max-new-tokens", "4"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    model = ak.load_adapter(AutoModelForSeq2SeqLM.from_pretrained(s2s_dir), out).eval()
+    tok = AutoTokenizer.from_pretrained(s2s_dir)
+    ids = [source_ids(tok, "n3", DataConfig(train="-", format="seq2seq"))]
+    expected = generate_texts(model, tok, ids, 4, torch.device("cpu"))[0]
+    with ak.disabled(model):
+        base = generate_texts(model, tok, ids, 4, torch.device("cpu"))[0]
+    assert printed == ["### n3", f"base:    {base}", f"adapter: {expected}"]
