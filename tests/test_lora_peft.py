@@ -18,6 +18,11 @@ def _peft_extra(model_name):
     return {"fan_in_fan_out": True} if model_name == "gpt2" else {}
 
 
+def _twins(model_name, variant):
+    cfg = ak.LoRAConfig(rank=4, alpha=8, targets="all-linear", init="random", **VARIANTS[variant])
+    return twins(MODELS[model_name], cfg, **_peft_extra(model_name))
+
+
 def _logits(model, x):
     return model(input_ids=x).logits
 
@@ -25,8 +30,7 @@ def _logits(model, x):
 @pytest.mark.parametrize("model_name", MODELS)
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_logits_equal_peft(model_name, variant):
-    cfg = ak.LoRAConfig(rank=4, alpha=8, targets="all-linear", init="random", **VARIANTS[variant])
-    ours, theirs = twins(MODELS[model_name], cfg, **_peft_extra(model_name))
+    ours, theirs = _twins(model_name, variant)
     x = tokens()
     with torch.no_grad():
         torch.testing.assert_close(_logits(ours, x), _logits(theirs, x), atol=1e-5, rtol=0)
@@ -37,8 +41,7 @@ def test_logits_equal_peft(model_name, variant):
 @pytest.mark.parametrize("model_name", MODELS)
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_gradients_equal_peft(model_name, variant):
-    cfg = ak.LoRAConfig(rank=4, alpha=8, targets="all-linear", init="random", **VARIANTS[variant])
-    ours, theirs = twins(MODELS[model_name], cfg, **_peft_extra(model_name))
+    ours, theirs = _twins(model_name, variant)
     x = tokens()
     _logits(ours, x).square().mean().backward()
     _logits(theirs, x).square().mean().backward()

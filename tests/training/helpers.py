@@ -49,3 +49,23 @@ def write_jsonl(path: Path, records: list[dict]) -> str:
 def memorise_records(n: int = 8) -> list[dict]:
     """Short prompt -> fixed-format answer pairs, easy to memorise."""
     return [{"prompt": f"q{i}?", "response": f"A:{i * 7 % 10}"} for i in range(n)]
+
+
+def whole_and_resumed(cfg: dict, root: Path, crash_at: int):
+    """Train ``cfg`` uninterrupted into root/whole, and into root/split stopped after step
+    ``crash_at`` and resumed; returns the resumed run's result."""
+    import pytest
+
+    import adapterkit as ak
+
+    ak.train(dict(cfg, output=dict(cfg["output"], dir=str(root / "whole"))))
+
+    def crash(step, logs):
+        if step == crash_at:
+            raise KeyboardInterrupt
+
+    split = dict(cfg, output=dict(cfg["output"], dir=str(root / "split")))
+    with pytest.raises(KeyboardInterrupt):
+        ak.train(split, callbacks=[crash])
+    assert not (root / "split" / "adapter_model.safetensors").exists()
+    return ak.train(split, resume=True)

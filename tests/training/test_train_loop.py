@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 import adapterkit as ak
-from tests.training.helpers import memorise_records, tiny_folder, write_jsonl
+from tests.training.helpers import memorise_records, tiny_folder, whole_and_resumed, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -60,17 +60,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, llama_dir, optim
                    optim__loraplus_ratio=loraplus, output__save_every=3, eval__every=2)
     cfg = _config(tmp_path, llama_dir, **changes)
     cfg["adapter"]["dropout"] = 0.2  # the dropout RNG must be restored too
-    ak.train(dict(cfg, output=dict(cfg["output"], dir=str(tmp_path / "whole"))))
-
-    def crash(step, logs):
-        if step == 4:
-            raise KeyboardInterrupt
-
-    split = dict(cfg, output=dict(cfg["output"], dir=str(tmp_path / "split")))
-    with pytest.raises(KeyboardInterrupt):
-        ak.train(split, callbacks=[crash])
-    assert not (tmp_path / "split" / "adapter_model.safetensors").exists()
-    result = ak.train(split, resume=True)
+    result = whole_and_resumed(cfg, tmp_path, crash_at=4)
     assert result.steps == 6
     whole = load_file(str(tmp_path / "whole" / "adapter_model.safetensors"))
     resumed = load_file(str(tmp_path / "split" / "adapter_model.safetensors"))

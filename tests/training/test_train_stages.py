@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 import adapterkit as ak
 from adapterkit.training import TrainConfig
 from adapterkit.training import stages as st
-from tests.training.helpers import memorise_records, tiny_folder, write_jsonl
+from tests.training.helpers import memorise_records, tiny_folder, whole_and_resumed, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -97,16 +97,7 @@ def test_resume_across_a_stage_boundary_equals_an_uninterrupted_run(tmp_path, ll
            "stages": [{"train": "adapters", "steps": 3, "schedule": "constant"},
                       {"train": "adapters", "top_blocks": 1, "steps": 3, "lr": 5e-3, "warmup_steps": 1}],
            "output": {"progress": False, "plot": False, "save_every": 3}}
-    ak.train(dict(cfg, output=dict(cfg["output"], dir=str(tmp_path / "whole"))))
-
-    def crash(step, logs):
-        if step == 4:
-            raise KeyboardInterrupt
-
-    split = dict(cfg, output=dict(cfg["output"], dir=str(tmp_path / "split")))
-    with pytest.raises(KeyboardInterrupt):
-        ak.train(split, callbacks=[crash])
-    result = ak.train(split, resume=True)
+    result = whole_and_resumed(cfg, tmp_path, crash_at=4)
     assert result.steps == 6
     for file in ("adapter_model.safetensors", "trained.safetensors"):
         whole, resumed = (load_file(str(tmp_path / d / file)) for d in ("whole", "split"))
