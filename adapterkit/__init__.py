@@ -10,6 +10,7 @@ from .errors import (
     AdapterKitError,
     AdapterNameError,
     ConfigError,
+    InputError,
     MergeError,
     TargetError,
     UnsupportedModuleError,
@@ -60,7 +61,7 @@ __all__ = [
     "BottleneckConfig", "IA3Config", "PrefixTuningConfig", "PromptEncoderConfig", "PromptTuningConfig",
     "replace_head", "unfreeze",
     "AdapterConfig", "AdapterFileError", "AdapterKitError", "AdapterLayer", "AdapterNameError",
-    "ConfigError", "LoRAConfig", "MergeError", "TargetError", "UnsupportedModuleError",
+    "ConfigError", "InputError", "LoRAConfig", "MergeError", "TargetError", "UnsupportedModuleError",
     "active_names", "adapter_config", "adapter_names", "attach", "combine", "delete_adapter",
     "detach", "disabled", "merge", "set_active", "summary",
 ] + list(_LAZY)

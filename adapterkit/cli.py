@@ -59,4 +59,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # `python -m adapterkit.cli`: run the imported module's main, where the commands register
+    from adapterkit.cli import main as _main
+
+    sys.exit(_main())

@@ -40,6 +40,10 @@ class AdapterFileError(AdapterKitError, ValueError):
     """An adapter folder or file is missing, corrupt, or does not fit the model."""
 
 
+class InputError(AdapterKitError, ValueError):
+    """The arguments of a call to an adapted model do not fit it or its adapters."""
+
+
 def close_matches(word: str, candidates: Iterable[str], n: int = 3) -> str:
     """A ' (did you mean ...?)' suffix naming up to n close candidates, or ''."""
     found = difflib.get_close_matches(word, sorted(set(candidates)), n=n, cutoff=0.6)

@@ -75,3 +75,23 @@ class TinyCNN(nn.Module):
 
 def tokens(batch: int = 2, length: int = 7) -> torch.Tensor:
     return torch.randint(0, VOCAB, (batch, length), generator=torch.Generator().manual_seed(1))
+
+
+def tiny_opt(**overrides):
+    from transformers import OPTConfig, OPTForCausalLM
+
+    cfg = dict(hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=VOCAB,
+               max_position_embeddings=64, word_embed_proj_dim=32, pad_token_id=0, bos_token_id=2, eos_token_id=2)
+    cfg.update(overrides)
+    torch.manual_seed(0)
+    return OPTForCausalLM(OPTConfig(**cfg)).eval()
+
+
+def tiny_qwen2(**overrides):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    cfg = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+               num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=64)
+    cfg.update(overrides)
+    torch.manual_seed(0)
+    return Qwen2ForCausalLM(Qwen2Config(**cfg)).eval()

@@ -158,7 +158,8 @@ def test_plain_module_with_every_base_kind():
     with torch.no_grad():
         unmerged = model(image, ids)
         assert not torch.allclose(unmerged, expected)
-        torch.testing.assert_close(ak.merge(model)(image, ids), unmerged, atol=1e-5, rtol=1e-5)
+        scale = unmerged.abs().max().item()  # rounding grows with the values: tolerances scale with them
+        torch.testing.assert_close(ak.merge(model)(image, ids), unmerged, atol=1e-4 * scale, rtol=1e-4)
 
 
 def test_t5_and_vit_attach_train_merge():

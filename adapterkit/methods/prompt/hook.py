@@ -11,6 +11,10 @@ one forward pre-hook on the model rewrites the call's arguments:
 
 Calls with a non-empty cache (``generate``'s later steps) only get the mask and positions moved,
 so ``model.generate`` works unchanged. ``detach`` removes the hook with the last such layer.
+
+The cache argument is ``cache`` in transformers >= 5.24 and ``past_key_values`` before (the old
+name is still accepted there, with a warning): the hook reads either, and hands the cache on under
+the name the model's ``forward`` declares.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ import inspect
 import torch
 from torch import Tensor, nn
 
-from ...errors import UnsupportedModuleError
+from ...errors import InputError, UnsupportedModuleError
 
 
 def virtual_token_layers(model: nn.Module) -> list:
@@ -61,20 +65,84 @@ def _pre_hook(model: nn.Module, args: tuple, kwargs: dict):
         names = [p for p, v in inspect.signature(model.forward).parameters.items()
                  if v.kind in (v.POSITIONAL_ONLY, v.POSITIONAL_OR_KEYWORD)]
         kwargs.update(zip(names, args))
-    cache = kwargs.get("past_key_values")
-    first = cache is None or cache.get_seq_length() == 0
+    key, cache = _take_cache(model, kwargs)
+    first = cached_length(cache) == 0
+    n_prefix = sum(a.num_virtual_tokens for a in prefixes)
+    n_prompt = sum(a.num_virtual_tokens for a in prompts)
+    _check_room(cache, cached_length(cache) + _length(kwargs) + (n_prefix + n_prompt if first else 0),
+                n_prefix + n_prompt)
     if first and prefixes:  # later calls (generate's steps) find everything in the cache already
         kv = torch.cat([a.key_values() for a in prefixes], dim=-2)
-        kwargs["past_key_values"] = _filled_cache(model, cache, kv, _batch(kwargs))
+        cache = _filled_cache(model, cache, kv, _batch(kwargs))
+    if cache is not None:
+        kwargs[key] = cache
     if first and prompts:
         _prepend_prompts(model, kwargs, torch.cat([a.prompt() for a in prompts], dim=0))
-    _shift(kwargs, sum(a.num_virtual_tokens for a in prefixes), sum(a.num_virtual_tokens for a in prompts), first)
+    _shift(kwargs, n_prefix, n_prompt, first)
     return (), kwargs
+
+
+CACHE_NAMES = ("cache", "past_key_values")  # transformers >= 5.24, and before
+
+
+def cache_argument(model: nn.Module) -> str:
+    """The name under which ``model.forward`` takes the key/value cache (or, for a task model whose
+    forward passes ``**kwargs`` on, its backbone's: BERT's classifiers take no cache of their own)."""
+    for module in (model, getattr(model, "base_model", None)):
+        if isinstance(module, nn.Module):
+            params = inspect.signature(module.forward).parameters
+            found = next((name for name in CACHE_NAMES if name in params), None)
+            if found:
+                return found
+    return "past_key_values"
+
+
+def _take_cache(model: nn.Module, kwargs: dict) -> tuple[str, object]:
+    """Remove the cache from ``kwargs`` under either name; (the model's name for it, the cache)."""
+    given = [kwargs.pop(name) for name in CACHE_NAMES if kwargs.get(name) is not None]
+    for name in CACHE_NAMES:
+        kwargs.pop(name, None)
+    if len(given) > 1 and given[0] is not given[1]:
+        raise InputError(
+            "the call passed two different caches, as `cache` and as `past_key_values`; pass one of them "
+            "(`cache` on transformers >= 5.24)."
+        )
+    return cache_argument(model), (given[0] if given else None)
+
+
+def cached_length(cache) -> int:
+    """Tokens already in a cache: a transformers ``Cache``, a legacy tuple of (k, v) pairs, or None."""
+    if cache is None:
+        return 0
+    if hasattr(cache, "get_seq_length"):
+        return int(cache.get_seq_length())
+    if isinstance(cache, (tuple, list)) and cache and cache[0] is not None:
+        return int(cache[0][0].shape[-2])  # ((B, H, T, hd), (B, H, T, hd)) per layer
+    return 0
 
 
 def _batch(kwargs: dict) -> int:
     x = kwargs.get("input_ids")
     return (x if x is not None else kwargs["inputs_embeds"]).shape[0]
+
+
+def _length(kwargs: dict) -> int:
+    x = kwargs.get("input_ids")
+    x = x if x is not None else kwargs.get("inputs_embeds")
+    return 0 if x is None else x.shape[1]
+
+
+def _check_room(cache, needed: int, virtual: int) -> None:
+    """A fixed-size cache (transformers' StaticCache) must hold the virtual tokens too."""
+    sizes = [layer.max_cache_len for layer in getattr(cache, "layers", None) or ()
+             if getattr(layer, "max_cache_len", None) and not getattr(layer, "is_sliding", False)]
+    if sizes and needed > min(sizes):
+        raise InputError(
+            f"the static cache holds {min(sizes)} tokens, but this call needs {needed}, of which {virtual} "
+            "are the adapters' virtual tokens (generate(cache_implementation='static') does not count them). "
+            "Use the default dynamic cache, or pass cache=StaticCache(config=model.config, max_cache_len="
+            f"prompt length + max_new_tokens + {virtual})."
+        )
 
 
 def _filled_cache(model: nn.Module, cache, kv: Tensor, batch: int):
