@@ -83,7 +83,7 @@ def _wrap(model: nn.Module, name: str, layer_cls: type[AdapterLayer]) -> Adapter
     if isinstance(module, layer_cls):
         return module
     layer = layer_cls(module)
-    layer.training = module.training  # the new layer (and its adapters) follow the module's mode
+    layer.training = layer.adapters.training = module.training  # new modules follow the wrapped one
     parent, attr = get_parent(model, name)
     setattr(parent, attr, layer)
     return layer
