@@ -79,15 +79,8 @@ def merge_adapter(model: nn.Module, names: Union[str, Iterable[str], None] = Non
     for stack in stacks:  # check everything before changing anything
         _check(stack, wanted, tied)
         stack.folds = _folds(stack)
-    if safe:
-        for stack in stacks:
-            weight, bias = _merged(stack)
-            if not bool(torch.isfinite(weight).all()) or (bias is not None and not bool(torch.isfinite(bias).all())):
-                raise MergeError(
-                    f"{stack.name}: merging {[n for _, ns in stack.layers for n in ns]} gives NaN or Inf "
-                    f"weights; nothing was merged. The adapter's tensors are likely broken: check them "
-                    f"(e.g. torch.isfinite on its parameters) or reload it."
-                )
+    for stack in stacks if safe else ():
+        _check_finite(stack, *_merged(stack))
     for stack in stacks:
         _write(stack.base, *_merged(stack))
         for (layer, names), fold in zip(stack.merging(), stack.folds):
@@ -191,6 +184,16 @@ def _check_mixed(stack: _Stack, wanted) -> None:
             f"{stack.name}: DoRA adapter(s) {unmerged_dora} would stay unmerged next to merged ones, but "
             f"DoRA's norm is taken from the base weight, which merging changes. Merge them too."
         )
+
+
+def _check_finite(stack: _Stack, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
+    if bool(torch.isfinite(weight).all()) and (bias is None or bool(torch.isfinite(bias).all())):
+        return
+    raise MergeError(
+        f"{stack.name}: merging {[n for _, names in stack.layers for n in names]} gives NaN or Inf "
+        f"weights; nothing was merged. The adapter's tensors are likely broken: check them "
+        f"(e.g. torch.isfinite on its parameters) or reload it."
+    )
 
 
 def _read(base: nn.Module, with_bias: bool = True) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
