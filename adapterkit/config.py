@@ -57,6 +57,14 @@ class AdapterConfig:
             raise ConfigError(
                 f"{type(self).__name__}.{name} must be a string or a list of strings; got {value!r}."
             )
+        else:  # a plain string is a regular expression (or a keyword such as "all-linear")
+            try:
+                re.compile(value)
+            except re.error as err:
+                raise ConfigError(
+                    f"{type(self).__name__}.{name} = {value!r} is not a valid regular expression ({err}); "
+                    "give a list of module-name suffixes, or fix the pattern."
+                ) from None
 
     def _positive(self, name: str, integer: bool = False) -> None:
         value = getattr(self, name)
@@ -104,7 +112,7 @@ def check_adapter_name(name: Any) -> str:
         )
     import torch.nn
 
-    if hasattr(torch.nn.ModuleDict, name):
+    if hasattr(torch.nn.ModuleDict(), name):  # class and instance attributes (training, _modules, ...)
         raise AdapterNameError(
             f"adapter name {name!r} is taken by a torch module attribute; pick another "
             f"(e.g. {name + '_adapter'!r})."

@@ -14,11 +14,12 @@ from torch import nn
 
 from . import anatomy, bases
 from .config import AdapterConfig, check_adapter_name
-from .errors import AdapterNameError, MergeError, TargetError, close_matches
+from .errors import AdapterNameError, MergeError, TargetError, UnsupportedModuleError, close_matches
 from .layer import AdapterLayer
 from .methods.trained_module import TrainedModule, trainable_copy
 from .registry import method_for
 from .targets import get_parent, logical_modules, matches
+from .transaction import unchanged_on_error
 
 
 def adapter_layers(model: nn.Module) -> Iterator[tuple[str, AdapterLayer]]:
@@ -94,6 +95,7 @@ def attach(model: nn.Module, config: AdapterConfig, name: str = "default") -> nn
 
     Every parameter that is not an adapter's is frozen; the new adapter's parameters train.
     """
+    check_model(model, "attach")
     check_adapter_name(name)
     method = method_for(config)
     refuse_while_merged(model, "attach an adapter")
@@ -102,20 +104,29 @@ def attach(model: nn.Module, config: AdapterConfig, name: str = "default") -> nn
             f"an adapter named {name!r} is already attached; pick another name, or "
             f"delete_adapter(model, {name!r}) first."
         )
-    train_modules = tuple(getattr(config, "train_modules", ()))
-    placed = method.where(model, config)
-    copies = _resolve_train_modules(model, train_modules)
-    if hasattr(method.layer, "merged"):
-        _warn_tied(model, placed)
-    _freeze_base(model)
-    for target, placement in placed.items():
-        layer = _wrap(model, target, method.layer)
-        layer.add(name, method.build(layer.innermost(), config, placement))
-    for target in copies:
-        layer = _wrap(model, target, TrainedModule)
-        layer.add(name, trainable_copy(layer.innermost()))
-    set_active(model, name)
+    copies = _resolve_train_modules(model, tuple(getattr(config, "train_modules", ())))
+    with unchanged_on_error(model):
+        placed = method.where(model, config)
+        if hasattr(method.layer, "merged"):
+            _warn_tied(model, placed)
+        _freeze_base(model)
+        for target, placement in placed.items():
+            layer = _wrap(model, target, method.layer)
+            layer.add(name, method.build(layer.innermost(), config, placement))
+        for target in copies:
+            layer = _wrap(model, target, TrainedModule)
+            layer.add(name, trainable_copy(layer.innermost()))
+        set_active(model, name)
     return model
+
+
+def check_model(model, call: str) -> None:
+    """The calls that take a model refuse anything that is not a torch module, clearly."""
+    if not isinstance(model, nn.Module):
+        raise UnsupportedModuleError(
+            f"ak.{call} takes a torch.nn.Module (e.g. a transformers model); got "
+            f"{type(model).__name__} {model!r:.60}."
+        )
 
 
 def _warn_tied(model: nn.Module, targets) -> None:
@@ -159,6 +170,13 @@ def _freeze_base(model: nn.Module) -> None:
 
 def set_active(model: nn.Module, names: Union[str, Iterable[str]]) -> None:
     """Make ``names`` (one name or several) the active adapters; several add up."""
+    check_model(model, "set_active")
+    is_list = isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names)
+    if not isinstance(names, str) and not is_list:
+        raise AdapterNameError(
+            f"set_active takes an adapter name or a list of names; got {names!r}. "
+            f"This model has: {', '.join(map(repr, adapter_names(model))) or 'none'}."
+        )
     wanted = [names] if isinstance(names, str) else list(names)
     if set(wanted) != set(active_names(model)):
         refuse_while_merged(model, f"set the active adapters to {wanted}")
@@ -187,17 +205,20 @@ def disabled(model: nn.Module):
 
 def delete_adapter(model: nn.Module, name: str) -> None:
     """Remove one adapter everywhere; layers left without adapters give back their base."""
-    if name not in adapter_names(model):
-        raise _unknown(model, name)
+    check_model(model, "delete_adapter")
+    if not isinstance(name, str) or name not in adapter_names(model):
+        raise _unknown(model, str(name))
     refuse_while_merged(model, f"delete adapter {name!r}")
-    for layer_name, layer in reversed(list(adapter_layers(model))):
-        layer.remove(name)
-        if not layer.adapters:
-            _unwrap(model, layer_name, layer)
+    with unchanged_on_error(model):
+        for layer_name, layer in reversed(list(adapter_layers(model))):
+            layer.remove(name)
+            if not layer.adapters:
+                _unwrap(model, layer_name, layer)
 
 
 def detach(model: nn.Module) -> nn.Module:
     """Every adapter dropped and the original modules put back; returns ``model``."""
+    check_model(model, "detach")
     refuse_while_merged(model, "detach the adapters")
     for layer_name, layer in reversed(list(adapter_layers(model))):
         _unwrap(model, layer_name, layer)
@@ -221,6 +242,7 @@ def merge(model: nn.Module) -> nn.Module:
     (SmolLM2's ``lm_head`` and ``embed_tokens``) gets a weight of its own, with a warning: folding
     into the shared one would change the other module too.
     """
+    check_model(model, "merge")
     layers = list(adapter_layers(model))
     for layer_name, layer in layers:  # check everything before changing anything
         if not hasattr(layer, "merged"):

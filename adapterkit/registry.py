@@ -67,6 +67,9 @@ class FileFormat:
     state_from_file: Optional[Callable[[str, nn.Module, Mapping[str, Tensor]], None]] = None
     trained_prefix: str = PEFT_PREFIX  # key prefix of train_modules copies ("base_model." for
     # PEFT's prompt-learning methods, whose PeftModel holds the model itself as base_model)
+    sizes_from_file: Optional[Callable[[AdapterConfig, Mapping[str, tuple]], list[str]]] = None
+    # (config, {key: shape} of the file) -> problems: the config's sizes against the tensors, checked
+    # before ``attach`` allocates anything (a corrupt ``r: 10**15`` must not reach the allocator)
 
 
 METHODS: dict[str, Method] = {}

@@ -71,10 +71,18 @@ def resolve(
     exclude: Spec = (),
     layers: Optional[Sequence[int]] = None,
     also_exclude: Sequence[str] = (),
+    check_kinds: bool = True,
 ) -> list[str]:
-    """Names of the modules to adapt; raises TargetError / UnsupportedModuleError."""
+    """Names of the modules to adapt; raises TargetError / UnsupportedModuleError.
+
+    ``check_kinds``: refuse targets LoRA cannot wrap (a method with its own kinds checks them)."""
     modules = [(n, m) for n, m in logical_modules(model) if n]
     names = [n for n, _ in modules]
+    if not names:
+        raise TargetError(
+            f"adapterkit replaces a model's sub-modules, and this {type(model).__name__} has none; "
+            f"put it in a container (e.g. nn.Sequential(layer)) and target its name ('0')."
+        )
     if targets == "all-linear":
         head = output_head_name(model)
         picked = [n for n, m in modules if bases.is_linear_like(m) and n != head]
@@ -84,7 +92,7 @@ def resolve(
         picked = [n for n in names if matches(n, targets)]
         _check_found(targets, picked, names)
         for name, module in modules:
-            if name in picked and bases.base_kind(module) is None:
+            if check_kinds and name in picked and bases.base_kind(module) is None:
                 inner = [n for n, m in modules if n.startswith(name + ".") and bases.base_kind(m)]
                 hint = f" Adaptable modules inside it: {', '.join(inner[:4])}." if inner else ""
                 raise UnsupportedModuleError(

@@ -10,9 +10,10 @@ from torch import nn
 
 from ..config import AdapterConfig, check_adapter_name
 from ..errors import AdapterFileError, TargetError, UnsupportedModuleError
-from ..inject import adapter_layers, attach, delete_adapter
+from ..inject import adapter_layers, attach, check_model
+from ..transaction import unchanged_on_error
 from ..targets import logical_modules, matches
-from .read import WEIGHTS_NAME, file_config, find_folder, read_config, read_tensors
+from .read import CONFIG_NAME, WEIGHTS_NAME, file_config, find_folder, read_config, read_tensors
 from .state import Entry, entries
 
 
@@ -82,27 +83,51 @@ def load_adapter(model: nn.Module, path: Union[str, Path], name: str = "default"
     read unless ``allow_pickle`` (then ``adapter_model.bin`` is read with ``weights_only=True``).
     On any error the model is left as it was.
     """
+    check_model(model, "load_adapter")
     check_adapter_name(name)
     folder = find_folder(path, name)
     data = read_config(folder)
-    _, config = file_config(data, folder)
+    method, config = file_config(data, folder)
     config = _present_train_modules(model, config)
     tensors = read_tensors(folder, allow_pickle=allow_pickle)
-    try:
-        attach(model, config, name)
-    except (TargetError, UnsupportedModuleError) as err:
-        raise AdapterFileError(
-            f"the adapter in {str(folder)!r} does not fit this {type(model).__name__}: {err}"
-        ) from None
-    try:
+    _check_dtypes(tensors, folder)
+    _check_sizes(method, config, tensors, folder)
+    with unchanged_on_error(model):
+        try:
+            attach(model, config, name)
+        except (TargetError, UnsupportedModuleError) as err:
+            raise AdapterFileError(
+                f"the adapter in {str(folder)!r} does not fit this {type(model).__name__}: {err}"
+            ) from None
         _, found = entries(model, name)
         _check_state(found, tensors, folder)
         _fill(found, tensors)
-    except BaseException:
-        delete_adapter(model, name)
-        raise
-    if not trainable:
-        for _, layer in adapter_layers(model):
-            if name in layer.adapters:
-                layer.adapters[name].requires_grad_(False)
+        if not trainable:
+            for _, layer in adapter_layers(model):
+                if name in layer.adapters:
+                    layer.adapters[name].requires_grad_(False)
     return model
+
+
+def _check_sizes(method, config: AdapterConfig, tensors: dict[str, torch.Tensor], folder: Path) -> None:
+    """The config's sizes against the file's tensors, before anything is allocated."""
+    check = method.files.sizes_from_file if method.files is not None else None
+    problems = check(config, {k: tuple(t.shape) for k, t in tensors.items()}) if check else []
+    if problems:
+        raise AdapterFileError(
+            f"{str(folder)!r}: {CONFIG_NAME} and {WEIGHTS_NAME} disagree: {problems[0]}"
+            f"{f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''}. One of the two files was "
+            "edited or comes from another adapter; re-save the adapter."
+        )
+
+
+def _check_dtypes(tensors: dict[str, torch.Tensor], folder: Path) -> None:
+    """Adapter weights are floating point; an integer or boolean tensor would be cast silently."""
+    bad = {k: t.dtype for k, t in tensors.items() if not t.is_floating_point()}
+    if bad:
+        key, dtype = next(iter(bad.items()))
+        raise AdapterFileError(
+            f"{str(folder / WEIGHTS_NAME)!r} holds {len(bad)} non-floating tensor(s) (e.g. {key!r}: {dtype}); "
+            "adapter weights are float16 / bfloat16 / float32 / float64. The file is not an adapter "
+            "saved by adapterkit or PEFT, or it was converted wrongly."
+        )

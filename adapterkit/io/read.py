@@ -86,8 +86,11 @@ def file_config(data: dict[str, Any], folder: Path) -> tuple[Method, AdapterConf
     try:
         config = method.files.config_from_file(data)
         fields = {f.name for f in dataclasses.fields(config)}
-        if "train_modules" in fields and data.get("modules_to_save"):
-            config = dataclasses.replace(config, train_modules=tuple(data["modules_to_save"]))
+        saved = data.get("modules_to_save")
+        if "train_modules" in fields and saved:
+            if isinstance(saved, str) or not isinstance(saved, list):
+                raise ConfigError(f"modules_to_save must be a list of module names; got {saved!r}.")
+            config = dataclasses.replace(config, train_modules=tuple(saved))
     except ConfigError as err:
         raise ConfigError(f"{str(folder / CONFIG_NAME)!r}: {err}") from None
     return method, config

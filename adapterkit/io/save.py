@@ -27,11 +27,15 @@ _TASKS = (("ForCausalLM", "CAUSAL_LM"), ("LMHeadModel", "CAUSAL_LM"), ("ForSeque
 
 
 def as_dtype(dtype: Union[None, str, torch.dtype]) -> Optional[torch.dtype]:
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype in DTYPES:
+    """A floating dtype to save in (None: as the tensors are); anything else is refused."""
+    if isinstance(dtype, str) and dtype in DTYPES:
         return DTYPES[dtype]
-    raise AdapterFileError(f"dtype {dtype!r} is not known; use one of: {', '.join(DTYPES)} or a torch.dtype.")
+    if dtype is None or (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        return dtype
+    raise AdapterFileError(
+        f"cannot save adapter weights as dtype {dtype!r}: a cast to a non-floating or unknown dtype would destroy "
+        f"them; use one of: {', '.join(DTYPES)}, or a floating torch.dtype."
+    )
 
 
 def base_model_name(model: nn.Module) -> Optional[str]:

@@ -63,7 +63,9 @@ class QuantConfig:
     def __post_init__(self):
         _choice("quantization", "bits", self.bits, (4, 8))
         _choice("quantization", "quant_type", self.quant_type, ("nf4", "fp4"))
-        _at_least("quantization", "block", self.block, 16)
+        from adapterkit_kernels.formats import BLOCKS  # the block sizes the kernels take
+
+        _choice("quantization", "block", self.block, BLOCKS)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -47,5 +47,15 @@ def state_to_file(module_name: str, adapter: nn.Module) -> dict[str, Tensor]:
             f"{prefix}.adapter_up.weight": adapter.up.weight, f"{prefix}.adapter_up.bias": adapter.up.bias}
 
 
+def sizes_from_file(config: BottleneckConfig, shapes: Mapping[str, tuple]) -> list[str]:
+    """adapter_down (d, hidden): d must be the config's bottleneck size for that hidden size."""
+    problems = []
+    for key, shape in shapes.items():
+        if key.endswith(".adapter_down.weight") and len(shape) == 2 and shape[0] != config.size(shape[1]):
+            problems.append(f"{key!r} has shape {tuple(shape)}, a bottleneck of {shape[0]}, but the config "
+                            f"gives {config.size(shape[1])} for hidden size {shape[1]}")
+    return problems
+
+
 FILES = FileFormat(peft_type=PEFT_TYPE, config_to_file=config_to_file, config_from_file=config_from_file,
-                   state_to_file=state_to_file)
+                   state_to_file=state_to_file, sizes_from_file=sizes_from_file)

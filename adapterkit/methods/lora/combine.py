@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 from ...config import check_adapter_name
-from ...errors import AdapterNameError, ConfigError
+from ...errors import AdapterNameError, ConfigError, MergeError
 from ...inject import adapter_config, adapter_layers, adapter_names, refuse_while_merged, set_active
+from ...transaction import unchanged_on_error
 from .config import LoRAConfig
 from .layers import LoRA, LoRALayer
 
@@ -37,7 +38,11 @@ def combine(
         raise AdapterNameError(f"an adapter named {name!r} is already attached; pick another name.")
     if how not in HOW:
         raise ConfigError(f"combine how={how!r}; expected one of {HOW}.")
+    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+        raise AdapterNameError(f"combine takes a list of adapter names; got {names!r}.")
     weights = [1.0] * len(names) if weights is None else list(weights)
+    if not all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) for w in weights):
+        raise ConfigError(f"combine weights must be finite numbers; got {weights!r}.")
     if not names or len(weights) != len(names):
         raise ConfigError(f"combine needs one weight per adapter; got {len(names)} names, {len(weights)} weights.")
     configs = [adapter_config(model, n) for n in names]
@@ -55,10 +60,11 @@ def combine(
                                  exclude=(), layers=None, train_modules=())
     if how == "linear" and any(w < 0 for w in weights):
         raise ConfigError(f"combine how='linear' needs non-negative weights; got {weights}.")
-    for _, layer in adapter_layers(model):
-        if isinstance(layer, LoRALayer) and any(n in layer.adapters for n in names):
-            layer.add(name, _combined(layer, names, weights, ranks, config, how))
-    set_active(model, name)
+    with unchanged_on_error(model):
+        for _, layer in adapter_layers(model):
+            if isinstance(layer, LoRALayer) and any(n in layer.adapters for n in names):
+                layer.add(name, _combined(layer, names, weights, ranks, config, how))
+        set_active(model, name)
     return model
 
 
@@ -79,4 +85,7 @@ def _combined(layer: LoRALayer, names, weights, ranks, config: LoRAConfig, how: 
             new.a += src.a * root
             new.b += src.b * root
         row += rank
+    if not (torch.isfinite(new.a).all() and torch.isfinite(new.b).all()):
+        raise MergeError(f"combine: adapters {list(names)} hold NaN or Inf values in a layer; the combination "
+                         "would be NaN. Check those adapters' weights (a diverged training run?).")
     return new

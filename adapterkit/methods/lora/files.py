@@ -143,9 +143,22 @@ def state_to_file(module_name: str, adapter: nn.Module) -> dict[str, Tensor]:
     return out
 
 
+def sizes_from_file(config: LoRAConfig, shapes: Mapping[str, tuple]) -> list[str]:
+    """A: (r, in) / (r, in, k..), B: (out, r) / (out, r, k..): the file's r must be the config's."""
+    problems = []
+    for key, shape in shapes.items():
+        part = key.rsplit(".", 2)
+        axis = {"lora_A": 0, "lora_B": 1, "lora_embedding_A": 0, "lora_embedding_B": 1}.get(
+            part[-2] if part[-1] == "weight" else part[-1])
+        if axis is not None and len(shape) > axis and shape[axis] != config.rank:
+            problems.append(f"{key!r} has shape {tuple(shape)}, rank {shape[axis]}, but the config says r={config.rank}")
+    return problems
+
+
 FILES = FileFormat(
     peft_type="LORA",
     config_to_file=config_to_file,
     config_from_file=config_from_file,
     state_to_file=state_to_file,
+    sizes_from_file=sizes_from_file,
 )

@@ -46,6 +46,9 @@ class PromptTuningConfig(AdapterConfig):
         _train_modules(self)
         self._positive("num_virtual_tokens", integer=True)
         self._choice("init", PROMPT_INITS)
+        for name in ("init_text", "tokenizer"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise ConfigError(f"PromptTuningConfig.{name} must be a string or None; got {getattr(self, name)!r}.")
         if self.init == "text" and (not self.init_text or not self.tokenizer):
             raise ConfigError(
                 "PromptTuningConfig(init='text') needs init_text (a non-empty string) and tokenizer "

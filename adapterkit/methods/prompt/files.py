@@ -96,7 +96,17 @@ def state_from_file(module_name: str, adapter: nn.Module, tensors: Mapping[str, 
 
 def _format(peft_type: str, to_file, from_file) -> FileFormat:
     return FileFormat(peft_type=peft_type, config_to_file=to_file, config_from_file=from_file,
-                      state_to_file=state_to_file, state_from_file=state_from_file, trained_prefix="base_model.")
+                      state_to_file=state_to_file, state_from_file=state_from_file, trained_prefix="base_model.",
+                      sizes_from_file=_sizes_from_file)
+
+
+def _sizes_from_file(config, shapes) -> list[str]:
+    """``prompt_embeddings`` (n, ...): n must be the config's num_virtual_tokens."""
+    shape = shapes.get("prompt_embeddings")
+    if shape and shape[0] != config.num_virtual_tokens:
+        return [f"'prompt_embeddings' has {shape[0]} rows, but the config says "
+                f"num_virtual_tokens={config.num_virtual_tokens}"]
+    return []
 
 
 PROMPT_FILES = _format("PROMPT_TUNING", _prompt_to_file, _prompt_from_file)
