@@ -28,7 +28,7 @@ from adapterkit.inject import adapter_layers
 def ulps(got: torch.Tensor, want: torch.Tensor) -> torch.Tensor:
     """|got - want| in bf16 steps at ``want`` (one step = 2^(e - 8) for |want| = m 2^e, m in [0.5, 1))."""
     _, exponent = torch.frexp(want.float())
-    return (got.float() - want.float()).abs() / torch.ldexp(torch.ones(()), exponent - 8)
+    return (got.float() - want.float()).abs() / torch.ldexp(torch.ones_like(want, dtype=torch.float32), exponent - 8)
 
 
 def base_tensors(model) -> dict[str, torch.Tensor]:
