@@ -46,24 +46,30 @@ class Fold:
 
     def apply(self, weight: Tensor, bias: Optional[Tensor], add: Optional[Tensor]):
         """(W', b') from the unmerged (W, b); new tensors, the inputs are not changed."""
+        row, col, bias_row = self._like(weight)
         out = weight
-        if self.row is not None:
-            out = out * self.row
-        if self.col is not None:
-            out = out * self.col
+        if row is not None:
+            out = out * row
+        if col is not None:
+            out = out * col
         if add is not None:
             out = out + add
-        if bias is not None and self.bias_row is not None:
-            bias = bias * self.bias_row
+        if bias is not None and bias_row is not None:
+            bias = bias * bias_row
         return out, bias
 
     def invert(self, weight: Tensor, bias: Optional[Tensor], add: Optional[Tensor]):
         """(W, b) from the merged (W', b')."""
+        row, col, bias_row = self._like(weight)
         out = weight if add is None else weight - add
-        if self.row is not None:
-            out = out / self.row
-        if self.col is not None:
-            out = out / self.col
-        if bias is not None and self.bias_row is not None:
-            bias = bias / self.bias_row
+        if row is not None:
+            out = out / row
+        if col is not None:
+            out = out / col
+        if bias is not None and bias_row is not None:
+            bias = bias / bias_row
         return out, bias
+
+    def _like(self, weight: Tensor) -> tuple:
+        """The kept scales on ``weight``'s device and dtype (the model may have moved since)."""
+        return tuple(None if t is None else t.to(weight) for t in (self.row, self.col, self.bias_row))

@@ -93,7 +93,9 @@ def _wrap(model: nn.Module, name: str, layer_cls: type[AdapterLayer]) -> Adapter
 def attach(model: nn.Module, config: AdapterConfig, name: str = "default") -> nn.Module:
     """Add an adapter to ``model`` in place and make it the active one; returns ``model``.
 
-    Every parameter that is not an adapter's is frozen; the new adapter's parameters train.
+    Every parameter that is not an adapter's is frozen; the new adapter's parameters train. New
+    modules take the train / eval mode of the module they wrap (no dropout in an eval model).
+    A target whose weight another module shares (tied embeddings) is adapted with a warning.
     """
     check_model(model, "attach")
     check_adapter_name(name)

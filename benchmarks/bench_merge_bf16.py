@@ -17,12 +17,16 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 import adapterkit as ak
 from adapterkit.inject import adapter_layers
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.peft_twin: the PEFT twin builder
 
 
 def ulps(got: torch.Tensor, want: torch.Tensor) -> torch.Tensor:
@@ -109,6 +113,7 @@ def run(base, ids, variant: str, ratio: float, cycles: int) -> dict:
         ak.merge_adapter(model)
         ak.unmerge_adapter(model)
     out[f"{cycles}_cycles"] = restored(model, before)
+    print(variant, json.dumps(out), flush=True)
     if variant == "lora":
         out["peft"] = run_peft(model, before, cycles, ratio)
     return out
