@@ -33,7 +33,7 @@ from torch import nn
 
 from . import bases
 from .anatomy import tied_parameters, tied_with
-from .errors import MergeError
+from .errors import AdapterNameError, MergeError
 from .fold import Fold, compute_dtype
 from .inject import _unknown, active_names, adapter_layers, merged_adapters
 from .layer import AdapterLayer
@@ -115,6 +115,12 @@ def _wanted(model: nn.Module, names) -> list[str]:
         if not active:
             raise MergeError("the model has no active adapter to merge; attach or load one, or ak.set_active it.")
         return active
+    is_list = isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names)
+    if not isinstance(names, str) and not (is_list and names):
+        raise AdapterNameError(
+            f"merge_adapter takes names=None (the active adapters), an adapter name or a non-empty list "
+            f"of names; got {names!r}. Active here: {active}."
+        )
     wanted = [names] if isinstance(names, str) else list(names)
     for name in wanted:
         if name not in active:

@@ -115,6 +115,8 @@ def test_merging_part_of_the_active_adapters_keeps_the_output():
 @pytest.mark.parametrize("names, error, match", [
     ("nope", ak.AdapterNameError, "no adapter named 'nope'"),
     ("b", ak.MergeError, "'b' is not active"),
+    ([], ak.AdapterNameError, "non-empty list of names; got \\[\\]"),
+    (3, ak.AdapterNameError, "an adapter name or a non-empty list"),
 ])
 def test_unknown_or_inactive_names_are_refused(names, error, match):
     model = ak.attach(tiny_llama(), _random(), name="a")
