@@ -4,12 +4,14 @@
 
 For LoRA (rank 16, all-linear), DoRA and IA3, each with adapter weights set so that they change the
 model (LoRA: rms(scale B A) = ratio * rms(W) per layer; DoRA: magnitudes 1% off the norm; IA3: 1 + 0.1 N):
-- logits: max |merged - unmerged| / max |unmerged|, next to bf16's own error on this model
-  (max |bf16 - fp32| / max |fp32| for the unmerged model);
-- weights after one merge + unmerge: the share restored bit for bit, the largest error in bf16 steps
-  (ulps of the original value);
-- the same after ``--cycles`` merge / unmerge cycles with the adapter changing between them (B or the
-  vectors moved by 1%, as training would), the RL loop's pattern;
+- logits: max |merged - unmerged| / max |unmerged| in bf16, next to bf16's own error on this model
+  (max |bf16 - fp32| / max |fp32|, unmerged) and the merged bf16 model's against fp32;
+- base weights after one merge + unmerge: the share restored bit for bit, the relative error
+  ||W_after - W|| / ||W|| (all base weights), and the largest error in bf16 steps at the larger of
+  |W| and |W merged|;
+- after ``--cycles`` merge / unmerge cycles with the adapter moved by 1% between them (as training
+  would, the RL loop's pattern): the same shares and errors, and the base model's logits
+  (``ak.disabled``) against those before the first merge;
 - PEFT 0.21's merge_adapter / unmerge_adapter on the same LoRA weights, for comparison.
 """
 from __future__ import annotations
@@ -29,28 +31,36 @@ from adapterkit.inject import adapter_layers
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.peft_twin: the PEFT twin builder
 
 
-def ulps(got: torch.Tensor, want: torch.Tensor) -> torch.Tensor:
-    """|got - want| in bf16 steps at ``want`` (one step = 2^(e - 8) for |want| = m 2^e, m in [0.5, 1))."""
-    _, exponent = torch.frexp(want.float())
-    return (got.float() - want.float()).abs() / torch.ldexp(torch.ones_like(want, dtype=torch.float32), exponent - 8)
+def step(x: torch.Tensor) -> torch.Tensor:
+    """One bf16 step at |x|: 2^(e - 8) for |x| = m 2^e, m in [0.5, 1)."""
+    _, exponent = torch.frexp(x.float())
+    return torch.ldexp(torch.ones_like(x, dtype=torch.float32), exponent - 8)
 
 
-def base_tensors(model) -> dict[str, torch.Tensor]:
-    return {n: t.detach().clone() for n, t in model.state_dict().items()
-            if ".adapters." not in n and "lora_" not in n and "ia3_" not in n}
+def base_tensors(state: dict) -> dict[str, torch.Tensor]:
+    """Base weights under one naming (adapterkit's ``.base.`` and PEFT's ``.base_layer.`` dropped)."""
+    return {n.replace(".base_layer.", ".").replace(".base.", ".").removeprefix("base_model.model."): t.detach().clone()
+            for n, t in state.items() if not any(k in n for k in (".adapters.", "lora_", "ia3_"))}
 
 
-def restored(model, before: dict) -> dict:
-    """Share of base weights equal bit for bit to ``before``; largest error in ulps."""
-    now = base_tensors(model)
+def compare(now: dict, before: dict, merged: dict | None = None) -> dict:
+    """Share of base weights equal bit for bit; relative Frobenius error; largest error in steps."""
     same = total = 0
-    worst = 0.0
+    err_sq = ref_sq = worst = 0.0
     for name, want in before.items():
         got = now[name]
         same += int((got == want).sum())
         total += want.numel()
-        worst = max(worst, float(ulps(got, want).max()))
-    return {"exact_share": same / total, "max_ulps": worst}
+        diff = got.float() - want.float()
+        err_sq += float(diff.pow(2).sum())
+        ref_sq += float(want.float().pow(2).sum())
+        if merged is not None:
+            at = torch.maximum(want.float().abs(), merged[name].float().abs())
+            worst = max(worst, float((diff.abs() / step(at)).max()))
+    out = {"exact_share": same / total, "rel_error": (err_sq / ref_sq) ** 0.5}
+    if merged is not None:
+        out["max_steps"] = worst
+    return out
 
 
 @torch.no_grad()
@@ -90,67 +100,61 @@ def logits(model, ids) -> torch.Tensor:
         return model(input_ids=ids).logits.float()
 
 
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+def cycle(model, merge, unmerge, disabled, ids, cycles: int, gen) -> dict:
+    """One merge + unmerge measured, then ``cycles - 1`` more with the adapter moving in between."""
+    before = base_tensors(model.state_dict())
+    with disabled():
+        base_logits = logits(model, ids)
+    unmerged = logits(model, ids)
+    start = time.perf_counter()
+    merge()
+    merge_s = time.perf_counter() - start
+    merged_state, merged = base_tensors(model.state_dict()), logits(model, ids)
+    unmerge()
+    out = {"merge_s": merge_s, "logits_merged_vs_unmerged": rel(merged, unmerged),
+           "one_cycle": compare(base_tensors(model.state_dict()), before, merged_state)}
+    for _ in range(cycles - 1):
+        nudge(model, gen)
+        merge()
+        unmerge()
+    out[f"{cycles}_cycles"] = compare(base_tensors(model.state_dict()), before)
+    with disabled():
+        out[f"{cycles}_cycles"]["base_logits_drift"] = rel(logits(model, ids), base_logits)
+    return out, merged
+
+
 def run(base, ids, variant: str, ratio: float, cycles: int) -> dict:
     gen = torch.Generator().manual_seed(0)
     fp32 = ak.attach(copy.deepcopy(base), config(variant))
     set_adapters(fp32, variant, ratio, gen)
     model = copy.deepcopy(fp32).to(torch.bfloat16)
     ref32, unmerged = logits(fp32, ids), logits(model, ids)
-    before = base_tensors(model)
-    start = time.perf_counter()
-    ak.merge_adapter(model)
-    merge_s = time.perf_counter() - start
-    merged = logits(model, ids)
-    ak.unmerge_adapter(model)
-    out = {
-        "logits_merged_vs_unmerged": float((merged - unmerged).abs().max() / unmerged.abs().max()),
-        "logits_bf16_vs_fp32": float((unmerged - ref32).abs().max() / ref32.abs().max()),
-        "merge_s": merge_s,
-        "one_cycle": restored(model, before),
-    }
-    for _ in range(cycles - 1):
-        nudge(model, gen)
-        ak.merge_adapter(model)
-        ak.unmerge_adapter(model)
-    out[f"{cycles}_cycles"] = restored(model, before)
+    theirs = peft_twin(model) if variant == "lora" else None
+    out, merged = cycle(model, lambda: ak.merge_adapter(model), lambda: ak.unmerge_adapter(model),
+                        lambda: ak.disabled(model), ids, cycles, gen)
+    out.update(logits_bf16_vs_fp32=rel(unmerged, ref32), logits_merged_bf16_vs_fp32=rel(merged, ref32))
     print(variant, json.dumps(out), flush=True)
-    if variant == "lora":
-        out["peft"] = run_peft(model, before, cycles, ratio)
+    if theirs is not None:
+        out["peft"], _ = cycle(theirs, theirs.merge_adapter, theirs.unmerge_adapter, theirs.disable_adapter,
+                               ids, cycles, torch.Generator().manual_seed(0))
+        print("peft", json.dumps(out["peft"]), flush=True)
     return out
 
 
-def run_peft(ours, before: dict, cycles: int, ratio: float) -> dict:
-    """PEFT's merge / unmerge on the same (bf16) weights and adapter."""
+def peft_twin(ours):
+    """PEFT's LoRA on a copy of the same bf16 base, with the same adapter weights."""
     import peft
 
     from tests.peft_twin import copy_to_peft
 
-    base = ak.detach(copy.deepcopy(ours))
-    base.load_state_dict({n.replace(".base.", "."): t for n, t in before.items()})
-    theirs = peft.get_peft_model(base, peft.LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))
+    theirs = peft.get_peft_model(ak.detach(copy.deepcopy(ours)),
+                                 peft.LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))
     copy_to_peft(ours, theirs)
-    gen = torch.Generator().manual_seed(1)
-    theirs.merge_adapter()
-    theirs.unmerge_adapter()
-    inner = {n.removeprefix("base_model.model."): t for n, t in theirs.state_dict().items()}
-    one = _restored_peft(inner, before)
-    for _ in range(cycles - 1):
-        nudge(theirs, gen)
-        theirs.merge_adapter()
-        theirs.unmerge_adapter()
-    inner = {n.removeprefix("base_model.model."): t for n, t in theirs.state_dict().items()}
-    return {"one_cycle": one, f"{cycles}_cycles": _restored_peft(inner, before)}
-
-
-def _restored_peft(state: dict, before: dict) -> dict:
-    same = total = 0
-    worst = 0.0
-    for name, want in before.items():
-        got = state.get(name.replace(".base.", ".base_layer."), state.get(name))
-        same += int((got == want).sum())
-        total += want.numel()
-        worst = max(worst, float(ulps(got, want).max()))
-    return {"exact_share": same / total, "max_ulps": worst}
+    return theirs.eval()
 
 
 def main() -> None:
@@ -158,12 +162,13 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=20)
     parser.add_argument("--ratio", type=float, default=0.1)
     parser.add_argument("--variants", default="lora,dora,ia3")
+    parser.add_argument("--model", default="smollm2-135m", help="an alias or a transformers folder")
     parser.add_argument("--json")
     args = parser.parse_args()
-    base, _ = ak.load_model("smollm2-135m")
+    base, _ = ak.load_model(args.model)
     base.eval()
     ids = torch.randint(0, base.config.vocab_size, (2, 32), generator=torch.Generator().manual_seed(5))
-    results = {"torch": torch.__version__, "ratio": args.ratio, "cycles": args.cycles}
+    results = {"model": args.model, "torch": torch.__version__, "ratio": args.ratio, "cycles": args.cycles}
     for variant in args.variants.split(","):
         results[variant] = run(base, ids, variant, args.ratio, args.cycles)
         print(variant, json.dumps(results[variant], indent=1), flush=True)

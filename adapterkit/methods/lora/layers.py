@@ -177,8 +177,8 @@ class LoRA(nn.Module):
         a, b = self.a.to(dtype), self.b.to(dtype)
         if self.kind == "conv2d":
             r = self.config.rank
-            return (b.view(-1, r) @ a.view(r, -1)).view(b.shape[0], *a.shape[1:]) * self.scale
-        update = b @ a * self.scale  # (out, in); for embeddings (dim, num)
+            return (b.view(-1, r) @ a.view(r, -1)).mul_(self.scale).view(b.shape[0], *a.shape[1:])
+        update = (b @ a).mul_(self.scale)  # (out, in); for embeddings (dim, num)
         return update.t() if self.kind == "embedding" else update
 
     @torch.no_grad()
@@ -248,7 +248,7 @@ class LoRALayer(AdapterLayer):
         """The dense part of ``fold``: sum of s_i * scale B_i A_i (s_i = 1 for plain LoRA)."""
         total = None
         for name, s in fold.terms:
-            update = self.adapters[name].update(dtype)
-            update = update if s is None else s * update
-            total = update if total is None else total + update
+            update = self.adapters[name].update(dtype)  # a new tensor: scaled in place
+            update = update if s is None else update.mul_(s.to(update))
+            total = update if total is None else total.add_(update)
         return total
