@@ -191,3 +191,38 @@ def test_generate_while_merged_equals_generate_unmerged():
     want = model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
     ak.merge_adapter(model)
     assert torch.equal(model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0), want)
+
+
+def _bf16_step(x):
+    """One bf16 step at |x| (2^(e - 8) for |x| = m 2^e, m in [0.5, 1))."""
+    _, exponent = torch.frexp(x.float())
+    return torch.ldexp(torch.ones_like(x, dtype=torch.float32), exponent - 8)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[3] == "lm"], ids=[c[0] for c in CASES if c[3] == "lm"])
+def test_bf16_round_trip_is_within_one_and_a_half_steps(case):
+    """The bound README and inplace.py state: merge rounds once (half a step at W merged), unmerge
+    once (half a step at W restored): at most 1.5 bf16 steps at the larger of |W| and |W merged|."""
+    _, factory, config, how = case
+    model = ak.attach(factory(), config)
+    _perturb(model)
+    with torch.no_grad():  # LoRA updates 10% of W (rms), as after training
+        for _, layer in adapter_layers(model):
+            lora = layer.adapters["default"]
+            if hasattr(lora, "update"):
+                rms_w = layer.innermost().weight.pow(2).mean().sqrt()
+                lora.b.mul_(0.1 * rms_w / lora.update(torch.float32).pow(2).mean().sqrt())
+    model.to(torch.bfloat16)
+    before, unmerged = _base_weights(model), _run(model, how).float()
+    ak.merge_adapter(model)
+    merged_weights, merged = _base_weights(model), _run(model, how).float()
+    ak.unmerge_adapter(model)
+    exact = total = 0
+    for name, want in before.items():
+        got = _base_weights(model)[name]
+        at = torch.maximum(want.float().abs(), merged_weights[name].float().abs())
+        assert ((got.float() - want.float()).abs() <= 1.5 * _bf16_step(at)).all(), name
+        exact, total = exact + int((got == want).sum()), total + want.numel()
+    assert exact / total > 0.8  # most weights come back bit for bit
+    scale = unmerged.abs().max().item()  # logits: within bf16's own reach of the unmerged ones
+    torch.testing.assert_close(merged, unmerged, atol=0.05 * scale, rtol=0)
