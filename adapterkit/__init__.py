@@ -24,8 +24,10 @@ from .inject import (
     detach,
     disabled,
     merge,
+    merged_adapters,
     set_active,
 )
+from .inplace import merge_adapter, unmerge_adapter
 from .heads import replace_head, unfreeze
 from .layer import AdapterLayer
 from .methods.bottleneck import BottleneckConfig
@@ -63,5 +65,6 @@ __all__ = [
     "AdapterConfig", "AdapterFileError", "AdapterKitError", "AdapterLayer", "AdapterNameError",
     "ConfigError", "InputError", "LoRAConfig", "MergeError", "TargetError", "UnsupportedModuleError",
     "active_names", "adapter_config", "adapter_names", "attach", "combine", "delete_adapter",
-    "detach", "disabled", "merge", "set_active", "summary",
+    "detach", "disabled", "merge", "merge_adapter", "merged_adapters", "set_active", "summary",
+    "unmerge_adapter",
 ] + list(_LAZY)

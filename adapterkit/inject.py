@@ -6,12 +6,13 @@ and ``detach`` puts the originals back. All adapter state is found by structure.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Iterable, Iterator, Union
 
 import torch
 from torch import nn
 
-from . import bases
+from . import anatomy, bases
 from .config import AdapterConfig, check_adapter_name
 from .errors import AdapterNameError, MergeError, TargetError, UnsupportedModuleError, close_matches
 from .layer import AdapterLayer
@@ -51,6 +52,24 @@ def active_names(model: nn.Module) -> list[str]:
     return list(names)
 
 
+def merged_adapters(model: nn.Module) -> list[str]:
+    """Names of the adapters merged into the base weights in place (``ak.merge_adapter``)."""
+    names: dict[str, None] = {}
+    for _, layer in adapter_layers(model):
+        names.update(dict.fromkeys(layer.merged_names))
+    return list(names)
+
+
+def refuse_while_merged(model: nn.Module, doing: str) -> None:
+    """MergeError when adapters are merged in place: ``doing`` would act on weights that hold them."""
+    merged = merged_adapters(model)
+    if merged:
+        raise MergeError(
+            f"cannot {doing} while adapters {merged} are merged into the base weights "
+            f"(ak.merge_adapter); call ak.unmerge_adapter(model) first."
+        )
+
+
 def _unknown(model: nn.Module, name: str) -> AdapterNameError:
     have = adapter_names(model)
     return AdapterNameError(
@@ -65,6 +84,7 @@ def _wrap(model: nn.Module, name: str, layer_cls: type[AdapterLayer]) -> Adapter
     if isinstance(module, layer_cls):
         return module
     layer = layer_cls(module)
+    layer.training = layer.adapters.training = module.training  # new modules follow the wrapped one
     parent, attr = get_parent(model, name)
     setattr(parent, attr, layer)
     return layer
@@ -73,11 +93,14 @@ def _wrap(model: nn.Module, name: str, layer_cls: type[AdapterLayer]) -> Adapter
 def attach(model: nn.Module, config: AdapterConfig, name: str = "default") -> nn.Module:
     """Add an adapter to ``model`` in place and make it the active one; returns ``model``.
 
-    Every parameter that is not an adapter's is frozen; the new adapter's parameters train.
+    Every parameter that is not an adapter's is frozen; the new adapter's parameters train. New
+    modules take the train / eval mode of the module they wrap (no dropout in an eval model).
+    A target whose weight another module shares (tied embeddings) is adapted with a warning.
     """
     check_model(model, "attach")
     check_adapter_name(name)
     method = method_for(config)
+    refuse_while_merged(model, "attach an adapter")
     if name in adapter_names(model):
         raise AdapterNameError(
             f"an adapter named {name!r} is already attached; pick another name, or "
@@ -86,6 +109,8 @@ def attach(model: nn.Module, config: AdapterConfig, name: str = "default") -> nn
     copies = _resolve_train_modules(model, tuple(getattr(config, "train_modules", ())))
     with unchanged_on_error(model):
         placed = method.where(model, config)
+        if hasattr(method.layer, "merged"):
+            _warn_tied(model, placed)
         _freeze_base(model)
         for target, placement in placed.items():
             layer = _wrap(model, target, method.layer)
@@ -104,6 +129,23 @@ def check_model(model, call: str) -> None:
             f"ak.{call} takes a torch.nn.Module (e.g. a transformers model); got "
             f"{type(model).__name__} {model!r:.60}."
         )
+
+
+def _warn_tied(model: nn.Module, targets) -> None:
+    """A warning for each target whose weight another module shares (tied embeddings)."""
+    tied = anatomy.tied_parameters(model)
+    for target in targets:
+        module = model.get_submodule(target)
+        base = module.innermost() if isinstance(module, AdapterLayer) else module
+        others = anatomy.tied_with(base, target, tied)
+        if others:
+            warnings.warn(
+                f"{target} shares its weight with {', '.join(others)} (tied weights). The adapter trains "
+                f"and runs correctly, but its update cannot be folded into that one weight: ak.merge gives "
+                f"{target} a weight of its own (untying them), ak.merge_adapter refuses. To keep the "
+                f"weights tied, leave {target} out of the targets.",
+                stacklevel=3,
+            )
 
 
 def _resolve_train_modules(model: nn.Module, suffixes: tuple[str, ...]) -> list[str]:
@@ -138,6 +180,8 @@ def set_active(model: nn.Module, names: Union[str, Iterable[str]]) -> None:
             f"This model has: {', '.join(map(repr, adapter_names(model))) or 'none'}."
         )
     wanted = [names] if isinstance(names, str) else list(names)
+    if set(wanted) != set(active_names(model)):
+        refuse_while_merged(model, f"set the active adapters to {wanted}")
     have = adapter_names(model)
     for name in wanted:
         if name not in have:
@@ -149,6 +193,7 @@ def set_active(model: nn.Module, names: Union[str, Iterable[str]]) -> None:
 @contextlib.contextmanager
 def disabled(model: nn.Module):
     """Inside the block the model computes exactly its base output."""
+    refuse_while_merged(model, "disable the adapters")
     layers = [layer for _, layer in adapter_layers(model)]
     before = [layer.disabled for layer in layers]
     for layer in layers:
@@ -165,6 +210,7 @@ def delete_adapter(model: nn.Module, name: str) -> None:
     check_model(model, "delete_adapter")
     if not isinstance(name, str) or name not in adapter_names(model):
         raise _unknown(model, str(name))
+    refuse_while_merged(model, f"delete adapter {name!r}")
     with unchanged_on_error(model):
         for layer_name, layer in reversed(list(adapter_layers(model))):
             layer.remove(name)
@@ -175,6 +221,7 @@ def delete_adapter(model: nn.Module, name: str) -> None:
 def detach(model: nn.Module) -> nn.Module:
     """Every adapter dropped and the original modules put back; returns ``model``."""
     check_model(model, "detach")
+    refuse_while_merged(model, "detach the adapters")
     for layer_name, layer in reversed(list(adapter_layers(model))):
         _unwrap(model, layer_name, layer)
     return model
@@ -192,7 +239,10 @@ def _unwrap(model: nn.Module, layer_name: str, layer: AdapterLayer) -> None:
 def merge(model: nn.Module) -> nn.Module:
     """Fold the active adapters into the base weights; no adapterkit module is left.
 
-    Returns ``model`` (changed in place). Inactive adapters are dropped.
+    Returns ``model`` (changed in place). Inactive adapters are dropped; adapters merged in place
+    by ``ak.merge_adapter`` stay in the weights. A module whose weight is tied to another module's
+    (SmolLM2's ``lm_head`` and ``embed_tokens``) gets a weight of its own, with a warning: folding
+    into the shared one would change the other module too.
     """
     check_model(model, "merge")
     layers = list(adapter_layers(model))
@@ -207,6 +257,7 @@ def merge(model: nn.Module) -> nn.Module:
                     f"not a dense float tensor. Quantize with ak.quantize (merging dequantizes), or "
                     f"keep the adapters unmerged."
                 )
+    _untie_for_merge(model, layers)
     for layer_name, layer in reversed(layers):
         parent, attr = get_parent(model, layer_name)
         setattr(parent, attr, layer.merged())
@@ -215,3 +266,25 @@ def merge(model: nn.Module) -> nn.Module:
             parent, attr = get_parent(model, name)
             setattr(parent, attr, bases.folded(module, torch.zeros(())))
     return model
+
+
+def _untie_for_merge(model: nn.Module, layers: list[tuple[str, AdapterLayer]]) -> None:
+    """Give each base that ``merge`` folds into and that shares a weight its own copy, and say so."""
+    tied = anatomy.tied_parameters(model)
+    untie: dict[str, tuple[nn.Module, list[str]]] = {}
+    for layer_name, layer in layers:
+        base = layer.innermost()
+        if layer.active_adapters() and not isinstance(layer, TrainedModule) and bases.base_kind(base) != "quant":
+            others = anatomy.tied_with(base, layer_name, tied)
+            if others and not any(base is b for b, _ in untie.values()):
+                untie[layer_name] = (base, others)
+    if not untie:
+        return
+    anatomy.untie(model, [base for base, _ in untie.values()])
+    pairs = "; ".join(f"{n} (shared with {', '.join(o)})" for n, (_, o) in untie.items())
+    warnings.warn(
+        f"ak.merge: {pairs}: the adapter's update is folded into a copy of the shared weight, so these "
+        f"modules are no longer tied (config.tie_word_embeddings is set to False where it was True, so "
+        f"save_pretrained keeps both). The merged model computes what the adapted one did.",
+        stacklevel=2,
+    )

@@ -3,12 +3,18 @@
 Every method's layer subclasses it, so adapter state is found by structure
 (``isinstance(m, AdapterLayer)``), never by parameter names. One ``ModuleDict`` holds one module
 per adapter name; that module owns all of the adapter's tensors in this layer.
+
+Adapters merged in place (``ak.merge_adapter``) are named in ``merged_names``: their update sits in
+the base weight (``merged_fold`` says how to take it out again), so the forward skips their branch.
 """
 from __future__ import annotations
 
 from typing import Iterable
 
+import torch
 from torch import nn
+
+from .errors import MergeError
 
 
 class AdapterLayer(nn.Module):
@@ -22,6 +28,8 @@ class AdapterLayer(nn.Module):
         self.adapters = nn.ModuleDict()
         self.active: tuple[str, ...] = ()
         self.disabled = False
+        self.merged_names: tuple[str, ...] = ()  # adapters folded into the base weight in place
+        self.merged_fold = None  # the adapterkit.fold.Fold that undoes them
 
     def __getattr__(self, name: str):
         # Models read attributes of the layers they own (``self.wo.weight.dtype``,
@@ -34,6 +42,8 @@ class AdapterLayer(nn.Module):
             return getattr(self.base, name)
 
     def add(self, name: str, adapter: nn.Module) -> None:
+        """Hold ``adapter`` as ``name``, in this layer's train / eval mode (dropout off in eval)."""
+        adapter.train(self.training)
         self.adapters[name] = adapter
 
     def remove(self, name: str) -> None:
@@ -46,7 +56,23 @@ class AdapterLayer(nn.Module):
         self.active = tuple(n for n in names if n in self.adapters)
 
     def active_adapters(self) -> list[nn.Module]:
-        return [] if self.disabled else [self.adapters[n] for n in self.active]
+        """The active adapters whose branch the forward computes (not those merged into the base)."""
+        if self.disabled:
+            return []
+        return [self.adapters[n] for n in self.active if n not in self.merged_names]
+
+    def check_merged_forward(self) -> None:
+        """Refuse a forward that would train merged adapters: their branch is skipped, so they
+        would get no gradient and the step would silently leave them unchanged."""
+        if not torch.is_grad_enabled():
+            return
+        trained = [n for n in self.merged_names if any(p.requires_grad for p in self.adapters[n].parameters())]
+        if trained:
+            raise MergeError(
+                f"adapters {trained} are merged into the base weights (ak.merge_adapter), so a forward "
+                f"with gradients would not reach them. Call ak.unmerge_adapter(model) before training, "
+                f"or run this forward under torch.no_grad()."
+            )
 
     def innermost(self) -> nn.Module:
         """The original module under any nesting of adapter layers."""
@@ -56,4 +82,5 @@ class AdapterLayer(nn.Module):
         return base
 
     def extra_repr(self) -> str:
-        return f"active={list(self.active)}" + (", disabled" if self.disabled else "")
+        merged = f", merged={list(self.merged_names)}" if self.merged_names else ""
+        return f"active={list(self.active)}" + (", disabled" if self.disabled else "") + merged

@@ -79,7 +79,9 @@ def load_adapter(model: nn.Module, path: Union[str, Path], name: str = "default"
 
     ``path`` is the adapter's folder; for a ``name`` other than "default", ``path/name`` is read
     instead when it holds an adapter (where ``save_adapter`` and PEFT put it). The
-    adapter becomes active. Its parameters are frozen unless ``trainable``. Only safetensors are
+    adapter becomes active. Its parameters are frozen unless ``trainable``. Its modules take the
+    train / eval mode of the modules they wrap (a model in eval mode runs them without dropout);
+    unlike PEFT, the model's own modules keep their mode. Only safetensors are
     read unless ``allow_pickle`` (then ``adapter_model.bin`` is read with ``weights_only=True``).
     On any error the model is left as it was.
     """

@@ -193,6 +193,24 @@ def test_merge_equals_unmerged_or_is_refused(case):
 
 
 @cases
+def test_merge_in_place_keeps_the_output_and_undoes_or_is_refused(case):
+    model = _attached(case)
+    out = _out(model, case.inputs())
+    before = {n: t.clone() for n, t in model.state_dict().items()}
+    if not case.mergeable:
+        with pytest.raises(ak.MergeError):
+            ak.merge_adapter(model)
+    else:
+        ak.merge_adapter(model)
+        assert ak.merged_adapters(model) == ["default"]
+        assert _close(_out(model, case.inputs()), out)
+        ak.unmerge_adapter(model)
+    assert ak.merged_adapters(model) == []
+    assert all(_close(t, before[n], atol=1e-6) for n, t in model.state_dict().items())
+    assert _close(_out(model, case.inputs()), out)
+
+
+@cases
 def test_summary_counts(case):
     model = case.model()
     total = sum(p.numel() for p in model.parameters())

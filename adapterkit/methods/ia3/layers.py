@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ... import bases
+from ...fold import Fold
 from ...layer import AdapterLayer
 from .config import IA3Config
 
@@ -50,9 +51,11 @@ class IA3Layer(AdapterLayer):
 
     method = "ia3"
 
-    def _scales(self) -> tuple[Tensor | None, Tensor | None]:
+    def _scales(self, adapters=None) -> tuple[Tensor | None, Tensor | None]:
+        """Products of the input-scaling (in,) and output-scaling (out,) vectors of ``adapters``
+        (default: the active ones not merged); None where there is none."""
         inp = out = None
-        for adapter in self.active_adapters():
+        for adapter in self.active_adapters() if adapters is None else adapters:
             v = adapter.vector()
             if adapter.feedforward:
                 inp = v if inp is None else inp * v
@@ -61,6 +64,8 @@ class IA3Layer(AdapterLayer):
         return inp, out
 
     def forward(self, x, *args, **kwargs):
+        if self.merged_names:
+            self.check_merged_forward()
         inp, out = self._scales()
         if inp is not None:
             x = (x * inp.to(x.dtype))  # (..., in)
@@ -86,3 +91,15 @@ class IA3Layer(AdapterLayer):
             if out is not None and bias is not None:
                 merged.bias.mul_(out.to(merged.bias.dtype))
         return merged
+
+    # -- merging in place (see adapterkit/fold.py) ----------------------------------------
+    @torch.no_grad()
+    def fold(self, names, dtype: torch.dtype, weight=None) -> Fold:
+        """W' = l_out * W * l_in, b' = l_out * b for adapters ``names``, in ``dtype`` (W not needed)."""
+        inp, out = self._scales([self.adapters[n] for n in names])
+        return Fold(row=None if out is None else out.to(dtype).unsqueeze(1),  # (out, 1)
+                    col=None if inp is None else inp.to(dtype).unsqueeze(0),  # (1, in)
+                    bias_row=None if out is None else out.to(dtype))  # (out,)
+
+    def fold_add(self, fold: Fold, dtype: torch.dtype) -> None:
+        return None

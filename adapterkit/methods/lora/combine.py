@@ -16,7 +16,7 @@ from torch import nn
 
 from ...config import check_adapter_name
 from ...errors import AdapterNameError, ConfigError, MergeError
-from ...inject import adapter_config, adapter_layers, adapter_names, set_active
+from ...inject import adapter_config, adapter_layers, adapter_names, refuse_while_merged, set_active
 from ...transaction import unchanged_on_error
 from .config import LoRAConfig
 from .layers import LoRA, LoRALayer
@@ -33,6 +33,7 @@ def combine(
 ) -> nn.Module:
     """Add adapter ``name`` = the weighted combination of LoRA adapters ``names``; make it active."""
     check_adapter_name(name)
+    refuse_while_merged(model, "combine adapters")
     if name in adapter_names(model):
         raise AdapterNameError(f"an adapter named {name!r} is already attached; pick another name.")
     if how not in HOW:

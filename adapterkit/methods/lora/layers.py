@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torch.nn.modules import module as _module
 
 from ... import bases
+from ...fold import Fold
 from ...layer import AdapterLayer
 from .config import LoRAConfig
 from .functional import (
@@ -170,6 +171,17 @@ class LoRA(nn.Module):
 
     # -- merging --------------------------------------------------------------------------
     @torch.no_grad()
+    def update(self, dtype: torch.dtype) -> Tensor:
+        """scale * B A computed in ``dtype``, in the base weight's layout: (out, in), (num, dim)
+        for embeddings, (out, in, kh, kw) for Conv2d."""
+        a, b = self.a.to(dtype), self.b.to(dtype)
+        if self.kind == "conv2d":
+            r = self.config.rank
+            return (b.view(-1, r) @ a.view(r, -1)).mul_(self.scale).view(b.shape[0], *a.shape[1:])
+        update = (b @ a).mul_(self.scale)  # (out, in); for embeddings (dim, num)
+        return update.t() if self.kind == "embedding" else update
+
+    @torch.no_grad()
     def delta(self, base: nn.Module) -> Tensor:
         """The update to the base weight, in its layout: (out, in), (num, dim) or (out, in, kh, kw)."""
         if self.kind == "conv2d":
@@ -191,6 +203,8 @@ class LoRALayer(AdapterLayer):
     method = "lora"
 
     def forward(self, x, *args, **kwargs):
+        if self.merged_names:
+            self.check_merged_forward()
         adapters = self.active_adapters()
         if len(adapters) == 1 and not args and not kwargs and not isinstance(self.base, AdapterLayer):
             out = adapters[0].fused(x, self.base)  # base and adapter in one node where possible
@@ -211,3 +225,30 @@ class LoRALayer(AdapterLayer):
             return base
         total = sum(adapter.delta(base) for adapter in adapters)
         return bases.folded(base, total)
+
+    # -- merging in place (see adapterkit/fold.py) ----------------------------------------
+    @torch.no_grad()
+    def fold(self, names, dtype: torch.dtype, weight) -> Fold:
+        """The map that merges adapters ``names``, in ``dtype``; ``weight()`` gives the unmerged W
+        (LoRA's layout, ``dtype``). Each DoRA adapter's s = m / ||W + scale B A|| (out, 1) is kept."""
+        terms = []
+        for name in names:
+            lora = self.adapters[name]
+            if lora.magnitude is None:
+                terms.append(None)
+                continue
+            norm = dora_norm(weight(), lora.a, lora.b, lora.scale)  # (out,)
+            terms.append((lora.magnitude.to(dtype) / norm.to(dtype)).unsqueeze(1))
+        dora = [s for s in terms if s is not None]
+        row = 1 + sum(s - 1 for s in dora) if dora else None  # (out, 1)
+        return Fold(row=row, terms=tuple(zip(names, terms)))
+
+    @torch.no_grad()
+    def fold_add(self, fold: Fold, dtype: torch.dtype) -> Tensor:
+        """The dense part of ``fold``: sum of s_i * scale B_i A_i (s_i = 1 for plain LoRA)."""
+        total = None
+        for name, s in fold.terms:
+            update = self.adapters[name].update(dtype)  # a new tensor: scaled in place
+            update = update if s is None else update.mul_(s.to(update))
+            total = update if total is None else total.add_(update)
+        return total

@@ -1,0 +1,75 @@
+"""How merging in place changes a base layer: an affine map of its weight, kept so it can be undone.
+
+    merge:    W' = row * W * col + add          b' = bias_row * b
+    unmerge:  W  = (W' - add) / (row * col)     b  = b' / bias_row
+
+W is the base weight in LoRA's layout: (out, in) for Linear / Conv1D, (num, dim) for Embedding,
+(out, in, kh, kw) for Conv2d. row (out, 1) and col (1, in) scale rows and columns (None: 1),
+add is dense, the size of W (None: 0), bias_row (out,) scales the bias (None: unchanged).
+- LoRA:  add = scale B A
+- DoRA:  row = s, add = s * scale B A,  s = m / ||W + scale B A||_row taken from the unmerged W and
+         kept here, since the merged W no longer gives it (PEFT keeps the same norm)
+- IA3:   row = l (keys, values: the bias too), col = l (feed-forward input)
+Several adapters in one layer add up (LoRA: row = 1 + sum(s_i - 1), add = sum s_i scale B_i A_i) or
+multiply (IA3). Everything is computed in fp32 (fp64 for fp64 weights); the caller rounds once.
+The small tensors are kept (``Fold``); ``add`` is computed again from the adapter when needed.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp32, or fp64 for fp64 weights."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+@dataclasses.dataclass
+class Fold:
+    """The small part of one layer's merge map (see the module docstring)."""
+
+    row: Optional[Tensor] = None  # (out, 1)
+    col: Optional[Tensor] = None  # (1, in)
+    bias_row: Optional[Tensor] = None  # (out,)
+    terms: tuple = ()  # per merged adapter, what the layer needs to rebuild ``add`` (DoRA: its s)
+
+    def factors(self) -> list[Tensor]:
+        return [t for t in (self.row, self.col, self.bias_row) if t is not None]
+
+    def invertible(self) -> bool:
+        """Whether the merge can be undone: every scale finite and non-zero."""
+        return all(bool(torch.isfinite(t).all() and (t != 0).all()) for t in self.factors())
+
+    def apply(self, weight: Tensor, bias: Optional[Tensor], add: Optional[Tensor]):
+        """(W', b') from the unmerged (W, b); new tensors, the inputs are not changed."""
+        row, col, bias_row = self._like(weight)
+        out = weight
+        if row is not None:
+            out = out * row
+        if col is not None:
+            out = out * col
+        if add is not None:
+            out = out + add
+        if bias is not None and bias_row is not None:
+            bias = bias * bias_row
+        return out, bias
+
+    def invert(self, weight: Tensor, bias: Optional[Tensor], add: Optional[Tensor]):
+        """(W, b) from the merged (W', b')."""
+        row, col, bias_row = self._like(weight)
+        out = weight if add is None else weight - add
+        if row is not None:
+            out = out / row
+        if col is not None:
+            out = out / col
+        if bias is not None and bias_row is not None:
+            bias = bias / bias_row
+        return out, bias
+
+    def _like(self, weight: Tensor) -> tuple:
+        """The kept scales on ``weight``'s device and dtype (the model may have moved since)."""
+        return tuple(None if t is None else t.to(weight) for t in (self.row, self.col, self.bias_row))

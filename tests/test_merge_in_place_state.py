@@ -1,0 +1,174 @@
+"""While adapters are merged in place: what works, what raises (and leaves the model as it was)."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import adapterkit as ak
+from tests.models import tiny_llama, tokens
+
+
+def _random(**kw):
+    return ak.LoRAConfig(**{"rank": 4, "alpha": 8, "init": "random", **kw})
+
+
+def _logits(model):
+    with torch.no_grad():
+        return model(input_ids=tokens()).logits
+
+
+def _close(got, want):
+    scale = want.abs().max().item()
+    torch.testing.assert_close(got, want, atol=1e-5 * scale, rtol=1e-5)
+
+
+@pytest.fixture
+def merged(tmp_path):
+    model = ak.attach(tiny_llama(), _random(targets=["q_proj", "v_proj"]), name="a")
+    ak.save_adapter(model, tmp_path / "saved")
+    ak.attach(model, _random(targets=["q_proj", "o_proj"]), name="b")
+    ak.set_active(model, ["a", "b"])
+    want = _logits(model)
+    ak.merge_adapter(model)
+    return model, want, tmp_path / "saved"
+
+
+@pytest.mark.parametrize("call", [
+    lambda m, p: ak.attach(m, ak.LoRAConfig(rank=2), name="c"),
+    lambda m, p: ak.load_adapter(m, p / "a", name="c"),
+    lambda m, p: ak.delete_adapter(m, "b"),
+    lambda m, p: ak.set_active(m, "a"),
+    lambda m, p: ak.detach(m),
+    lambda m, p: ak.combine(m, ["a", "b"], name="c"),
+    lambda m, p: ak.disabled(m).__enter__(),
+], ids=["attach", "load_adapter", "delete_adapter", "set_active", "detach", "combine", "disabled"])
+def test_changing_adapters_while_merged_raises_and_changes_nothing(merged, call):
+    model, want, saved = merged
+    layers = [type(m) for m in model.modules()]
+    with pytest.raises(ak.MergeError, match=r"merged into the base weights.*ak.unmerge_adapter\(model\) first"):
+        call(model, saved)
+    assert [type(m) for m in model.modules()] == layers
+    assert ak.merged_adapters(model) == ["a", "b"] and ak.active_names(model) == ["a", "b"]
+    _close(_logits(model), want)
+
+
+def test_training_while_merged_raises_but_no_grad_forwards_work(merged):
+    model, want, _ = merged
+    model.train()
+    with pytest.raises(ak.MergeError, match="would not reach them.*unmerge_adapter"):
+        model(input_ids=tokens())
+    model.eval()
+    _close(_logits(model), want)  # no_grad: fine in either mode
+    ak.unmerge_adapter(model)
+    model.train()
+    model(input_ids=tokens(), labels=tokens()).loss.backward()  # trains again after unmerge
+
+
+def test_frozen_merged_adapters_allow_gradient_forwards():
+    model = ak.attach(tiny_llama(), _random(targets=["q_proj"]))
+    model.requires_grad_(False)
+    ak.merge_adapter(model)
+    model(input_ids=tokens())  # nothing would train: no error
+
+
+def test_merge_after_merge_in_place_gives_the_same_plain_model(merged):
+    model, want, _ = merged
+    plain = ak.merge(model)
+    assert not any(isinstance(m, ak.AdapterLayer) for m in plain.modules())
+    _close(_logits(plain), want)
+
+
+def test_set_active_with_the_same_names_and_save_work_while_merged(merged, tmp_path):
+    model, want, _ = merged
+    ak.set_active(model, ["b", "a"])
+    ak.save_adapter(model, tmp_path / "again")
+    fresh = ak.load_adapter(tiny_llama(), tmp_path / "again", name="a")
+    assert fresh is not None
+
+
+def test_merging_twice_warns_and_unmerging_nothing_warns(merged):
+    model, want, _ = merged
+    with pytest.warns(UserWarning, match="already merged"):
+        ak.merge_adapter(model)
+    ak.unmerge_adapter(model)
+    with pytest.warns(UserWarning, match="nothing to unmerge"):
+        ak.unmerge_adapter(model)
+    _close(_logits(model), want)
+
+
+def test_merging_part_of_the_active_adapters_keeps_the_output():
+    model = ak.attach(tiny_llama(), _random(targets=["q_proj", "v_proj"]), name="a")
+    ak.attach(model, _random(targets=["q_proj", "o_proj"]), name="b")
+    ak.set_active(model, ["a", "b"])
+    want = _logits(model)
+    ak.merge_adapter(model, names="a")
+    assert ak.merged_adapters(model) == ["a"]
+    _close(_logits(model), want)
+    with pytest.raises(ak.MergeError, match="merged already"):
+        ak.merge_adapter(model, names=["a", "b"])
+    ak.unmerge_adapter(model)
+    _close(_logits(model), want)
+
+
+@pytest.mark.parametrize("names, error, match", [
+    ("nope", ak.AdapterNameError, "no adapter named 'nope'"),
+    ("b", ak.MergeError, "'b' is not active"),
+    ([], ak.AdapterNameError, "non-empty list of names; got \\[\\]"),
+    (3, ak.AdapterNameError, "an adapter name or a non-empty list"),
+])
+def test_unknown_or_inactive_names_are_refused(names, error, match):
+    model = ak.attach(tiny_llama(), _random(), name="a")
+    ak.attach(model, _random(), name="b")
+    ak.set_active(model, "a")
+    with pytest.raises(error, match=match):
+        ak.merge_adapter(model, names=names)
+    assert ak.merged_adapters(model) == []
+
+
+def test_methods_that_cannot_merge_are_named():
+    model = ak.attach(tiny_llama(), _random(targets=["q_proj"]), name="lora")
+    ak.attach(model, ak.BottleneckConfig(preset="houlsby", reduction_factor=4), name="bottle")
+    ak.set_active(model, ["lora", "bottle"])
+    with pytest.raises(ak.MergeError, match="bottleneck adapters.*cannot be merged.*names="):
+        ak.merge_adapter(model)
+    want = _logits(model)
+    ak.merge_adapter(model, names=["lora"])  # the LoRA alone merges; the bottleneck keeps running
+    _close(_logits(model), want)
+
+
+def test_a_dora_adapter_left_unmerged_next_to_merged_ones_is_refused():
+    model = ak.attach(tiny_llama(), _random(targets=["q_proj"]), name="a")
+    ak.attach(model, _random(targets=["q_proj"], dora=True), name="d")
+    ak.set_active(model, ["a", "d"])
+    with pytest.raises(ak.MergeError, match="DoRA adapter.*'d'.*unmerged"):
+        ak.merge_adapter(model, names="a")
+    want = _logits(model)
+    ak.merge_adapter(model)  # both together: fine
+    _close(_logits(model), want)
+
+
+def test_lora_and_ia3_in_one_module_merge_together_or_not_at_all():
+    model = ak.attach(tiny_llama(), _random(targets=["k_proj", "v_proj"]), name="lora")
+    ak.attach(model, ak.IA3Config(init="random"), name="ia3")
+    ak.set_active(model, ["lora", "ia3"])
+    want = _logits(model)
+    with pytest.raises(ak.MergeError, match="several methods one inside the other"):
+        ak.merge_adapter(model, names="lora")
+    before = {n: t.clone() for n, t in model.state_dict().items()}
+    ak.merge_adapter(model)
+    _close(_logits(model), want)
+    ak.unmerge_adapter(model)
+    for name, tensor in model.state_dict().items():
+        _close(tensor, before[name])
+
+
+def test_merge_inside_disabled_is_refused():
+    model = ak.attach(tiny_llama(), _random())
+    with ak.disabled(model):
+        with pytest.raises(ak.MergeError, match="inside ak.disabled"):
+            ak.merge_adapter(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ak.merge_adapter(model)
