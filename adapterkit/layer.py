@@ -2,13 +2,16 @@
 
 Every method's layer subclasses it, so adapter state is found by structure
 (``isinstance(m, AdapterLayer)``), never by parameter names. One ``ModuleDict`` holds one module
-per adapter name; that module owns all of the adapter's tensors in this layer.
+per adapter name; that module owns all of the adapter's tensors in this layer. Its ``state_dict``
+names the base's tensors as the base itself does (``state_dict.py``).
 """
 from __future__ import annotations
 
 from typing import Iterable
 
 from torch import nn
+
+from .state_dict import StateDictNames
 
 
 class AdapterLayer(nn.Module):
@@ -22,6 +25,7 @@ class AdapterLayer(nn.Module):
         self.adapters = nn.ModuleDict()
         self.active: tuple[str, ...] = ()
         self.disabled = False
+        self.state_dict_names = StateDictNames(self)  # hooks: base keys keep their own names
 
     def __getattr__(self, name: str):
         # Models read attributes of the layers they own (``self.wo.weight.dtype``,
@@ -29,7 +33,7 @@ class AdapterLayer(nn.Module):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            if name in ("base", "adapters"):
+            if name in ("base", "adapters", "state_dict_names"):
                 raise
             return getattr(self.base, name)
 
