@@ -174,6 +174,51 @@ def test_adapter_only_loads_do_not_report_the_base_as_missing(tmp_path):
     assert set(result.missing_keys) == set(tiny_llama().state_dict())  # without the callback: listed
 
 
+def test_a_4bit_base_checkpoints_only_the_adapter(tmp_path):
+    """QLoRA: the checkpoint holds no quantized base either; the adapter reloads onto a fresh one."""
+    model = _adapted(ak.quantize(tiny_llama(), bits=4))
+    _train(model, tmp_path, max_steps=2)
+    folder = tmp_path / "checkpoint-2"
+    assert set(load_file(folder / "model.safetensors")) == {k for k in model.state_dict() if ".adapters." in k}
+    loaded = ak.load_adapter(ak.quantize(tiny_llama(), bits=4), folder)
+    torch.testing.assert_close(_logits(loaded), _logits(model), rtol=0, atol=0)
+
+
+def _state_sizes(sizes):
+    from transformers import TrainerCallback
+
+    class Sizes(TrainerCallback):  # runs after ak.checkpoint_callback(): its state_dict() takes an armed hook
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            sizes.append(len(model.state_dict()))
+
+    return Sizes()
+
+
+def test_a_state_dict_call_before_a_save_still_leaves_a_small_checkpoint(tmp_path):
+    """Another state_dict() call right before a save takes the armed hook: the Trainer then writes
+    the whole model, and on_save rewrites model.safetensors with the adapters only."""
+    sizes = []
+    model = _adapted()
+    _train(model, tmp_path, extra=[_state_sizes(sizes)])
+    whole, adapters = len(model.state_dict()), len(state_to_save(model, "default"))
+    assert sizes == [whole, adapters, whole, adapters]  # steps 1-4; saves after steps 2 and 4
+    for step in (2, 4):
+        folder = tmp_path / f"checkpoint-{step}"
+        assert len(load_file(folder / "model.safetensors")) == adapters
+        assert "config.json" not in {p.name for p in folder.iterdir()}
+
+
+def test_a_failed_evaluation_at_a_save_step_leaves_the_state_dict_whole(tmp_path):
+    def fail(_):
+        raise RuntimeError("evaluation failed")
+
+    model = _adapted()
+    with pytest.raises(RuntimeError, match="evaluation failed"):
+        _train(model, tmp_path, eval_strategy="steps", eval_steps=2,
+               trainer_kw=dict(eval_dataset=_data(4), compute_metrics=fail))
+    assert set(tiny_llama().state_dict()) < set(model.state_dict())
+
+
 def test_the_callback_refuses_a_model_without_adapters(tmp_path):
     with pytest.raises(ak.AdapterNameError, match="has none"):
         _train(tiny_llama(), tmp_path, max_steps=1)
