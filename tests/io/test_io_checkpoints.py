@@ -57,6 +57,21 @@ def _stop_at(step):
     return Stop()
 
 
+def _state_dict_spy(sizes):
+    """Records how many tensors each model.state_dict() call during training returns (the hook runs
+    after ak.checkpoint_callback()'s own, so it sees what the Trainer's save_pretrained writes)."""
+    from transformers import TrainerCallback
+
+    class Spy(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            self.handle = model.register_state_dict_post_hook(lambda m, sd, prefix, meta: sizes.append(len(sd)))
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.handle.remove()
+
+    return Spy()
+
+
 def _assert_same_adapter(got: dict, want: dict):
     assert got.keys() == want.keys()
     for key, value in want.items():  # a tolerance scaled to the values (the runs are in fact bit-equal)
@@ -70,8 +85,10 @@ def _logits(model):
 
 
 def test_checkpoints_hold_the_adapter_and_the_trainer_state_not_the_model(tmp_path):
+    sizes = []
     model = _adapted()
-    _train(model, tmp_path)
+    _train(model, tmp_path, extra=[_state_dict_spy(sizes)])
+    assert sizes == [len(state_to_save(model, "default"))] * 2  # the Trainer never wrote the whole model
     for step in (2, 4):
         folder = tmp_path / f"checkpoint-{step}"
         files = {p.name for p in folder.iterdir()}
@@ -148,17 +165,23 @@ def test_whole_model_checkpoints_reload_the_real_base(tmp_path):
         assert torch.equal(value, base[key]), key
 
 
-def test_load_best_model_at_end_loads_the_best_adapter(tmp_path):
+@pytest.mark.parametrize("strategy", ["steps", "best"])
+def test_load_best_model_at_end_loads_the_best_adapter(tmp_path, strategy):
     scores = iter([3.0, 1.0, 2.0])  # evaluated after steps 1, 2, 3: the best checkpoint is the middle one
+    sizes = []
     model = _adapted()
-    trainer = _train(model, tmp_path, max_steps=3, save_steps=1, eval_strategy="steps", eval_steps=1,
-                     load_best_model_at_end=True, metric_for_best_model="score", greater_is_better=False,
+    trainer = _train(model, tmp_path, extra=[_state_dict_spy(sizes)], max_steps=3, save_steps=1,
+                     save_strategy=strategy, eval_strategy="steps", eval_steps=1, load_best_model_at_end=True,
+                     metric_for_best_model="score", greater_is_better=False,
                      trainer_kw=dict(eval_dataset=_data(4), compute_metrics=lambda _: {"score": next(scores)}))
+    saved = sorted(p.name for p in tmp_path.iterdir())
+    assert saved == ["checkpoint-1", "checkpoint-2"] + (["checkpoint-3"] if strategy == "steps" else [])
+    assert sizes == [len(state_to_save(model, "default"))] * len(saved)
     assert Path(trainer.state.best_model_checkpoint).name == "checkpoint-2"
     best = load_file(tmp_path / "checkpoint-2" / "adapter_model.safetensors")
     _assert_same_adapter(state_to_save(model, "default"), best)
-    last = load_file(tmp_path / "checkpoint-3" / "adapter_model.safetensors")
-    assert any(not torch.equal(last[k], best[k]) for k in best)
+    first = load_file(tmp_path / "checkpoint-1" / "adapter_model.safetensors")
+    assert any(not torch.equal(first[k], best[k]) for k in best)
 
 
 def test_adapter_only_loads_do_not_report_the_base_as_missing(tmp_path):
