@@ -12,6 +12,7 @@ Other exits: 130 after Ctrl-C (one line), 141 when the reader of stdout went awa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
 import sys
@@ -105,9 +106,34 @@ def _quiet_stdout() -> None:
         pass
 
 
+@contextlib.contextmanager
+def _library_bars_on_terminal_only():
+    """transformers' progress bars (loading, writing weights) only when stderr is a terminal: in a
+    log or a pipe they are noise around the one line an error leaves."""
+    if sys.stderr.isatty():
+        yield
+        return
+    previous = os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS")
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read when huggingface_hub is first imported
+    hf = sys.modules.get("transformers.utils.logging")
+    was_on = hf is not None and hf.is_progress_bar_enabled()
+    if was_on:
+        hf.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)
+        else:
+            os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = previous
+        if was_on:
+            hf.enable_progress_bar()
+
+
 def _run(name: str, args: argparse.Namespace) -> int:
     try:
-        code = int(COMMANDS[name][2](args) or 0)
+        with _library_bars_on_terminal_only():
+            code = int(COMMANDS[name][2](args) or 0)
         sys.stdout.flush()  # a broken pipe shows here, not at exit
         return code
     except BrokenPipeError:

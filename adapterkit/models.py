@@ -12,6 +12,7 @@ time; each is converted once into a transformers folder under the cache
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -123,6 +124,11 @@ def _check_folder(folder: Path) -> None:
     if not (folder / "config.json").is_file():
         raise ConfigError(f"model folder {str(folder)!r} has no config.json; give a transformers model folder "
                           f"(what save_pretrained writes).")
+    try:
+        json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+        raise ConfigError(f"{str(folder / 'config.json')!r} is not valid JSON ({err}); re-save the model "
+                          f"(save_pretrained) or fix the file.") from None
     pickled = pickle_only(folder)
     if pickled:
         raise ConfigError(
@@ -160,9 +166,11 @@ def load_model(name: str, task: Optional[str] = None, num_labels: Optional[int] 
         cls, extra = AutoModelForSeq2SeqLM, {}
     else:
         cls, extra = AutoModelForCausalLM, {}
+    from safetensors import SafetensorError
+
     try:
         model = cls.from_pretrained(path, dtype=torch_dtype, **extra)
-    except (OSError, ValueError, KeyError) as err:
+    except (OSError, ValueError, KeyError, SafetensorError) as err:  # a truncated weights file too
         raise ConfigError(f"model {path!r}: could not load it for task {task!r} ({_first_line(err)}).") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

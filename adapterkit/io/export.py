@@ -61,6 +61,7 @@ def _pick_adapter(adapter: Union[str, Path], name: str) -> Path:
 
 def _load_base(base: Path, dtype: Optional[torch.dtype], allow_pickle: bool = False):
     import transformers
+    from safetensors import SafetensorError
 
     try:
         config = transformers.AutoConfig.from_pretrained(str(base))
@@ -72,7 +73,7 @@ def _load_base(base: Path, dtype: Optional[torch.dtype], allow_pickle: bool = Fa
             target = getattr(torch, target)
         safe = {"weights_only": True} if allow_pickle else {"use_safetensors": True}
         return cls.from_pretrained(str(base), dtype=target, **safe).eval(), target
-    except (OSError, ValueError, KeyError) as err:  # transformers' own errors, often several lines
+    except (OSError, ValueError, KeyError, SafetensorError) as err:  # transformers' errors; truncated weights
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise AdapterFileError(f"could not load the base model from {str(base)!r}: {first}") from None
 
