@@ -7,6 +7,7 @@ left. The folder is written under a temporary name beside ``out`` and renamed in
 """
 from __future__ import annotations
 
+import pickle
 import shutil
 from pathlib import Path
 from typing import Optional, Union
@@ -73,8 +74,13 @@ def _load_base(base: Path, dtype: Optional[torch.dtype], allow_pickle: bool = Fa
             target = getattr(torch, target)
         safe = {"weights_only": True} if allow_pickle else {"use_safetensors": True}
         return cls.from_pretrained(str(base), dtype=target, **safe).eval(), target
-    except (OSError, ValueError, KeyError, SafetensorError) as err:  # transformers' errors; truncated weights
+    except (OSError, ValueError, KeyError, RuntimeError, EOFError, pickle.UnpicklingError, SafetensorError) as err:
+        # transformers' errors, truncated weights, a pickle that weights_only=True refuses
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if isinstance(err, pickle.UnpicklingError):  # torch's own words advise weights_only=False: never
+            first = ("its pickle weights hold objects other than tensors, which are never unpickled "
+                     "(weights_only=True); convert them to safetensors where you trust them"
+                     if "GLOBAL" in str(err) else "its pickle weights are truncated or corrupt")
         raise AdapterFileError(f"could not load the base model from {str(base)!r}: {first}") from None
 
 

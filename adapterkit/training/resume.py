@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 import random
 import sys
 from pathlib import Path
@@ -101,7 +102,7 @@ def _state(path: Path) -> dict:
     state = _json(path, "state.json")
     problem = None
     if not isinstance(state, dict):
-        problem = f"holds {type(state).__name__}, not an object"
+        problem = f"holds a {type(state).__name__}, not an object"
     elif not _int(state.get("step")):
         problem = f"has step {state.get('step')!r}, not a whole number >= 0"
     elif not isinstance(state.get("history", []), list) or not isinstance(state.get("config", {}), dict):
@@ -135,8 +136,14 @@ def _optimizer(path: Path) -> dict:
     try:  # never unpickle: tensors and plain containers only
         data = torch.load(file, weights_only=True, map_location="cpu")
     except Exception as err:  # noqa: BLE001 - truncated, garbage, or objects weights_only refuses
+        if isinstance(err, pickle.UnpicklingError) and "GLOBAL" in str(err):  # a class or function
+            # torch's own message suggests weights_only=False: never, here
+            raise _bad(path, "optimizer.pt", "holds objects other than tensors and plain values, which "
+                       "adapterkit never unpickles") from None
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise _bad(path, "optimizer.pt", f"could not be read as an optimizer state ({reason})") from None
+        if isinstance(err, pickle.UnpicklingError):
+            reason = "not data that torch.save wrote"  # torch's own words advise unsafe loading
+        raise _bad(path, "optimizer.pt", f"is truncated or corrupt ({reason})") from None
     groups = data.get("param_groups") if isinstance(data, dict) else None
     if not (isinstance(data.get("state") if isinstance(data, dict) else None, dict) and isinstance(groups, list)
             and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups)):
@@ -212,8 +219,10 @@ def check_fit(saved: Saved, model, optimizer, scheduler, names=None) -> None:
     missing = [n for n in wanted if n not in saved.weights]
     extra = [n for n in saved.weights if n not in params]
     if missing or extra:
-        raise _bad(saved.path, "trainable.safetensors", f"does not fit this model (missing {missing[:3]}, "
-                   f"unexpected {extra[:3]}): resume with the config it was written with")
+        parts = [f"{label} {', '.join(names[:3])}" for label, names in (("missing", missing), ("unexpected", extra))
+                 if names]
+        raise _bad(saved.path, "trainable.safetensors", f"does not fit this model ({'; '.join(parts)}): resume "
+                   f"with the config it was written with")
     for name, tensor in saved.weights.items():
         if tuple(tensor.shape) != tuple(params[name].shape):
             raise _bad(saved.path, "trainable.safetensors", f"holds {name!r} with shape {tuple(tensor.shape)}, "

@@ -162,3 +162,21 @@ def check_case(world: Path, tmp_path: Path, monkeypatch, capsys, argv: list[str]
     if os.environ.get("ADAPTERKIT_SHOW_ERRORS"):  # to read the messages: pytest -s with this set
         print(f"\n    {' '.join(argv)}\n    -> {line}")
     return line
+
+
+class _Payload:
+    """Unpickling this runs a shell command that creates the file ``pwned``: adapterkit must never."""
+
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def evil_pickle(name: str) -> Callable[[Path], None]:
+    """A pickle file at ``name`` that would create ``pwned`` in the current folder if unpickled."""
+    import pickle
+
+    def setup(w: Path) -> None:
+        (w / name).parent.mkdir(parents=True, exist_ok=True)
+        (w / name).write_bytes(pickle.dumps({"state": {}, "param_groups": [], "x": _Payload()}, protocol=2))
+
+    return setup
