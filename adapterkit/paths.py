@@ -11,6 +11,8 @@ from .errors import ConfigError
 def check_output_folder(path: Union[str, Path], what: str) -> None:
     """``path`` is a folder, or can be made one: no part of it is a file, and the nearest existing
     folder on the way is writable. ``what`` names the setting in the error (e.g. "output.dir")."""
+    if "\x00" in str(path):
+        raise ConfigError(f"{what} {str(path)!r} holds a NUL character, which no path may hold.")
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{what} {str(path)!r} is a file, not a folder; give a folder (it is created if missing).")

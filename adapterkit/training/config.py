@@ -242,6 +242,10 @@ def read_yaml(path: Path, what: str) -> Any:
                           f"save it as UTF-8.") from None
     try:
         return yaml.safe_load(text)
+    except yaml.reader.ReaderError as err:  # a character YAML does not accept: no mark, a position
+        line = text[: err.position].count("\n") + 1
+        raise ConfigError(f"{path}:{line}: {what} is not valid YAML: {err.reason} character "
+                          f"{chr(err.character)!r} ({err.character:#x}); remove it.") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}{_mark(err)}: {what} is not valid YAML: {yaml_problem(err)}.") from None
     except RecursionError:
