@@ -12,6 +12,7 @@ time; each is converted once into a transformers folder under the cache
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -85,8 +86,56 @@ def resolve(name: str) -> str:
     return str(folder)
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def pickle_only(folder: Path) -> list[str]:
+    """The pickle weight files of a local model folder that has no safetensors file; [] otherwise."""
+    if not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return []
+    return sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+def _load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, TypeError, KeyError) as err:  # transformers' many ways to say "no"
+        raise ConfigError(
+            f"model {path!r}: could not load its tokenizer ({_first_line(err)}); the folder needs the "
+            f"tokenizer files (tokenizer.json or vocab files: save them with tokenizer.save_pretrained)."
+        ) from None
+
+
 def default_task(name: str) -> str:
     return ALIASES[name][1] if name in ALIASES else "causal-lm"
+
+
+def _check_folder(folder: Path) -> None:
+    """A local model folder: a config.json, and safetensors weights (pickles are never read)."""
+    if not folder.is_dir():
+        return  # a hub name
+    if not (folder / "config.json").is_file():
+        raise ConfigError(f"model folder {str(folder)!r} has no config.json; give a transformers model folder "
+                          f"(what save_pretrained writes).")
+    try:
+        json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+        raise ConfigError(f"{str(folder / 'config.json')!r} is not valid JSON ({err}); re-save the model "
+                          f"(save_pretrained) or fix the file.") from None
+    pickled = pickle_only(folder)
+    if pickled:
+        raise ConfigError(
+            f"model folder {str(folder)!r} holds only pickle weights ({', '.join(pickled)}), which can run code "
+            f"when loaded; adapterkit reads safetensors. Convert it with save_pretrained(folder) "
+            f"(safetensors is the default) from a copy you trust."
+        )
 
 
 def load_model(name: str, task: Optional[str] = None, num_labels: Optional[int] = None,
@@ -98,7 +147,7 @@ def load_model(name: str, task: Optional[str] = None, num_labels: Optional[int] 
     ``"seq2seq"`` (AutoModelForSeq2SeqLM: T5, BART and other encoder-decoders).
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     task = task or default_task(name)
     if task not in TASKS:
@@ -107,16 +156,22 @@ def load_model(name: str, task: Optional[str] = None, num_labels: Optional[int] 
     if not isinstance(torch_dtype, torch.dtype):
         raise ConfigError(f"model dtype {dtype!r} is not a torch dtype; use float32, bfloat16 or float16.")
     path = resolve(name)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    _check_folder(Path(path))
+    tokenizer = _load_tokenizer(path)
     if task == "classification":
-        extra = {} if num_labels is None else {"num_labels": num_labels}
-        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch_dtype, **extra)
+        cls, extra = AutoModelForSequenceClassification, ({} if num_labels is None else {"num_labels": num_labels})
     elif task == "seq2seq":
         from transformers import AutoModelForSeq2SeqLM
 
-        model = AutoModelForSeq2SeqLM.from_pretrained(path, dtype=torch_dtype)
+        cls, extra = AutoModelForSeq2SeqLM, {}
     else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+        cls, extra = AutoModelForCausalLM, {}
+    from safetensors import SafetensorError
+
+    try:
+        model = cls.from_pretrained(path, dtype=torch_dtype, **extra)
+    except (OSError, ValueError, KeyError, SafetensorError) as err:  # a truncated weights file too
+        raise ConfigError(f"model {path!r}: could not load it for task {task!r} ({_first_line(err)}).") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if getattr(model.config, "pad_token_id", None) is None:

@@ -61,8 +61,6 @@ def _text(info: dict[str, Any]) -> str:
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
-    # one line on stderr for a bad argument, not the usage block
-    parser.error = lambda message: parser.exit(2, f"{parser.prog}: error: {message}\n")
     parser.add_argument("folder", metavar="DIR", help="adapter folder (adapterkit's or PEFT's)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 

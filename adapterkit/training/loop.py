@@ -22,6 +22,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 
 from . import checkpoint, optim, stages
+from . import resume as resume_mod
 from ..errors import ConfigError
 from .batches import BatchPlan
 from .config import TrainConfig
@@ -128,17 +129,23 @@ def _prepare(config: TrainConfig, accelerator):
     return task, model, tokenizer, train_set, eval_set, plan, gen, names
 
 
-def train(config: Union[TrainConfig, dict, str], resume: bool = False,
+def train(config: Union[TrainConfig, dict, str], resume: Union[bool, str] = False,
           callbacks: Sequence[Callable[[int, dict], None]] = ()) -> TrainResult:
     """Train an adapter as ``config`` says; returns a TrainResult (the adapter is saved too).
 
-    ``config``: a TrainConfig, a dict of sections, or a YAML path. ``resume``: continue from the
-    newest checkpoint in ``output.dir``. ``callbacks``: called as ``f(step, logs)`` after each step.
+    ``config``: a TrainConfig, a dict of sections, or a YAML path. ``resume``: True continues from
+    the newest checkpoint in ``output.dir`` (an error if there is none); ``"auto"`` does when there
+    is one and otherwise starts fresh (saying so on stderr). The checkpoint is read and checked
+    whole before training starts (resume.py). ``callbacks``: called as ``f(step, logs)`` after each step.
     """
     from accelerate.utils import set_seed
 
+    from ..paths import check_output_folder
+
+    resume_mod.check_mode(resume)
     if not isinstance(config, TrainConfig):
         config = TrainConfig.from_yaml(config) if isinstance(config, (str, Path)) else TrainConfig.from_dict(config)
+    check_output_folder(config.output.dir, "output.dir")
     accelerator = _accelerator(config)
     try:
         set_seed(config.optim.seed)
@@ -219,21 +226,21 @@ class _Run:
             shutil.rmtree(self.out / "checkpoints", ignore_errors=True)
         self.acc.wait_for_everyone()
 
-    def resume(self) -> None:
-        found = checkpoint.latest(self.out / "checkpoints")
-        if found is not None:
-            same = True
-            if self.config.stages:  # a checkpoint at a stage's end: the next stage starts afresh
-                saved = json.loads((found / "state.json").read_text())
-                k = stages.stage_at(saved["step"], self.stage_ends)
-                same = saved.get("stage") == k
-                if k != self.stage:
-                    self.enter_stage(k)
-            self.state.update(checkpoint.load(found, self.acc, self.model, self.optimizer if same else None,
-                                              self.scheduler, self.saved_names))
-            self.state.pop("stage", None)
-            self.step = self.state.pop("step")
-            self.history.extend(self.state.pop("history", []))
+    def resume(self, saved) -> None:
+        """Continue from checkpoint ``saved`` (read and checked against the config already)."""
+        same = True
+        if self.config.stages:  # a checkpoint at a stage's end: the next stage starts afresh
+            k = stages.stage_at(saved.step, self.stage_ends)
+            same = saved.state.get("stage") == k
+            if k != self.stage:
+                self.enter_stage(k)
+        optimizer = self.optimizer if same else None
+        resume_mod.check_fit(saved, self.acc.unwrap_model(self.model), optimizer, self.scheduler, self.saved_names)
+        self.state.update(checkpoint.restore(saved, self.acc, self.model, optimizer, self.scheduler))
+        for key in ("stage", "config"):
+            self.state.pop(key, None)
+        self.step = self.state.pop("step")
+        self.history.extend(self.state.pop("history", []))
 
     def evaluate(self) -> dict:
         e = self.config.eval
@@ -258,14 +265,26 @@ class _Run:
 
     def checkpoint(self) -> None:
         checkpoint.save(self.acc, self.out / "checkpoints", self.step, self.model, self.optimizer,
-                        self.scheduler, dict(self.state, history=self.history, stage=self.stage),
+                        self.scheduler, dict(self.state, history=self.history, stage=self.stage,
+                                             config=self.config.to_dict()),
                         self.config.output.keep, self.saved_names)
 
 
-def _run(config: TrainConfig, accelerator, resume: bool, callbacks) -> TrainResult:
+def _open_checkpoint(config: TrainConfig, accelerator, resume):
+    """The checkpoint to resume from, read and checked against the config before the model loads."""
+    found = resume_mod.find(Path(config.output.dir), resume, config.output.save_every, accelerator.is_main_process)
+    if found is None:
+        return None
+    saved = resume_mod.read(found, accelerator.process_index)
+    resume_mod.check_config(saved, config)
+    return saved
+
+
+def _run(config: TrainConfig, accelerator, resume, callbacks) -> TrainResult:
+    saved = _open_checkpoint(config, accelerator, resume)
     run = _Run(config, accelerator)
-    if resume:
-        run.resume()
+    if saved is not None:
+        run.resume(saved)
     else:
         run.fresh_start()
     e, out_cfg = config.eval, config.output
