@@ -4,6 +4,7 @@
     model = ak.attach(model, ak.LoRAConfig(rank=16, alpha=32, targets="all-linear"))
     ak.summary(model)
 """
+from .base_weights import base_state_dict
 from .config import AdapterConfig
 from .errors import (
     AdapterFileError,
@@ -62,6 +63,6 @@ __all__ = [
     "replace_head", "unfreeze",
     "AdapterConfig", "AdapterFileError", "AdapterKitError", "AdapterLayer", "AdapterNameError",
     "ConfigError", "InputError", "LoRAConfig", "MergeError", "TargetError", "UnsupportedModuleError",
-    "active_names", "adapter_config", "adapter_names", "attach", "combine", "delete_adapter",
+    "active_names", "adapter_config", "adapter_names", "attach", "base_state_dict", "combine", "delete_adapter",
     "detach", "disabled", "merge", "set_active", "summary",
 ] + list(_LAZY)
