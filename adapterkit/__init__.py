@@ -63,6 +63,6 @@ __all__ = [
     "replace_head", "unfreeze",
     "AdapterConfig", "AdapterFileError", "AdapterKitError", "AdapterLayer", "AdapterNameError",
     "ConfigError", "InputError", "LoRAConfig", "MergeError", "TargetError", "UnsupportedModuleError",
-    "active_names", "adapter_config", "adapter_names", "attach", "base_state_dict", "combine", "delete_adapter",
-    "detach", "disabled", "merge", "set_active", "summary",
+    "active_names", "adapter_config", "adapter_names", "attach", "base_state_dict", "combine",
+    "delete_adapter", "detach", "disabled", "merge", "set_active", "summary",
 ] + list(_LAZY)

@@ -70,7 +70,8 @@ class _Units:
         self.special = {id(m) for _, m in adapter_layers(model)}
         if merged:
             self.special |= {id(m) for m in model.modules() if bases.base_kind(m) == "quant"}
-        # a weight of an adapted base that is also reachable elsewhere (tied) -> (layer prefix, layer, local name)
+        # id of each adapted base's tensor -> (layer name, layer, key in the layer); a tied weight met
+        # outside the layer is looked up here
         self.adapted: dict[int, tuple[str, AdapterLayer, str]] = {}
         self.cache: dict[str, dict[str, Tensor]] = {}  # merged units that tied weights refer to
         if merged:

@@ -5,7 +5,11 @@ a 131,072-token vocabulary, untied head, so the weights (68M parameters, 270 MB 
 The folder stores bf16 weights that both runs load as fp32, so every model owns its weights in
 anonymous memory: loaded in the stored dtype, transformers maps the safetensors file and two models
 mapping one file share its page cache, which hides a second copy on CPU (on a GPU each copy is
-device memory). The figure is the peak resident set size (getrusage ru_maxrss) of each process.
+device memory). The figure is the peak resident set size (getrusage ru_maxrss) of each process, run
+with MALLOC_MMAP_THRESHOLD_=65536 so that glibc returns large freed blocks to the system at once:
+with its default (a threshold that grows after each large free), whether the loader's temporary
+bf16 buffers are kept or reused varies from run to run, and one peak in a full-suite run came out
+150 MB higher for that reason alone.
 """
 import json
 import os
@@ -33,7 +37,7 @@ def _model_folder(path) -> str:
 
 
 def _run(folder: str, which: str) -> dict:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", MALLOC_MMAP_THRESHOLD_="65536")
     done = subprocess.run([sys.executable, os.path.join(HERE, "dpo_memory_run.py"), folder, which],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
