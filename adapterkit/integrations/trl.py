@@ -25,6 +25,7 @@ import copy
 
 import torch
 import trl
+from datasets import IterableDataset
 from torch import nn
 
 from ..errors import ConfigError, TargetError
@@ -66,6 +67,7 @@ class DPOTrainer(trl.DPOTrainer):
                 "disabled (one copy of the weights). Omit ref_model, or use trl.DPOTrainer to train "
                 "against a separate reference model."
             )
+        _check_map_style(kwargs.get("train_dataset"), kwargs.get("eval_dataset"))
         args = copy.copy(args) if args is not None else trl.DPOConfig(_run_name(model, "DPO"))
         _check_no_sync(args)
         args.precompute_ref_log_probs = True
@@ -133,6 +135,17 @@ def _check_no_sync(args) -> None:
             "sync_ref_model=True: the reference here is the frozen base model (adapters disabled), so "
             "there is no reference copy to synchronise. Set sync_ref_model=False."
         )
+
+
+def _check_map_style(*datasets) -> None:
+    for data in datasets:
+        for part in data.values() if isinstance(data, dict) else [data]:
+            if isinstance(part, IterableDataset):
+                raise ConfigError(
+                    "DPOTrainer computes the reference log-probs once, before training, into the dataset, "
+                    "which needs a map-style datasets.Dataset; got an IterableDataset. Load it without "
+                    "streaming (e.g. Dataset.from_generator)."
+                )
 
 
 def _check_unsharded(trainer: trl.GRPOTrainer) -> None:

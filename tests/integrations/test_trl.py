@@ -190,5 +190,8 @@ def test_misuse_is_refused_with_what_to_do(tmp_path, kind):
     if kind == "dpo":
         with pytest.raises(ak.ConfigError, match="Omit ref_model"):
             DPOTrainer(_policy(tok), ref_model=tiny_llama(vocab_size=len(tok)), args=args)
+        stream = Dataset.from_list([{"prompt": "q", "chosen": "a", "rejected": "b"}]).to_iterable_dataset()
+        with pytest.raises(ak.ConfigError, match="map-style"):
+            DPOTrainer(_policy(tok), args=args, train_dataset=stream)
     with pytest.raises(ak.ConfigError, match="sleep_mode"):
         VLLMWeightSync(SimpleNamespace(enable_sleep_mode=True), _policy(tok))
