@@ -9,7 +9,9 @@ Layout of ``<output>/checkpoints/step-<N>/``:
     rng-<rank>.json         Python's ``random`` state of each process
 Every process writes into ``.step-<N>.partial`` and the main process renames it when all are
 done, so a crash leaves either a whole checkpoint or none. The data position is the step
-number (see batches.py).
+number (see batches.py). A sharded (FSDP) model's weights and optimizer state are gathered whole
+by all processes first (the optimizer's then keyed by parameter names: ``"optimizer": "names"``
+in state.json), so a checkpoint holds whole tensors however the run was sharded.
 """
 from __future__ import annotations
 
@@ -24,21 +26,27 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import AdapterFileError
+from . import sharding
 
 _STEP = re.compile(r"step-(\d+)\Z")
 
 
 def trainable_state(model, names=None) -> dict[str, torch.Tensor]:
-    """The parameters that train (or those named: with stages, all that train in any stage)."""
-    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters()
-            if (p.requires_grad if names is None else n in names)}
+    """Whole CPU copies of the parameters that train (or those named: with stages, all that train in
+    any stage). A sharded model's are gathered: every process calls."""
+    return sharding.gather(model, [n for n, p in model.named_parameters()
+                                   if (p.requires_grad if names is None else n in names)])
 
 
 def save(accelerator, folder: Path, step: int, model, optimizer, scheduler, state: dict, keep: int,
          names=None) -> Path:
     final = folder / f"step-{step:07d}"
     tmp = folder / f".step-{step:07d}.partial"
-    rank = accelerator.process_index
+    rank, unwrapped = accelerator.process_index, accelerator.unwrap_model(model)
+    sharded = sharding.is_sharded(unwrapped)
+    if sharded:  # collectives: every process joins
+        weights, optim_state = trainable_state(unwrapped, names), sharding.optimizer_state(unwrapped, optimizer)
+        state = dict(state, optimizer="names")
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -49,8 +57,10 @@ def save(accelerator, folder: Path, step: int, model, optimizer, scheduler, stat
     save_file(gen, str(tmp / f"rng-{rank}.safetensors"))
     (tmp / f"rng-{rank}.json").write_text(json.dumps(random.getstate()))
     if accelerator.is_main_process:
-        save_file(trainable_state(accelerator.unwrap_model(model), names), str(tmp / "trainable.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        if not sharded:
+            weights, optim_state = trainable_state(unwrapped, names), optimizer.state_dict()
+        save_file(weights, str(tmp / "trainable.safetensors"))
+        torch.save(optim_state, tmp / "optimizer.pt")
         (tmp / "scheduler.json").write_text(json.dumps(scheduler.state_dict()))
         (tmp / "state.json").write_text(json.dumps(dict(state, step=step), indent=1))
     accelerator.wait_for_everyone()
@@ -79,6 +89,12 @@ def load(path: Path, accelerator, model, optimizer, scheduler, names=None) -> di
     """Restore everything saved in ``path``; returns the saved state (with ``step``). With
     ``optimizer`` None (a new stage starts here) its state and the schedule's are not read."""
     model = accelerator.unwrap_model(model)
+    saved = json.loads((path / "state.json").read_text())
+    sharded, by_names = sharding.is_sharded(model), saved.pop("optimizer", None) == "names"
+    if optimizer is not None and by_names != sharded:
+        kinds = ("an unsharded (DDP or one-process)", "a sharded (FSDP)")
+        raise AdapterFileError(f"checkpoint {str(path)!r} was written by {kinds[by_names]} run, and this run is "
+                               f"{kinds[sharded]} one; resume it as it was launched, or start without --resume.")
     weights = load_file(str(path / "trainable.safetensors"))
     params = dict(model.named_parameters())
     missing = [n for n, p in params.items() if (p.requires_grad if names is None else n in names)
@@ -89,11 +105,18 @@ def load(path: Path, accelerator, model, optimizer, scheduler, names=None) -> di
             f"checkpoint {str(path)!r} does not fit this model (missing {missing[:3]}, unexpected "
             f"{extra[:3]}); resume with the config it was written with, or start without --resume."
         )
-    with torch.no_grad():
-        for name, tensor in weights.items():
-            params[name].copy_(tensor)
+    if sharded:
+        sharding.load_whole(model, weights)
+    else:
+        with torch.no_grad():
+            for name, tensor in weights.items():
+                params[name].copy_(tensor)
     if optimizer is not None:
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
+        optim_state = torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu")
+        if sharded:
+            sharding.load_optimizer_state(model, optimizer, optim_state)
+        else:
+            optimizer.load_state_dict(optim_state)
         scheduler.load_state_dict(json.loads((path / "scheduler.json").read_text()))
     rank = accelerator.process_index
     rng_file = path / f"rng-{rank}.safetensors"
@@ -104,4 +127,4 @@ def load(path: Path, accelerator, model, optimizer, scheduler, names=None) -> di
             torch.cuda.set_rng_state(gen["cuda"])
         version, inner, gauss = json.loads((path / f"rng-{rank}.json").read_text())
         random.setstate((version, tuple(inner), gauss))
-    return json.loads((path / "state.json").read_text())
+    return saved
