@@ -91,10 +91,6 @@ def load(path: Path, accelerator, model, optimizer, scheduler, names=None) -> di
     model = accelerator.unwrap_model(model)
     saved = json.loads((path / "state.json").read_text())
     sharded, by_names = sharding.is_sharded(model), saved.pop("optimizer", None) == "names"
-    if optimizer is not None and by_names != sharded:
-        kinds = ("an unsharded (DDP or one-process)", "a sharded (FSDP)")
-        raise AdapterFileError(f"checkpoint {str(path)!r} was written by {kinds[by_names]} run, and this run is "
-                               f"{kinds[sharded]} one; resume it as it was launched, or start without --resume.")
     weights = load_file(str(path / "trainable.safetensors"))
     params = dict(model.named_parameters())
     missing = [n for n, p in params.items() if (p.requires_grad if names is None else n in names)
@@ -113,10 +109,12 @@ def load(path: Path, accelerator, model, optimizer, scheduler, names=None) -> di
                 params[name].copy_(tensor)
     if optimizer is not None:
         optim_state = torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu")
-        if sharded:
-            sharding.load_optimizer_state(model, optimizer, optim_state)
+        if sharded:  # a checkpoint of an unsharded run (DDP, one process) resumes with FSDP, and back
+            sharding.load_optimizer_state(model, optimizer, optim_state if by_names else
+                                          sharding.state_by_names(model, optimizer, optim_state))
         else:
-            optimizer.load_state_dict(optim_state)
+            optimizer.load_state_dict(sharding.state_by_indices(model, optimizer, optim_state) if by_names
+                                      else optim_state)
         scheduler.load_state_dict(json.loads((path / "scheduler.json").read_text()))
     rank = accelerator.process_index
     rng_file = path / f"rng-{rank}.safetensors"

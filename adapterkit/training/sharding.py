@@ -29,9 +29,11 @@ from torch import nn
 
 from ..errors import ConfigError
 
-# FSDP plugin settings the CPU path does not carry out: refused rather than ignored
-_CPU_UNSUPPORTED = {"activation_checkpointing": "fsdp_activation_checkpointing (use model.gradient_checkpointing)",
-                    "cpu_ram_efficient_loading": "fsdp_cpu_ram_efficient_loading"}
+# FSDP plugin settings the CPU path does not carry out: refused rather than ignored. (Loading settings,
+# fsdp_cpu_ram_efficient_loading / fsdp_sync_module_states, change no result: every process loads the
+# whole model before it is sharded. fsdp_state_dict_type is for accelerator.save_state: the adapter is
+# always saved whole.)
+_CPU_UNSUPPORTED = {"activation_checkpointing": "fsdp_activation_checkpointing (use model.gradient_checkpointing)"}
 
 
 def requested() -> bool:
@@ -236,3 +238,33 @@ def eval_passes(model: nn.Module, shards: list, n: int, batch_size: int, process
 
     most = len(eval_shards(n, batch_size, processes, 0))
     return most if max_batches is None else min(most, max_batches)
+
+
+def _pairs(model: nn.Module, optimizer, saved: dict):
+    """(saved key, parameter name) of each parameter, group by group, in the optimizer's order."""
+    from ..errors import AdapterFileError
+
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = _inner(optimizer).param_groups
+    if [len(g["params"]) for g in groups] != [len(g["params"]) for g in saved["param_groups"]]:
+        raise AdapterFileError("the checkpoint's optimizer state holds other parameter groups than this run's "
+                               "optimizer; resume with the config it was written with, or start without --resume.")
+    return [(key, names[id(p)]) for g, s in zip(groups, saved["param_groups"]) for p, key in zip(g["params"], s["params"])]
+
+
+def _rekeyed(saved: dict, pairs: list) -> dict:
+    key = dict(pairs)
+    return {"state": {key[k]: v for k, v in saved["state"].items()},
+            "param_groups": [dict(g, params=[key[k] for k in g["params"]]) for g in saved["param_groups"]]}
+
+
+def state_by_names(model: nn.Module, optimizer, saved: dict) -> dict:
+    """torch's optimizer state (keyed by parameter index) keyed by parameter names instead, the form
+    ``load_optimizer_state`` takes: a checkpoint of an unsharded run resumed with FSDP."""
+    return _rekeyed(saved, _pairs(model, optimizer, saved))
+
+
+def state_by_indices(model: nn.Module, optimizer, saved: dict) -> dict:
+    """The reverse: a sharded run's optimizer state (by names) for ``optimizer.load_state_dict``."""
+    index = iter(range(sum(len(g["params"]) for g in _inner(optimizer).param_groups)))
+    return _rekeyed(saved, [(name, next(index)) for name, _ in _pairs(model, optimizer, saved)])
