@@ -62,11 +62,13 @@ def plugin(accelerator):
 
 def check(config, accelerator) -> None:
     """Refuse, with what to do instead, what this FSDP path does not run."""
-    if deepspeed_requested() and accelerator.distributed_type.value != "DEEPSPEED":
+    if deepspeed_requested():
         raise ConfigError(
-            f"the Accelerate config asks for DeepSpeed, but Accelerate set up {accelerator.distributed_type.value} "
-            "(DeepSpeed needs a GPU with Accelerate 1.15); on a CPU use an FSDP config (fsdp_version: 2) "
-            "or --num-processes N (DDP).")
+            "the Accelerate config asks for DeepSpeed, which adapterkit train does not run: its loop accumulates "
+            "gradients and clips them itself and saves the optimizer state from the main process, which DeepSpeed "
+            "does inside its engine and per partition (on a CPU, Accelerate 1.15 cannot run it either: "
+            f"it set up {accelerator.distributed_type.value}). Shard with an FSDP config (fsdp_version: 2) instead, "
+            "or train on N processes with --num-processes N (DDP).")
     if not requested():
         return
     p = plugin(accelerator)

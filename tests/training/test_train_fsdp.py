@@ -166,9 +166,9 @@ def _accelerator(mixed_precision="no"):
     ({"FSDP_OFFLOAD_PARAMS": "true"}, {}, "no", "fsdp_offload_params"),
     ({"FSDP_ACTIVATION_CHECKPOINTING": "true"}, {}, "no", "model.gradient_checkpointing"),
     ({}, {}, "bf16", "mixed_precision 'bf16'"),
-    ({"ACCELERATE_USE_FSDP": "false", "ACCELERATE_USE_DEEPSPEED": "true"}, {}, "no", "DeepSpeed needs a GPU"),
+    ({"ACCELERATE_USE_FSDP": "false", "ACCELERATE_USE_DEEPSPEED": "true"}, {}, "no", "does not run: its loop"),
 ])
-def test_what_fsdp_on_a_cpu_cannot_run_is_refused(tmp_path, monkeypatch, env, sections, mixed, message):
+def test_what_fsdp_on_a_cpu_and_deepspeed_cannot_run_is_refused(tmp_path, monkeypatch, env, sections, mixed, message):
     from adapterkit.training import TrainConfig
 
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
