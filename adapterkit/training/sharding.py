@@ -17,6 +17,8 @@ the parameters asked for (``DTensor.full_tensor()``, a collective every process 
 same order): the adapter is saved from those, by the main process only. Only floating-point
 parameters are sharded; a quantized base's packed codes and scales are buffers, which FSDP2
 leaves whole on every process (so a 4-bit base is replicated, its float weights sharded).
+After ``train`` the model is still sharded over a process group that is gone: read the adapter
+from the saved files.
 """
 from __future__ import annotations
 
@@ -87,8 +89,10 @@ def check(config, accelerator) -> None:
 
 
 def _check_cpu(p, accelerator) -> None:
+    from torch.distributed.fsdp import CPUOffloadPolicy
+
     unsupported = [text for attr, text in _CPU_UNSUPPORTED.items() if getattr(p, attr, False)]
-    if getattr(p, "cpu_offload", None) is not None and type(p.cpu_offload).__name__ == "CPUOffloadPolicy":
+    if isinstance(p.cpu_offload, CPUOffloadPolicy):
         unsupported.append("fsdp_offload_params (the parameters are on the CPU already)")
     if accelerator.mixed_precision != "no":
         unsupported.append(f"mixed_precision {accelerator.mixed_precision!r} (use 'no')")
@@ -137,7 +141,7 @@ def prepare(accelerator, model: nn.Module, make_optimizer: Callable[[nn.Module],
 
 
 def describe(model: nn.Module) -> str:
-    """How much of what trains this process holds: ``held 2048 of 4096 trained values``."""
+    """How much of what trains this process holds: ``this process holds 2048 of 4096 trained values``."""
     from torch.distributed.tensor import DTensor
 
     trained = [p for p in model.parameters() if p.requires_grad]

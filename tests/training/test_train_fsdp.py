@@ -182,7 +182,7 @@ def test_what_fsdp_on_a_cpu_and_deepspeed_cannot_run_is_refused(tmp_path, monkey
         sharding.check(config, _accelerator(mixed))
 
 
-def test_a_plain_config_passes_and_a_use_cpu_config_is_refused(tmp_path, monkeypatch):
+def test_a_plain_config_passes_and_use_cpu_or_a_missing_file_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     monkeypatch.setenv("FSDP_VERSION", "2")
     from adapterkit.training import TrainConfig
@@ -198,3 +198,5 @@ def test_a_plain_config_passes_and_a_use_cpu_config_is_refused(tmp_path, monkeyp
     fsdp.write_text(yaml.safe_dump(dict(FSDP_CONFIG, use_cpu=True)))
     with pytest.raises(ConfigError, match="use_cpu: true"):
         launch_command(["x.py"], None, str(fsdp), cuda=False)
+    with pytest.raises(ConfigError, match="is not a readable Accelerate YAML config"):
+        launch_command(["x.py"], None, str(tmp_path / "missing.yaml"), cuda=False)
