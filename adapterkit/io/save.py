@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Mapping, Optional, Union
 
 import torch
 from torch import nn
@@ -94,13 +94,17 @@ def _check_target(path: Path, folders: dict[str, Path], overwrite: bool) -> None
 
 
 def save_adapter(model: nn.Module, path: Union[str, Path], name: Optional[str] = None,
-                 overwrite: bool = False, dtype: Union[None, str, torch.dtype] = None) -> Path:
+                 overwrite: bool = False, dtype: Union[None, str, torch.dtype] = None,
+                 state_dict: Optional[Mapping[str, torch.Tensor]] = None) -> Path:
     """Write adapter ``name`` (default: every adapter) to folder ``path``; returns ``path``.
 
     PEFT's layout: ``adapter_config.json`` + ``adapter_model.safetensors``; the ``default`` adapter
     at ``path``, any other in ``path/<name>``; a ``README.md`` model card at ``path``. Tensors are
     only the adapters' (no base weights), optionally cast to ``dtype`` ("bf16", "fp16", "fp32").
     All files land together or not at all; an existing adapter is replaced only with ``overwrite``.
+    ``state_dict``: the model's whole tensors by name, for a sharded model (FSDP, DeepSpeed ZeRO-3),
+    as PEFT's ``save_pretrained(state_dict=...)``: on every process ``sd = accelerator.get_state_dict(model)``,
+    then on the main one ``save_adapter(accelerator.unwrap_model(model), path, state_dict=sd)``.
     """
     from safetensors.torch import save_file
 
@@ -114,7 +118,7 @@ def save_adapter(model: nn.Module, path: Union[str, Path], name: Optional[str] =
     with staged() as stage:
         for adapter, folder in folders.items():
             data = file_config(model, adapter)
-            tensors = state_to_save(model, adapter, dtype)
+            tensors = state_to_save(model, adapter, dtype, state_dict)
             text = json.dumps(data, indent=2, sort_keys=True) + "\n"
             stage(folder / CONFIG_NAME, lambda tmp, text=text: tmp.write_text(text, encoding="utf-8"))
             stage(folder / WEIGHTS_NAME,

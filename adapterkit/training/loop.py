@@ -21,7 +21,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
-from . import checkpoint, optim, stages
+from . import checkpoint, optim, sharding, stages
 from . import resume as resume_mod
 from ..errors import ConfigError
 from .batches import BatchPlan
@@ -90,7 +90,7 @@ def _step(accelerator, model, optimizer, scheduler, batches: list[dict], task: s
     total, tokens = 0.0, 0
     for k, batch in enumerate(batches):
         last = k == len(batches) - 1
-        sync = contextlib.nullcontext() if last else accelerator.no_sync(model)
+        sync = contextlib.nullcontext() if last else sharding.no_sync(accelerator, model)
         with sync:
             loss, n = batch_loss(model, batch, task)
             accelerator.backward(loss / len(batches))
@@ -148,6 +148,7 @@ def train(config: Union[TrainConfig, dict, str], resume: Union[bool, str] = Fals
     check_output_folder(config.output.dir, "output.dir")
     accelerator = _accelerator(config)
     try:
+        sharding.check(config, accelerator)
         set_seed(config.optim.seed)
         return _run(config, accelerator, resume, callbacks)
     finally:
@@ -179,9 +180,7 @@ class _Run:
             self._prepare_stages(model)
         else:
             self.total = o.max_steps or self.plan.steps_per_epoch * o.epochs
-            optimizer = optim.build_optimizer(model, o)
-            self.scheduler = optim.build_schedule(optimizer, o, self.total)
-            self.model, self.optimizer = accelerator.prepare(model, optimizer)
+            self.model, self.optimizer = self._prepare_model(model)
         self.model.train()
         if accelerator.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -190,6 +189,19 @@ class _Run:
         self.log = _Log(accelerator, self.out, self.history)
         self.state = {"best": None, "bad_evals": 0, "first_eval": None}
         self.step = 0
+
+    def _prepare_model(self, model):
+        """(prepared model, optimizer) and the schedule; FSDP builds the optimizer after sharding."""
+        o = self.config.optim
+
+        def make_optimizer(m):
+            optimizer = optim.build_optimizer(m, o)
+            self.scheduler = optim.build_schedule(optimizer, o, self.total)
+            return optimizer
+
+        if sharding.requested():
+            return sharding.prepare(self.acc, model, make_optimizer)
+        return self.acc.prepare(model, make_optimizer(model))
 
     def _prepare_stages(self, model) -> None:
         """Stage bounds; the names every stage trains (what checkpoints hold); stage 0 set up."""
@@ -335,9 +347,12 @@ def _save_final(accelerator, model, config: TrainConfig, out: Path, names, stage
     import adapterkit as ak
 
     accelerator.wait_for_everyone()
+    whole = None  # a sharded model's adapter tensors, gathered whole by all processes
+    if config.adapter is not None and sharding.is_sharded(model):
+        whole = sharding.gather(model, sharding.adapter_tensor_names(model))
     if accelerator.is_main_process:
         if config.adapter is not None:
-            ak.save_adapter(model, str(out), overwrite=True)  # this run's output folder
+            ak.save_adapter(model, str(out), overwrite=True, state_dict=whole)  # this run's output folder
         elif hasattr(model, "save_pretrained"):
             model.save_pretrained(out)  # no adapter: the whole fine-tuned model
         if staged:  # weights the stages trained outside the adapter

@@ -228,7 +228,7 @@ def check_fit(saved: Saved, model, optimizer, scheduler, names=None) -> None:
             raise _bad(saved.path, "trainable.safetensors", f"holds {name!r} with shape {tuple(tensor.shape)}, "
                        f"but this model's is {tuple(params[name].shape)} (the adapter's rank or the model "
                        f"changed since it was written)")
-    if optimizer is not None:
+    if optimizer is not None and saved.state.get("optimizer") != "names":  # FSDP's is keyed by names
         _check_optimizer(saved, optimizer, scheduler)
 
 
