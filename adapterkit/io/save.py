@@ -13,6 +13,7 @@ from ..errors import AdapterFileError, AdapterNameError
 from ..inject import adapter_config, adapter_names
 from ..registry import method_for
 from .atomic import staged
+from . import tasks
 from .card import Saved, model_card
 from .read import CARD_NAME, CONFIG_NAME, PICKLE_NAME, WEIGHTS_NAME
 from .state import entries, state_to_save
@@ -20,10 +21,6 @@ from .state import entries, state_to_save
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
           "float16": torch.float16, "half": torch.float16, "fp32": torch.float32,
           "float32": torch.float32, "float": torch.float32}
-
-# transformers class-name endings -> PEFT task_type (PeftModel.from_pretrained picks its class by it)
-_TASKS = (("ForCausalLM", "CAUSAL_LM"), ("LMHeadModel", "CAUSAL_LM"), ("ForSequenceClassification", "SEQ_CLS"),
-          ("ForTokenClassification", "TOKEN_CLS"), ("ForQuestionAnswering", "QUESTION_ANS"))
 
 
 def as_dtype(dtype: Union[None, str, torch.dtype]) -> Optional[torch.dtype]:
@@ -39,20 +36,20 @@ def as_dtype(dtype: Union[None, str, torch.dtype]) -> Optional[torch.dtype]:
 
 
 def base_model_name(model: nn.Module) -> Optional[str]:
+    """The base to record: an offline alias's hub id, else the model's ``name_or_path`` as loaded."""
+    from ..models import portable_name
+
     config = getattr(model, "config", None)
-    name = getattr(config, "_name_or_path", None) or getattr(model, "name_or_path", None)
-    return str(name) if name else None
+    name = getattr(config, "name_or_path", None) or getattr(model, "name_or_path", None)
+    return portable_name(str(name)) if name else None
 
 
-def task_type(model: nn.Module) -> Optional[str]:
-    cls = type(model).__name__
-    for ending, task in _TASKS:
-        if cls.endswith(ending):
-            return task
-    if cls.endswith("ForConditionalGeneration") and getattr(getattr(model, "config", None),
-                                                            "is_encoder_decoder", False):
-        return "SEQ_2_SEQ_LM"
-    return None
+def _heads(model: nn.Module, name: str) -> dict[str, nn.Module]:
+    """Heads PEFT's task wrapper expects in the file that the adapter does not train (tasks.py)."""
+    config = adapter_config(model, name)
+    if method_for(config).files.peft_type.startswith("ADAPTERKIT_"):
+        return {}  # PEFT does not read these files
+    return tasks.heads_to_save(model, tasks.task_type(model), tuple(getattr(config, "train_modules", ())))
 
 
 def file_config(model: nn.Module, name: str) -> dict[str, Any]:
@@ -62,11 +59,22 @@ def file_config(model: nn.Module, name: str) -> dict[str, Any]:
     if method.files is None:
         raise AdapterFileError(f"adapter {name!r} is a {config.method} adapter, which has no file format yet.")
     data: dict[str, Any] = {"peft_type": method.files.peft_type, "base_model_name_or_path": base_model_name(model),
-                            "task_type": task_type(model), "inference_mode": True}
+                            "task_type": tasks.task_type(model), "inference_mode": True}
     if "train_modules" in {f.name for f in dataclasses.fields(config)}:
-        data["modules_to_save"] = list(config.train_modules) or None
+        data["modules_to_save"] = list(config.train_modules) + list(_heads(model, name)) or None
     data.update(method.files.config_to_file(config, model))
     return data
+
+
+def _head_tensors(model: nn.Module, name: str, dtype: Optional[torch.dtype]) -> dict[str, torch.Tensor]:
+    """The untrained heads of ``_heads`` under PEFT's modules_to_save keys (copies)."""
+    prefix = method_for(adapter_config(model, name)).files.trained_prefix
+    out = {}
+    for module_name, module in _heads(model, name).items():
+        for key, t in module.state_dict().items():
+            if t.is_floating_point():
+                out[f"{prefix}{module_name}.{key}"] = t.detach().to("cpu", dtype or t.dtype).contiguous().clone()
+    return out
 
 
 def _folders(model: nn.Module, path: Path, name: Optional[str]) -> dict[str, Path]:
@@ -114,7 +122,7 @@ def save_adapter(model: nn.Module, path: Union[str, Path], name: Optional[str] =
     with staged() as stage:
         for adapter, folder in folders.items():
             data = file_config(model, adapter)
-            tensors = state_to_save(model, adapter, dtype)
+            tensors = {**state_to_save(model, adapter, dtype), **_head_tensors(model, adapter, dtype)}
             text = json.dumps(data, indent=2, sort_keys=True) + "\n"
             stage(folder / CONFIG_NAME, lambda tmp, text=text: tmp.write_text(text, encoding="utf-8"))
             stage(folder / WEIGHTS_NAME,
