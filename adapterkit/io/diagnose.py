@@ -79,7 +79,8 @@ def _placement(key: str, module: str, leaf: str, data: dict, names: dict, adapte
     kind = leaf.split(".")[0]
     if module in adapted and kind in _LORA_LEAVES:
         wanted = "lora_embedding_A/B" if adapted[module] == "embedding" else "lora_A/lora_B.weight"
-        return (f"{key!r} is a {kind} tensor, but {module!r} here is a {type(names[module]).__name__} whose "
+        inner = names[module].innermost() if hasattr(names[module], "innermost") else names[module]
+        return (f"{key!r} is a {kind} tensor, but {module!r} here is a {type(inner).__name__} whose "
                 f"LoRA tensors are {wanted}; the file was saved from another architecture")
     if module in names and kind in _LORA_LEAVES:
         return (f"{key!r} adapts {module!r}, which the config's target_modules={data.get('target_modules')!r} "
