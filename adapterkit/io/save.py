@@ -15,6 +15,7 @@ from ..registry import method_for
 from .atomic import staged
 from . import tasks
 from .card import Saved, model_card
+from .serving import vllm_summary
 from .read import CARD_NAME, CONFIG_NAME, PICKLE_NAME, WEIGHTS_NAME
 from .state import entries, state_to_save
 
@@ -107,7 +108,8 @@ def save_adapter(model: nn.Module, path: Union[str, Path], name: Optional[str] =
 
     PEFT's layout: ``adapter_config.json`` + ``adapter_model.safetensors``; the ``default`` adapter
     at ``path``, any other in ``path/<name>``; a ``README.md`` model card at ``path``. Tensors are
-    only the adapters' (no base weights), optionally cast to ``dtype`` ("bf16", "fp16", "fp32").
+    only the adapters' (no base weights), optionally cast to ``dtype`` ("bf16", "fp16", "fp32"). The
+    card says whether vLLM's LoRA loader takes each adapter, and if not, why (``serving.py``).
     All files land together or not at all; an existing adapter is replaced only with ``overwrite``.
     """
     from safetensors.torch import save_file
@@ -129,7 +131,8 @@ def save_adapter(model: nn.Module, path: Union[str, Path], name: Optional[str] =
                   lambda tmp, t=tensors: save_file(t, str(tmp), metadata={"format": "pt"}))
             rel = "." if folder == path else folder.name
             count = sum(1 for e in entries(model, adapter)[1] if not e.trained)
-            saved.append(Saved(adapter, rel, data["peft_type"], adapter_config(model, adapter), tensors, count))
+            vllm = vllm_summary(data, {k: tuple(t.shape) for k, t in tensors.items()})
+            saved.append(Saved(adapter, rel, data["peft_type"], adapter_config(model, adapter), tensors, count, vllm))
         card = model_card(saved, base_model_name(model), __version__)
         stage(path / CARD_NAME, lambda tmp: tmp.write_text(card, encoding="utf-8"))
     return path
