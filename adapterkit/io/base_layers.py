@@ -16,6 +16,9 @@ embedding) is copied into the base layer, as PEFT does, with a warning, since ``
 with the size to resize to. Only layers the adapter wraps (``.base_layer.``) and the model's
 input / output embeddings (found with ``get_input_embeddings`` / ``get_output_embeddings``) are
 read this way; any other unknown tensor is an error (``diagnose.py``).
+
+Saving, adapterkit writes these only for a resized vocabulary (``resized_embeddings``), where the
+adapter is wrong without them; an unchanged embedding is not copied into every adapter file.
 """
 from __future__ import annotations
 
@@ -72,29 +75,54 @@ def split(model: nn.Module, adapted: list[str], unexpected: dict[str, Tensor], p
 
     ``adapted``: logical names of the layers the adapter wraps; ``prefix``: the method's key prefix
     for whole modules (``base_model.model.`` for LoRA, ``base_model.`` for prompt methods)."""
+    places = [(f"{PEFT_PREFIX}{m}.base_layer.", m, _inner(model, m)) for m in adapted]
+    places += [(f"{prefix}{m}.", m, inner) for m, inner in _embedding_modules(model).items() if m not in adapted]
     found = []
-    embeddings = _embedding_modules(model)
     for key, tensor in unexpected.items():
-        for module in adapted:
-            start = f"{PEFT_PREFIX}{module}.base_layer."
-            if key.startswith(start):
-                found.append(BaseTensor(key, module, key[len(start):], tensor))
+        for start, module, inner in places:
+            rest = key[len(start):]
+            if key.startswith(start) and rest in dict(inner.named_parameters()):
+                found.append(BaseTensor(key, module, rest, tensor))
                 break
-        else:
-            for module in embeddings:
-                start = f"{prefix}{module}."
-                rest = key[len(start):]
-                if key.startswith(start) and rest in dict(embeddings[module].named_parameters()):
-                    found.append(BaseTensor(key, module, rest, tensor))
-                    break
     return found
 
 
+def _inner(model: nn.Module, name: str) -> nn.Module:
+    module = model.get_submodule(name)
+    return module.innermost() if isinstance(module, AdapterLayer) else module
+
+
+def resized_embeddings(model: nn.Module, adapted: list[str], trained: list[str], prefix: str) -> dict[str, Tensor]:
+    """What PEFT's ``save_embedding_layers="auto"`` adds for a resized vocabulary: the input and output
+    embeddings whole, when their rows differ from ``vocab_size`` in the base's ``config.json``
+    (read only where the base was a local folder, an alias's included: no hub look-up). Without
+    them the adapter would meet freshly drawn rows for the new tokens wherever it is loaded."""
+    base_vocab = _base_vocab_size(model)
+    out = {}
+    for name, inner in _embedding_modules(model).items():
+        weight = getattr(inner, "weight", None)
+        if base_vocab is None or weight is None or weight.shape[0] == base_vocab or name in trained:
+            continue
+        out[f"{PEFT_PREFIX}{name}.base_layer.weight" if name in adapted else f"{prefix}{name}.weight"] = weight
+    return out
+
+
+def _base_vocab_size(model: nn.Module):
+    import json
+
+    name = getattr(getattr(model, "config", None), "name_or_path", None)
+    file = Path(name) / "config.json" if name else None
+    if file is None or not file.is_file():
+        return None
+    try:
+        size = json.loads(file.read_text(encoding="utf-8")).get("vocab_size")
+    except (OSError, ValueError):
+        return None
+    return size if isinstance(size, int) else None
+
+
 def _live(model: nn.Module, item: BaseTensor) -> Tensor:
-    module = model.get_submodule(item.module)
-    if isinstance(module, AdapterLayer):
-        module = module.innermost()
-    return dict(module.named_parameters())[item.param]
+    return dict(_inner(model, item.module).named_parameters())[item.param]
 
 
 def check(model: nn.Module, found: list[BaseTensor], folder: Path) -> list[BaseTensor]:

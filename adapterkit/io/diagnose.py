@@ -60,6 +60,9 @@ def feature(key: str, data: dict[str, Any], model: nn.Module, adapted: dict[str,
         return (f"{key!r} holds trainable token rows (PEFT's trainable_token_indices / TRAINABLE_TOKENS), "
                 "which adapterkit does not implement; load it with PEFT, or train the embedding as a "
                 "train_modules entry instead")
+    if leaf.startswith("base_layer.") and module in adapted:
+        return (f"{key!r} is a base-layer tensor PEFT saved for {module!r}, but this model's {module} has no "
+                f"parameter {leaf.removeprefix('base_layer.')!r}; the file was saved from another model")
     if leaf.startswith("base_layer."):
         return (f"{key!r} is a base-layer weight PEFT saved (save_embedding_layers) for {module!r}, a module "
                 "this adapter does not wrap here; the file's target_modules and tensors disagree, or it was "

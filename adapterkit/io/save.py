@@ -12,11 +12,11 @@ from torch import nn
 from ..errors import AdapterFileError, AdapterNameError
 from ..inject import adapter_config, adapter_names
 from ..registry import method_for
+from . import base_layers, tasks
 from .atomic import staged
-from . import tasks
 from .card import Saved, model_card
-from .serving import vllm_summary
 from .read import CARD_NAME, CONFIG_NAME, PICKLE_NAME, WEIGHTS_NAME
+from .serving import vllm_summary
 from .state import entries, state_to_save
 
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
@@ -67,15 +67,18 @@ def file_config(model: nn.Module, name: str) -> dict[str, Any]:
     return data
 
 
-def _head_tensors(model: nn.Module, name: str, dtype: Optional[torch.dtype]) -> dict[str, torch.Tensor]:
-    """The untrained heads of ``_heads`` under PEFT's modules_to_save keys (copies)."""
+def _base_tensors(model: nn.Module, name: str, dtype: Optional[torch.dtype]) -> dict[str, torch.Tensor]:
+    """Base weights saved beside the adapter, as PEFT does (copies): the untrained task heads of
+    ``_heads`` under modules_to_save keys; the embeddings of a resized vocabulary (base_layers.py)."""
     prefix = method_for(adapter_config(model, name)).files.trained_prefix
-    out = {}
+    found: dict[str, torch.Tensor] = {}
     for module_name, module in _heads(model, name).items():
-        for key, t in module.state_dict().items():
-            if t.is_floating_point():
-                out[f"{prefix}{module_name}.{key}"] = t.detach().to("cpu", dtype or t.dtype).contiguous().clone()
-    return out
+        found.update({f"{prefix}{module_name}.{k}": t for k, t in module.state_dict().items()})
+    _, layers = entries(model, name)
+    found.update(base_layers.resized_embeddings(model, [e.module for e in layers if not e.trained],
+                                                [e.module for e in layers if e.trained], prefix))
+    return {k: t.detach().to("cpu", dtype or t.dtype).contiguous().clone()
+            for k, t in found.items() if t.is_floating_point()}
 
 
 def _folders(model: nn.Module, path: Path, name: Optional[str]) -> dict[str, Path]:
@@ -124,7 +127,7 @@ def save_adapter(model: nn.Module, path: Union[str, Path], name: Optional[str] =
     with staged() as stage:
         for adapter, folder in folders.items():
             data = file_config(model, adapter)
-            tensors = {**state_to_save(model, adapter, dtype), **_head_tensors(model, adapter, dtype)}
+            tensors = {**state_to_save(model, adapter, dtype), **_base_tensors(model, adapter, dtype)}
             text = json.dumps(data, indent=2, sort_keys=True) + "\n"
             stage(folder / CONFIG_NAME, lambda tmp, text=text: tmp.write_text(text, encoding="utf-8"))
             stage(folder / WEIGHTS_NAME,

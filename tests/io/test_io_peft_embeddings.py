@@ -143,3 +143,33 @@ def test_resized_vocabulary(tmp_path):
     ids = torch.tensor([[100, 98, 3, 7]])
     with torch.no_grad():
         _close(fresh(input_ids=ids).logits, theirs(input_ids=ids).logits)
+
+
+@pytest.mark.parametrize("targets", [["q_proj"], ["q_proj", "embed_tokens"]])
+def test_adapterkit_saves_a_resized_vocabulary_as_peft_does(tmp_path, targets):
+    from transformers import LlamaForCausalLM
+
+    tiny_llama().save_pretrained(tmp_path / "base")
+    model = LlamaForCausalLM.from_pretrained(tmp_path / "base").eval()
+    model.resize_token_embeddings(101)  # new tokens: their rows exist only in this model
+    ak.attach(model, ak.LoRAConfig(rank=2, targets=targets, init="random"))
+    ak.save_adapter(model, tmp_path / "adapter")
+    keys = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    emb = "base_layer.weight" if "embed_tokens" in targets else "weight"
+    assert keys[f"base_model.model.model.embed_tokens.{emb}"].shape == (101, 32)
+    assert keys["base_model.model.lm_head.weight"].shape == (101, 32)
+    ids = torch.tensor([[100, 99, 3, 7]])
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+    for loader in ("adapterkit", "peft"):
+        fresh = LlamaForCausalLM.from_pretrained(tmp_path / "base").eval()
+        fresh.resize_token_embeddings(101)
+        with torch.no_grad():
+            fresh.model.embed_tokens.weight[97:].normal_()
+            fresh.lm_head.weight[97:].normal_()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            loaded = ak.load_adapter(fresh, tmp_path / "adapter") if loader == "adapterkit" else \
+                peft.PeftModel.from_pretrained(fresh, tmp_path / "adapter").eval()
+        with torch.no_grad():
+            _close(loaded(input_ids=ids).logits, expected)
