@@ -91,11 +91,26 @@ def _num_labels(cls, config, folder: Path, prefix: str) -> Optional[int]:
     return shape[0][0] if shape else None
 
 
+def _label_arguments(cls, config, folder: Path) -> dict:
+    """``from_pretrained`` arguments for a classifier with the adapter's labels."""
+    from ..registry import method_for_peft_type
+
+    prefix = method_for_peft_type(read_config(folder).get("peft_type")).files.trained_prefix
+    count = _num_labels(cls, config, folder, prefix) or config.num_labels
+    extra: dict = {"num_labels": count}
+    names = _labels(folder)
+    if not names and count != config.num_labels:  # the base's label names do not fit
+        names = [f"LABEL_{i}" for i in range(count)]
+    if names and len(names) == count:
+        extra.update(id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+    if count != config.num_labels:
+        extra["ignore_mismatched_sizes"] = True  # the base's own head has another size: a new one
+    return extra
+
+
 def _load_base(path: str, folder: Path, dtype: Optional[torch.dtype]):
     """(model, dtype, names transformers initialised at random) for the adapter in ``folder``."""
     import transformers
-
-    from ..registry import method_for_peft_type
 
     try:
         config = transformers.AutoConfig.from_pretrained(path)
@@ -103,18 +118,9 @@ def _load_base(path: str, folder: Path, dtype: Optional[torch.dtype]):
         arch = (getattr(config, "architectures", None) or [None])[0]
         cls = tasks.auto_class(task) if task else (getattr(transformers, arch, None) if arch else None)
         cls = cls or transformers.AutoModelForCausalLM
-        extra = {}
-        if task in ("SEQ_CLS", "TOKEN_CLS"):
-            prefix = method_for_peft_type(read_config(folder).get("peft_type")).files.trained_prefix
-            extra["num_labels"] = _num_labels(cls, config, folder, prefix) or config.num_labels
-            names = _labels(folder)
-            if names and len(names) == extra["num_labels"]:
-                extra["id2label"] = dict(enumerate(names))
-                extra["label2id"] = {n: i for i, n in enumerate(names)}
+        extra = _label_arguments(cls, config, folder) if task in ("SEQ_CLS", "TOKEN_CLS") else {}
         target = dtype or getattr(config, "dtype", None) or torch.float32
         target = getattr(torch, target) if isinstance(target, str) else target
-        if extra.get("num_labels", config.num_labels) != config.num_labels:
-            extra["ignore_mismatched_sizes"] = True  # the base's own head has another size: a new one
         model, info = cls.from_pretrained(path, dtype=target, output_loading_info=True, **extra)
         fresh = list(info.get("missing_keys", ())) + [k if isinstance(k, str) else k[0]
                                                       for k in info.get("mismatched_keys", ())]

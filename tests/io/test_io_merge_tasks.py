@@ -71,6 +71,23 @@ def test_bare_encoder_base_gets_the_classifier_the_adapter_trained(tmp_path):
     torch.testing.assert_close(_outputs(merged), _outputs(adapted), atol=1e-4, rtol=1e-5)  # merged: W + s B A rounded once
 
 
+def test_a_peft_classifier_merges_with_the_number_of_labels_its_head_has(tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    from tests.models import tiny_bert
+
+    tiny_bert(num_labels=3).bert.save_pretrained(tmp_path / "bare")  # the same encoder, no head
+    theirs = get_peft_model(tiny_bert(num_labels=5), LoraConfig(task_type="SEQ_CLS", r=2, target_modules=["query"],
+                                                                init_lora_weights=False)).eval()
+    theirs.save_pretrained(tmp_path / "adapter")  # no labels.json: the head's shape tells
+    assert main(["merge", str(tmp_path / "adapter"), "--base", str(tmp_path / "bare"),
+                 "--out", str(tmp_path / "merged")]) == 0
+    merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged").eval()
+    assert merged.config.num_labels == 5
+    torch.testing.assert_close(_outputs(merged), _outputs(theirs), atol=1e-4, rtol=1e-5)
+
+
 def test_a_head_neither_base_nor_adapter_holds_is_refused(tmp_path):
     from transformers import BertModel
 
