@@ -29,7 +29,8 @@ from . import tasks
 _OTHER_METHODS = (("hada_", "LoHa"), ("lokr_", "LoKr"), ("oft_", "OFT"), ("boft_", "BOFT"),
                   ("vera_lambda_", "VeRA"), ("fourierft_", "FourierFT"), ("vblora_", "VB-LoRA"),
                   ("lora_E", "AdaLoRA"), ("ranknum", "AdaLoRA"), ("ia3_l", "IA3"), ("randlora_", "RandLoRA"),
-                  ("adapter_down", "adapterkit's bottleneck adapter"), ("adapter_up", "adapterkit's bottleneck adapter"),
+                  ("adapter_down", "adapterkit's bottleneck adapter"),
+                  ("adapter_up", "adapterkit's bottleneck adapter"),
                   ("prompt_embeddings", "prompt / prefix / P-tuning"))
 _LORA_LEAVES = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector")
 

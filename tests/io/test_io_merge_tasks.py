@@ -14,6 +14,7 @@ from adapterkit.models import load_model
 from tests.training.helpers import char_tokenizer, tiny_folder
 
 IDS = torch.tensor([[5, 17, 30, 42, 8, 9], [3, 3, 60, 11, 0, 0]])
+TOL = dict(atol=1e-4, rtol=1e-5)  # merged: W + s B A rounded once
 
 
 @torch.no_grad()
@@ -56,7 +57,7 @@ def test_classifier_merges_with_its_head_labels_and_recorded_base(tmp_path, kind
     merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged").eval()
     assert merged.config.id2label == {0: "neg", 1: "neu", 2: "pos"}
     assert not any("adapterkit" in type(m).__module__ for m in merged.modules())
-    torch.testing.assert_close(_outputs(merged), _outputs(adapted), atol=1e-4, rtol=1e-5)  # merged: W + s B A rounded once
+    torch.testing.assert_close(_outputs(merged), _outputs(adapted), **TOL)
 
 
 def test_bare_encoder_base_gets_the_classifier_the_adapter_trained(tmp_path):
@@ -68,7 +69,7 @@ def test_bare_encoder_base_gets_the_classifier_the_adapter_trained(tmp_path):
     char_tokenizer().save_pretrained(bare)
     assert main(["merge", str(tmp_path / "run"), "--base", str(bare), "--out", str(tmp_path / "merged")]) == 0
     merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged").eval()
-    torch.testing.assert_close(_outputs(merged), _outputs(adapted), atol=1e-4, rtol=1e-5)  # merged: W + s B A rounded once
+    torch.testing.assert_close(_outputs(merged), _outputs(adapted), **TOL)
 
 
 def test_a_peft_classifier_merges_with_the_number_of_labels_its_head_has(tmp_path):
@@ -85,7 +86,7 @@ def test_a_peft_classifier_merges_with_the_number_of_labels_its_head_has(tmp_pat
                  "--out", str(tmp_path / "merged")]) == 0
     merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged").eval()
     assert merged.config.num_labels == 5
-    torch.testing.assert_close(_outputs(merged), _outputs(theirs), atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(_outputs(merged), _outputs(theirs), **TOL)
 
 
 def test_a_head_neither_base_nor_adapter_holds_is_refused(tmp_path):
@@ -122,7 +123,7 @@ def test_seq2seq_adapter_merges_into_a_seq2seq_model(tmp_path):
     assert main(["merge", str(tmp_path / "adapter"), "--out", str(tmp_path / "merged")]) == 0
     merged = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "merged").eval()
     assert type(merged).__name__ == "T5ForConditionalGeneration"
-    torch.testing.assert_close(_outputs(merged), _outputs(adapted), atol=1e-4, rtol=1e-5)  # merged: W + s B A rounded once
+    torch.testing.assert_close(_outputs(merged), _outputs(adapted), **TOL)
 
 
 def _fake_alias(tmp_path, monkeypatch):
@@ -146,10 +147,10 @@ def test_alias_bases_are_recorded_by_hub_id_and_loaded_offline(tmp_path, monkeyp
         from transformers import AutoModelForCausalLM
 
         merged = AutoModelForCausalLM.from_pretrained(out).eval()
-        torch.testing.assert_close(_outputs(merged), _outputs(model.eval()), atol=1e-4, rtol=1e-5)  # merged: W + s B A rounded once
+        torch.testing.assert_close(_outputs(merged), _outputs(model.eval()), **TOL)
     again, _ = load_model(data["base_model_name_or_path"])
     ak.load_adapter(again, tmp_path / "adapter")
-    torch.testing.assert_close(_outputs(again), _outputs(model), atol=1e-4, rtol=1e-5)  # merged: W + s B A rounded once
+    torch.testing.assert_close(_outputs(again), _outputs(model), **TOL)
 
 
 def test_local_folders_and_hub_names_are_recorded_as_given(tmp_path):
@@ -184,5 +185,5 @@ def test_minilm_classifier_merges_from_its_recorded_hub_id(tmp_path, monkeypatch
     merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged").eval()
     batch = tokenizer(["a fine film", "dull"], return_tensors="pt", padding=True)
     with torch.no_grad():
-        torch.testing.assert_close(merged(**batch).logits, model.eval()(**batch).logits, atol=1e-4, rtol=1e-5)  # merged: W + s B A rounded once
+        torch.testing.assert_close(merged(**batch).logits, model.eval()(**batch).logits, **TOL)
     assert merged.config.id2label == {0: "negative", 1: "positive"}
