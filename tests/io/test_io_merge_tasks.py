@@ -187,3 +187,26 @@ def test_minilm_classifier_merges_from_its_recorded_hub_id(tmp_path, monkeypatch
     with torch.no_grad():
         torch.testing.assert_close(merged(**batch).logits, model.eval()(**batch).logits, **TOL)
     assert merged.config.id2label == {0: "negative", 1: "positive"}
+
+
+def test_a_training_run_on_a_bare_encoder_merges_as_it_is(tmp_path):
+    """The reported case: a MiniLM-like folder (a bare BertModel), a classifier trained on it with
+    `adapterkit train`, then `adapterkit merge RUN --out M` with no --base."""
+    from transformers import AutoModelForSequenceClassification, BertModel
+
+    from tests.training.helpers import write_jsonl
+
+    bare = tmp_path / "bare"
+    BertModel.from_pretrained(tiny_folder(tmp_path / "bert", kind="bert")).save_pretrained(bare)
+    char_tokenizer().save_pretrained(bare)
+    rows = [{"text": t, "label": t[0]} for t in ["aaa", "abc", "bbb", "bcd", "ccc", "cab"]]
+    data = write_jsonl(tmp_path / "cls.jsonl", rows)
+    result = ak.train({"model": {"name": str(bare)}, "adapter": {"method": "lora", "rank": 4,
+                                                                  "targets": ["query", "value"]},
+                       "data": {"train": data, "format": "classification"},
+                       "optim": {"lr": 5e-2, "batch_size": 3, "max_steps": 4, "schedule": "constant"},
+                       "output": {"dir": str(tmp_path / "run"), "progress": False, "plot": False}})
+    assert main(["merge", str(tmp_path / "run"), "--out", str(tmp_path / "merged")]) == 0
+    merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged").eval()
+    assert merged.config.id2label == {0: "a", 1: "b", 2: "c"}
+    torch.testing.assert_close(_outputs(merged), _outputs(result.model.eval()), **TOL)
