@@ -8,10 +8,10 @@ from typing import Union
 import torch
 from torch import nn
 
+from .. import bases
 from ..config import AdapterConfig, check_adapter_name
 from ..errors import AdapterFileError, TargetError, UnsupportedModuleError
 from ..inject import adapter_layers, attach, check_model
-from .. import bases
 from ..transaction import unchanged_on_error
 from ..targets import logical_modules, matches
 from . import base_layers, diagnose, tasks
@@ -86,7 +86,10 @@ def load_adapter(model: nn.Module, path: Union[str, Path], name: str = "default"
     instead when it holds an adapter (where ``save_adapter`` and PEFT put it). The
     adapter becomes active. Its parameters are frozen unless ``trainable``. Only safetensors are
     read unless ``allow_pickle`` (then ``adapter_model.bin`` is read with ``weights_only=True``).
-    On any error the model is left as it was.
+    Base-model weights PEFT saved beside the adapter are copied into the base where they differ
+    from the model's, with a warning (``base_layers.py``). A file that does not fit raises
+    ``AdapterFileError`` with one specific reason (``diagnose.py``). On any error the model is left
+    as it was.
     """
     check_model(model, "load_adapter")
     check_adapter_name(name)
