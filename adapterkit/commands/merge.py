@@ -1,4 +1,7 @@
-"""``adapterkit merge DIR --base MODEL_DIR --out OUT``: a plain transformers model with the adapter folded in."""
+"""``adapterkit merge DIR [--base MODEL] --out OUT``: a plain transformers model with the adapter folded in.
+
+The base defaults to the one the adapter records; a folder, a hub name or an offline alias. The
+merged model has the adapter's task (its head, number of labels and label names for a classifier)."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +11,9 @@ from ..cli import command
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("adapter", metavar="DIR", help="adapter folder (adapterkit's or PEFT's)")
-    parser.add_argument("--base", required=True, metavar="MODEL_DIR", help="the base model's transformers folder")
+    parser.add_argument("--base", default=None, metavar="MODEL",
+                        help="the base model: a transformers folder, a hub name or an alias "
+                             "(default: the one recorded in the adapter folder)")
     parser.add_argument("--out", required=True, metavar="OUT", help="folder to write the merged model to")
     parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None,
                         help="dtype of the saved weights (default: the base model's)")
