@@ -63,7 +63,8 @@ class Rows:
             for i, name in enumerate(self.expanded(batch)):
                 if name != BASE:
                     rows.setdefault(name, []).append(i)
-            found = self._groups[key] = {n: torch.tensor(r, device=device) for n, r in rows.items()}
+            flat = torch.tensor([i for r in rows.values() for i in r], dtype=torch.int64, device=device)
+            found = self._groups[key] = dict(zip(rows, flat.split([len(r) for r in rows.values()])))
         return found
 
     def slots(self, batch: int, device: torch.device, held: tuple[str, ...]) -> tuple[Tensor, Tensor]:

@@ -10,6 +10,8 @@ largest, which adds exact zeros), gathered per row by index, and applied with tw
     H = bmm(X, A[slot]^T) * s[slot]      X (n, T, in), A (k, r, in) -> H (n, T, r)
     Y[rows] += bmm(H, B[slot]^T)         B (k, out, r)              -> (n, T, out)
 
+(with every row adapted, the second product accumulates into Y in place: ``baddbmm_``).
+
 Embedding and Conv2d bases, and DoRA adapters, loop over the few distinct adapters instead: each
 adapter's own forward on its rows (index_select), written back with index_copy. Inference only, no
 dropout: ``rows.checked`` refuses a model in training mode.
@@ -46,25 +48,28 @@ def forward(layer, x: Tensor, *args, **kwargs) -> Tensor:
 def _gathered(layer, x: Tensor, y: Tensor, held: tuple[str, ...], adapters: list) -> Tensor:
     # x (B, ..., in), y (B, ..., out) -> (B, ..., out)
     batch = x.shape[0]
-    a, b, scale = _stacked(layer, held, adapters, y.dtype)  # (k, r, in), (k, out, r), (k,)
+    a, b, scale = _stacked(layer, held, adapters, y.dtype)  # (k, r, in), (k, out, r), (k,) or one float
     rows, slot = layer.rows.slots(batch, x.device, held)  # (n,), (n,)
+    every_row = rows.numel() == batch
     x3 = x.to(y.dtype).reshape(batch, -1, a.shape[2])  # (B, T, in)
-    if rows.numel() < batch:
+    if not every_row:
         x3 = x3.index_select(0, rows)  # (n, T, in)
     h = torch.bmm(x3, a.index_select(0, slot).transpose(1, 2))  # (n, T, r)
-    h = h * scale.index_select(0, slot).view(-1, 1, 1)
-    delta = torch.bmm(h, b.index_select(0, slot).transpose(1, 2))  # (n, T, out)
+    if isinstance(scale, Tensor):
+        h, scale = h * scale.index_select(0, slot).view(-1, 1, 1), 1.0
+    b_rows = b.index_select(0, slot).transpose(1, 2)  # (n, r, out), a view
     y = y.contiguous()
-    y3 = y.view(batch, -1, b.shape[1])  # (B, T, out), the same storage as y
-    if rows.numel() < batch:
-        y3.index_add_(0, rows, delta)
+    y3 = y.view(batch, -1, b.shape[1])  # (B, T, out), the storage of y
+    if every_row:
+        y3.baddbmm_(h, b_rows, alpha=scale)  # accumulates in place: no (B, T, out) temporary
     else:
-        y3.add_(delta)
+        y3.index_add_(0, rows, torch.bmm(h, b_rows), alpha=scale)
     return y
 
 
-def _stacked(layer, held: tuple[str, ...], adapters: list, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
-    """(A (k, r, in), B (k, out, r), scale (k,)) of ``held``, ranks zero-padded to the largest.
+def _stacked(layer, held: tuple[str, ...], adapters: list, dtype: torch.dtype):
+    """A (k, r, in), B (k, out, r) of ``held``, ranks zero-padded to the largest, and their
+    scales: one float when they agree, else a (k,) tensor.
 
     Kept for the rest of the call or ``mixed_batch`` block when no gradient is being recorded
     (``generate`` steps reuse them); built afresh under autograd.
@@ -74,9 +79,18 @@ def _stacked(layer, held: tuple[str, ...], adapters: list, dtype: torch.dtype) -
     if key in cache and not torch.is_grad_enabled():
         return cache[key]
     rank = max(adapter.a.shape[0] for adapter in adapters)
-    a = torch.stack([F.pad(ad.a.to(dtype), (0, 0, 0, rank - ad.a.shape[0])) for ad in adapters])
-    b = torch.stack([F.pad(ad.b.to(dtype), (0, rank - ad.b.shape[1])) for ad in adapters])
-    scale = torch.tensor([ad.scale for ad in adapters], dtype=dtype, device=a.device)
+    a = torch.stack([_padded(ad.a.to(dtype), 0, rank) for ad in adapters])  # (k, r, in)
+    b = torch.stack([_padded(ad.b.to(dtype), 1, rank) for ad in adapters])  # (k, out, r)
+    scales = [ad.scale for ad in adapters]
+    scale = scales[0] if len(set(scales)) == 1 else torch.tensor(scales, dtype=dtype, device=a.device)
     if not torch.is_grad_enabled():
         cache[key] = (a, b, scale)
     return a, b, scale
+
+
+def _padded(factor: Tensor, dim: int, rank: int) -> Tensor:
+    """``factor`` with zero rows (dim 0) or columns (dim 1) up to ``rank``: A (r, in) or B (out, r)."""
+    missing = rank - factor.shape[dim]
+    if not missing:
+        return factor
+    return F.pad(factor, (0, missing) if dim == 1 else (0, 0, 0, missing))
