@@ -67,19 +67,6 @@ class Rows:
             found = self._groups[key] = dict(zip(rows, flat.split([len(r) for r in rows.values()])))
         return found
 
-    def slots(self, batch: int, device: torch.device, held: tuple[str, ...]) -> tuple[Tensor, Tensor]:
-        """(rows, slot), both (n,): the rows whose adapter is in ``held``, ascending, and the index
-        in ``held`` of each row's adapter."""
-        key = ("slots", batch, device, held)
-        found = self.cache.get(key)
-        if found is None:
-            where = {name: k for k, name in enumerate(held)}
-            names = self.expanded(batch)
-            pairs = [(i, where[n]) for i, n in enumerate(names) if n in where]
-            found = torch.tensor(pairs, dtype=torch.int64, device=device).reshape(-1, 2).t()
-            self.cache[key] = found = (found[0], found[1])
-        return found
-
 
 # -- which layers compute per row ---------------------------------------------------------------
 def _per_row_layers() -> tuple[type, ...]:

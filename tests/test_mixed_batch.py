@@ -54,6 +54,19 @@ def test_each_row_equals_that_row_alone(factory):
     assert ak.active_names(model) == ["z"]
 
 
+@pytest.mark.parametrize("names", [
+    ["x", "x", "y", "y"],  # already in segments: no gather of the input
+    ["x"] * 5 + ["y", "z"],  # uneven: padding would more than double the rows, so a loop per adapter
+    ["z", BASE, BASE, BASE],  # one adapter, most rows base
+    [BASE, BASE],  # nothing to add
+])
+def test_segment_shapes_equal_rows_alone(names):
+    model, x = _three(tiny_llama), tokens(len(names))
+    with torch.no_grad():
+        got = model(input_ids=x, adapter_names=names).logits
+        _close(got, _alone(model, names, lambda i: model(input_ids=x[i:i + 1]).logits))
+
+
 @pytest.mark.parametrize("factory", [tiny_llama, tiny_gpt2], ids=["llama", "gpt2"])
 def test_equals_peft(factory):
     configs = {"x": _lora(), "y": _lora(rank=2, alpha=6), "z": _lora(rank=6, rslora=True)}
@@ -259,3 +272,15 @@ def test_block_checks_names_and_lengths():
         with torch.no_grad(), ak.mixed_batch(model, ["x", "y"]):
             model(input_ids=tokens(3))
     assert all(layer.rows is None for _, layer in adapter_layers(model))
+
+
+def test_segments_pad_short_groups_and_give_up_on_uneven_ones():
+    from adapterkit.methods.lora.mixed import _segments
+    from adapterkit.rows import Rows
+
+    cpu = torch.device("cpu")
+    seg = _segments(Rows(["y", BASE, "x", "y", "x", "x"], repeat=False), 6, cpu, ("y", "x"))
+    assert (seg.k, seg.m) == (2, 3)
+    assert seg.take.tolist() == [0, 3, 0, 2, 4, 5]  # y's segment padded with its first row
+    assert seg.dest.tolist() == [0, 3, 2, 4, 5] and seg.keep.tolist() == [0, 1, 3, 4, 5]
+    assert _segments(Rows(["x"] * 5 + ["y", "z"], repeat=False), 7, cpu, ("x", "y", "z")) is None
