@@ -11,6 +11,7 @@ Forwards only. Every model runs in turn, the order reversed every other round; m
     python benchmarks/bench_mixed_batch.py                      # about 5 minutes on 2 busy cores
     python benchmarks/bench_mixed_batch.py --adapters 4 --rounds 3
     python benchmarks/bench_mixed_batch.py --threads 1 --clock cpu --json out.json
+    python benchmarks/bench_mixed_batch.py --seq 16 --generate 16  # greedy decoding instead
 
 Targets: mixed >= 2x PEFT's mixed throughput at 16 adapters; mixed within 1.3x of single.
 """
@@ -76,23 +77,41 @@ def _copy(ours, theirs, names) -> None:
             target.lora_B[name].weight.copy_(layer.adapters[name].b)
 
 
-def runs_for(n: int, ours, theirs, ids) -> dict:
+def runs_for(n: int, ours, theirs, ids, new_tokens: int) -> dict:
+    """The four timed calls for n adapters: forwards, or ``generate`` of ``new_tokens`` tokens."""
     names = [names_of(n)[i % n] for i in range(BATCH)]
-    runs = {
-        (n, "adapterkit", "mixed"): lambda: ours(input_ids=ids, adapter_names=names),
-        (n, "peft", "mixed"): lambda: theirs(input_ids=ids, adapter_names=names),
-        (n, "adapterkit", "single"): lambda: ours(input_ids=ids),
-        (n, "peft", "single"): lambda: theirs(input_ids=ids),
+    if not new_tokens:
+        return {
+            (n, "adapterkit", "mixed"): lambda: ours(input_ids=ids, adapter_names=names),
+            (n, "peft", "mixed"): lambda: theirs(input_ids=ids, adapter_names=names),
+            (n, "adapterkit", "single"): lambda: ours(input_ids=ids),
+            (n, "peft", "single"): lambda: theirs(input_ids=ids),
+        }
+    kw = generate_kwargs(new_tokens)
+
+    def ours_mixed():
+        with ak.mixed_batch(ours, names):  # generate cannot take adapter_names itself (rows.py)
+            return ours.generate(ids, **kw)
+
+    return {
+        (n, "adapterkit", "mixed"): ours_mixed,
+        (n, "peft", "mixed"): lambda: theirs.generate(input_ids=ids, adapter_names=names, **kw),
+        (n, "adapterkit", "single"): lambda: ours.generate(ids, **kw),
+        (n, "peft", "single"): lambda: theirs.generate(input_ids=ids, **kw),
     }
-    return runs
 
 
-def check_equal(ours, theirs, ids, n: int) -> float:
-    names = [names_of(n)[i % n] for i in range(BATCH)]
+def generate_kwargs(new_tokens: int) -> dict:
+    return dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+
+
+def check_equal(runs: dict, n: int) -> str:
+    """How far adapterkit's mixed result is from PEFT's: logits, or generated tokens."""
     with torch.inference_mode():
-        a = ours(input_ids=ids, adapter_names=names).logits
-        b = theirs(input_ids=ids, adapter_names=names).logits
-    return (a - b).abs().max().item()
+        a, b = runs[(n, "adapterkit", "mixed")](), runs[(n, "peft", "mixed")]()
+    if isinstance(a, torch.Tensor):
+        return f"generated tokens equal: {torch.equal(a, b)}"
+    return f"max |adapterkit - PEFT| of the mixed logits = {(a.logits - b.logits).abs().max().item():.2e}"
 
 
 def alternate(runs: dict, rounds: int, warmup: int, clock) -> dict:
@@ -114,14 +133,15 @@ def paired(times, a, b) -> float:
     return statistics.median(x / y for x, y in zip(times[a], times[b]))
 
 
-def report(times: dict, counts: list[int], seq: int) -> dict:
+def report(times: dict, counts: list[int], seq: int, new_tokens: int) -> dict:
     med = {k: statistics.median(v) for k, v in times.items()}
     base = med[("base",)]
-    print(f"\nbase model (no adapters): {base * 1e3:.1f} ms per batch of {BATCH} x {seq}")
+    what = f"generate {new_tokens} tokens after" if new_tokens else "forward of"
+    print(f"\nbase model (no adapters): {base * 1e3:.1f} ms to {what} a batch of {BATCH} x {seq}")
     print("| adapters | adapterkit mixed | PEFT mixed | adapterkit single | PEFT single | "
           "PEFT mixed / ak mixed (>= 2) | ak mixed / ak single (<= 1.3) |")
     print("|---|---|---|---|---|---|---|")
-    out = {"base_ms": base * 1e3, "seq": seq, "rows": []}
+    out = {"base_ms": base * 1e3, "seq": seq, "new_tokens": new_tokens, "rows": []}
     for n in counts:
         k = lambda lib, kind: (n, lib, kind)  # noqa: E731
         speedup = med[k("peft", "mixed")] / med[k("adapterkit", "mixed")]
@@ -155,6 +175,8 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--seq", type=int, default=SEQ, help="tokens per row (1: the shape of a decoding step)")
+    parser.add_argument("--generate", type=int, default=0, metavar="N",
+                        help="time greedy generate of N new tokens instead of one forward")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--clock", choices=CLOCK, default="wall")
     parser.add_argument("--json", default=None, help="write the figures here")
@@ -166,13 +188,17 @@ def main(argv=None) -> None:
     print(" ".join(f"{k}={v}" for k, v in info.items()))
     ids = torch.randint(0, MODEL["vocab_size"], (BATCH, args.seq), generator=torch.Generator().manual_seed(1))
     runs, base = {}, base_model()
-    runs[("base",)] = lambda: base(input_ids=ids)
+    if args.generate:
+        runs[("base",)] = lambda: base.generate(ids, **generate_kwargs(args.generate))
+    else:
+        runs[("base",)] = lambda: base(input_ids=ids)
     for n in counts:
         ours, theirs = build(n)
-        print(f"{n} adapters: max |adapterkit - PEFT| of the mixed logits = {check_equal(ours, theirs, ids, n):.2e}")
-        runs.update(runs_for(n, ours, theirs, ids))
+        new = runs_for(n, ours, theirs, ids, args.generate)
+        print(f"{n} adapters: {check_equal(new, n)}")
+        runs.update(new)
     times = alternate(runs, args.rounds, args.warmup, CLOCK[args.clock])
-    out = report(times, counts, args.seq)
+    out = report(times, counts, args.seq, args.generate)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"versions": info, "args": vars(args), **out,
