@@ -1,0 +1,125 @@
+"""The predicted peak: what stays all run, plus the highest point of a training step.
+
+    static   = weights + adapter parameters + gradients + optimizer states
+    held     = activations kept for backward (activations.py) + loss terms held
+               (with checkpointing: each block's input, b d per token, instead of its activations)
+    peak     = static + max over the step's phases:
+      loss backward        held + 8 V per predicted token: the gradients of the fp32 log_softmax
+                           and of its input, alive together with the kept log_softmax
+      last block backward  held - loss - final norm + b d (the residual gradient) + the block's
+                           backward buffers: 3 b I for the MLP product's gradients (input, act and
+                           up; -b I once the down adapter's kept input is freed); with
+                           checkpointing, the last block's activations recomputed instead
+    on a CPU, the reference 4-bit path also holds one dense fp32 copy of the largest weight.
+
+The loss: adapterkit's loss upcasts all logits to fp32 at once (4 V bytes per predicted token
+kept, 12 V at the peak). ``loss_chunks = c`` models a chunked loss instead (logits kept in the
+model dtype, 12 V / c at the peak), as torchtune computes it.
+
+On CUDA the device also holds what torch's allocator does not count (``CONTEXT``: the CUDA
+context, cuBLAS workspaces) and the caching allocator's rounding and fragmentation
+(``FRAGMENTATION`` of the peak): both are assumptions, not measured here (no GPU in this
+project's CI). On a CPU they are 0: the calibration counts glibc's bytes in use.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from . import activations as act
+from .settings import Settings
+from .shape import ModelShape, encoder_config_check
+from .weights import Inventory, inventory, optimizer_bytes, trainable_tensors
+
+CONTEXT = 600 * 2**20  # CUDA context + kernels + cuBLAS workspace, typical for torch 2.x on H100
+FRAGMENTATION = 0.05   # caching allocator: reserved beyond allocated at the peak
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+    """A prediction, in bytes. ``components`` add up to ``total``; ``phases`` are the candidate
+    dynamic peaks (beyond ``static``), the largest of which is ``peak_phase``."""
+
+    shape: ModelShape
+    settings: Settings
+    inventory: Inventory
+    components: dict
+    layers: tuple
+    phases: dict
+    held: int
+    static: int
+
+    @property
+    def peak_phase(self) -> str:
+        return max(self.phases, key=self.phases.get)
+
+    @property
+    def peak(self) -> int:
+        """Bytes the framework allocates at the step's peak (what the calibration measures)."""
+        return self.static + self.phases[self.peak_phase]
+
+    @property
+    def total(self) -> int:
+        """The device memory needed: the peak plus the allocator's and the runtime's overhead."""
+        return self.peak + self.components["allocator overhead"] + self.components["CUDA context"]
+
+    @property
+    def trainable(self) -> int:
+        return sum(n for n, _ in trainable_tensors(self.inventory, self.settings))
+
+
+def loss_terms(shape: ModelShape, s: Settings) -> tuple[int, int]:
+    """(bytes kept after the loss's forward, extra bytes at its backward)."""
+    if s.task == "classification":
+        return 0, 0
+    preds = s.batch_size * (s.seq_len - 1)
+    if s.loss_chunks == 1:
+        return 4 * shape.vocab * preds + 8 * preds, 8 * shape.vocab * preds
+    return s.b * shape.vocab * preds + 12 * preds, 12 * shape.vocab * preds // s.loss_chunks
+
+
+def _backward_buffers(shape: ModelShape, s: Settings, last: act.Layer) -> int:
+    """The last block's own backward buffers on top of what it keeps (see the module docstring)."""
+    n, b = s.tokens, s.b
+    kept_product = last.items.get("MLP product (down adapter input)", 0) or last.items.get(
+        "GELU output (down adapter input)", 0)
+    return n * shape.hidden * b + 3 * n * shape.intermediate * b - kept_product
+
+
+def phases(shape: ModelShape, s: Settings, inv: Inventory, blocks: list, model: dict) -> tuple[dict, int]:
+    """({phase: dynamic bytes}, bytes held after the forward)."""
+    loss_held, loss_extra = loss_terms(shape, s)
+    n, b = s.tokens, s.b
+    outside = sum(model.values())
+    final = model.get("final RMSNorm", 0)
+    dequant = 4 * inv.largest_linear if (s.quant is not None and s.device == "cpu") else 0
+    if not s.checkpointing:
+        held = sum(x.total for x in blocks) + outside + loss_held
+        block = held - loss_held - final + _backward_buffers(shape, s, blocks[-1]) + dequant
+        return {"loss backward": held + loss_extra, "last block backward": block}, held
+    held = shape.layers * n * shape.hidden * b + outside + loss_held
+    recomputed = blocks[-1].total - (n * shape.hidden * b if b == 4 or shape.family == "encoder" else 0)
+    block = held - loss_held - final + n * shape.hidden * b + recomputed + dequant
+    return {"loss backward": held + loss_extra, "last block backward (recomputed)": block}, held
+
+
+def estimate(shape: ModelShape, settings: Settings, inv: Inventory = None) -> Estimate:
+    """The predicted memory of one training step of ``shape`` under ``settings``."""
+    encoder_config_check(shape, settings.task)
+    inv = inv or inventory(shape, settings)
+    tensors = trainable_tensors(inv, settings)
+    adapter = sum(n * nbytes for n, nbytes in tensors)
+    blocks = act.layers(shape, settings, inv)
+    model = act.model_items(shape, settings, inv, any_grad=bool(inv.targets))
+    dyn, held = phases(shape, settings, inv, blocks, model)
+    static = inv.weights + 2 * adapter + optimizer_bytes(tensors, settings.optimizer)
+    gpu = settings.device == "cuda"
+    loss_held, loss_extra = loss_terms(shape, settings)
+    components = {
+        "weights": inv.weights, "quantization constants": inv.quant_constants, "adapter parameters": adapter,
+        "gradients": adapter, "optimizer states": optimizer_bytes(tensors, settings.optimizer),
+        "activations kept for backward": held - loss_held, "logits and loss (kept)": loss_held,
+        "backward peak buffers": max(dyn.values()) - held,
+        "allocator overhead": int(FRAGMENTATION * (static + max(dyn.values()))) if gpu else 0,
+        "CUDA context": CONTEXT if gpu else 0,
+    }
+    return Estimate(shape, settings, inv, components, tuple(blocks), dyn, held, static)
