@@ -7,7 +7,7 @@ block's input needs a gradient (every block after the first adapted one):
     RMSNorm x2            4d + 4       its input in fp32 (a copy, or the fp32 input itself) and 1/rms
     normed input          b d          kept by the q/k/v adapters (LoRA saves x); same for gate/up
     attention             b (2q + 2kv) + 4H   q, k (after rotary), v, output; fp32 logsumexp
-                          (padded batches with grouped KV: k and v repeated to H heads: 2q)
+                          (padded batches: k and v repeated to H heads, 2q, and the mask as a float bias, B T^2 b)
     MLP                   3 b I        gate output (for act'), up output and act(gate) (for the
                                        product); + b I when down is adapted (its input)
     LoRA                  b r          h = drop(x) A^T per adapted layer (not on the fused 4-bit
@@ -27,7 +27,9 @@ on a CPU with attention dropout the math kernel keeps q, k, v and three B H T^2 
 dropout masks 1 byte per element on CUDA, b on a CPU; GELU input b I, its output b I when
 the down layer is adapted; the layer input b d when q/k/v are adapted.
 
-Gradient checkpointing (non-reentrant, per block) keeps only each block's input, b d per token.
+Gradient checkpointing (non-reentrant, per block) keeps only each block's input, b d per token
+(and, as transformers then makes the embeddings' output need a gradient, a BERT-style model's
+embedding LayerNorm and dropout keep theirs).
 """
 from __future__ import annotations
 
@@ -96,6 +98,7 @@ def decoder_layer(shape: ModelShape, s: Settings, index: int, adapted: dict, rg_
         "q/k norms (fp32)": (n * (4 * q + 4 * heads) * rg["q"] + n * (4 * kv + 4 * shape.kv_heads) * rg["k"])
         if shape.qk_norm else 0,
         "attention q, k, v, out, logsumexp": n * (b * (2 * q + 2 * kv_kept) + 4 * heads) if attn else 0,
+        "attention mask as a float bias (padded)": s.batch_size * s.seq_len ** 2 * b if attn and s.padded else 0,
         "o_proj input": n * q * b if "o" in adapted and not attn else 0,
         "post-attention RMSNorm": n * (4 * d + 4) if rg_h1 else 0,
         "normed input (gate/up adapters)": n * d * b if ("gate" in adapted or "up" in adapted) else 0,
@@ -151,4 +154,8 @@ def model_items(shape: ModelShape, s: Settings, inv: Inventory, any_grad: bool) 
     else:
         pooled = any(t.role == "other" and "pooler" in t.name for t in inv.targets)
         items["last hidden states (pooler adapter)"] = n * shape.hidden * b if pooled else 0
+        # checkpointing makes the embeddings' output need a gradient (transformers'
+        # enable_input_require_grads): their LayerNorm and dropout then keep their inputs too
+        mask = (1 if s.device == "cuda" else b) if shape.hidden_dropout > 0 else 0
+        items["embeddings LayerNorm and dropout"] = n * (shape.hidden * (b + mask) + 8) if s.checkpointing else 0
     return items

@@ -8,7 +8,8 @@
                            and of its input, alive together with the kept log_softmax
       last block backward  held - loss - final norm + b d (the residual gradient) + the block's
                            backward buffers: 3 b I for the MLP product's gradients (input, act and
-                           up; -b I once the down adapter's kept input is freed); with
+                           up; 2 b I for a GELU MLP), -b I once the down adapter's kept input is
+                           freed; with
                            checkpointing, the last block's activations recomputed instead
     on a CPU, the reference 4-bit path also holds one dense fp32 copy of the largest weight.
 
@@ -67,6 +68,15 @@ class Estimate:
         return sum(n for n, _ in trainable_tensors(self.inventory, self.settings))
 
 
+def _host_objects(shape: ModelShape, s: Settings, tensors: int) -> tuple[int, int]:
+    """CPU only, (autograd graph, optimizer objects): Python and autograd objects share the heap
+    there (fitted on the calibration grid: about 100 KiB of graph per block, 50 KiB with
+    checkpointing, and 2 KiB per optimizer state). On a GPU they live in host memory: 0."""
+    if s.device != "cpu":
+        return 0, 0
+    return shape.layers * (50 if s.checkpointing else 100) * 1024, 2048 * tensors
+
+
 def loss_terms(shape: ModelShape, s: Settings) -> tuple[int, int]:
     """(bytes kept after the loss's forward, extra bytes at its backward)."""
     if s.task == "classification":
@@ -82,24 +92,30 @@ def _backward_buffers(shape: ModelShape, s: Settings, last: act.Layer) -> int:
     n, b = s.tokens, s.b
     kept_product = last.items.get("MLP product (down adapter input)", 0) or last.items.get(
         "GELU output (down adapter input)", 0)
-    return n * shape.hidden * b + 3 * n * shape.intermediate * b - kept_product
+    buffers = 3 if shape.family == "decoder" else 2  # gated MLP: d(input), d(act), d(up); GELU: two
+    return n * shape.hidden * b + buffers * n * shape.intermediate * b - kept_product
 
 
-def phases(shape: ModelShape, s: Settings, inv: Inventory, blocks: list, model: dict) -> tuple[dict, int]:
-    """({phase: dynamic bytes}, bytes held after the forward)."""
+def phases(shape: ModelShape, s: Settings, inv: Inventory, blocks: list, model: dict,
+           grads: int) -> tuple[dict, int]:
+    """({phase: dynamic bytes}, bytes held after the forward). Gradients exist from the backward of
+    the blocks on (all of them from the start with grad_accum > 1: they add up across micro-batches)."""
     loss_held, loss_extra = loss_terms(shape, s)
     n, b = s.tokens, s.b
-    outside = sum(model.values())
-    final = model.get("final RMSNorm", 0)
+    outside, final = sum(model.values()), model.get("final RMSNorm", 0)
     dequant = 4 * inv.largest_linear if (s.quant is not None and s.device == "cpu") else 0
+    early = grads if s.grad_accum > 1 else 0
+    last = grads if s.grad_accum > 1 else grads // max(1, len({t.layer for t in inv.targets}))
     if not s.checkpointing:
         held = sum(x.total for x in blocks) + outside + loss_held
-        block = held - loss_held - final + _backward_buffers(shape, s, blocks[-1]) + dequant
-        return {"loss backward": held + loss_extra, "last block backward": block}, held
-    held = shape.layers * n * shape.hidden * b + outside + loss_held
-    recomputed = blocks[-1].total - (n * shape.hidden * b if b == 4 or shape.family == "encoder" else 0)
-    block = held - loss_held - final + n * shape.hidden * b + recomputed + dequant
-    return {"loss backward": held + loss_extra, "last block backward (recomputed)": block}, held
+        block = held - loss_held - final + _backward_buffers(shape, s, blocks[-1]) + dequant + last
+        name = "last block backward"
+    else:
+        held = shape.layers * n * shape.hidden * b + outside + loss_held
+        recomputed = blocks[-1].total - (n * shape.hidden * b if b == 4 or shape.family == "encoder" else 0)
+        block = held - loss_held - final + n * shape.hidden * b + recomputed + dequant + last
+        name = "last block backward (recomputed)"
+    return {"loss backward": held + loss_extra + early, name: block, "optimizer step": grads}, held
 
 
 def estimate(shape: ModelShape, settings: Settings, inv: Inventory = None) -> Estimate:
@@ -110,15 +126,18 @@ def estimate(shape: ModelShape, settings: Settings, inv: Inventory = None) -> Es
     adapter = sum(n * nbytes for n, nbytes in tensors)
     blocks = act.layers(shape, settings, inv)
     model = act.model_items(shape, settings, inv, any_grad=bool(inv.targets))
-    dyn, held = phases(shape, settings, inv, blocks, model)
-    static = inv.weights + 2 * adapter + optimizer_bytes(tensors, settings.optimizer)
+    graph, host = _host_objects(shape, settings, len(tensors))
+    model["autograd graph objects (CPU only)"] = graph
+    dyn, held = phases(shape, settings, inv, blocks, model, adapter)
+    static = inv.weights + adapter + optimizer_bytes(tensors, settings.optimizer) + host
     gpu = settings.device == "cuda"
     loss_held, loss_extra = loss_terms(shape, settings)
     components = {
         "weights": inv.weights, "quantization constants": inv.quant_constants, "adapter parameters": adapter,
         "gradients": adapter, "optimizer states": optimizer_bytes(tensors, settings.optimizer),
         "activations kept for backward": held - loss_held, "logits and loss (kept)": loss_held,
-        "backward peak buffers": max(dyn.values()) - held,
+        "backward peak buffers": max(dyn.values()) - held - (adapter if max(dyn, key=dyn.get) == "optimizer step" else 0),
+        "optimizer objects (CPU only)": host,
         "allocator overhead": int(FRAGMENTATION * (static + max(dyn.values()))) if gpu else 0,
         "CUDA context": CONTEXT if gpu else 0,
     }
