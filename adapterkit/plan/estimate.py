@@ -1,9 +1,9 @@
 """The predicted peak: what stays all run, plus the highest point of a training step.
 
-    static   = weights + adapter parameters + gradients + optimizer states
+    static   = weights + adapter parameters + optimizer states
     held     = activations kept for backward (activations.py) + loss terms held
                (with checkpointing: each block's input, b d per token, instead of its activations)
-    peak     = static + max over the step's phases:
+    peak     = static + max over the step's phases (each with the gradients alive in it):
       loss backward        held + 8 V per predicted token: the gradients of the fp32 log_softmax
                            and of its input, alive together with the kept log_softmax
       last block backward  held - loss - final norm + b d (the residual gradient) + the block's
@@ -98,8 +98,9 @@ def _backward_buffers(shape: ModelShape, s: Settings, last: act.Layer) -> int:
 
 def phases(shape: ModelShape, s: Settings, inv: Inventory, blocks: list, model: dict,
            grads: int) -> tuple[dict, int]:
-    """({phase: dynamic bytes}, bytes held after the forward). Gradients exist from the backward of
-    the blocks on (all of them from the start with grad_accum > 1: they add up across micro-batches)."""
+    """({phase: {part: bytes}}, bytes held after the forward). Parts: activations, logits and loss,
+    backward buffers, gradients (from the blocks' backward on; all of them from the start with
+    grad_accum > 1, as they add up across micro-batches; at the last block, that block's share)."""
     loss_held, loss_extra = loss_terms(shape, s)
     n, b = s.tokens, s.b
     outside, final = sum(model.values()), model.get("final RMSNorm", 0)
@@ -107,15 +108,18 @@ def phases(shape: ModelShape, s: Settings, inv: Inventory, blocks: list, model: 
     early = grads if s.grad_accum > 1 else 0
     last = grads if s.grad_accum > 1 else grads // max(1, len({t.layer for t in inv.targets}))
     if not s.checkpointing:
-        held = sum(x.total for x in blocks) + outside + loss_held
-        block = held - loss_held - final + _backward_buffers(shape, s, blocks[-1]) + dequant + last
-        name = "last block backward"
+        kept = sum(x.total for x in blocks) + outside
+        name, buffers = "last block backward", _backward_buffers(shape, s, blocks[-1])
     else:
-        held = shape.layers * n * shape.hidden * b + outside + loss_held
+        kept = shape.layers * n * shape.hidden * b + outside
         recomputed = blocks[-1].total - (n * shape.hidden * b if b == 4 or shape.family == "encoder" else 0)
-        block = held - loss_held - final + n * shape.hidden * b + recomputed + dequant + last
-        name = "last block backward (recomputed)"
-    return {"loss backward": held + loss_extra + early, name: block, "optimizer step": grads}, held
+        name, buffers = "last block backward (recomputed)", n * shape.hidden * b + recomputed
+    parts = {
+        "loss backward": {"activations": kept, "logits and loss": loss_held + loss_extra, "gradients": early},
+        name: {"activations": kept - final, "backward buffers": buffers + dequant, "gradients": last},
+        "optimizer step": {"gradients": grads},
+    }
+    return parts, kept + loss_held
 
 
 def estimate(shape: ModelShape, settings: Settings, inv: Inventory = None) -> Estimate:
@@ -128,16 +132,18 @@ def estimate(shape: ModelShape, settings: Settings, inv: Inventory = None) -> Es
     model = act.model_items(shape, settings, inv, any_grad=bool(inv.targets))
     graph, host = _host_objects(shape, settings, len(tensors))
     model["autograd graph objects (CPU only)"] = graph
-    dyn, held = phases(shape, settings, inv, blocks, model, adapter)
+    parts, held = phases(shape, settings, inv, blocks, model, adapter)
+    dyn = {name: sum(p.values()) for name, p in parts.items()}
+    at_peak = parts[max(dyn, key=dyn.get)]
     static = inv.weights + adapter + optimizer_bytes(tensors, settings.optimizer) + host
     gpu = settings.device == "cuda"
-    loss_held, loss_extra = loss_terms(shape, settings)
     components = {
         "weights": inv.weights, "quantization constants": inv.quant_constants, "adapter parameters": adapter,
-        "gradients": adapter, "optimizer states": optimizer_bytes(tensors, settings.optimizer),
-        "activations kept for backward": held - loss_held, "logits and loss (kept)": loss_held,
-        "backward peak buffers": max(dyn.values()) - held - (adapter if max(dyn, key=dyn.get) == "optimizer step" else 0),
-        "optimizer objects (CPU only)": host,
+        "optimizer states": optimizer_bytes(tensors, settings.optimizer), "optimizer objects (CPU only)": host,
+        "gradients": at_peak.get("gradients", 0),
+        "activations kept for backward": at_peak.get("activations", 0),
+        "logits and loss": at_peak.get("logits and loss", 0),
+        "backward buffers": at_peak.get("backward buffers", 0),
         "allocator overhead": int(FRAGMENTATION * (static + max(dyn.values()))) if gpu else 0,
         "CUDA context": CONTEXT if gpu else 0,
     }

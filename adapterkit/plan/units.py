@@ -1,7 +1,7 @@
 """Memory sizes: read what a user types ("24GB", "24 GiB", "24000MB") and print bytes readably.
 
 Decimal units are decimal and binary units binary: 1 GB = 10^9 bytes, 1 GiB = 2^30 bytes (a GPU
-sold as "24 GB" usually holds 24 GiB; write GiB to say so). A bare number is GiB. ``G``, ``M``,
+sold as "24 GB" usually holds 24 GiB; write GiB to say so). A bare number in a string is GiB. ``G``, ``M``,
 ``T`` alone are read as GiB, MiB, TiB (as ``nvidia-smi`` and torch print them).
 """
 from __future__ import annotations
@@ -22,9 +22,12 @@ MIB = 2**20
 
 
 def parse_memory(text) -> int:
-    """Bytes in ``text``: "24GB" -> 24e9, "24 GiB" -> 24 * 2^30, "24000MB" -> 24e9, "80" -> 80 GiB."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        value, unit = float(text), ""
+    """Bytes in ``text``: "24GB" -> 24e9, "24 GiB" -> 24 * 2^30, "24000MB" -> 24e9, "80" -> 80 GiB;
+    an int or float (not a string) is already bytes."""
+    if isinstance(text, bool):
+        raise ConfigError(f"memory size {text!r} is not a size; write e.g. 24GB.")
+    if isinstance(text, (int, float)):
+        value, unit = float(text), "b"  # a number (not a string) is bytes
     else:
         match = _PATTERN.match(str(text))
         if not match or match.group(2).lower() not in UNITS:

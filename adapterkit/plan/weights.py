@@ -84,8 +84,12 @@ def inventory(shape: ModelShape, settings: Settings) -> Inventory:
     b = settings.b
     quantized = _quantized_names(model, settings)
     total = weights = constants = largest = 0
+    seen: set = set()  # tied weights (embeddings and head) are one tensor
     for name, module in model.named_modules():
         for pname, p in module.named_parameters(recurse=False):
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
             total += p.numel()
             if name in quantized and pname == "weight":
                 nbytes, const = _quant_bytes(p.shape[0], p.shape[1], settings)
