@@ -47,6 +47,7 @@ _LAZY = {
     "train": "adapterkit.training",
     "TrainConfig": "adapterkit.training",
     "load_model": "adapterkit.models",
+    "plan": "adapterkit.planning",
 }
 
 

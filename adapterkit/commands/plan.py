@@ -24,8 +24,8 @@ def _arguments(p: argparse.ArgumentParser) -> None:
 
 @command("plan", "predict a fine-tune's peak memory and the settings that fit a GPU", _arguments)
 def run(args: argparse.Namespace) -> int:
-    from ..plan import plan
-    from ..plan.units import parse_memory
+    from ..planning import plan
+    from ..planning.units import parse_memory
 
     budget = None if args.gpu_memory is None else parse_memory(args.gpu_memory)  # fail before reading
     result = plan(args.model, tuple(args.set), budget, device=args.device)

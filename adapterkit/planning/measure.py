@@ -217,7 +217,7 @@ ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_
 def measure_many(cases: list, timeout: float = 900.0) -> list:
     """Each case measured in its own fresh process (forked from one server that imports once)."""
     env = dict(os.environ, **ENV)
-    cmd = [sys.executable, "-m", "adapterkit.plan.measure", "--serve"]
+    cmd = [sys.executable, "-m", "adapterkit.planning.measure", "--serve"]
     text = "".join(json.dumps(case) + "\n" for case in cases)
     res = subprocess.run(cmd, input=text, env=env, capture_output=True, text=True, timeout=timeout)
     lines = [json.loads(x) for x in res.stdout.splitlines() if x.startswith("{")]
