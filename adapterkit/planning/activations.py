@@ -18,9 +18,8 @@ block's input needs a gradient (every block after the first adapted one):
     Qwen3 q/k norms       4 (q + kv) + 4 (H + KV)
 
 The first block's norm keeps nothing (the embeddings are frozen). Per model: rotary cos/sin
-2 T head_dim b, the final norm 4d + 4 per token, the attention mask B T^2 (bool) for padded
-batches, and the loss: log_softmax of the logits in fp32, 4 V per predicted token (B (T - 1)
-of them) + 8 for the target ids.
+2 T head_dim b, the final norm 4d + 4 per token, and the loss: log_softmax of the logits in fp32,
+4 V per predicted token (B (T - 1) of them) + 8 for the target ids.
 
 BERT-style encoder block: LayerNorm x2 b d + 8; attention b 4d + 4H (flash / efficient kernels;
 on a CPU with attention dropout the math kernel keeps q, k, v and three B H T^2 score tensors);
@@ -147,13 +146,16 @@ def layers(shape: ModelShape, s: Settings, inv: Inventory) -> list[Layer]:
 def model_items(shape: ModelShape, s: Settings, inv: Inventory, any_grad: bool) -> dict:
     """Kept bytes outside the blocks: rotary tables, mask, final norm, pooler."""
     n, b = s.tokens, s.b
-    items = {"attention mask (padded batches)": s.batch_size * s.seq_len ** 2 if s.padded else 0}
+    items = {}
     if shape.family == "decoder":
         items["rotary cos/sin"] = 2 * s.seq_len * shape.head_dim * b if any_grad else 0
         items["final RMSNorm"] = n * (4 * shape.hidden + 4) if any_grad else 0
     else:
         pooled = any(t.role == "other" and "pooler" in t.name for t in inv.targets)
         items["last hidden states (pooler adapter)"] = n * shape.hidden * b if pooled else 0
+        labels = int(shape.config.get("num_labels") or 2)  # pooler in/out, dropout, head; fp32 loss
+        items["classification head"] = s.batch_size * (3 * shape.hidden * b + s.adapter.rank * b * pooled
+                                                         + 4 * labels + 8) + 36
         # checkpointing makes the embeddings' output need a gradient (transformers'
         # enable_input_require_grads): their LayerNorm and dropout then keep their inputs too
         mask = (1 if s.device == "cuda" else b) if shape.hidden_dropout > 0 else 0

@@ -14,8 +14,9 @@
     on a CPU, the reference 4-bit path also holds one dense fp32 copy of the largest weight.
 
 The loss: adapterkit's loss upcasts all logits to fp32 at once (4 V bytes per predicted token
-kept, 12 V at the peak). ``loss_chunks = c`` models a chunked loss instead (logits kept in the
-model dtype, 12 V / c at the peak), as torchtune computes it.
+kept, 12 V at the peak). ``loss_chunks = c`` models a compiled, chunked loss instead, as torchtune
+computes it (logits kept in the model dtype and an fp32 logsumexp per token; at the backward of
+one chunk its gradient in the model dtype and an fp32 softmax, (2 + 4) V / c per token).
 
 On CUDA the device also holds what torch's allocator does not count (``CONTEXT``: the CUDA
 context, cuBLAS workspaces) and the caching allocator's rounding and fragmentation
@@ -82,9 +83,10 @@ def loss_terms(shape: ModelShape, s: Settings) -> tuple[int, int]:
     if s.task == "classification":
         return 0, 0
     preds = s.batch_size * (s.seq_len - 1)
+    ids = 8 * preds + 8 * (s.seq_len - 1) + 12  # target ids, kept positions, loss scalars
     if s.loss_chunks == 1:
-        return 4 * shape.vocab * preds + 8 * preds, 8 * shape.vocab * preds
-    return s.b * shape.vocab * preds + 12 * preds, 12 * shape.vocab * preds // s.loss_chunks
+        return 4 * shape.vocab * preds + ids, 8 * shape.vocab * preds
+    return s.b * shape.vocab * preds + 4 * preds + ids, 6 * shape.vocab * preds // s.loss_chunks
 
 
 def _backward_buffers(shape: ModelShape, s: Settings, last: act.Layer) -> int:
