@@ -64,13 +64,19 @@ def _need(config: dict, key: str, model_type: str) -> int:
     return value
 
 
-def model_shape(config: dict) -> ModelShape:
-    """The ModelShape of a full transformers config dict; ConfigError for a family it cannot read."""
+def check_family(config: dict) -> str:
+    """The config's model_type if plan can size it; else ConfigError naming the families it reads."""
     mt = str(config.get("model_type", ""))
     if mt not in DECODERS + ENCODERS:
         raise ConfigError(
             f"plan reads Llama-style decoders ({', '.join(DECODERS)}) and BERT-style encoders "
             f"({', '.join(ENCODERS)}); this config is model_type {mt!r}, which it cannot size.")
+    return mt
+
+
+def model_shape(config: dict) -> ModelShape:
+    """The ModelShape of a full transformers config dict; ConfigError for a family it cannot read."""
+    mt = check_family(config)
     family = "decoder" if mt in DECODERS else "encoder"
     d = _need(config, "hidden_size", mt)
     heads = _need(config, "num_attention_heads", mt)

@@ -95,12 +95,15 @@ def full_config(config: Mapping[str, Any]) -> dict:
     """``config`` with transformers' defaults filled in (``AutoConfig.for_model``)."""
     from transformers import AutoConfig
 
+    from .shape import check_family
+
+    check_family(config)
     values = {k: v for k, v in config.items() if k not in ("model_type", "transformers_version")}
     try:
         return AutoConfig.for_model(config["model_type"], **values).to_dict()
     except (ValueError, KeyError, TypeError) as err:
-        raise ConfigError(f"model_type {config.get('model_type')!r} is not a transformers model type "
-                          f"this version reads: {err}") from None
+        first = str(err).split(". ")[0][:200]
+        raise ConfigError(f"transformers cannot read this {config['model_type']} config: {first}") from None
 
 
 def is_yaml(source: Any) -> bool:
