@@ -1,17 +1,22 @@
 """The predicted peak: what stays all run, plus the highest point of a training step.
 
     static   = weights + adapter parameters + optimizer states
-    held     = activations kept for backward (activations.py) + loss terms held
-               (with checkpointing: each block's input, b d per token, instead of its activations)
-    peak     = static + max over the step's phases (each with the gradients alive in it):
-      loss backward        held + 8 V per predicted token: the gradients of the fp32 log_softmax
-                           and of its input, alive together with the kept log_softmax
-      last block backward  held - loss - final norm + b d (the residual gradient) + the block's
-                           backward buffers: 3 b I for the MLP product's gradients (input, act and
-                           up; 2 b I for a GELU MLP), -b I once the down adapter's kept input is
-                           freed; with
-                           checkpointing, the last block's activations recomputed instead
-    on a CPU, the reference 4-bit path also holds one dense fp32 copy of the largest weight.
+    kept     = activations kept for backward (activations.py); with checkpointing each block's
+               input only (b d per token); + the loss's kept tensors
+    peak     = static + max over the step's phases, each with the gradients alive in it:
+      loss backward        kept + loss + 8 V per predicted token: the gradients of the fp32
+                           log_softmax and of its input, alive with the kept log_softmax
+                           (gradients: none yet, or all of them with grad_accum > 1)
+      last block backward  kept - final norm + b d (the residual's gradient) + the MLP's backward
+                           buffers: 3 b I (a gated MLP's product: its input's, act's and up's
+                           gradients) or 2 b I (GELU), minus b I when the down adapter's kept
+                           input is freed first; with checkpointing instead: b d + the last
+                           block recomputed (its kept activations, less the fp32 input it shares
+                           with the checkpoint). Gradients: that block's share.
+      optimizer step       all gradients (the activations are gone)
+    on a CPU the reference 4-bit path also holds a dense fp32 copy of the largest weight, and the
+    Python / autograd objects share the heap (fitted: 100 KiB of graph per block, 50 with
+    checkpointing, 2 KiB per optimizer state).
 
 The loss: adapterkit's loss upcasts all logits to fp32 at once (4 V bytes per predicted token
 kept, 12 V at the peak). ``loss_chunks = c`` models a compiled, chunked loss instead, as torchtune
@@ -19,7 +24,7 @@ computes it (logits kept in the model dtype and an fp32 logsumexp per token; at 
 one chunk its gradient in the model dtype and an fp32 softmax, (2 + 4) V / c per token).
 
 On CUDA the device also holds what torch's allocator does not count (``CONTEXT``: the CUDA
-context, cuBLAS workspaces) and the caching allocator's rounding and fragmentation
+context, kernels, cuBLAS workspaces) and the caching allocator's rounding and fragmentation
 (``FRAGMENTATION`` of the peak): both are assumptions, not measured here (no GPU in this
 project's CI). On a CPU they are 0: the calibration counts glibc's bytes in use.
 """
