@@ -31,6 +31,8 @@ MODELS = {
               num_attention_heads=8, num_key_value_heads=4, vocab_size=8000, max_position_embeddings=512),
     "M": dict(model_type="llama", hidden_size=512, intermediate_size=1376, num_hidden_layers=8,
               num_attention_heads=8, num_key_value_heads=8, vocab_size=8000, max_position_embeddings=512),
+    "S, vocab 256": dict(model_type="llama", hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+                         num_attention_heads=8, num_key_value_heads=4, vocab_size=256, max_position_embeddings=512),
     "SmolLM2-135M": dict(model_type="llama", hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                          num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
                          max_position_embeddings=2048, tie_word_embeddings=True),
@@ -63,6 +65,9 @@ def grid() -> list[tuple[str, str, Settings]]:
         "bf16 DoRA r8, checkpointing": dict(dtype="bfloat16", checkpointing=True, adapter=_lora(dora=True)),
     }
     out = [(m, name, base.replace(**kw)) for m in ("S", "M") for name, kw in variants.items()]
+    for name in ("fp32 LoRA r8", "fp32 LoRA r8, checkpointing", "fp32 DoRA r8", "4-bit LoRA r8",
+                 "4-bit DoRA r8, checkpointing", "bf16 LoRA r8"):  # the last block's backward is the peak
+        out.append(("S, vocab 256", name, base.replace(**variants[name])))
     small = base.replace(batch_size=2, seq_len=128)
     out += [("SmolLM2-135M", "fp32 LoRA r16", small.replace(adapter=_lora(rank=16))),
             ("SmolLM2-135M", "4-bit LoRA r16, checkpointing", small.replace(adapter=_lora(rank=16), quant=Quant(4),
@@ -146,7 +151,7 @@ def conditions() -> dict:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--part", choices=("grid", "examples"), default="grid")
-    p.add_argument("--only", choices=tuple(MODELS), help="grid: one model only")
+    p.add_argument("--only", choices=tuple(MODELS), help="grid: one model only (e.g. S)")
     p.add_argument("--json", help="also write the results to this file")
     args = p.parse_args(argv)
     results = {"conditions": conditions()}
