@@ -14,7 +14,8 @@
                            block recomputed (its kept activations, less the fp32 input it shares
                            with the checkpoint). Gradients: that block's share.
       optimizer step       all gradients (the activations are gone)
-    on a CPU the reference 4-bit path also holds a dense fp32 copy of the largest weight, and the
+    on a CPU the reference 4-bit path also holds a dense fp32 copy of the largest weight (DoRA
+    on a 4-bit base does on CUDA too, in the compute dtype, for its row norms), and the
     Python / autograd objects share the heap (fitted: 100 KiB of graph per block, 50 with
     checkpointing, 2 KiB per optimizer state).
 
@@ -111,7 +112,9 @@ def phases(shape: ModelShape, s: Settings, inv: Inventory, blocks: list, model: 
     loss_held, loss_extra = loss_terms(shape, s)
     n, b = s.tokens, s.b
     outside, final = sum(model.values()), model.get("final RMSNorm", 0)
-    dequant = 4 * inv.largest_linear if (s.quant is not None and s.device == "cpu") else 0
+    dequant = 0  # a dense copy of the largest quantized weight: the CPU path's matmuls, DoRA's norm
+    if s.quant is not None and (s.device == "cpu" or s.adapter.dora):
+        dequant = (4 if s.device == "cpu" else s.b) * inv.largest_linear
     early = grads if s.grad_accum > 1 else 0
     last = grads if s.grad_accum > 1 else grads // max(1, len({t.layer for t in inv.targets}))
     if not s.checkpointing:
