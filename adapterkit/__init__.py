@@ -53,6 +53,7 @@ _LAZY = {
     "load_model": "adapterkit.models",
     "checkpoint_callback": "adapterkit.io.trainer",
     "AdapterCheckpoints": "adapterkit.io.trainer",
+    "plan": "adapterkit.planning",
 }
 
 
