@@ -82,7 +82,8 @@ def merge_adapter(model: nn.Module, names: Union[str, Iterable[str], None] = Non
     for stack in stacks if safe else ():
         _check_finite(stack, *_merged(stack))
     for stack in stacks:
-        _write(stack.base, *_merged(stack))
+        if not _add_in_place(stack.base, stack.merging(), stack.folds, sign=1):
+            _write(stack.base, *_merged(stack))
         for (layer, names), fold in zip(stack.merging(), stack.folds):
             layer.merged_names, layer.merged_fold = names, fold
     return model
@@ -95,13 +96,13 @@ def unmerge_adapter(model: nn.Module) -> nn.Module:
         warnings.warn("no adapter is merged into the base weights; nothing to unmerge.")
         return model
     for stack in stacks:
-        folds = [layer.merged_fold for layer, _ in stack.layers if layer.merged_names]
-        weight, bias = _read(stack.base, with_bias=any(f.bias_row is not None for f in folds))
-        for layer, _ in stack.layers:  # outermost first: the inverse of the merge order
-            if layer.merged_names:
-                add = layer.fold_add(layer.merged_fold, weight.dtype)
-                weight, bias = layer.merged_fold.invert(weight, bias, add)
-        _write(stack.base, weight, bias)
+        merged = [(layer, layer.merged_names) for layer, _ in stack.layers if layer.merged_names]
+        folds = [layer.merged_fold for layer, _ in merged]
+        if not _add_in_place(stack.base, merged, folds, sign=-1):
+            weight, bias = _read(stack.base, with_bias=any(f.bias_row is not None for f in folds))
+            for (layer, _), fold in zip(merged, folds):  # outermost first: the inverse of the merge
+                weight, bias = fold.invert(weight, bias, layer.fold_add(fold, weight.dtype))
+            _write(stack.base, weight, bias)
         for layer, _ in stack.layers:
             layer.merged_names, layer.merged_fold = (), None
     return model
@@ -237,6 +238,19 @@ def _merged(stack: _Stack) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     for (layer, _), fold in zip(stack.merging(), stack.folds):  # innermost first
         weight, bias = fold.apply(weight, bias, layer.fold_add(fold, weight.dtype))
     return weight, bias
+
+
+@torch.no_grad()
+def _add_in_place(base: nn.Module, layers, folds: list[Fold], sign: int) -> bool:
+    """The common case in one pass over W: one layer whose map is W +- add (LoRA). torch computes
+    ``W.add_(add)`` in fp32 (add's dtype) and rounds once into W's dtype, as the general path does.
+    False (nothing done) for any other map."""
+    if len(folds) != 1 or folds[0].factors():
+        return False
+    weight = bases.dense_weight(base)
+    add = layers[0][0].fold_add(folds[0], compute_dtype(weight.dtype))
+    weight.add_(add, alpha=sign)
+    return True
 
 
 @torch.no_grad()
