@@ -49,6 +49,8 @@ _LAZY = {
     "train": "adapterkit.training",
     "TrainConfig": "adapterkit.training",
     "load_model": "adapterkit.models",
+    "checkpoint_callback": "adapterkit.io.trainer",
+    "AdapterCheckpoints": "adapterkit.io.trainer",
 }
 
 

@@ -2,7 +2,8 @@
 
 Every method's layer subclasses it, so adapter state is found by structure
 (``isinstance(m, AdapterLayer)``), never by parameter names. One ``ModuleDict`` holds one module
-per adapter name; that module owns all of the adapter's tensors in this layer.
+per adapter name; that module owns all of the adapter's tensors in this layer. Its ``state_dict``
+names the base's tensors as the base itself does (``state_dict.py``).
 
 Adapters merged in place (``ak.merge_adapter``) are named in ``merged_names``: their update sits in
 the base weight (``merged_fold`` says how to take it out again), so the forward skips their branch.
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from .errors import MergeError
+from .state_dict import StateDictNames
 
 
 class AdapterLayer(nn.Module):
@@ -30,6 +32,7 @@ class AdapterLayer(nn.Module):
         self.disabled = False
         self.merged_names: tuple[str, ...] = ()  # adapters folded into the base weight in place
         self.merged_fold = None  # the adapterkit.fold.Fold that undoes them
+        self.state_dict_names = StateDictNames(self)  # hooks: base keys keep their own names
 
     def __getattr__(self, name: str):
         # Models read attributes of the layers they own (``self.wo.weight.dtype``,
@@ -37,7 +40,7 @@ class AdapterLayer(nn.Module):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            if name in ("base", "adapters"):
+            if name in ("base", "adapters", "state_dict_names"):
                 raise
             return getattr(self.base, name)
 

@@ -36,6 +36,11 @@ Per method (each method's ``FileFormat`` is in its package, ``methods/<method>/f
 - A new method registers its format with ``Method(..., files=FileFormat(...))``
   (``registry.FileFormat``); ``io`` never special-cases a method.
 
+Trainer checkpoints (``trainer.py``, ``ak.checkpoint_callback()``): a ``transformers`` Trainer
+callback that makes each ``checkpoint-N`` hold these files plus the Trainer's own state instead of
+the whole model; without it the Trainer saves the whole model, base weights under their own names
+(``adapterkit/state_dict.py``).
+
 Writes are atomic (``atomic.py``): every file is written under a temporary name in its own
 folder and all are renamed into place only once all are written, so a failed save leaves the
 previous files byte for byte.

@@ -31,7 +31,7 @@ class Entry:
     trained: bool = False  # a train_modules copy rather than a method layer
 
 
-def _logical_name(model: nn.Module, name: str) -> str:
+def logical_name(model: nn.Module, name: str) -> str:
     """``a.b.base.base`` -> ``a.b`` when those ``base``s are adapter layers' wrapped modules."""
     while name.endswith(".base") or name == "base":
         parent = name[: -len(".base")] if name != "base" else ""
@@ -49,7 +49,7 @@ def entries(model: nn.Module, name: str) -> tuple[Method, list[Entry]]:
         if name not in layer.adapters:
             continue
         adapter = layer.adapters[name]
-        module = _logical_name(model, layer_name)
+        module = logical_name(model, layer_name)
         if isinstance(layer, TrainedModule):
             prefix = method.files.trained_prefix if method.files is not None else PEFT_PREFIX
             tensors = {f"{prefix}{module}.{k}": v for k, v in adapter.state_dict(keep_vars=True).items()}

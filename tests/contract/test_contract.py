@@ -232,6 +232,23 @@ def test_save_load_round_trip(case, tmp_path):
 
 
 @cases
+def test_state_dict_keeps_the_base_names_and_round_trips(case):
+    """Base tensors under the base's own keys (what from_pretrained reads), adapters beside them;
+    load_state_dict(state_dict()) restores the adapted model (what a Trainer resume does)."""
+    from adapterkit.io.trainer import adapter_prefixes
+
+    base = case.model().state_dict()
+    model = _attached(case)
+    state = model.state_dict()
+    assert all(k in state and torch.equal(state[k], v) for k, v in base.items())
+    assert all(k.startswith(adapter_prefixes(model)) for k in set(state) - set(base))
+    other = _attached(case, seed=2)
+    assert not _close(_out(other, case.inputs()), _out(model, case.inputs()))
+    other.load_state_dict(state)
+    assert _close(_out(other, case.inputs()), _out(model, case.inputs()), atol=0)
+
+
+@cases
 def test_config_is_frozen_and_round_trips_through_json(case):
     import json
 

@@ -17,7 +17,7 @@ import adapterkit as ak
 from adapterkit.inject import adapter_layers
 from adapterkit.methods.prompt import VirtualTokenLayer
 from adapterkit.methods.prompt.hook import cache_argument
-from tests.methods.test_prompt_methods import METHODS
+from tests.methods.test_prompt_methods import METHODS, _noise
 from tests.models import tiny_gpt2, tiny_llama, tiny_opt, tiny_qwen2, tokens
 
 peft = pytest.importorskip("peft")
@@ -29,15 +29,6 @@ NEW = 5  # new tokens per generate call
 
 def _adapter(model):
     return next(layer.adapters["default"] for _, layer in adapter_layers(model) if isinstance(layer, VirtualTokenLayer))
-
-
-def _noise(module, seed=5):
-    """Move the trainable tensors off their init, so the virtual tokens change the output a lot."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            if p.requires_grad:
-                p.add_(0.5 * torch.randn(p.shape, generator=gen))
 
 
 def _adapted(method, model):
