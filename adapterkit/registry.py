@@ -70,6 +70,9 @@ class FileFormat:
     sizes_from_file: Optional[Callable[[AdapterConfig, Mapping[str, tuple]], list[str]]] = None
     # (config, {key: shape} of the file) -> problems: the config's sizes against the tensors, checked
     # before ``attach`` allocates anything (a corrupt ``r: 10**15`` must not reach the allocator)
+    for_model: Optional[Callable[[AdapterConfig, Mapping[str, Any], nn.Module], AdapterConfig]] = None
+    # (config, file's JSON, model) -> the config to attach on this model, where the file's meaning
+    # depends on the model (LoRA: PEFT's ensure_weight_tying adapts a tied output embedding too)
 
 
 METHODS: dict[str, Method] = {}

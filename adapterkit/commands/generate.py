@@ -11,8 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..cli import command
-from ..errors import AdapterFileError
+from ..cli import command, positive_int
+from ..errors import AdapterFileError, InputError
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
@@ -20,57 +20,57 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompts", nargs="*", help="prompts (none: read one per line from stdin)")
     p.add_argument("--base", default=None, help="the base model: alias, folder or hub name "
                    "(default: the one recorded in the adapter folder)")
-    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--max-new-tokens", type=positive_int, default=48, metavar="N")
     p.add_argument("--compare", action="store_true", help="also show the base model's answer")
     p.add_argument("--no-chat-template", action="store_true", help="feed the raw prompt text")
     p.add_argument("--system", default=None, help="a system prompt (default: the one used in training)")
     p.set_defaults(_trailing="prompts")  # prompts may also follow the options
 
 
-def _base_name(adapter: Path) -> str:
-    import json
+def _trained(folder: Path):
+    """The TrainConfig the adapter was trained with (train_config.yaml), or None; checked like any config."""
+    from ..training.config import TrainConfig
 
-    import yaml
-
-    trained = adapter / "train_config.yaml"
-    if trained.is_file():
-        return yaml.safe_load(trained.read_text())["model"]["name"]
-    config = adapter / "adapter_config.json"
-    if config.is_file():
-        name = json.loads(config.read_text()).get("base_model_name_or_path")
-        if name:
-            return name
-    raise AdapterFileError(f"{str(adapter)!r} does not record its base model; pass --base MODEL.")
+    file = folder / "train_config.yaml"
+    return TrainConfig.from_yaml(file) if file.is_file() else None
 
 
-def _task(folder: Path) -> str:
+def _base_name(folder: Path, data: dict, trained) -> str:
+    if trained is not None:
+        return trained.model.name
+    name = data.get("base_model_name_or_path")
+    if isinstance(name, str) and name:
+        return name
+    raise AdapterFileError(f"{str(folder)!r} does not record its base model; pass --base MODEL.")
+
+
+def _task(data: dict, trained) -> str:
     """seq2seq for an encoder-decoder adapter (its task_type, or the data it was trained on), else causal-lm."""
-    import json
-
-    import yaml
-
-    config = folder / "adapter_config.json"
-    if config.is_file() and json.loads(config.read_text()).get("task_type") == "SEQ_2_SEQ_LM":
+    if data.get("task_type") == "SEQ_2_SEQ_LM":
         return "seq2seq"
-    trained = folder / "train_config.yaml"
-    if trained.is_file():
-        data = yaml.safe_load(trained.read_text())
-        if (data.get("model") or {}).get("task") == "seq2seq" or (data.get("data") or {}).get("format") == "seq2seq":
-            return "seq2seq"
+    if trained is not None and "seq2seq" in (trained.model.task, trained.data.format):
+        return "seq2seq"
     return "causal-lm"
 
 
-def _data_config(args, folder: Path):
+def _data_config(args, trained):
     """How prompts are rendered: as in training (train_config.yaml), unless the flags say otherwise."""
-    import yaml
-
     from ..training.sections import DataConfig
 
-    trained = folder / "train_config.yaml"
-    data = yaml.safe_load(trained.read_text()).get("data", {}) if trained.is_file() else {}
-    system = args.system if args.system is not None else data.get("system_prompt")
-    template = data.get("chat_template", True) and not args.no_chat_template
-    return DataConfig(train="-", chat_template=template, system_prompt=system)
+    data = trained.data if trained is not None else DataConfig(train="-")
+    system = args.system if args.system is not None else data.system_prompt
+    return DataConfig(train="-", chat_template=data.chat_template and not args.no_chat_template,
+                      system_prompt=system)
+
+
+def _stdin_prompts():
+    try:
+        for line in sys.stdin:
+            if line.strip():
+                yield line.strip()
+    except UnicodeDecodeError as err:
+        raise InputError(f"stdin is not UTF-8 text ({err.reason} at byte {err.start}); "
+                         f"pass the prompts as arguments, or as UTF-8 lines on stdin.") from None
 
 
 @command("generate", "generate text with a trained adapter (and the base model, --compare)", _arguments)
@@ -81,16 +81,17 @@ def run(args) -> int:
     from ..training.data import prompt_ids, source_ids
     from ..training.evaluate import generate_texts
 
-    folder = Path(args.adapter)
-    if not folder.is_dir():
-        raise AdapterFileError(f"adapter folder {args.adapter!r} does not exist.")
-    task = _task(folder)
-    model, tokenizer = load_model(args.base or _base_name(folder), task=task)
+    from ..io.read import find_folder, read_config
+
+    folder = find_folder(args.adapter)  # errors for a missing folder, a file, no adapter_config.json
+    data, trained = read_config(folder), _trained(folder)  # every file checked before the model loads
+    task = _task(data, trained)
+    cfg = _data_config(args, trained)
+    model, tokenizer = load_model(args.base or _base_name(folder, data, trained), task=task)
     ak.load_adapter(model, str(folder))
     model.eval()
-    cfg = _data_config(args, folder)
     device = next(model.parameters()).device
-    prompts = args.prompts or (line.strip() for line in sys.stdin if line.strip())
+    prompts = args.prompts or _stdin_prompts()
     for prompt in prompts:
         ids = [source_ids(tokenizer, prompt, cfg) if task == "seq2seq" else prompt_ids(tokenizer, prompt, cfg)]
         print(f"### {prompt}")

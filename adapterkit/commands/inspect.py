@@ -34,7 +34,17 @@ def describe(folder: Path, name: str) -> dict[str, Any]:
         "base_model": data.get("base_model_name_or_path"), "task_type": data.get("task_type"),
         "config": fields, "tensors": len(header), "parameters": params,
         "dtypes": sorted({d for _, d in header.values()}), "file_bytes": file.stat().st_size,
+        "vllm": _vllm(data, {k: s for k, (s, _) in header.items()}),
     }
+
+
+def _vllm(data: dict[str, Any], shapes: dict[str, tuple]) -> dict[str, Any]:
+    """Whether vLLM's LoRA loader takes the adapter, why not, and what the server needs."""
+    from ..io.serving import vllm_notes, vllm_reasons, vllm_summary
+
+    reasons = vllm_reasons(data, shapes)
+    return {"loads": not reasons, "reasons": reasons, "notes": [] if reasons else vllm_notes(data),
+            "summary": vllm_summary(data, shapes)}
 
 
 def _size(n: int) -> str:
@@ -53,7 +63,8 @@ def _text(info: dict[str, Any]) -> str:
         rows.append((key, "-" if shown in (None, "") else shown))
     rows += [("tensors", info["tensors"]), ("parameters", f"{info['parameters']:,}"),
              ("dtype", ", ".join(info["dtypes"]) or "-"),
-             ("file size", f"{_size(info['file_bytes'])} ({info['file_bytes']:,} bytes)")]
+             ("file size", f"{_size(info['file_bytes'])} ({info['file_bytes']:,} bytes)"),
+             ("vLLM", info["vllm"]["summary"])]
     width = max(len(k) for k, _ in rows)
     lines = [f"adapter {info['name']!r} in {info['folder']}"]
     lines += [f"  {k.ljust(width)}  {v}" for k, v in rows]
@@ -61,13 +72,12 @@ def _text(info: dict[str, Any]) -> str:
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
-    # one line on stderr for a bad argument, not the usage block
-    parser.error = lambda message: parser.exit(2, f"{parser.prog}: error: {message}\n")
     parser.add_argument("folder", metavar="DIR", help="adapter folder (adapterkit's or PEFT's)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
-@command("inspect", "Show what an adapter folder holds: method, rank, targets, tensors, size.", _arguments)
+@command("inspect", "Show what an adapter folder holds: method, rank, targets, tensors, size, whether vLLM "
+         "loads it.", _arguments)
 def run(args: argparse.Namespace) -> int:
     from ..io.read import adapter_folders, find_folder
 

@@ -1,4 +1,7 @@
-"""``adapterkit merge DIR --base MODEL_DIR --out OUT``: a plain transformers model with the adapter folded in."""
+"""``adapterkit merge DIR [--base MODEL] --out OUT``: a plain transformers model with the adapter folded in.
+
+The base defaults to the one the adapter records; a folder, a hub name or an offline alias. The
+merged model has the adapter's task (its head, number of labels and label names for a classifier)."""
 from __future__ import annotations
 
 import argparse
@@ -7,15 +10,18 @@ from ..cli import command
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
-    # one line on stderr for a bad argument, not the usage block
-    parser.error = lambda message: parser.exit(2, f"{parser.prog}: error: {message}\n")
     parser.add_argument("adapter", metavar="DIR", help="adapter folder (adapterkit's or PEFT's)")
-    parser.add_argument("--base", required=True, metavar="MODEL_DIR", help="the base model's transformers folder")
+    parser.add_argument("--base", default=None, metavar="MODEL",
+                        help="the base model: a transformers folder, a hub name or an alias "
+                             "(default: the one recorded in the adapter folder)")
     parser.add_argument("--out", required=True, metavar="OUT", help="folder to write the merged model to")
     parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None,
                         help="dtype of the saved weights (default: the base model's)")
     parser.add_argument("--name", default="default", help="which adapter, for a folder holding several")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="read a base that has only pickle weights (.bin), with weights_only=True; "
+                             "only for files you trust")
 
 
 @command("merge", "Fold an adapter into its base model and save a plain transformers model.", _arguments)
@@ -23,6 +29,6 @@ def run(args: argparse.Namespace) -> int:
     from ..io.export import export_merged
 
     out = export_merged(args.adapter, args.base, args.out, dtype=args.dtype, name=args.name,
-                        overwrite=args.overwrite)
+                        overwrite=args.overwrite, allow_pickle=args.allow_pickle)
     print(f"merged model written to {out}")
     return 0

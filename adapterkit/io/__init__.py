@@ -6,9 +6,11 @@ once: ``default`` at the root, every other one in a sub-folder named after it, a
 
 adapter_config.json
     ``peft_type`` picks the method (``registry.method_for_peft_type``); the rest are that method's
-    keys (its ``FileFormat``), plus ``base_model_name_or_path``, ``task_type`` (CAUSAL_LM,
-    SEQ_CLS, ... from the model's class, so PEFT builds the right wrapper), ``inference_mode`` and
-    ``modules_to_save`` (a config's ``train_modules``). Unknown keys are ignored on load.
+    keys (its ``FileFormat``), plus ``base_model_name_or_path`` (portable: an offline alias's hub
+    id, ``models.portable_name``), ``task_type`` (CAUSAL_LM, SEQ_CLS, ..., FEATURE_EXTRACTION
+    for a bare model: ``tasks.py``, so PEFT builds the right wrapper), ``inference_mode`` and
+    ``modules_to_save`` (a config's ``train_modules``, plus the task heads PEFT's wrapper requires).
+    Unknown keys are ignored on load.
 adapter_model.safetensors
     Only the adapter's tensors, never base weights, metadata ``{"format": "pt"}``, keys as PEFT
     names them with the adapter name left out: ``base_model.model.<module>.<tensor>``. A
@@ -40,6 +42,10 @@ Trainer checkpoints (``trainer.py``, ``ak.checkpoint_callback()``): a ``transfor
 callback that makes each ``checkpoint-N`` hold these files plus the Trainer's own state instead of
 the whole model; without it the Trainer saves the whole model, base weights under their own names
 (``adapterkit/state_dict.py``).
+Loading PEFT's files: its saved base-layer weights (LoRA on embed_tokens / lm_head, a resized
+vocabulary) are checked and, where they differ, loaded into the base (``base_layers.py``); a file
+that does not fit gets one specific reason (``diagnose.py``). ``serving.py`` says whether vLLM's
+LoRA loader takes a file; ``export.py`` merges an adapter into its base as a transformers folder.
 
 Writes are atomic (``atomic.py``): every file is written under a temporary name in its own
 folder and all are renamed into place only once all are written, so a failed save leaves the

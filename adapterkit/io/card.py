@@ -2,7 +2,8 @@
 
 Hugging Face metadata up front (``library_name: peft``, ``base_model``, tags), then one section per
 adapter: method, file type, every config field (rank, alpha, targets, ...), the adapted modules,
-trainable parameters and tensors, and the lines that load it with adapterkit or PEFT.
+trainable parameters and tensors, whether vLLM's LoRA loader takes it (``serving.py``), and the
+lines that load it with adapterkit or PEFT.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ class Saved:
     config: AdapterConfig
     tensors: dict[str, torch.Tensor]
     modules: int  # adapted layers
+    vllm: str = ""  # whether vLLM's LoRA loader takes it, and why not (serving.vllm_summary)
 
 
 def _value(value: Any) -> str:
@@ -42,7 +44,10 @@ def _section(item: Saved) -> list[str]:
         if key != "method":
             lines.append(f"| {key} | {_value(value)} |")
     lines += [f"| adapted modules | {item.modules} |", f"| trainable parameters | {params:,} |",
-              f"| tensors | {len(item.tensors)} ({', '.join(dtypes) or '-'}) |", ""]
+              f"| tensors | {len(item.tensors)} ({', '.join(dtypes) or '-'}) |"]
+    if item.vllm:
+        lines.append(f"| loads in vLLM | {item.vllm} |")
+    lines.append("")
     return lines
 
 

@@ -8,11 +8,13 @@ from typing import Union
 import torch
 from torch import nn
 
+from .. import bases
 from ..config import AdapterConfig, check_adapter_name
 from ..errors import AdapterFileError, TargetError, UnsupportedModuleError
 from ..inject import adapter_layers, attach, check_model
 from ..transaction import unchanged_on_error
 from ..targets import logical_modules, matches
+from . import base_layers, diagnose, tasks
 from .read import CONFIG_NAME, WEIGHTS_NAME, file_config, find_folder, read_config, read_tensors
 from .state import Entry, entries
 
@@ -35,8 +37,10 @@ def _shape(t) -> tuple:
     return tuple(t.shape)
 
 
-def _check_state(found: list[Entry], tensors: dict[str, torch.Tensor], folder: Path) -> None:
-    """Shapes first (an adapter for another base model), then missing / unexpected keys."""
+def _check_state(model: nn.Module, found: list[Entry], tensors: dict[str, torch.Tensor], folder: Path,
+                 data: dict, prefix: str) -> list[base_layers.BaseTensor]:
+    """Shapes first (an adapter for another base model), then missing / unexpected keys; returns
+    the base-layer weights PEFT saved beside the adapter (``base_layers.py``)."""
     file = str(folder / WEIGHTS_NAME)
     expected: dict[str, tuple] = {}
     for entry in found:
@@ -48,18 +52,19 @@ def _check_state(found: list[Entry], tensors: dict[str, torch.Tensor], folder: P
                     f"{key.rsplit(entry.module + '.', 1)[-1]!r} has shape {_shape(tensors[key])} in the file, "
                     f"but this model needs {_shape(live)}. Was the adapter trained on another base model?"
                 )
+    adapted = {e.module: bases.base_kind(_innermost(model, e.module)) for e in found if not e.trained}
+    unexpected = {k: t for k, t in tensors.items() if k not in expected}
+    base = base_layers.split(model, list(adapted), unexpected, prefix)
     missing = [k for k in expected if k not in tensors]
-    unexpected = [k for k in tensors if k not in expected]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
-        raise AdapterFileError(
-            f"{file!r} does not match its config on this model: tensor keys {'; '.join(parts)}. "
-            f"The file may be for another base model, or its adapter_config.json was edited."
-        )
+    others = [k for k in unexpected if k not in {b.key for b in base}]
+    if missing or others:
+        raise AdapterFileError(diagnose.explain(folder, model, data, missing, others, adapted))
+    return base
+
+
+def _innermost(model: nn.Module, name: str) -> nn.Module:
+    module = model.get_submodule(name)
+    return module.innermost() if hasattr(module, "innermost") else module
 
 
 @torch.no_grad()
@@ -83,32 +88,44 @@ def load_adapter(model: nn.Module, path: Union[str, Path], name: str = "default"
     train / eval mode of the modules they wrap (a model in eval mode runs them without dropout);
     unlike PEFT, the model's own modules keep their mode. Only safetensors are
     read unless ``allow_pickle`` (then ``adapter_model.bin`` is read with ``weights_only=True``).
-    On any error the model is left as it was.
+    Base-model weights PEFT saved beside the adapter are copied into the base where they differ
+    from the model's, with a warning (``base_layers.py``). A file that does not fit raises
+    ``AdapterFileError`` with one specific reason (``diagnose.py``). On any error the model is left
+    as it was.
     """
     check_model(model, "load_adapter")
     check_adapter_name(name)
     folder = find_folder(path, name)
     data = read_config(folder)
     method, config = file_config(data, folder)
-    config = _present_train_modules(model, config)
     tensors = read_tensors(folder, allow_pickle=allow_pickle)
     _check_dtypes(tensors, folder)
     _check_sizes(method, config, tensors, folder)
+    config = _present_train_modules(model, _for_model(method, config, data, model))
     with unchanged_on_error(model):
         try:
             attach(model, config, name)
         except (TargetError, UnsupportedModuleError) as err:
+            task = tasks.mismatch(data.get("task_type"), model)
             raise AdapterFileError(
-                f"the adapter in {str(folder)!r} does not fit this {type(model).__name__}: {err}"
+                f"the adapter in {str(folder)!r} does not fit this {type(model).__name__}: {task or err}"
             ) from None
         _, found = entries(model, name)
-        _check_state(found, tensors, folder)
+        base = _check_state(model, found, tensors, folder, data, method.files.trained_prefix)
+        differ = base_layers.check(model, base, folder)
         _fill(found, tensors)
+        base_layers.apply(model, differ, folder)
         if not trainable:
             for _, layer in adapter_layers(model):
                 if name in layer.adapters:
                     layer.adapters[name].requires_grad_(False)
     return model
+
+
+def _for_model(method, config: AdapterConfig, data: dict, model: nn.Module) -> AdapterConfig:
+    """The file's config fitted to ``model`` by its method (e.g. PEFT's ensure_weight_tying)."""
+    fit = method.files.for_model if method.files is not None else None
+    return fit(config, data, model) if fit is not None else config
 
 
 def _check_sizes(method, config: AdapterConfig, tensors: dict[str, torch.Tensor], folder: Path) -> None:

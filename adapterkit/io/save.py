@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Mapping, Optional, Union
 
 import torch
 from torch import nn
@@ -12,18 +12,16 @@ from torch import nn
 from ..errors import AdapterFileError, AdapterNameError
 from ..inject import adapter_config, adapter_names
 from ..registry import method_for
+from . import base_layers, tasks
 from .atomic import staged
 from .card import Saved, model_card
 from .read import CARD_NAME, CONFIG_NAME, PICKLE_NAME, WEIGHTS_NAME
+from .serving import vllm_summary
 from .state import entries, state_to_save
 
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
           "float16": torch.float16, "half": torch.float16, "fp32": torch.float32,
           "float32": torch.float32, "float": torch.float32}
-
-# transformers class-name endings -> PEFT task_type (PeftModel.from_pretrained picks its class by it)
-_TASKS = (("ForCausalLM", "CAUSAL_LM"), ("LMHeadModel", "CAUSAL_LM"), ("ForSequenceClassification", "SEQ_CLS"),
-          ("ForTokenClassification", "TOKEN_CLS"), ("ForQuestionAnswering", "QUESTION_ANS"))
 
 
 def as_dtype(dtype: Union[None, str, torch.dtype]) -> Optional[torch.dtype]:
@@ -39,20 +37,20 @@ def as_dtype(dtype: Union[None, str, torch.dtype]) -> Optional[torch.dtype]:
 
 
 def base_model_name(model: nn.Module) -> Optional[str]:
+    """The base to record: an offline alias's hub id, else the model's ``name_or_path`` as loaded."""
+    from ..models import portable_name
+
     config = getattr(model, "config", None)
-    name = getattr(config, "_name_or_path", None) or getattr(model, "name_or_path", None)
-    return str(name) if name else None
+    name = getattr(config, "name_or_path", None) or getattr(model, "name_or_path", None)
+    return portable_name(str(name)) if name else None
 
 
-def task_type(model: nn.Module) -> Optional[str]:
-    cls = type(model).__name__
-    for ending, task in _TASKS:
-        if cls.endswith(ending):
-            return task
-    if cls.endswith("ForConditionalGeneration") and getattr(getattr(model, "config", None),
-                                                            "is_encoder_decoder", False):
-        return "SEQ_2_SEQ_LM"
-    return None
+def _heads(model: nn.Module, name: str) -> dict[str, nn.Module]:
+    """Heads PEFT's task wrapper expects in the file that the adapter does not train (tasks.py)."""
+    config = adapter_config(model, name)
+    if method_for(config).files.peft_type.startswith("ADAPTERKIT_"):
+        return {}  # PEFT does not read these files
+    return tasks.heads_to_save(model, tasks.task_type(model), tuple(getattr(config, "train_modules", ())))
 
 
 def file_config(model: nn.Module, name: str) -> dict[str, Any]:
@@ -62,11 +60,25 @@ def file_config(model: nn.Module, name: str) -> dict[str, Any]:
     if method.files is None:
         raise AdapterFileError(f"adapter {name!r} is a {config.method} adapter, which has no file format yet.")
     data: dict[str, Any] = {"peft_type": method.files.peft_type, "base_model_name_or_path": base_model_name(model),
-                            "task_type": task_type(model), "inference_mode": True}
+                            "task_type": tasks.task_type(model), "inference_mode": True}
     if "train_modules" in {f.name for f in dataclasses.fields(config)}:
-        data["modules_to_save"] = list(config.train_modules) or None
+        data["modules_to_save"] = list(config.train_modules) + list(_heads(model, name)) or None
     data.update(method.files.config_to_file(config, model))
     return data
+
+
+def _base_tensors(model: nn.Module, name: str, dtype: Optional[torch.dtype]) -> dict[str, torch.Tensor]:
+    """Base weights saved beside the adapter, as PEFT does (copies): the untrained task heads of
+    ``_heads`` under modules_to_save keys; the embeddings of a resized vocabulary (base_layers.py)."""
+    prefix = method_for(adapter_config(model, name)).files.trained_prefix
+    found: dict[str, torch.Tensor] = {}
+    for module_name, module in _heads(model, name).items():
+        found.update({f"{prefix}{module_name}.{k}": t for k, t in module.state_dict().items()})
+    _, layers = entries(model, name)
+    found.update(base_layers.resized_embeddings(model, [e.module for e in layers if not e.trained],
+                                                [e.module for e in layers if e.trained], prefix))
+    return {k: t.detach().to("cpu", dtype or t.dtype).contiguous().clone()
+            for k, t in found.items() if t.is_floating_point()}
 
 
 def _folders(model: nn.Module, path: Path, name: Optional[str]) -> dict[str, Path]:
@@ -94,13 +106,18 @@ def _check_target(path: Path, folders: dict[str, Path], overwrite: bool) -> None
 
 
 def save_adapter(model: nn.Module, path: Union[str, Path], name: Optional[str] = None,
-                 overwrite: bool = False, dtype: Union[None, str, torch.dtype] = None) -> Path:
+                 overwrite: bool = False, dtype: Union[None, str, torch.dtype] = None,
+                 state_dict: Optional[Mapping[str, torch.Tensor]] = None) -> Path:
     """Write adapter ``name`` (default: every adapter) to folder ``path``; returns ``path``.
 
     PEFT's layout: ``adapter_config.json`` + ``adapter_model.safetensors``; the ``default`` adapter
     at ``path``, any other in ``path/<name>``; a ``README.md`` model card at ``path``. Tensors are
-    only the adapters' (no base weights), optionally cast to ``dtype`` ("bf16", "fp16", "fp32").
+    only the adapters' (no base weights), optionally cast to ``dtype`` ("bf16", "fp16", "fp32"). The
+    card says whether vLLM's LoRA loader takes each adapter, and if not, why (``serving.py``).
     All files land together or not at all; an existing adapter is replaced only with ``overwrite``.
+    ``state_dict``: the model's whole tensors by name, for a sharded model (FSDP, DeepSpeed ZeRO-3),
+    as PEFT's ``save_pretrained(state_dict=...)``: on every process ``sd = accelerator.get_state_dict(model)``,
+    then on the main one ``save_adapter(accelerator.unwrap_model(model), path, state_dict=sd)``.
     """
     from safetensors.torch import save_file
 
@@ -114,14 +131,15 @@ def save_adapter(model: nn.Module, path: Union[str, Path], name: Optional[str] =
     with staged() as stage:
         for adapter, folder in folders.items():
             data = file_config(model, adapter)
-            tensors = state_to_save(model, adapter, dtype)
+            tensors = {**state_to_save(model, adapter, dtype, state_dict), **_base_tensors(model, adapter, dtype)}
             text = json.dumps(data, indent=2, sort_keys=True) + "\n"
             stage(folder / CONFIG_NAME, lambda tmp, text=text: tmp.write_text(text, encoding="utf-8"))
             stage(folder / WEIGHTS_NAME,
                   lambda tmp, t=tensors: save_file(t, str(tmp), metadata={"format": "pt"}))
             rel = "." if folder == path else folder.name
             count = sum(1 for e in entries(model, adapter)[1] if not e.trained)
-            saved.append(Saved(adapter, rel, data["peft_type"], adapter_config(model, adapter), tensors, count))
+            vllm = vllm_summary(data, {k: tuple(t.shape) for k, t in tensors.items()})
+            saved.append(Saved(adapter, rel, data["peft_type"], adapter_config(model, adapter), tensors, count, vllm))
         card = model_card(saved, base_model_name(model), __version__)
         stage(path / CARD_NAME, lambda tmp: tmp.write_text(card, encoding="utf-8"))
     return path

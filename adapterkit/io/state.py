@@ -9,11 +9,12 @@ the user sees (``...q_proj``, not ``...q_proj.base``).
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional
+from typing import Callable, Mapping, Optional
 
 import torch
 from torch import Tensor, nn
 
+from ..errors import AdapterFileError
 from ..inject import adapter_config, adapter_layers
 from ..layer import AdapterLayer
 from ..methods.trained_module import TrainedModule
@@ -60,15 +61,43 @@ def entries(model: nn.Module, name: str) -> tuple[Method, list[Entry]]:
     return method, found
 
 
-def state_to_save(model: nn.Module, name: str, dtype: Optional[torch.dtype] = None) -> dict[str, Tensor]:
-    """Detached CPU copies of adapter ``name``'s tensors, cast to ``dtype`` (floats only)."""
+def tensor_names(model: nn.Module) -> dict[int, list[str]]:
+    """Every parameter and buffer of ``model`` by identity: ``id(tensor) -> its names`` (tied: several)."""
+    out: dict[int, list[str]] = {}
+    for name, t in (*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)):
+        out.setdefault(id(t), []).append(name)
+    return out
+
+
+def _from_state(state_dict, names: dict[int, list[str]], tensor: Tensor, key: str) -> Tensor:
+    """``tensor``'s value in ``state_dict`` (found under its name in the model)."""
+    for name in names.get(id(tensor), ()):
+        if name in state_dict:
+            return state_dict[name].detach()
+    if id(tensor) in names:
+        raise AdapterFileError(f"the state_dict given to save has no {names[id(tensor)][0]!r} (file key {key!r}); "
+                               "pass the model's whole state dict, e.g. accelerator.get_state_dict(model).")
+    return tensor.detach()  # a tensor computed from the parameters (prompt encoders): read live
+
+
+def state_to_save(model: nn.Module, name: str, dtype: Optional[torch.dtype] = None,
+                  state_dict: Optional[Mapping[str, Tensor]] = None) -> dict[str, Tensor]:
+    """Detached CPU copies of adapter ``name``'s tensors, cast to ``dtype`` (floats only).
+
+    ``state_dict`` (the model's tensors by name, whole: e.g. ``accelerator.get_state_dict(model)``
+    under FSDP or DeepSpeed ZeRO-3): read each tensor from it instead of the live, sharded one.
+    """
     _, found = entries(model, name)
+    names = tensor_names(model) if state_dict is not None else None
     out: dict[str, Tensor] = {}
     for entry in found:
         for key, tensor in entry.tensors.items():
-            t = tensor.detach()
+            t = tensor.detach() if names is None else _from_state(state_dict, names, tensor, key)
             if dtype is not None and t.is_floating_point():
                 t = t.to(dtype)
             t = t.to("cpu").contiguous()
-            out[key] = t.clone() if t.data_ptr() == tensor.data_ptr() else t  # never the live tensor
+            if names is not None:  # the caller's tensor, or a shard-free copy: take our own
+                out[key] = t.clone()
+            else:
+                out[key] = t.clone() if t.data_ptr() == tensor.data_ptr() else t  # never the live tensor
     return out

@@ -17,53 +17,53 @@ Files: ``.jsonl`` / ``.json`` (one object per line, or a list), ``.csv`` (a head
 """
 from __future__ import annotations
 
-import csv
-import json
-from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
 from ..errors import ConfigError
+from .records import Record, read_records  # noqa: F401  (read_records: part of this module's API)
 from .sections import DataConfig
 
 IGNORE = -100
 
 
-def read_records(path: str, fmt: str) -> list[dict[str, Any]]:
-    """The records of one file, as dicts."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"data file {path!r} does not exist; give a .jsonl, .csv or .txt file.")
-    suffix = p.suffix.lower()
-    text = p.read_text(encoding="utf-8")
-    if suffix == ".jsonl" or (suffix == ".json" and not text.lstrip().startswith("[")):
-        records = []
-        for i, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ConfigError(f"{path}:{i} is not valid JSON: {err.msg}.") from None
-        return records
-    if suffix == ".json":
-        return list(json.loads(text))
-    if suffix == ".csv":
-        return list(csv.DictReader(text.splitlines()))
-    if suffix == ".txt":
-        if fmt != "text":
-            raise ConfigError(f"{path}: a .txt file holds plain text; use data.format 'text' (got {fmt!r}).")
-        return [{"text": doc.strip()} for doc in text.split("\n\n") if doc.strip()]
-    raise ConfigError(f"data file {path!r} has an unknown extension; use .jsonl, .json, .csv or .txt.")
+def _where(record: dict, path: str, index: int) -> str:
+    return getattr(record, "where", "") or f"{path}: record {index + 1}"
 
 
 def _field(record: dict, name: str, path: str, index: int, key: str) -> Any:
-    if name not in record:
+    """A record's field ``name`` (set by ``data.<key>``); an error names the file and line."""
+    if not isinstance(record, dict):
+        raise ConfigError(f"{_where(record, path, index)}: a record must be an object of fields; got {record!r}.")
+    if name not in record or record[name] is None:
+        has = ", ".join(repr(k) for k in record if record[k] is not None) or "no fields"
         raise ConfigError(
-            f"{path}: record {index} has no field {name!r} (it has: {', '.join(map(repr, record))}); "
-            f"set data.{key} to the field to use."
+            f"{_where(record, path, index)}: the record has no field {name!r} (it has: {has}); "
+            f"add it, or set data.{key} to the field to use."
         )
     return record[name]
+
+
+def _text_field(record: dict, name: str, path: str, index: int, key: str) -> str:
+    """A field that holds text: a string (a number is read as its text)."""
+    value = _field(record, name, path, index, key)
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ConfigError(f"{_where(record, path, index)}: field {name!r} must be a string; got {value!r:.60}.")
+    return str(value)
+
+
+def _messages(record: dict, cfg: DataConfig, path: str, index: int) -> list[dict]:
+    """A chat record's messages: a list of {"role": str, "content": str}."""
+    messages = _field(record, cfg.messages_field, path, index, "messages_field")
+    where = _where(record, path, index)
+    if not isinstance(messages, list):
+        raise ConfigError(f"{where}: field {cfg.messages_field!r} must be a list of messages; got {messages!r:.60}.")
+    for k, m in enumerate(messages):
+        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+            raise ConfigError(f"{where}: {cfg.messages_field}[{k}] must be an object with 'role' and 'content' "
+                              f"strings; got {m!r:.60}.")
+    return messages
 
 
 def _encode(tokenizer, text: str) -> list[int]:
@@ -100,8 +100,8 @@ def source_ids(tokenizer, text: str, cfg: DataConfig) -> list[int]:
 def _seq2seq(records: list[dict], tokenizer, cfg: DataConfig, path: str) -> list[dict]:
     out = []
     for i, r in enumerate(records):
-        source = str(_field(r, cfg.source_field, path, i, "source_field"))
-        target = str(_field(r, cfg.target_field, path, i, "target_field"))
+        source = _text_field(r, cfg.source_field, path, i, "source_field")
+        target = _text_field(r, cfg.target_field, path, i, "target_field")
         labels = (_encode(tokenizer, target) + _eos(tokenizer))[: cfg.max_length]
         out.append({"input_ids": source_ids(tokenizer, source, cfg), "labels": labels})
     return out
@@ -144,10 +144,29 @@ def _pack(docs: list[list[int]], length: int) -> list[dict]:
     return [{"input_ids": b, "labels": list(b)} for b in blocks if len(b) > 1]
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) or (isinstance(value, str) and value.strip().lstrip("-").isdigit())
+
+
+def label_ids(records: list[dict], cfg: DataConfig, path: str) -> list[int]:
+    """Integer labels (none below 0); an error names the line of a label that is not one."""
+    out = []
+    for i, r in enumerate(records):
+        raw = _field(r, cfg.label_field, path, i, "label_field")
+        if isinstance(raw, bool) or not _is_int(raw) or int(raw) < 0:
+            raise ConfigError(f"{_where(r, path, i)}: label {raw!r:.60} is not a class number (0, 1, ...) like "
+                              f"the training labels; use numbers in every file, or names in every file.")
+        out.append(int(raw))
+    return out
+
+
 def label_names(records: list[dict], cfg: DataConfig, path: str) -> Optional[list[str]]:
     """Class names in sorted order when labels are names; None when they are integers."""
     labels = [_field(r, cfg.label_field, path, i, "label_field") for i, r in enumerate(records)]
-    if all(isinstance(v, int) or (isinstance(v, str) and v.strip().lstrip("-").isdigit()) for v in labels):
+    for i, (r, v) in enumerate(zip(records, labels)):
+        if isinstance(v, bool) or not isinstance(v, (int, str)):
+            raise ConfigError(f"{_where(r, path, i)}: label {v!r:.60} must be a whole number or a class name.")
+    if all(_is_int(v) for v in labels):
         return None
     return sorted({str(v) for v in labels})
 
@@ -157,22 +176,23 @@ def tokenize(records: list[dict], tokenizer, cfg: DataConfig, path: str,
     """Examples: ``{"input_ids": [...], "labels": [...] or int}``."""
     if cfg.format == "classification":
         out = []
+        numbers = label_ids(records, cfg, path) if names is None else None
         for i, r in enumerate(records):
-            text = str(_field(r, cfg.text_field, path, i, "text_field"))
+            text = _text_field(r, cfg.text_field, path, i, "text_field")
             raw = _field(r, cfg.label_field, path, i, "label_field")
-            if names is None:
-                label = int(raw)
+            if numbers is not None:
+                label = numbers[i]
             elif str(raw) in names:
                 label = names.index(str(raw))
             else:
-                raise ConfigError(f"{path}: record {i} has label {raw!r}, not among the training labels {names}.")
+                raise ConfigError(f"{_where(r, path, i)}: label {raw!r} is not among the training labels {names}.")
             ids = tokenizer(text, truncation=True, max_length=cfg.max_length)["input_ids"]
             out.append({"input_ids": list(ids), "labels": label})
         return out
     if cfg.format == "seq2seq":
         return _seq2seq(records, tokenizer, cfg, path)
     if cfg.format == "text":
-        docs = [_encode(tokenizer, str(_field(r, cfg.text_field, path, i, "text_field"))) + _eos(tokenizer)
+        docs = [_encode(tokenizer, _text_field(r, cfg.text_field, path, i, "text_field")) + _eos(tokenizer)
                 for i, r in enumerate(records)]
         if cfg.packing:
             return _pack(docs, cfg.max_length)
@@ -180,10 +200,10 @@ def tokenize(records: list[dict], tokenizer, cfg: DataConfig, path: str,
     out = []
     for i, r in enumerate(records):
         if cfg.format == "chat":
-            example = _chat_example(tokenizer, list(_field(r, cfg.messages_field, path, i, "messages_field")))
+            example = _chat_example(tokenizer, _messages(r, cfg, path, i))
         else:
-            prompt = str(_field(r, cfg.prompt_field, path, i, "prompt_field"))
-            response = str(_field(r, cfg.response_field, path, i, "response_field"))
+            prompt = _text_field(r, cfg.prompt_field, path, i, "prompt_field")
+            response = _text_field(r, cfg.response_field, path, i, "response_field")
             example = _instruction_example(tokenizer, prompt, response, cfg)
         out.append(_cut(example, cfg.max_length))
     return out

@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from . import metrics
+from . import metrics, sharding
 from .batches import eval_shards
 from .data import IGNORE, collate
 
@@ -90,9 +90,13 @@ def evaluate(accelerator, model, task: str, examples: list[dict], batch_size: in
         shards = shards[:max_batches]
     total = torch.zeros(2, dtype=torch.float64, device=device)  # nll sum, count
     preds, refs = [], []
-    for idx in shards:
-        batch = {k: v.to(device) for k, v in collate([examples[i] for i in idx], pad_id).items()}
-        if task == "classification":
+    for j in range(sharding.eval_passes(model, shards, len(examples), batch_size, accelerator.num_processes,
+                                        max_batches)):
+        idx = shards[j] if j < len(shards) else None  # None: a forward all processes join, result dropped
+        batch = {k: v.to(device) for k, v in collate([examples[i] for i in idx or [0]], pad_id).items()}
+        if idx is None:
+            _ = classify(model, batch) if task == "classification" else token_nll(model, batch, task)
+        elif task == "classification":
             loss_sum, p = classify(model, batch)
             total += torch.stack([loss_sum.double(), torch.tensor(len(idx), device=device).double()])
             preds += p.tolist()

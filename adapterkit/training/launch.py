@@ -5,7 +5,8 @@
 module runs the command line; ``-m adapterkit.cli`` would import the CLI twice). With a GPU it asks
 for DDP (``--multi_gpu``); on a CPU-only machine it runs DDP over gloo
 (``ACCELERATE_USE_CPU=true`` with ``--multi_gpu``: ``--cpu`` alone would start one process).
-``--config-file`` passes an Accelerate config (FSDP, DeepSpeed, ...) through unchanged.
+``--config-file`` passes an Accelerate config (FSDP, DeepSpeed, ...) through (with a free port on
+one machine); the loop then runs what it asks (sharding.py: FSDP2, on a CPU too) or says why not.
 """
 from __future__ import annotations
 
@@ -29,6 +30,26 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _accelerate_config(path: str, num_processes: Optional[int]) -> dict:
+    """The Accelerate config file's settings, refusing what would not start N processes here."""
+    import yaml
+
+    from ..errors import ConfigError
+
+    try:
+        data = yaml.safe_load(open(path)) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"--config-file {path!r} is not a readable Accelerate YAML config: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config-file {path!r} is not an Accelerate config (a YAML mapping).")
+    processes = num_processes or data.get("num_processes", 1)
+    if data.get("use_cpu") and processes > 1:
+        raise ConfigError(f"--config-file {path!r} sets use_cpu: true, with which `accelerate launch` starts one "
+                          f"process, not {processes} (it needs MPI); remove use_cpu: adapterkit trains on the CPU "
+                          "when there is no GPU.")
+    return data
+
+
 def launch_command(target: Sequence[str], num_processes: Optional[int],
                    config_file: Optional[str], cuda: bool) -> tuple[list[str], dict]:
     """(argv, environment) for ``accelerate launch`` running ``target`` (a script and its
@@ -39,6 +60,10 @@ def launch_command(target: Sequence[str], num_processes: Optional[int],
         cmd += ["--config_file", config_file]
         if num_processes:
             cmd += ["--num_processes", str(num_processes)]
+        if _accelerate_config(config_file, num_processes).get("num_machines", 1) == 1:
+            cmd += ["--main_process_port", str(_free_port())]
+        if not cuda:
+            env.setdefault("OMP_NUM_THREADS", "1")
     else:
         cmd += ["--multi_gpu", "--num_processes", str(num_processes or 1), "--num_machines", "1",
                 "--dynamo_backend", "no", "--main_process_port", str(_free_port())]

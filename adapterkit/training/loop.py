@@ -21,7 +21,8 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
-from . import checkpoint, optim, stages
+from . import checkpoint, optim, sharding, stages
+from . import resume as resume_mod
 from ..errors import ConfigError
 from .batches import BatchPlan
 from .config import TrainConfig
@@ -89,7 +90,7 @@ def _step(accelerator, model, optimizer, scheduler, batches: list[dict], task: s
     total, tokens = 0.0, 0
     for k, batch in enumerate(batches):
         last = k == len(batches) - 1
-        sync = contextlib.nullcontext() if last else accelerator.no_sync(model)
+        sync = contextlib.nullcontext() if last else sharding.no_sync(accelerator, model)
         with sync:
             loss, n = batch_loss(model, batch, task)
             accelerator.backward(loss / len(batches))
@@ -128,19 +129,26 @@ def _prepare(config: TrainConfig, accelerator):
     return task, model, tokenizer, train_set, eval_set, plan, gen, names
 
 
-def train(config: Union[TrainConfig, dict, str], resume: bool = False,
+def train(config: Union[TrainConfig, dict, str], resume: Union[bool, str] = False,
           callbacks: Sequence[Callable[[int, dict], None]] = ()) -> TrainResult:
     """Train an adapter as ``config`` says; returns a TrainResult (the adapter is saved too).
 
-    ``config``: a TrainConfig, a dict of sections, or a YAML path. ``resume``: continue from the
-    newest checkpoint in ``output.dir``. ``callbacks``: called as ``f(step, logs)`` after each step.
+    ``config``: a TrainConfig, a dict of sections, or a YAML path. ``resume``: True continues from
+    the newest checkpoint in ``output.dir`` (an error if there is none); ``"auto"`` does when there
+    is one and otherwise starts fresh (saying so on stderr). The checkpoint is read and checked
+    whole before training starts (resume.py). ``callbacks``: called as ``f(step, logs)`` after each step.
     """
     from accelerate.utils import set_seed
 
+    from ..paths import check_output_folder
+
+    resume_mod.check_mode(resume)
     if not isinstance(config, TrainConfig):
         config = TrainConfig.from_yaml(config) if isinstance(config, (str, Path)) else TrainConfig.from_dict(config)
+    check_output_folder(config.output.dir, "output.dir")
     accelerator = _accelerator(config)
     try:
+        sharding.check(config, accelerator)
         set_seed(config.optim.seed)
         return _run(config, accelerator, resume, callbacks)
     finally:
@@ -172,9 +180,7 @@ class _Run:
             self._prepare_stages(model)
         else:
             self.total = o.max_steps or self.plan.steps_per_epoch * o.epochs
-            optimizer = optim.build_optimizer(model, o)
-            self.scheduler = optim.build_schedule(optimizer, o, self.total)
-            self.model, self.optimizer = accelerator.prepare(model, optimizer)
+            self.model, self.optimizer = self._prepare_model(model)
         self.model.train()
         if accelerator.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -183,6 +189,19 @@ class _Run:
         self.log = _Log(accelerator, self.out, self.history)
         self.state = {"best": None, "bad_evals": 0, "first_eval": None}
         self.step = 0
+
+    def _prepare_model(self, model):
+        """(prepared model, optimizer) and the schedule; FSDP builds the optimizer after sharding."""
+        o = self.config.optim
+
+        def make_optimizer(m):
+            optimizer = optim.build_optimizer(m, o)
+            self.scheduler = optim.build_schedule(optimizer, o, self.total)
+            return optimizer
+
+        if sharding.requested():
+            return sharding.prepare(self.acc, model, make_optimizer)
+        return self.acc.prepare(model, make_optimizer(model))
 
     def _prepare_stages(self, model) -> None:
         """Stage bounds; the names every stage trains (what checkpoints hold); stage 0 set up."""
@@ -219,21 +238,21 @@ class _Run:
             shutil.rmtree(self.out / "checkpoints", ignore_errors=True)
         self.acc.wait_for_everyone()
 
-    def resume(self) -> None:
-        found = checkpoint.latest(self.out / "checkpoints")
-        if found is not None:
-            same = True
-            if self.config.stages:  # a checkpoint at a stage's end: the next stage starts afresh
-                saved = json.loads((found / "state.json").read_text())
-                k = stages.stage_at(saved["step"], self.stage_ends)
-                same = saved.get("stage") == k
-                if k != self.stage:
-                    self.enter_stage(k)
-            self.state.update(checkpoint.load(found, self.acc, self.model, self.optimizer if same else None,
-                                              self.scheduler, self.saved_names))
-            self.state.pop("stage", None)
-            self.step = self.state.pop("step")
-            self.history.extend(self.state.pop("history", []))
+    def resume(self, saved) -> None:
+        """Continue from checkpoint ``saved`` (read and checked against the config already)."""
+        same = True
+        if self.config.stages:  # a checkpoint at a stage's end: the next stage starts afresh
+            k = stages.stage_at(saved.step, self.stage_ends)
+            same = saved.state.get("stage") == k
+            if k != self.stage:
+                self.enter_stage(k)
+        optimizer = self.optimizer if same else None
+        resume_mod.check_fit(saved, self.acc.unwrap_model(self.model), optimizer, self.scheduler, self.saved_names)
+        self.state.update(checkpoint.restore(saved, self.acc, self.model, optimizer, self.scheduler))
+        for key in ("stage", "config"):
+            self.state.pop(key, None)
+        self.step = self.state.pop("step")
+        self.history.extend(self.state.pop("history", []))
 
     def evaluate(self) -> dict:
         e = self.config.eval
@@ -258,14 +277,26 @@ class _Run:
 
     def checkpoint(self) -> None:
         checkpoint.save(self.acc, self.out / "checkpoints", self.step, self.model, self.optimizer,
-                        self.scheduler, dict(self.state, history=self.history, stage=self.stage),
+                        self.scheduler, dict(self.state, history=self.history, stage=self.stage,
+                                             config=self.config.to_dict()),
                         self.config.output.keep, self.saved_names)
 
 
-def _run(config: TrainConfig, accelerator, resume: bool, callbacks) -> TrainResult:
+def _open_checkpoint(config: TrainConfig, accelerator, resume):
+    """The checkpoint to resume from, read and checked against the config before the model loads."""
+    found = resume_mod.find(Path(config.output.dir), resume, config.output.save_every, accelerator.is_main_process)
+    if found is None:
+        return None
+    saved = resume_mod.read(found, accelerator.process_index)
+    resume_mod.check_config(saved, config)
+    return saved
+
+
+def _run(config: TrainConfig, accelerator, resume, callbacks) -> TrainResult:
+    saved = _open_checkpoint(config, accelerator, resume)
     run = _Run(config, accelerator)
-    if resume:
-        run.resume()
+    if saved is not None:
+        run.resume(saved)
     else:
         run.fresh_start()
     e, out_cfg = config.eval, config.output
@@ -316,9 +347,12 @@ def _save_final(accelerator, model, config: TrainConfig, out: Path, names, stage
     import adapterkit as ak
 
     accelerator.wait_for_everyone()
+    whole = None  # a sharded model's adapter tensors, gathered whole by all processes
+    if config.adapter is not None and sharding.is_sharded(model):
+        whole = sharding.gather(model, sharding.adapter_tensor_names(model))
     if accelerator.is_main_process:
         if config.adapter is not None:
-            ak.save_adapter(model, str(out), overwrite=True)  # this run's output folder
+            ak.save_adapter(model, str(out), overwrite=True, state_dict=whole)  # this run's output folder
         elif hasattr(model, "save_pretrained"):
             model.save_pretrained(out)  # no adapter: the whole fine-tuned model
         if staged:  # weights the stages trained outside the adapter

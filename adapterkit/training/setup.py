@@ -72,7 +72,8 @@ def read_data(config: TrainConfig) -> tuple[list[dict], list[dict], Optional[lis
         held = [train[i] for i in order[:cut]]
         train = [train[i] for i in order[cut:]]
     if not train:
-        raise ConfigError(f"data.train {d.train!r} holds no records.")
+        held_out = f" once data.eval_split {d.eval_split} is held out" if held else ""
+        raise ConfigError(f"data.train {d.train!r} holds no records{held_out}.")
     e = config.eval
     if not held and (e.every or e.patience or e.generate):
         raise ConfigError("the eval section asks for evaluations (every, patience or generate) but there is "
@@ -80,9 +81,22 @@ def read_data(config: TrainConfig) -> tuple[list[dict], list[dict], Optional[lis
     names, num_labels = None, 0
     if d.format == "classification":
         names = data_mod.label_names(train, d, d.train)
-        num_labels = config.model.num_labels or (
-            len(names) if names else 1 + max(int(r[d.label_field]) for r in train))
+        if names:
+            num_labels = config.model.num_labels or len(names)
+        else:
+            num_labels = config.model.num_labels or 1 + max(data_mod.label_ids(train, d, d.train))
+            _check_label_range(train, d.train, d, num_labels)
+            _check_label_range(held, d.eval or d.train, d, num_labels)
     return train, held, names, num_labels
+
+
+def _check_label_range(records: list[dict], path: str, d, num_labels: int) -> None:
+    """Integer labels index the head's outputs: each must be below num_labels."""
+    for i, (r, label) in enumerate(zip(records, data_mod.label_ids(records, d, path))):
+        if label >= num_labels:
+            where = getattr(r, "where", "") or f"{path}: record {i + 1}"
+            raise ConfigError(f"{where}: label {label} is out of range for {num_labels} classes (0 to "
+                              f"{num_labels - 1}); raise model.num_labels or fix the label.")
 
 
 def generation_set(config: TrainConfig, tokenizer, records: list[dict]) -> Optional[dict]:

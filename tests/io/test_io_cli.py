@@ -75,7 +75,7 @@ def test_inspect_lists_every_adapter_of_a_folder(tmp_path, capsys):
     (["merge", "{adapter}", "--base", "{adapter}", "--out", "{tmp}/out"], "no config.json"),
     (["merge", "{adapter}", "--base", "{base}", "--out", "{base}"], "already exists"),
     (["merge", "{adapter}", "--base", "{tmp}/noweights", "--out", "{tmp}/out"], "could not load the base model"),
-    (["merge", "{adapter}", "--out", "{tmp}/out"], "required: --base"),
+    (["merge", "{adapter}", "--out", "{tmp}/out"], "does not record its base model"),
     (["merge", "{adapter}", "--base", "{base}", "--out", "{tmp}/out", "--dtype", "fp8"], "invalid choice"),
 ])
 def test_bad_arguments_give_one_line(peft_adapter, capsys, argv, expected):

@@ -109,10 +109,21 @@ def test_missing_tensor_keys(saved):
 def test_unexpected_tensor_keys(saved):
     file = saved / "adapter_model.safetensors"
     tensors = load_file(file)
+    tensors["base_model.model.model.norm.bias"] = torch.zeros(3)
+    save_file(tensors, file)
+    model = tiny_llama()
+    with pytest.raises(AdapterFileError, match="'model.norm'.*modules_to_save.*1 unexpected.*norm.bias"):
+        ak.load_adapter(model, saved)
+    assert ak.adapter_names(model) == []
+
+
+def test_a_base_embedding_of_another_shape_is_refused(saved):
+    file = saved / "adapter_model.safetensors"
+    tensors = load_file(file)
     tensors["base_model.model.model.embed_tokens.weight"] = torch.zeros(3)
     save_file(tensors, file)
     model = tiny_llama()
-    with pytest.raises(AdapterFileError, match="1 unexpected.*embed_tokens"):
+    with pytest.raises(AdapterFileError, match="base weight .*embed_tokens.* another model"):
         ak.load_adapter(model, saved)
     assert ak.adapter_names(model) == []
 

@@ -58,12 +58,12 @@ def test_classification_names_are_numbered_in_sorted_order(tmp_path):
 
 def test_missing_field_names_the_record_and_the_setting(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [{"question": "q", "response": "r"}])
-    with pytest.raises(ConfigError, match=r"record 0 has no field 'prompt'.*'question'.*data.prompt_field"):
+    with pytest.raises(ConfigError, match=r"d.jsonl:1: the record has no field 'prompt'.*'question'.*data.prompt_field"):
         tokenize(read_records(path, "instruction"), char_tokenizer(), DataConfig(train=path), path)
     with pytest.raises(ConfigError, match="does not exist"):
         read_records(str(tmp_path / "none.jsonl"), "instruction")
     (tmp_path / "bad.jsonl").write_text("{not json}\n")
-    with pytest.raises(ConfigError, match=r"bad.jsonl:1 is not valid JSON"):
+    with pytest.raises(ConfigError, match=r"bad.jsonl:1:2: not valid JSON"):
         read_records(str(tmp_path / "bad.jsonl"), "instruction")
 
 

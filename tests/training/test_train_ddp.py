@@ -9,20 +9,7 @@ from safetensors.torch import load_file
 
 import adapterkit as ak
 from adapterkit.training.launch import launch_command
-from tests.training.helpers import memorise_records, tiny_folder, write_jsonl
-
-
-def _evals(folder: Path) -> list[float]:
-    lines = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
-    return [x["eval_loss"] for x in lines if "eval_loss" in x]
-
-
-def _close_under_adam(got, want, what):
-    """Equal within float tolerance, but for a rare few elements: Adam normalises each element's
-    update, so one whose gradient is ~0 can move the other way when the all-reduce sums in another
-    order. Those may differ by a fraction of the learning rate (1e-2 here)."""
-    gap = (got - want).abs()
-    assert gap.max() < 1e-3 and (gap > 1e-5 + 1e-4 * want.abs()).float().mean() < 0.01, (what, gap.max())
+from tests.training.helpers import close_under_adam, eval_losses, memorise_records, tiny_folder, write_jsonl
 
 
 def test_two_processes_match_each_other_and_one_process(tmp_path):
@@ -49,12 +36,12 @@ def test_two_processes_match_each_other_and_one_process(tmp_path):
     result = ak.train(single)
     for name, p in result.model.named_parameters():
         if p.requires_grad:
-            _close_under_adam(p.detach(), rank0[name], name)
+            close_under_adam(p.detach(), rank0[name], name)
     ddp_file = load_file(str(tmp_path / "ddp" / "adapter_model.safetensors"))
     one_file = load_file(str(tmp_path / "one" / "adapter_model.safetensors"))
     assert ddp_file.keys() == one_file.keys()
     assert any(k.endswith(".b") and v.abs().sum() > 0 for k, v in rank0.items())  # B left zero: trained
-    torch.testing.assert_close(torch.tensor(_evals(tmp_path / "ddp")), torch.tensor(_evals(tmp_path / "one")),
+    torch.testing.assert_close(torch.tensor(eval_losses(tmp_path / "ddp")), torch.tensor(eval_losses(tmp_path / "one")),
                                atol=1e-5, rtol=1e-5)
 
 
@@ -77,7 +64,7 @@ def test_cli_num_processes_launches_two_processes(tmp_path):
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000002", "step-0000004"]
     assert sorted(p.name for p in (out / "checkpoints" / "step-0000004").glob("rng-*.json")) == [
         "rng-0.json", "rng-1.json"]  # one random state per process
-    evals = _evals(out)
+    evals = eval_losses(out)
     assert len(evals) == 2 and evals[-1] < evals[0]
 
 
@@ -102,7 +89,7 @@ def test_stages_on_two_processes_match_one_process(tmp_path):
         ddp, one = (load_file(str(tmp_path / d / file)) for d in ("ddp", "one"))
         assert ddp.keys() == one.keys() and ddp, file
         for key in ddp:
-            _close_under_adam(ddp[key], one[key], f"{file}: {key}")
+            close_under_adam(ddp[key], one[key], f"{file}: {key}")
     from transformers import AutoModelForCausalLM
 
     base = dict(AutoModelForCausalLM.from_pretrained(model).named_parameters())

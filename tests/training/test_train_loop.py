@@ -112,15 +112,17 @@ def test_cli_train_then_generate(tmp_path, llama_dir, capsys):
     assert out.count("base:") == 2 and out.count("adapter:") == 2
 
 
-def test_launch_command_asks_accelerate_for_ddp_on_cpu():
+def test_launch_command_asks_accelerate_for_ddp_on_cpu(tmp_path):
     from adapterkit.training.launch import launch_command
 
     cmd, env = launch_command(["-m", "adapterkit.cli", "train", "c.yaml"], 2, None, cuda=False)
     assert cmd[1:3] == ["-m", "accelerate.commands.launch"]
     assert "--multi_gpu" in cmd and cmd[cmd.index("--num_processes") + 1] == "2"
     assert env["ACCELERATE_USE_CPU"] == "true" and cmd[-4:] == ["-m", "adapterkit.cli", "train", "c.yaml"]
-    cmd, env = launch_command(["s.py"], None, "fsdp.yaml", cuda=True)
-    assert cmd[cmd.index("--config_file") + 1] == "fsdp.yaml" and "--multi_gpu" not in cmd
+    fsdp = tmp_path / "fsdp.yaml"
+    fsdp.write_text("distributed_type: FSDP\nnum_processes: 2\n")
+    cmd, env = launch_command(["s.py"], None, str(fsdp), cuda=True)
+    assert cmd[cmd.index("--config_file") + 1] == str(fsdp) and "--multi_gpu" not in cmd
 
 
 def test_quantized_base_trains(tmp_path, llama_dir):

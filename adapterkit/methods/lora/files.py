@@ -28,9 +28,14 @@ Tensors (``adapter_model.safetensors``), per adapted module ``M`` (its name in t
 
 PEFT options adapterkit cannot honour (per-module ranks, bias training, ...) are refused on load
 with a ConfigError naming the key; keys that do not change the adapter's math are ignored.
+``ensure_weight_tying: true`` (PEFT ties the adapter of a tied output embedding to the input
+embedding's: lm_head's A = B_emb^T, B = A_emb^T, and ties their modules_to_save copies) is read by
+adapting the output embedding as well, filled from the file's tensors for it (``fit_to_model``):
+the same outputs; training the result further does not keep the two tied.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any, Mapping
 
@@ -155,10 +160,37 @@ def sizes_from_file(config: LoRAConfig, shapes: Mapping[str, tuple]) -> list[str
     return problems
 
 
+def fit_to_model(config: LoRAConfig, data: Mapping[str, Any], model: nn.Module) -> LoRAConfig:
+    """PEFT's ``ensure_weight_tying`` on a model whose input and output embeddings share a weight:
+    where the config adapts (or trains) the input embedding, the output embedding too."""
+    from ...targets import logical_modules, matches
+
+    get_in, get_out = getattr(model, "get_input_embeddings", None), getattr(model, "get_output_embeddings", None)
+    if not data.get("ensure_weight_tying") or not callable(get_in) or not callable(get_out):
+        return config
+    inner = [m.innermost() if hasattr(m, "innermost") else m for m in (get_in(), get_out())]
+    if inner[0] is None or inner[1] is None or getattr(inner[0], "weight", None) is not getattr(inner[1], "weight", 1):
+        return config
+    names = {id(m): n for n, m in logical_modules(model) if n}
+    emb, out = names.get(id(inner[0])), names.get(id(inner[1]))
+    if emb is None or out is None:
+        return config
+    changes: dict[str, Any] = {}
+    if isinstance(config.targets, (list, tuple)) and matches(emb, config.targets) and not matches(out, config.targets):
+        changes["targets"] = tuple(config.targets) + (out,)
+    elif isinstance(config.targets, str) and config.targets != "all-linear" and matches(emb, config.targets) \
+            and not matches(out, config.targets):
+        changes["targets"] = f"(?:{config.targets})|{re.escape(out)}"
+    if matches(emb, config.train_modules) and not matches(out, config.train_modules):
+        changes["train_modules"] = tuple(config.train_modules) + (out,)
+    return dataclasses.replace(config, **changes) if changes else config
+
+
 FILES = FileFormat(
     peft_type="LORA",
     config_to_file=config_to_file,
     config_from_file=config_from_file,
     state_to_file=state_to_file,
     sizes_from_file=sizes_from_file,
+    for_model=fit_to_model,
 )
