@@ -36,6 +36,7 @@ from .methods.ia3 import IA3Config
 from .methods.lora import LoRAConfig
 from .methods.prompt import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig
 from .methods.lora.combine import combine
+from .rows import mixed_batch
 from .summary import summary
 
 __version__ = "0.1.0"
@@ -52,6 +53,7 @@ _LAZY = {
     "load_model": "adapterkit.models",
     "checkpoint_callback": "adapterkit.io.trainer",
     "AdapterCheckpoints": "adapterkit.io.trainer",
+    "plan": "adapterkit.planning",
 }
 
 
@@ -65,6 +67,7 @@ def __getattr__(name):
 __all__ = [
     "BottleneckConfig", "IA3Config", "PrefixTuningConfig", "PromptEncoderConfig", "PromptTuningConfig",
     "replace_head", "unfreeze",
+    "mixed_batch",
     "AdapterConfig", "AdapterFileError", "AdapterKitError", "AdapterLayer", "AdapterNameError",
     "ConfigError", "InputError", "LoRAConfig", "MergeError", "TargetError", "UnsupportedModuleError",
     "active_names", "adapter_config", "adapter_names", "attach", "base_state_dict", "combine",

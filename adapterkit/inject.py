@@ -20,6 +20,7 @@ from .methods.trained_module import TrainedModule, trainable_copy
 from .registry import method_for
 from .targets import get_parent, logical_modules, matches
 from .transaction import unchanged_on_error
+from .rows import install_hooks, release_hooks
 
 
 def adapter_layers(model: nn.Module) -> Iterator[tuple[str, AdapterLayer]]:
@@ -119,6 +120,7 @@ def attach(model: nn.Module, config: AdapterConfig, name: str = "default") -> nn
             layer = _wrap(model, target, TrainedModule)
             layer.add(name, trainable_copy(layer.innermost()))
         set_active(model, name)
+    install_hooks(model)  # takes `adapter_names=` out of the model's calls (rows.py)
     return model
 
 
@@ -206,16 +208,35 @@ def disabled(model: nn.Module):
 
 
 def delete_adapter(model: nn.Module, name: str) -> None:
-    """Remove one adapter everywhere; layers left without adapters give back their base."""
+    """Remove one adapter everywhere; layers left without adapters give back their base.
+
+    Deleting an active adapter leaves the other active ones active; when none is left, the first
+    remaining adapter in sorted order becomes active, with a warning (PEFT's rule).
+    """
     check_model(model, "delete_adapter")
     if not isinstance(name, str) or name not in adapter_names(model):
         raise _unknown(model, str(name))
     refuse_while_merged(model, f"delete adapter {name!r}")
     with unchanged_on_error(model):
+        active = active_names(model)
         for layer_name, layer in reversed(list(adapter_layers(model))):
             layer.remove(name)
             if not layer.adapters:
                 _unwrap(model, layer_name, layer)
+        if name in active and not active_names(model):
+            _activate_first_remaining(model, name)
+    release_hooks(model)
+
+
+def _activate_first_remaining(model: nn.Module, deleted: str) -> None:
+    remaining = sorted(adapter_names(model))
+    if remaining:
+        warnings.warn(
+            f"adapter {deleted!r} was active and is now deleted; {remaining[0]!r} is active now (the first "
+            f"remaining adapter by name, as PEFT chooses). Call ak.set_active to pick another.",
+            stacklevel=3,
+        )
+        set_active(model, remaining[0])
 
 
 def detach(model: nn.Module) -> nn.Module:
@@ -224,6 +245,7 @@ def detach(model: nn.Module) -> nn.Module:
     refuse_while_merged(model, "detach the adapters")
     for layer_name, layer in reversed(list(adapter_layers(model))):
         _unwrap(model, layer_name, layer)
+    release_hooks(model)
     return model
 
 
@@ -265,6 +287,7 @@ def merge(model: nn.Module) -> nn.Module:
         if bases.base_kind(module) == "quant":
             parent, attr = get_parent(model, name)
             setattr(parent, attr, bases.folded(module, torch.zeros(())))
+    release_hooks(model)
     return model
 
 

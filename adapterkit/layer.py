@@ -23,6 +23,7 @@ class AdapterLayer(nn.Module):
     """Wraps ``base``; ``adapters[name]`` is one adapter's module for this layer."""
 
     method = ""
+    rows = None  # a mixed-adapter batch's per-row names while one runs (adapterkit/rows.py)
 
     def __init__(self, base: nn.Module):
         super().__init__()

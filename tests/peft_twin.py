@@ -60,3 +60,20 @@ def peft_reference(run, what: str):
             raise
         pytest.skip(f"PEFT {peft.__version__} cannot run {what} under transformers {transformers.__version__}: "
                     f"{error}")
+
+
+def named_twins(factory, configs: dict, **peft_extra):
+    """(adapterkit model, PEFT model) holding the adapters ``{name: ak.LoRAConfig}`` with identical
+    weights, both in eval mode; the last adapter is active in both (as ``attach`` leaves it)."""
+    from peft import get_peft_model
+
+    ours, theirs = factory(), None
+    for name, cfg in configs.items():
+        ak.attach(ours, cfg, name=name)
+        if theirs is None:
+            theirs = get_peft_model(factory(), peft_lora_config(cfg, **peft_extra), adapter_name=name)
+        else:
+            theirs.add_adapter(name, peft_lora_config(cfg, **peft_extra))
+        copy_to_peft(ours, theirs, name)
+    theirs.set_adapter(name)
+    return ours.eval(), theirs.eval()

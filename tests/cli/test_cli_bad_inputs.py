@@ -92,7 +92,6 @@ ARGUMENTS = [
                  id="max-new-tokens-negative"),
     pytest.param(["generate", "run", "--max-new-tokens", "lots", "hi"], None, ["--max-new-tokens", "'lots'"],
                  id="max-new-tokens-text"),
-    pytest.param(["merge", "run", "--out", "m"], None, ["required: --base"], id="merge-no-base"),
     pytest.param(["merge", "run", "--base", "model", "--out", "m", "--dtype", "fp8"], None, ["invalid choice"],
                  id="merge-bad-dtype"),
     pytest.param(["inspect"], None, ["required: DIR"], id="inspect-no-folder"),

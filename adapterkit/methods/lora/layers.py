@@ -17,6 +17,7 @@ from torch.nn.modules import module as _module
 from ... import bases
 from ...fold import Fold
 from ...layer import AdapterLayer
+from . import mixed, stack
 from .config import LoRAConfig
 from .functional import (
     DoRAFunction,
@@ -151,11 +152,14 @@ class LoRA(nn.Module):
             return out.view(y.shape)
         norm = dora_norm(bases.dense_weight(base), a, b, self.scale)
         bias = base.bias.to(dtype) if getattr(base, "bias", None) is not None else None
+        # after other active adapters DoRA rescales the running y, but with dropout in training the
+        # base output y_base (both PEFT's rule: stack.py)
+        ref = y_base if seed is not None else y
         out = DoRAFunction.apply(
-            x2, y_base.reshape(-1, b.shape[0]), a, b, self.magnitude.to(dtype), bias, norm,
+            x2, ref.reshape(-1, b.shape[0]), a, b, self.magnitude.to(dtype), bias, norm,
             self.scale, self.dropout, seed,
         ).view(y.shape)
-        return out if y is y_base else y + (out - y_base)
+        return out if y is ref else y + (out - ref)
 
     def _embedding(self, ids, y, base):
         # ids (...), y (..., dim): PEFT applies no dropout to embeddings
@@ -206,6 +210,8 @@ class LoRALayer(AdapterLayer):
         if self.merged_names:
             self.check_merged_forward()
         adapters = self.active_adapters()
+        if self.rows is not None:  # a mixed-adapter batch: an adapter per row (mixed.py)
+            return mixed.forward(self, x, *args, **kwargs)
         if len(adapters) == 1 and not args and not kwargs and not isinstance(self.base, AdapterLayer):
             out = adapters[0].fused(x, self.base)  # base and adapter in one node where possible
             if out is not None:
@@ -218,12 +224,12 @@ class LoRALayer(AdapterLayer):
         return y
 
     def merged(self) -> nn.Module:
-        """The base with the active adapters folded in (deltas all taken from the original W)."""
+        """The base with the active adapters folded in, in order (DoRA rescales those before it: stack.py)."""
         base = self.innermost()
         adapters = self.active_adapters()
         if not adapters:
             return base
-        total = sum(adapter.delta(base) for adapter in adapters)
+        total = stack.delta(base, adapters)
         return bases.folded(base, total)
 
     # -- merging in place (see adapterkit/fold.py) ----------------------------------------
