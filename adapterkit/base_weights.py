@@ -7,20 +7,23 @@ those of ``ak.merge(copy.deepcopy(model)).state_dict()``:  W' = W + sum of the a
 
 The model is never changed. Each adapter layer is merged in a copy of that one layer, so the extra
 memory is one layer's weights at a time; the pairs are produced lazily, in ``state_dict`` order.
-A quantized base is sent dense (as ``merge`` makes it). Weights tied to an adapted base (an
-embedding shared with the head) are sent as that base's merged value, as ``merge`` leaves them.
+A quantized base is sent dense (as ``merge`` makes it). A weight tied to an adapted base (an
+embedding shared with the head) is sent as ``merge`` leaves it: the adapted module's entry merged,
+the other module's entry its own unmerged value. The two then differ, so a receiver that ties them
+again (``tie_word_embeddings=True``, as vLLM does) would compute something else: a warning says so.
 
 This is a pure function of the model: an in-place merge / unmerge can give the same pairs.
 """
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Iterator
 
 import torch
 from torch import Tensor, nn
 
-from . import bases
+from . import anatomy, bases
 from .errors import MergeError
 from .inject import adapter_layers, merge
 from .layer import AdapterLayer
@@ -37,7 +40,23 @@ def base_state_dict(model: nn.Module, merged: bool = True) -> Iterator[tuple[str
     """
     if merged:
         check_mergeable(model)
+        _warn_tied(model)
     return _walk(model, merged)
+
+
+def _warn_tied(model: nn.Module) -> None:
+    tied = anatomy.tied_parameters(model)
+    pairs = [(name, anatomy.tied_with(layer.innermost(), name, tied)) for name, layer in adapter_layers(model)
+             if tied and layer.active_adapters() and not isinstance(layer, TrainedModule)]
+    pairs = [(name, others) for name, others in pairs if others]
+    if pairs:
+        where = "; ".join(f"{name} (tied to {', '.join(others)})" for name, others in pairs)
+        warnings.warn(
+            f"base_state_dict: {where}: the adapted module's weight is sent merged and the other's "
+            f"unmerged, as ak.merge leaves them. A receiver must not tie them again "
+            f"(tie_word_embeddings=False), or it computes something other than this model.",
+            stacklevel=2,
+        )
 
 
 def check_mergeable(model: nn.Module) -> None:
@@ -70,14 +89,6 @@ class _Units:
         self.special = {id(m) for _, m in adapter_layers(model)}
         if merged:
             self.special |= {id(m) for m in model.modules() if bases.base_kind(m) == "quant"}
-        # id of each adapted base's tensor -> (layer name, layer, key in the layer); a tied weight met
-        # outside the layer is looked up here
-        self.adapted: dict[int, tuple[str, AdapterLayer, str]] = {}
-        self.cache: dict[str, dict[str, Tensor]] = {}  # merged units that tied weights refer to
-        if merged:
-            for prefix, layer in adapter_layers(model):
-                for local, p in layer.innermost().state_dict(keep_vars=True).items():
-                    self.adapted.setdefault(id(p), (prefix, layer, local))
 
     def items(self, module: nn.Module, prefix: str) -> Iterator[tuple[str, Tensor]]:
         if id(module) in self.special:
@@ -96,9 +107,6 @@ class _Units:
 
     def unit(self, module: nn.Module, prefix: str) -> dict[str, Tensor]:
         """One adapter layer's (or quantized base's) entries under ``prefix``."""
-        cached = self.cache.get(prefix[:-1])
-        if cached is not None:
-            return {prefix + k: v for k, v in cached.items()}
         if not self.merged:
             return {k: self.plain(v) for k, v in module.innermost().state_dict(prefix=prefix).items()}
         with torch.no_grad():
@@ -110,12 +118,7 @@ class _Units:
                 done = bases.folded(module, torch.zeros(()))
         return {k: v.detach() for k, v in done.state_dict(prefix=prefix).items()}
 
-    def plain(self, value: Tensor) -> Tensor:
-        """An entry outside adapter layers; a weight tied to an adapted base takes its merged value."""
-        tied = self.adapted.get(id(value))
-        if tied is None:
-            return value.detach()
-        prefix, layer, local = tied
-        if prefix not in self.cache:
-            self.cache[prefix] = self.unit(layer, "")  # kept: the layer itself may come later
-        return self.cache[prefix][local]
+    @staticmethod
+    def plain(value: Tensor) -> Tensor:
+        """An entry outside adapter layers, as it is (a weight tied to an adapted base included)."""
+        return value.detach()

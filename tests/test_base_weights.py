@@ -50,10 +50,19 @@ def test_merged_ia3_and_train_modules():
     _assert_merged_pairs(model, tiny_llama())
 
 
-def test_tied_embedding_takes_the_merged_value():
-    model = ak.attach(tiny_llama(tie_word_embeddings=True), _random(targets=["embed_tokens", "q_proj"]))
-    pairs = _assert_merged_pairs(model, tiny_llama(tie_word_embeddings=True))
-    torch.testing.assert_close(pairs["lm_head.weight"], pairs["model.embed_tokens.weight"], atol=0, rtol=0)
+@pytest.mark.parametrize("adapted", ["embed_tokens", "lm_head"])
+def test_tied_weights_are_sent_as_merge_leaves_them_with_a_warning(adapted):
+    """ak.merge unties: the adapted module's entry merged, the other's unmerged. A receiver that does
+    not tie them (tie_word_embeddings=False) then computes the adapted model exactly."""
+    with pytest.warns(UserWarning, match="tied weights"):
+        model = ak.attach(tiny_llama(tie_word_embeddings=True), _random(targets=[adapted, "q_proj"]))
+    with pytest.warns(UserWarning, match=r"base_state_dict: .*tied to .*must not tie them again"):
+        pairs = _assert_merged_pairs(model, tiny_llama(tie_word_embeddings=True))
+    assert not torch.equal(pairs["lm_head.weight"], pairs["model.embed_tokens.weight"])
+    receiver = tiny_llama(tie_word_embeddings=False)
+    receiver.load_state_dict(pairs)
+    with torch.no_grad():
+        torch.testing.assert_close(receiver(tokens()).logits, model(tokens()).logits, atol=1e-5, rtol=1e-5)
 
 
 def test_quantized_base_is_sent_dense():

@@ -226,3 +226,14 @@ def test_bf16_round_trip_is_within_one_and_a_half_steps(case):
     assert exact / total > 0.8  # most weights come back bit for bit
     scale = unmerged.abs().max().item()  # logits: within bf16's own reach of the unmerged ones
     torch.testing.assert_close(merged, unmerged, atol=0.05 * scale, rtol=0)
+
+
+def test_state_dict_while_merged_loads_into_a_plain_model_as_the_merged_one():
+    """The RL sync: the merged model's state_dict, adapter tensors left out, is a plain model's."""
+    model = ak.attach(tiny_llama(), _random(targets="all-linear"))
+    want = _run(model, "lm")
+    ak.merge_adapter(model)
+    state = {k: v for k, v in model.state_dict().items() if ".adapters." not in k}
+    generator = tiny_llama()
+    generator.load_state_dict(state, strict=True)  # same keys as the plain model: nothing renamed
+    _close(_run(generator, "lm"), want)
