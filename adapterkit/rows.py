@@ -20,6 +20,7 @@ layers, so two models never share it; one model runs one mixed batch at a time.
 from __future__ import annotations
 
 import contextlib
+import copy
 import weakref
 from typing import Any, Iterator, Optional, Sequence
 
@@ -161,11 +162,31 @@ def mixed_batch(model: nn.Module, adapter_names: Sequence[str]) -> Iterator[nn.M
 
 # -- the model's hooks --------------------------------------------------------------------------
 class _Hooks:
-    """A model's pre-hook (takes ``adapter_names`` out of the call) and always-run forward hook."""
+    """A model's pre-hook (takes ``adapter_names`` out of the call) and always-run forward hook.
 
-    def __init__(self):
+    ``_INSTALLED`` maps each model to its hooks, so that ``release_hooks`` can remove them; a deep
+    copy of the model gets its own entry (``__deepcopy__``), so that detaching the copy removes the
+    copy's hooks.
+    """
+
+    def __init__(self, model: Optional[nn.Module] = None):
         self.calls: list = []  # per forward in flight: what the layers held before it, or None
         self.handles: tuple = ()
+        self.owner = None if model is None else weakref.ref(model)
+
+    def __getstate__(self) -> dict:  # pickled with the model: everything but the weak reference
+        return {"calls": [], "handles": self.handles, "owner": None}
+
+    def __deepcopy__(self, memo: dict) -> "_Hooks":
+        twin = _Hooks()
+        memo[id(self)] = twin
+        twin.handles = copy.deepcopy(self.handles, memo)  # they point at the copy's hook dicts
+        owner = self.owner() if self.owner is not None else None
+        copied = memo.get(id(owner)) if owner is not None else None
+        if isinstance(copied, nn.Module):
+            twin.owner = weakref.ref(copied)
+            _INSTALLED[copied] = twin
+        return twin
 
     def pre(self, model: nn.Module, args: tuple, kwargs: dict):
         self.calls.append(None)
@@ -202,7 +223,7 @@ def install_hooks(model: nn.Module) -> None:
     """Register the model's hooks once (``attach`` calls it)."""
     if model in _INSTALLED:
         return
-    hooks = _Hooks()
+    hooks = _Hooks(model)
     hooks.handles = (
         model.register_forward_pre_hook(hooks.pre, with_kwargs=True, prepend=True),
         model.register_forward_hook(hooks.post, always_call=True),

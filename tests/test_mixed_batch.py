@@ -286,3 +286,22 @@ def test_segments_pad_short_groups_and_give_up_on_uneven_ones():
     assert seg.take.tolist() == [0, 3, 0, 2, 4, 5]  # y's segment padded with its first row
     assert seg.dest.tolist() == [0, 3, 2, 4, 5] and seg.keep.tolist() == [0, 1, 3, 4, 5]
     assert _segments(Rows(["x"] * 5 + ["y", "z"], repeat=False), 7, cpu, ("x", "y", "z")) is None
+
+
+def test_a_deep_copy_has_hooks_of_its_own_and_pickles():
+    import copy
+    import io
+
+    model, x, names = _three(tiny_llama), tokens(2), ["x", "y"]
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        expected = model(input_ids=x, adapter_names=names).logits
+        torch.testing.assert_close(twin(input_ids=x, adapter_names=names).logits, expected, rtol=0, atol=0)
+    ak.detach(twin)
+    assert not twin._forward_pre_hooks and not twin._forward_hooks  # noqa: SLF001 - torch's own dicts
+    assert len(model._forward_pre_hooks) == 1 and len(model._forward_hooks) == 1  # noqa: SLF001
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    loaded = torch.load(io.BytesIO(buffer.getvalue()), weights_only=False)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=x, adapter_names=names).logits, expected, rtol=0, atol=0)
