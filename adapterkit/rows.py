@@ -95,7 +95,7 @@ def checked(model: nn.Module, names: Any, repeat: bool) -> Rows:
         if name != BASE and name not in have:
             raise AdapterNameError(
                 f"adapter_names names {name!r}{close_matches(name, have + [BASE])}, which this model does "
-                f"not have; valid names: {', '.join(map(repr, have))} and {BASE!r} (the base model)."
+                f"not have; valid names: {', '.join(map(repr, have)) or 'none'} and {BASE!r} (the base model)."
             )
     _check_layers(layers, set(names))
     return Rows(names, repeat)
@@ -105,7 +105,8 @@ def _check_layers(layers: list[AdapterLayer], named: set[str]) -> None:
     per_row = _per_row_layers()
     for layer in layers:
         if isinstance(layer, per_row):
-            merged = getattr(layer, "merged_names", ())  # adapters folded in place (ak.merge_adapter)
+            merged = getattr(layer, "merged_names", ())  # adapters merged into the base in place, where
+            # the layer keeps such a list (their update is then in every row's base output)
             if merged:
                 raise MergeError(
                     f"adapter_names cannot pick adapters per row while {list(merged)} are merged into the "
@@ -116,7 +117,7 @@ def _check_layers(layers: list[AdapterLayer], named: set[str]) -> None:
         if held:
             raise UnsupportedModuleError(
                 f"adapter_names picks adapters per row, which works for LoRA adapters (and their "
-                f"train_modules); {held[0]!r} is a {layer.method} adapter. Name only LoRA adapters."
+                f"train_modules); {held[0]!r} is an adapter of method {layer.method}. Name only LoRA adapters."
             )
         if layer.active_adapters():
             raise UnsupportedModuleError(

@@ -200,7 +200,7 @@ def test_methods_without_rows_are_refused_clearly():
     model = ak.attach(tiny_llama(), _lora(), name="lora")
     ak.attach(model, ak.IA3Config(init="random"), name="ia3")
     model.eval()
-    with pytest.raises(ak.UnsupportedModuleError, match="'ia3' is a ia3 adapter"):
+    with pytest.raises(ak.UnsupportedModuleError, match="'ia3' is an adapter of method ia3"):
         model(input_ids=tokens(2), adapter_names=["lora", "ia3"])
     with pytest.raises(ak.UnsupportedModuleError, match=r"ia3 adapter\(s\) \['ia3'\] are active"):
         model(input_ids=tokens(2), adapter_names=["lora", BASE])

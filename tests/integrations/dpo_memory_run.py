@@ -5,7 +5,10 @@
 FOLDER holds a saved causal LM. Both runs load it the same way and attach the same LoRA adapter;
 ``trl`` trains with ``trl.DPOTrainer`` (which loads a second, full reference model from FOLDER),
 ``adapterkit`` with ``adapterkit.integrations.trl.DPOTrainer`` (reference = adapters disabled).
-Peak memory is the process's peak resident set size (``getrusage``: ``ru_maxrss``, KiB on Linux);
+Peak memory is the process's peak resident set size, ``VmHWM`` in ``/proc/self/status`` (Linux). Not
+``getrusage(RUSAGE_SELF).ru_maxrss``: across ``exec`` Linux keeps the larger of the child's peak and
+the peak of the process it was forked from, so under a big pytest process every child reports at
+least the parent's size.
 ``malloc_in_use`` (glibc ``mallinfo2``: uordblks + hblkhd) is the heap held after training, for information.
 """
 from __future__ import annotations
@@ -13,7 +16,6 @@ from __future__ import annotations
 import ctypes
 import json
 import os
-import resource
 import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -33,6 +35,12 @@ def _malloc_in_use():
         return None
     info = libc.mallinfo2()
     return info.uordblks + info.hblkhd
+
+
+def _peak_rss() -> int:
+    with open("/proc/self/status") as status:
+        line = next(row for row in status if row.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024  # kB
 
 
 def main(folder: str, which: str) -> None:
@@ -56,7 +64,7 @@ def main(folder: str, which: str) -> None:
     trainer_cls = DPOTrainer if which == "adapterkit" else trl.DPOTrainer
     trainer = trainer_cls(model, args=args, train_dataset=pairs, processing_class=tok)
     trainer.train()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _peak_rss()
     print(json.dumps({"which": which, "peak_rss": peak, "weight_bytes": weight_bytes,
                       "malloc_in_use": _malloc_in_use(),
                       "separate_ref_model": trainer.ref_model is not None}))
