@@ -7,11 +7,13 @@ W is the base weight in LoRA's layout: (out, in) for Linear / Conv1D, (num, dim)
 (out, in, kh, kw) for Conv2d. row (out, 1) and col (1, in) scale rows and columns (None: 1),
 add is dense, the size of W (None: 0), bias_row (out,) scales the bias (None: unchanged).
 - LoRA:  add = scale B A
-- DoRA:  row = s, add = s * scale B A,  s = m / ||W + scale B A||_row taken from the unmerged W and
+- DoRA:  row = g, add = g * scale B A,  g = m / ||W + scale B A||_row taken from the unmerged W and
          kept here, since the merged W no longer gives it (PEFT keeps the same norm)
 - IA3:   row = l (keys, values: the bias too), col = l (feed-forward input)
-Several adapters in one layer add up (LoRA: row = 1 + sum(s_i - 1), add = sum s_i scale B_i A_i) or
-multiply (IA3). Everything is computed in fp32 (fp64 for fp64 weights); the caller rounds once.
+Several adapters in one layer compose in their active order, as the forward does
+(methods/lora/stack.py): W_k = W_{k-1} + L_k (LoRA) or g_k (W_{k-1} + L_k) (DoRA), so row is the
+product of the g_k and add is built the same way; IA3 vectors multiply. Everything is computed in
+fp32 (fp64 for fp64 weights); the caller rounds once.
 The small tensors are kept (``Fold``); ``add`` is computed again from the adapter when needed.
 """
 from __future__ import annotations

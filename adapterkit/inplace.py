@@ -146,7 +146,7 @@ def _stacks(model: nn.Module, wanted) -> list[_Stack]:
             continue
         base = layer.innermost()
         stack = stacks.setdefault(id(base), _Stack(name, base))
-        stack.layers.append((layer, tuple(n for n in wanted if n in layer.active)))
+        stack.layers.append((layer, tuple(n for n in layer.active if n in wanted)))  # the layer's order
     return list(stacks.values())
 
 
@@ -195,6 +195,13 @@ def _check_mixed(stack: _Stack, wanted) -> None:
             f"{stack.name}: DoRA adapter(s) {unmerged_dora} would stay unmerged next to merged ones, but "
             f"DoRA's norm is taken from the base weight, which merging changes. Merge them too."
         )
+    for layer, names in stack.layers:  # a merged DoRA rescales every adapter before it: those too
+        if dora and names and tuple(layer.active[:len(names)]) != names:
+            raise MergeError(
+                f"{stack.name}: its adapters compose in their active order {list(layer.active)} and DoRA "
+                f"rescales those before it, so merging in place takes a leading run of that order; got "
+                f"{list(names)}. Merge them all (names=None), or set_active them in another order first."
+            )
 
 
 def _check_finite(stack: _Stack, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> None:

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import adapterkit as ak
+from adapterkit.inject import adapter_layers
 from tests.models import tiny_llama, tokens
 
 
@@ -172,3 +173,56 @@ def test_merge_inside_disabled_is_refused():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ak.merge_adapter(model)
+
+
+def _perturb_magnitudes(model, seed=4):
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, layer in adapter_layers(model):
+            for adapter in layer.adapters.values():
+                if getattr(adapter, "magnitude", None) is not None:
+                    adapter.magnitude.mul_(1 + 0.3 * torch.randn(adapter.magnitude.shape, generator=gen))
+
+
+@pytest.mark.parametrize("order", [["a", "d"], ["d", "a"], ["d", "e"]])
+def test_several_adapters_with_dora_merge_in_their_active_order_as_peft(order):
+    """DoRA rescales the adapters before it (PEFT's rule, methods/lora/stack.py): merging in place
+    composes them in the layer's active order, equal to the forward and to PEFT's merge."""
+    peft = pytest.importorskip("peft")
+    from tests.peft_twin import copy_to_peft, peft_lora_config
+
+    configs = {"a": _random(targets=["q_proj", "v_proj"]), "d": _random(targets=["q_proj", "v_proj"], dora=True),
+               "e": _random(targets=["q_proj"], dora=True, rank=2)}
+    model = tiny_llama()
+    theirs = None
+    for name in order:
+        ak.attach(model, configs[name], name=name)
+    _perturb_magnitudes(model)
+    base = tiny_llama()
+    theirs = peft.get_peft_model(base, peft_lora_config(configs[order[0]]), adapter_name=order[0])
+    for name in order[1:]:
+        theirs.add_adapter(name, peft_lora_config(configs[name]))
+    for name in order:
+        copy_to_peft(model, theirs, name)
+    ak.set_active(model, order)
+    theirs.base_model.set_adapter(order)
+    theirs.eval()
+    want = _logits(model)
+    _close(_logits(theirs), want)
+    ak.merge_adapter(model)
+    theirs.merge_adapter()
+    _close(_logits(model), want)
+    for name, layer in adapter_layers(model):
+        peft_weight = theirs.base_model.model.get_submodule(name).get_base_layer().weight
+        _close(layer.innermost().weight, peft_weight)
+    ak.unmerge_adapter(model)
+    _close(_logits(model), want)
+
+
+def test_merging_a_dora_adapter_after_an_unmerged_one_is_refused():
+    model = ak.attach(tiny_llama(), _random(targets=["q_proj"]), name="a")
+    ak.attach(model, _random(targets=["q_proj"], dora=True), name="d")
+    ak.set_active(model, ["a", "d"])
+    with pytest.raises(ak.MergeError, match="leading run of that order"):
+        ak.merge_adapter(model, names="d")
+    assert ak.merged_adapters(model) == []

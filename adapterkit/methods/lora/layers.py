@@ -235,26 +235,31 @@ class LoRALayer(AdapterLayer):
     # -- merging in place (see adapterkit/fold.py) ----------------------------------------
     @torch.no_grad()
     def fold(self, names, dtype: torch.dtype, weight) -> Fold:
-        """The map that merges adapters ``names``, in ``dtype``; ``weight()`` gives the unmerged W
-        (LoRA's layout, ``dtype``). Each DoRA adapter's s = m / ||W + scale B A|| (out, 1) is kept."""
-        terms = []
+        """The map that merges adapters ``names`` (in this layer's active order, as the forward
+        composes them: stack.py), in ``dtype``; ``weight()`` gives the unmerged W (LoRA's layout).
+
+        W_k = W_{k-1} + L_k (LoRA) or g_k (W_{k-1} + L_k) (DoRA, g_k = m_k / ||W + L_k|| (out, 1),
+        kept), so W_n = row * W + add with row = product of the g_k.
+        """
+        terms, row = [], None
         for name in names:
             lora = self.adapters[name]
             if lora.magnitude is None:
-                terms.append(None)
+                terms.append((name, None))
                 continue
             norm = dora_norm(weight(), lora.a, lora.b, lora.scale)  # (out,)
-            terms.append((lora.magnitude.to(dtype) / norm.to(dtype)).unsqueeze(1))
-        dora = [s for s in terms if s is not None]
-        row = 1 + sum(s - 1 for s in dora) if dora else None  # (out, 1)
-        return Fold(row=row, terms=tuple(zip(names, terms)))
+            g = (lora.magnitude.to(dtype) / norm.to(dtype)).unsqueeze(1)  # (out, 1)
+            terms.append((name, g))
+            row = g if row is None else row * g
+        return Fold(row=row, terms=tuple(terms))
 
     @torch.no_grad()
     def fold_add(self, fold: Fold, dtype: torch.dtype) -> Tensor:
-        """The dense part of ``fold``: sum of s_i * scale B_i A_i (s_i = 1 for plain LoRA)."""
+        """The dense part of ``fold``: D_k = D_{k-1} + L_k (LoRA) or g_k (D_{k-1} + L_k) (DoRA)."""
         total = None
-        for name, s in fold.terms:
-            update = self.adapters[name].update(dtype)  # a new tensor: scaled in place
-            update = update if s is None else update.mul_(s.to(update))
+        for name, g in fold.terms:
+            update = self.adapters[name].update(dtype)  # a new tensor: changed in place
             total = update if total is None else total.add_(update)
+            if g is not None:
+                total.mul_(g.to(total))
         return total
