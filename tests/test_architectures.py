@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import adapterkit as ak
+from tests.checks import assert_close_scaled
 from tests.peft_twin import copy_to_peft
 
 V = 97
@@ -141,7 +142,7 @@ def _noised(model):
 
 
 def _close(actual, expected, rtol=1e-4):
-    torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * expected.abs().max().item())
+    assert_close_scaled(actual, expected, rtol=rtol, atol_scale=rtol)
 
 
 @torch.no_grad()

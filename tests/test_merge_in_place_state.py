@@ -8,6 +8,7 @@ import torch
 
 import adapterkit as ak
 from adapterkit.inject import adapter_layers
+from tests.checks import assert_close_scaled, token_logits
 from tests.models import tiny_llama, tokens
 
 
@@ -15,14 +16,6 @@ def _random(**kw):
     return ak.LoRAConfig(**{"rank": 4, "alpha": 8, "init": "random", **kw})
 
 
-def _logits(model):
-    with torch.no_grad():
-        return model(input_ids=tokens()).logits
-
-
-def _close(got, want):
-    scale = want.abs().max().item()
-    torch.testing.assert_close(got, want, atol=1e-5 * scale, rtol=1e-5)
 
 
 @pytest.fixture
@@ -31,7 +24,7 @@ def merged(tmp_path):
     ak.save_adapter(model, tmp_path / "saved")
     ak.attach(model, _random(targets=["q_proj", "o_proj"]), name="b")
     ak.set_active(model, ["a", "b"])
-    want = _logits(model)
+    want = token_logits(model)
     ak.merge_adapter(model)
     return model, want, tmp_path / "saved"
 
@@ -52,7 +45,7 @@ def test_changing_adapters_while_merged_raises_and_changes_nothing(merged, call)
         call(model, saved)
     assert [type(m) for m in model.modules()] == layers
     assert ak.merged_adapters(model) == ["a", "b"] and ak.active_names(model) == ["a", "b"]
-    _close(_logits(model), want)
+    assert_close_scaled(token_logits(model), want)
 
 
 def test_training_while_merged_raises_but_no_grad_forwards_work(merged):
@@ -61,7 +54,7 @@ def test_training_while_merged_raises_but_no_grad_forwards_work(merged):
     with pytest.raises(ak.MergeError, match="would not reach them.*unmerge_adapter"):
         model(input_ids=tokens())
     model.eval()
-    _close(_logits(model), want)  # no_grad: fine in either mode
+    assert_close_scaled(token_logits(model), want)  # no_grad: fine in either mode
     ak.unmerge_adapter(model)
     model.train()
     model(input_ids=tokens(), labels=tokens()).loss.backward()  # trains again after unmerge
@@ -78,7 +71,7 @@ def test_merge_after_merge_in_place_gives_the_same_plain_model(merged):
     model, want, _ = merged
     plain = ak.merge(model)
     assert not any(isinstance(m, ak.AdapterLayer) for m in plain.modules())
-    _close(_logits(plain), want)
+    assert_close_scaled(token_logits(plain), want)
 
 
 def test_set_active_with_the_same_names_and_save_work_while_merged(merged, tmp_path):
@@ -96,21 +89,21 @@ def test_merging_twice_warns_and_unmerging_nothing_warns(merged):
     ak.unmerge_adapter(model)
     with pytest.warns(UserWarning, match="nothing to unmerge"):
         ak.unmerge_adapter(model)
-    _close(_logits(model), want)
+    assert_close_scaled(token_logits(model), want)
 
 
 def test_merging_part_of_the_active_adapters_keeps_the_output():
     model = ak.attach(tiny_llama(), _random(targets=["q_proj", "v_proj"]), name="a")
     ak.attach(model, _random(targets=["q_proj", "o_proj"]), name="b")
     ak.set_active(model, ["a", "b"])
-    want = _logits(model)
+    want = token_logits(model)
     ak.merge_adapter(model, names="a")
     assert ak.merged_adapters(model) == ["a"]
-    _close(_logits(model), want)
+    assert_close_scaled(token_logits(model), want)
     with pytest.raises(ak.MergeError, match="merged already"):
         ak.merge_adapter(model, names=["a", "b"])
     ak.unmerge_adapter(model)
-    _close(_logits(model), want)
+    assert_close_scaled(token_logits(model), want)
 
 
 @pytest.mark.parametrize("names, error, match", [
@@ -134,9 +127,9 @@ def test_methods_that_cannot_merge_are_named():
     ak.set_active(model, ["lora", "bottle"])
     with pytest.raises(ak.MergeError, match="bottleneck adapters.*cannot be merged.*names="):
         ak.merge_adapter(model)
-    want = _logits(model)
+    want = token_logits(model)
     ak.merge_adapter(model, names=["lora"])  # the LoRA alone merges; the bottleneck keeps running
-    _close(_logits(model), want)
+    assert_close_scaled(token_logits(model), want)
 
 
 def test_a_dora_adapter_left_unmerged_next_to_merged_ones_is_refused():
@@ -145,24 +138,24 @@ def test_a_dora_adapter_left_unmerged_next_to_merged_ones_is_refused():
     ak.set_active(model, ["a", "d"])
     with pytest.raises(ak.MergeError, match="DoRA adapter.*'d'.*unmerged"):
         ak.merge_adapter(model, names="a")
-    want = _logits(model)
+    want = token_logits(model)
     ak.merge_adapter(model)  # both together: fine
-    _close(_logits(model), want)
+    assert_close_scaled(token_logits(model), want)
 
 
 def test_lora_and_ia3_in_one_module_merge_together_or_not_at_all():
     model = ak.attach(tiny_llama(), _random(targets=["k_proj", "v_proj"]), name="lora")
     ak.attach(model, ak.IA3Config(init="random"), name="ia3")
     ak.set_active(model, ["lora", "ia3"])
-    want = _logits(model)
+    want = token_logits(model)
     with pytest.raises(ak.MergeError, match="several methods one inside the other"):
         ak.merge_adapter(model, names="lora")
     before = {n: t.clone() for n, t in model.state_dict().items()}
     ak.merge_adapter(model)
-    _close(_logits(model), want)
+    assert_close_scaled(token_logits(model), want)
     ak.unmerge_adapter(model)
     for name, tensor in model.state_dict().items():
-        _close(tensor, before[name])
+        assert_close_scaled(tensor, before[name])
 
 
 def test_merge_inside_disabled_is_refused():
@@ -207,16 +200,16 @@ def test_several_adapters_with_dora_merge_in_their_active_order_as_peft(order):
     ak.set_active(model, order)
     theirs.base_model.set_adapter(order)
     theirs.eval()
-    want = _logits(model)
-    _close(_logits(theirs), want)
+    want = token_logits(model)
+    assert_close_scaled(token_logits(theirs), want)
     ak.merge_adapter(model)
     theirs.merge_adapter()
-    _close(_logits(model), want)
+    assert_close_scaled(token_logits(model), want)
     for name, layer in adapter_layers(model):
         peft_weight = theirs.base_model.model.get_submodule(name).get_base_layer().weight
-        _close(layer.innermost().weight, peft_weight)
+        assert_close_scaled(layer.innermost().weight, peft_weight)
     ak.unmerge_adapter(model)
-    _close(_logits(model), want)
+    assert_close_scaled(token_logits(model), want)
 
 
 def test_merging_a_dora_adapter_after_an_unmerged_one_is_refused():

@@ -10,7 +10,8 @@ import torch
 
 import adapterkit as ak
 from adapterkit.anatomy import tied_parameters
-from tests.models import tiny_llama, tokens
+from tests.checks import assert_close_scaled, token_logits
+from tests.models import tiny_llama
 
 TARGETS = {"lm_head": ["lm_head"], "embed_tokens": ["embed_tokens"], "both": ["embed_tokens", "lm_head"]}
 
@@ -33,14 +34,6 @@ def _inner(module):
     return module.innermost() if isinstance(module, ak.AdapterLayer) else module
 
 
-def _logits(model):
-    with torch.no_grad():
-        return model(input_ids=tokens()).logits
-
-
-def _close(got, want):
-    scale = want.abs().max().item()
-    torch.testing.assert_close(got, want, atol=1e-5 * scale, rtol=1e-5)
 
 
 def test_tied_parameters_are_found_by_identity():
@@ -54,28 +47,28 @@ def test_tied_parameters_are_found_by_identity():
 def test_merge_unties_and_equals_the_unmerged_model(which, tmp_path):
     model = _attach(_tied(), TARGETS[which])
     original = _inner(model.model.embed_tokens).weight.detach().clone()
-    want = _logits(model)
+    want = token_logits(model)
     with pytest.warns(UserWarning, match=r"ak.merge: .*(lm_head|embed_tokens) \(shared with .*no longer tied"):
         merged = ak.merge(model)
     assert merged.lm_head.weight is not merged.model.embed_tokens.weight
     assert not merged.config.tie_word_embeddings
     if which == "lm_head":
         assert torch.equal(merged.model.embed_tokens.weight, original)  # the other module is untouched
-    _close(_logits(merged), want)
+    assert_close_scaled(token_logits(merged), want)
     merged.save_pretrained(tmp_path)  # and it stays so through save_pretrained / from_pretrained
     again = type(merged).from_pretrained(tmp_path).eval()
-    _close(_logits(again), want)
+    assert_close_scaled(token_logits(again), want)
 
 
 @pytest.mark.parametrize("which", TARGETS)
 def test_merge_in_place_of_a_tied_weight_is_refused_and_changes_nothing(which):
     model = _attach(_tied(), TARGETS[which])
-    want = _logits(model)
+    want = token_logits(model)
     with pytest.raises(ak.MergeError, match=r"shares its weight with .*tied weights.*exclude"):
         ak.merge_adapter(model)
     assert ak.merged_adapters(model) == []
     assert _inner(model.lm_head).weight is _inner(model.model.embed_tokens).weight  # still tied
-    assert torch.equal(_logits(model), want)
+    assert torch.equal(token_logits(model), want)
 
 
 def test_untied_targets_do_not_warn():
@@ -99,8 +92,8 @@ def test_peft_merge_of_a_tied_head_is_what_we_avoid():
     with pytest.warns(UserWarning):
         theirs = peft.get_peft_model(_tied(), peft_lora_config(config)).eval()
     copy_to_peft(ours, theirs)
-    want = _logits(theirs)
-    _close(_logits(ours), want)
+    want = token_logits(theirs)
+    assert_close_scaled(token_logits(ours), want)
     with pytest.warns(UserWarning):
-        assert not torch.allclose(_logits(theirs.merge_and_unload()), want, atol=1e-3)
-        _close(_logits(ak.merge(ours)), want)
+        assert not torch.allclose(token_logits(theirs.merge_and_unload()), want, atol=1e-3)
+        assert_close_scaled(token_logits(ak.merge(ours)), want)

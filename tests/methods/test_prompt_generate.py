@@ -17,6 +17,7 @@ import adapterkit as ak
 from adapterkit.inject import adapter_layers
 from adapterkit.methods.prompt import VirtualTokenLayer
 from adapterkit.methods.prompt.hook import cache_argument
+from tests.checks import assert_close_scaled
 from tests.methods.test_prompt_methods import METHODS, _noise
 from tests.models import tiny_gpt2, tiny_llama, tiny_opt, tiny_qwen2, tokens
 
@@ -69,8 +70,7 @@ def _forward_scores(model, sequences, mask, positions: bool = True):
 
 
 def _assert_close(actual, expected):
-    scale = expected.abs().max().item()
-    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5 * scale)
+    assert_close_scaled(actual, expected, rtol=1e-4, atol_scale=1e-5)
 
 
 @pytest.mark.parametrize("method,model", GRID)
@@ -181,7 +181,12 @@ def test_generate_command_with_a_prefix_adapter_equals_uncached_greedy_decoding(
     from adapterkit.cli import main
     from adapterkit.training.data import prompt_ids
     from adapterkit.training.sections import DataConfig
-    from tests.training.helpers import char_tokenizer, memorise_records, tiny_folder, write_jsonl
+    from tests.training.helpers import (
+        char_tokenizer,
+        memorise_records,
+        tiny_folder,
+        write_jsonl,
+    )
 
     base_dir = tiny_folder(tmp_path / "model")
     data = write_jsonl(tmp_path / "train.jsonl", memorise_records(4))

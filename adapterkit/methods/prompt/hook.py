@@ -18,6 +18,7 @@ the name the model's ``forward`` declares.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
@@ -66,11 +67,11 @@ def _pre_hook(model: nn.Module, args: tuple, kwargs: dict):
                  if v.kind in (v.POSITIONAL_ONLY, v.POSITIONAL_OR_KEYWORD)]
         kwargs.update(zip(names, args))
     key, cache = _take_cache(model, kwargs)
-    first = cached_length(cache) == 0
+    done = cached_length(cache)
+    first = done == 0
     n_prefix = sum(a.num_virtual_tokens for a in prefixes)
     n_prompt = sum(a.num_virtual_tokens for a in prompts)
-    _check_room(cache, cached_length(cache) + _length(kwargs) + (n_prefix + n_prompt if first else 0),
-                n_prefix + n_prompt)
+    _check_room(cache, done + _length(kwargs) + (n_prefix + n_prompt if first else 0), n_prefix + n_prompt)
     if first and prefixes:  # later calls (generate's steps) find everything in the cache already
         kv = torch.cat([a.key_values() for a in prefixes], dim=-2)
         cache = _filled_cache(model, cache, kv, _batch(kwargs))
@@ -88,9 +89,16 @@ CACHE_NAMES = ("cache", "past_key_values")  # transformers >= 5.24, and before
 def cache_argument(model: nn.Module) -> str:
     """The name under which ``model.forward`` takes the key/value cache (or, for a task model whose
     forward passes ``**kwargs`` on, its backbone's: BERT's classifiers take no cache of their own)."""
-    for module in (model, getattr(model, "base_model", None)):
-        if isinstance(module, nn.Module):
-            params = inspect.signature(module.forward).parameters
+    backbone = getattr(model, "base_model", None)
+    return _cache_name(type(model), type(backbone) if isinstance(backbone, nn.Module) else None)
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_name(model_cls: type, backbone_cls) -> str:
+    """Read once per class pair: every decoding step asks."""
+    for cls in (model_cls, backbone_cls):
+        if cls is not None:
+            params = inspect.signature(cls.forward).parameters
             found = next((name for name in CACHE_NAMES if name in params), None)
             if found:
                 return found
