@@ -110,7 +110,7 @@ class LoRA(nn.Module):
         """
         if self.kind == "quant":
             return self._fused_quant(x, base)
-        if self.kind != "linear" or not _plain_linear(base, x):
+        if self.kind != "linear" or not _plain_linear(base, x) or self._traced_dropout():
             return None
         a, b = self.a.to(x.dtype), self.b.to(x.dtype)
         x2 = x.reshape(-1, a.shape[1])  # (N, in)
@@ -141,8 +141,33 @@ class LoRA(nn.Module):
             cached = self._w_sq = (key, weight_sq(weight))
         return cached[1]
 
+    def _traced_dropout(self) -> bool:
+        """Dropout under ``torch.compile``: the plain forward, whose mask the compiler draws itself
+        (the seeded, bit-packed mask of the Functions reads a seed back from a tensor: a graph break)."""
+        return self.training and self.dropout > 0 and torch.compiler.is_compiling()
+
+    def plain(self, x: Tensor, y: Tensor, y_base: Tensor, base: nn.Module) -> Tensor:
+        """What ``_linear`` computes, in plain torch ops: x (..., in), y (..., out) -> (..., out).
+
+        LoRA: y + s B A drop(x).  DoRA: g (ref + s B A drop(x) - bias) + bias, g = m / ||W + s B A||_row
+        held constant, ref = y (or the base output y_base with dropout in training, PEFT's rule).
+        """
+        dtype = y.dtype
+        a, b = self.a.to(dtype), self.b.to(dtype)
+        update = F.linear(F.linear(F.dropout(x.to(dtype), self.dropout, self.training), a), b) * self.scale
+        if self.magnitude is None:
+            return y + update
+        norm = dora_norm(bases.dense_weight(base), a, b, self.scale).detach()  # (out,) fp32, a constant
+        g = (self.magnitude.to(dtype) / norm).to(dtype)  # (out,)
+        bias = base.bias.to(dtype) if getattr(base, "bias", None) is not None else None
+        ref = y_base if self.training and self.dropout > 0 else y
+        out = g * (ref + update - bias) + bias if bias is not None else g * (ref + update)
+        return out if y is ref else y + (out - ref)
+
     def _linear(self, x, y, y_base, base):
         # x (..., in), y (..., out) -> (..., out)
+        if self._traced_dropout():
+            return self.plain(x, y, y_base, base)
         dtype = y.dtype
         a, b = self.a.to(dtype), self.b.to(dtype)
         x2 = x.to(dtype).reshape(-1, a.shape[1])
