@@ -107,7 +107,7 @@ def before_load(layer: nn.Module, state: dict, prefix: str, *_) -> None:
     for what, value, own in (("quant_type", about.get("quant_type"), layer.quant_type),
                              ("blocksize", about.get("blocksize"), layer.block),
                              ("shape", tuple(about.get("shape") or ()), shape),
-                             ("double quantization", "nested_absmax" in about, layer.double_quant)):
+                             ("double quantization", "nested_offset" in about, layer.double_quant)):
         if value != own:
             raise _mismatch(layer, prefix, what, value, own)
     if layer.double_quant and about.get("nested_blocksize") != formats.NESTED_BLOCK:
