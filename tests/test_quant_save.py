@@ -198,3 +198,21 @@ def test_layout_mismatch_is_an_error_naming_it():
         other.load_state_dict(state)
     with pytest.raises(AdapterFileError, match="quant_type 'nf4'"):
         ak.quantize(tiny_llama(**LLAMA), bits=4, quant_type="fp4").load_state_dict(state)
+
+
+def test_whole_model_trainer_checkpoints_of_a_qlora_model_resume_exactly(tmp_path):
+    """Without ak.checkpoint_callback() the Trainer saves the whole model (save_pretrained): the 4-bit
+    base in bitsandbytes' format; resuming from it restores base and adapter exactly."""
+    from tests.io.test_io_checkpoints import _stop_at, _train
+
+    whole = _qlora()
+    _train(whole, tmp_path / "whole", callback=False)
+    _train(_qlora(), tmp_path / "cut", callback=False, extra=[_stop_at(2)])
+    middle = tmp_path / "cut" / "checkpoint-2"
+    assert json.loads((middle / "config.json").read_text())["quantization_config"]["load_in_4bit"]
+    resumed = _qlora(seed=3)
+    resumed.model.layers[0].mlp.up_proj.base.codes.zero_()  # the base must come from the checkpoint too
+    _train(resumed, tmp_path / "cut", callback=False, resume=str(middle))
+    for (name, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+    _check_same_bytes(_from_pretrained(middle), whole)
