@@ -66,7 +66,7 @@ class DPOTrainer(trl.DPOTrainer):
     """
 
     def __init__(self, model: nn.Module, ref_model=None, args: trl.DPOConfig | None = None,
-                 adapter_checkpoints: bool = True, **kwargs):
+                 *, adapter_checkpoints: bool = True, **kwargs):
         _check_policy(model, "DPOTrainer", kwargs.get("peft_config"))
         if ref_model is not None:
             raise ConfigError(
@@ -97,7 +97,7 @@ class GRPOTrainer(trl.GRPOTrainer):
     """
 
     def __init__(self, model: nn.Module, reward_funcs=None, args: trl.GRPOConfig | None = None,
-                 adapter_checkpoints: bool = True, **kwargs):
+                 *, adapter_checkpoints: bool = True, **kwargs):
         _check_policy(model, "GRPOTrainer", kwargs.get("peft_config"))
         args = copy.copy(args) if args is not None else trl.GRPOConfig(_run_name(model, "GRPO"))
         _check_no_sync(args)
