@@ -16,7 +16,8 @@ import adapterkit as ak
 from adapterkit.errors import AdapterFileError
 from adapterkit.layer import AdapterLayer
 from adapterkit.quant import QuantLinear
-from tests.models import tiny_llama, tokens
+from tests.checks import assert_close_scaled
+from tests.models import tiny_gpt2, tiny_llama, tokens
 
 bnb = pytest.importorskip("bitsandbytes")
 
@@ -114,6 +115,21 @@ def test_saved_folder_is_what_transformers_bitsandbytes_writes(tmp_path, quant_t
             module.codes.zero_()
     fresh.load_state_dict(load_file(tmp_path / "bnb" / "model.safetensors"))
     _check_same_bytes(theirs, fresh)
+
+
+@pytest.mark.parametrize("kind", ["gpt2-conv1d", "llama-bf16"])
+def test_conv1d_and_bf16_models_reload_the_same_bytes(tmp_path, kind):
+    if kind == "gpt2-conv1d":  # Conv1D stores (in, out); QuantLinear and Linear4bit both hold (out, in)
+        model = ak.quantize(tiny_gpt2(n_embd=64), bits=4)
+    else:
+        model = ak.quantize(tiny_llama(**LLAMA).to(torch.bfloat16), bits=4)
+    model.save_pretrained(tmp_path)
+    reloaded = _from_pretrained(tmp_path)
+    _check_same_bytes(reloaded, model)
+    ids = tokens(2, 9)
+    scale = 1e-5 if kind == "gpt2-conv1d" else 2 ** -6  # bf16: a few roundings of 2^-8 in another order
+    with torch.no_grad():
+        assert_close_scaled(reloaded(ids).logits.float(), model(ids).logits.float(), rtol=0, atol_scale=scale)
 
 
 def test_load_state_dict_of_state_dict_restores_exactly(tmp_path):
