@@ -22,7 +22,8 @@ buffers' own names (``codes``, ``absmax``, ...).
 one scale per row), so their ``weight`` is the dequantized dense weight in the compute dtype, which
 ``from_pretrained`` loads as a plain ``nn.Linear``, and ``weight.int8_codes`` / ``weight.int8_absmax``
 carry the exact codes for ``load_state_dict`` (``from_pretrained`` reports them as unexpected): a
-reload that is right, at 1.25x the bytes of the dense fp32 weight.
+reload that is right, at 1.25x the bytes of the dense fp32 weight; each ``state_dict()`` call holds
+that dense copy of every 8-bit layer until it is dropped (adapter-only Trainer checkpoints included).
 
 Not covered: transformers keeps some modules of some classes dense whatever the config says (T5's
 ``wo``); ``from_pretrained`` of a save with those quantized stops with a size-mismatch error (it does
