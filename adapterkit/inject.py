@@ -288,6 +288,9 @@ def merge(model: nn.Module) -> nn.Module:
             parent, attr = get_parent(model, name)
             setattr(parent, attr, bases.folded(module, torch.zeros(())))
     release_hooks(model)
+    from .quant.bnb_format import record_quantization
+
+    record_quantization(model)  # no 4-bit layer is left: config.quantization_config goes too
     return model
 
 
