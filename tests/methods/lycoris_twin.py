@@ -1,0 +1,137 @@
+"""The same model with the same LoHa / LoKr weights in adapterkit and PEFT, and the checks both test
+files run on them: forward and gradients, training-mode dropout, files both ways, merging."""
+from __future__ import annotations
+
+import copy
+
+import torch
+
+import adapterkit as ak
+from adapterkit.inject import adapter_layers
+from tests.models import TinyCNN, tiny_llama, tokens
+
+
+def image_inputs() -> tuple:
+    gen = torch.Generator().manual_seed(4)
+    return torch.randn(2, 3, 4, 4, generator=gen), torch.tensor([3, 5])
+
+
+def run(model, kind: str):
+    """The model's output on fixed inputs (``kind`` "cnn": TinyCNN's image and ids; else logits)."""
+    return model(*image_inputs()) if kind == "cnn" else model(input_ids=tokens()).logits
+
+
+MODELS = {"llama": tiny_llama, "cnn": TinyCNN}
+
+
+def twins(make, ours_cfg, peft_cfg, prefix: str):
+    """(base, adapterkit model, PEFT model, [(our parameter, PEFT's)]) with equal adapter weights."""
+    import peft
+
+    base = make()
+    ours = ak.attach(copy.deepcopy(base), ours_cfg)
+    theirs = peft.get_peft_model(copy.deepcopy(base), peft_cfg)
+    inner, pairs = theirs.base_model.model, {}
+    with torch.no_grad():
+        for name, layer in adapter_layers(ours):
+            peft_layer = inner.get_submodule(name)
+            for leaf, mine in layer.adapters["default"].named_parameters():
+                theirs_p = getattr(peft_layer, prefix + leaf)["default"]
+                theirs_p.copy_(mine)
+                pairs[f"{name}.{leaf}"] = (mine, theirs_p)
+    n_peft = sum(1 for n, p in theirs.named_parameters() if p.requires_grad and prefix in n)
+    assert pairs and n_peft == len(pairs)  # every PEFT tensor has its twin
+    return base, ours, theirs, pairs
+
+
+def check_forward_and_gradients(kind, ours, theirs, pairs, skip: tuple = ()) -> None:
+    """Outputs and every adapter gradient equal PEFT's, except for tensors whose name ends in one of
+    ``skip`` (where PEFT's gradient is known to be wrong; those are checked another way)."""
+    out, expected = run(ours, kind), run(theirs, kind)
+    with ak.disabled(ours):
+        assert not torch.allclose(run(ours, kind), expected, atol=1e-3)  # the adapters matter
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+    out.pow(2).mean().backward()
+    expected.pow(2).mean().backward()
+    for name, (mine, theirs_p) in pairs.items():
+        if name.endswith(skip):
+            continue
+        torch.testing.assert_close(mine.grad, theirs_p.grad, atol=1e-5, rtol=1e-4)
+
+
+def check_training_dropout(kind, ours, theirs) -> None:
+    """In training, rank and module dropout draw the same random numbers as PEFT's: same outputs."""
+    ours.train(), theirs.train()
+    for seed in range(3):
+        torch.manual_seed(seed)
+        out = run(ours, kind)
+        torch.manual_seed(seed)
+        torch.testing.assert_close(out, run(theirs, kind), atol=1e-5, rtol=0)
+
+
+def check_peft_files_load(kind, base, theirs, folder) -> None:
+    theirs.eval().save_pretrained(folder)
+    ours = ak.load_adapter(copy.deepcopy(base), folder)
+    with torch.no_grad():
+        torch.testing.assert_close(run(ours, kind), run(theirs, kind), atol=1e-5, rtol=0)
+
+
+def check_files_load_in_peft(kind, base, ours, folder) -> None:
+    import peft
+
+    ak.save_adapter(ours.eval(), folder)
+    theirs = peft.PeftModel.from_pretrained(copy.deepcopy(base), folder).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(run(theirs, kind), run(ours, kind), atol=1e-5, rtol=0)
+
+
+def check_merges(kind, ours, theirs) -> None:
+    """merge_adapter / unmerge_adapter keep the output and restore W; ak.merge equals PEFT's merge."""
+    ours.eval(), theirs.eval()
+    with torch.no_grad():
+        out = run(ours, kind)
+        before = {k: v.clone() for k, v in ours.state_dict().items()}
+        ak.merge_adapter(ours)
+        torch.testing.assert_close(run(ours, kind), out, atol=1e-5, rtol=0)
+        ak.unmerge_adapter(ours)
+        assert all(torch.allclose(v, before[k], atol=1e-6) for k, v in ours.state_dict().items())
+        merged = ak.merge(ours)
+        assert not any(isinstance(m, ak.AdapterLayer) for m in merged.modules())
+        torch.testing.assert_close(run(merged, kind), out, atol=1e-5, rtol=0)
+        torch.testing.assert_close(run(theirs.merge_and_unload(), kind), out, atol=1e-5, rtol=0)
+
+
+def check_tools(config, peft_type: str, folder) -> None:
+    """ak.summary shows the method, ``adapterkit inspect`` reads its files, ``adapterkit train`` YAML
+    names it."""
+    from adapterkit.commands.inspect import describe
+    from adapterkit.training.config import build_adapter
+
+    model = ak.attach(tiny_llama(), config)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert ak.summary(model).rows == (("default", config.method, trainable, trainable),)
+    assert config.method in str(ak.summary(model))
+    ak.save_adapter(model, folder)
+    info = describe(folder, "default")
+    assert (info["method"], info["peft_type"], info["parameters"]) == (config.method, peft_type, trainable)
+    assert not info["vllm"]["loads"]
+    assert build_adapter({"method": config.method, "rank": 4, "targets": ["q_proj"]}) == \
+        type(config)(rank=4, targets=("q_proj",))
+
+
+def check_refused_file_options(config, folder) -> None:
+    """Per-module ranks (PEFT's rank_pattern) are refused on load, naming the key."""
+    import json
+
+    import pytest
+
+    model = ak.attach(tiny_llama(), config)
+    ak.save_adapter(model, folder)
+    path = folder / "adapter_config.json"
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps({**data, "rank_pattern": {"q_proj": 2}}))
+    with pytest.raises(ak.ConfigError, match="rank_pattern"):
+        ak.load_adapter(tiny_llama(), folder)
+    path.write_text(json.dumps({**data, "r": 0}))
+    with pytest.raises(ak.ConfigError, match="file key 'r'"):
+        ak.load_adapter(tiny_llama(), folder)
