@@ -114,7 +114,7 @@ def check_tools(config, peft_type: str, folder) -> None:
     ak.save_adapter(model, folder)
     info = describe(folder, "default")
     assert (info["method"], info["peft_type"], info["parameters"]) == (config.method, peft_type, trainable)
-    assert not info["vllm"]["loads"]
+    assert not info["vllm"]["loads"] and "merge it into the model" in info["vllm"]["summary"]
     assert build_adapter({"method": config.method, "rank": 4, "targets": ["q_proj"]}) == \
         type(config)(rank=4, targets=("q_proj",))
 
