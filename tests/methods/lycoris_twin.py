@@ -135,3 +135,51 @@ def check_refused_file_options(config, folder) -> None:
     path.write_text(json.dumps({**data, "r": 0}))
     with pytest.raises(ak.ConfigError, match="file key 'r'"):
         ak.load_adapter(tiny_llama(), folder)
+
+
+@torch.no_grad()
+def _perturb(model) -> None:
+    gen = torch.Generator().manual_seed(7)
+    for p in model.parameters():
+        if p.requires_grad:
+            p.add_(torch.randn(p.shape, generator=gen) * 0.3)
+
+
+def check_sequence_classification(ours_cfg, peft_cfg, folder) -> None:
+    """A BERT classifier (PEFT's SEQ_CLS, the head trained as modules_to_save), files both ways."""
+    import peft
+
+    from tests.models import tiny_bert
+
+    def logits(model):
+        with torch.no_grad():
+            return model(input_ids=tokens()).logits
+
+    theirs = peft.get_peft_model(tiny_bert(), peft_cfg).eval()
+    _perturb(theirs)
+    theirs.save_pretrained(folder / "peft")
+    torch.testing.assert_close(logits(ak.load_adapter(tiny_bert(), folder / "peft")), logits(theirs),
+                               atol=1e-5, rtol=0)
+    ours = ak.attach(tiny_bert(), ours_cfg)
+    _perturb(ours)
+    ak.save_adapter(ours, folder / "ours")
+    loaded = peft.PeftModel.from_pretrained(tiny_bert(), folder / "ours").eval()
+    assert type(loaded).__name__ == "PeftModelForSequenceClassification"
+    torch.testing.assert_close(logits(loaded), logits(ours), atol=1e-5, rtol=0)
+
+
+def check_quantized_base(config) -> None:
+    """On a 4-bit base: the update adds to the dequantized layer's output; ak.merge exports dense
+    layers with the update in; merge_adapter is refused with the model unchanged."""
+    model = ak.attach(ak.quantize(tiny_llama(hidden_size=64, intermediate_size=128), bits=4), config)
+    _perturb(model)
+    with torch.no_grad():
+        expected = run(model, "llama")
+        import pytest
+
+        with pytest.raises(ak.MergeError, match="4-bit"):
+            ak.merge_adapter(model)
+        torch.testing.assert_close(run(model, "llama"), expected, atol=0, rtol=0)
+        merged = ak.merge(model)
+        assert type(merged.model.layers[0].self_attn.q_proj) is torch.nn.Linear
+        torch.testing.assert_close(run(merged, "llama"), expected, atol=1e-5, rtol=1e-5)

@@ -92,6 +92,16 @@ def test_shows_in_the_tools(tmp_path):
     twin.check_refused_file_options(ak.LoKrConfig(rank=4), tmp_path / "b")
 
 
+def test_sequence_classification_files_both_ways(tmp_path):
+    twin.check_sequence_classification(
+        ak.LoKrConfig(rank=2, targets=["query", "value"], train_modules=["classifier"]),
+        peft.LoKrConfig(task_type="SEQ_CLS", r=2, target_modules=["query", "value"]), tmp_path)
+
+
+def test_on_a_4bit_base_merging_dequantizes():
+    twin.check_quantized_base(ak.LoKrConfig(rank=4))
+
+
 @pytest.mark.parametrize("fields,match", [
     (dict(rank=0), "rank"), (dict(alpha=0), "alpha"), (dict(rank_dropout=-0.1), "rank_dropout"),
     (dict(module_dropout=1), "module_dropout"), (dict(init="zeros"), "init"), (dict(targets=""), "targets"),
