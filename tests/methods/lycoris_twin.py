@@ -183,3 +183,23 @@ def check_quantized_base(config) -> None:
         merged = ak.merge(model)
         assert type(merged.model.layers[0].self_attn.q_proj) is torch.nn.Linear
         torch.testing.assert_close(run(merged, "llama"), expected, atol=1e-5, rtol=1e-5)
+
+
+
+def check_two_active(config) -> None:
+    """Two active adapters' updates add up, in a layer's forward and in both merges."""
+    model = ak.attach(tiny_llama(), config, name="a")
+    ak.attach(model, config, name="b")
+    _perturb(model)
+    ak.set_active(model, ["a", "b"])
+    layer = model.model.layers[0].mlp.up_proj
+    x = torch.randn(3, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        base = layer.innermost()
+        expected = base(x) + layer.adapters["a"](x, base) + layer.adapters["b"](x, base)
+        torch.testing.assert_close(layer(x), expected, atol=1e-6, rtol=0)
+        out = run(model, "llama")
+        ak.merge_adapter(model)
+        torch.testing.assert_close(run(model, "llama"), out, atol=1e-5, rtol=0)
+        ak.unmerge_adapter(model)
+        torch.testing.assert_close(run(ak.merge(model), "llama"), out, atol=1e-5, rtol=0)
