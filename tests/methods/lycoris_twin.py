@@ -8,6 +8,7 @@ import torch
 
 import adapterkit as ak
 from adapterkit.inject import adapter_layers
+from tests.checks import assert_close_scaled
 from tests.models import TinyCNN, tiny_llama, tokens
 
 
@@ -203,3 +204,28 @@ def check_two_active(config) -> None:
         torch.testing.assert_close(run(model, "llama"), out, atol=1e-5, rtol=0)
         ak.unmerge_adapter(model)
         torch.testing.assert_close(run(ak.merge(model), "llama"), out, atol=1e-5, rtol=0)
+
+
+def check_trains_from_yaml(method: str, folder) -> None:
+    """``adapterkit train`` YAML with ``adapter: {method: ...}``: the loss falls, and PEFT loads the
+    saved adapter with the trained model's outputs."""
+    import peft
+    from transformers import AutoModelForCausalLM
+
+    from tests.training.helpers import memorise_records, tiny_folder, write_jsonl
+
+    model_dir = tiny_folder(folder / "model")
+    data = write_jsonl(folder / "train.jsonl", memorise_records(8))
+    (folder / "run.yaml").write_text(
+        f"model: {{name: {model_dir}}}\nadapter: {{method: {method}, rank: 4, alpha: 8, init: random}}\n"
+        f"data: {{train: {data}, eval: {data}}}\n"
+        "optim: {lr: 0.01, batch_size: 4, max_steps: 8, schedule: constant, seed: 0}\n"
+        f"eval: {{every: 0}}\noutput: {{dir: {folder / 'out'}, progress: false}}\n")
+    result = ak.train(str(folder / "run.yaml"))
+    assert result.last_eval["loss"] < result.first_eval["loss"]
+    ids = torch.randint(3, 99, (2, 11), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours = result.model.eval()(input_ids=ids).logits
+        theirs = peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), str(folder / "out"))
+        # this model (initializer_range 0.5) has large logits: the tolerance scales with them
+        assert_close_scaled(theirs.eval()(input_ids=ids).logits, ours)

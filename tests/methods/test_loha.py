@@ -104,6 +104,10 @@ def test_sequence_classification_files_both_ways(tmp_path):
         peft.LoHaConfig(task_type="SEQ_CLS", r=2, target_modules=["query", "value"]), tmp_path)
 
 
+def test_trains_from_a_yaml_config(tmp_path):
+    twin.check_trains_from_yaml("loha", tmp_path)
+
+
 def test_two_active_adapters_add_up():
     twin.check_two_active(ak.LoHaConfig(rank=4))
 
