@@ -7,6 +7,10 @@ Conv2d: dW is built as (out, in * kh * kw) and viewed as (out, in, kh, kw); with
 ``use_effective_conv2d`` (kernel larger than 1x1) each factor is a CP product instead,
 W_i = t_i x_1 w_i_a^T x_2 w_i_b^T: t_i (r, r, kh, kw), w_i_a (r, out), w_i_b (r, in).
 Rank dropout drops output rows of dW in training and rescales by the kept fraction (PEFT's LoHa).
+
+Gradients come from autograd. PEFT 0.21's hand-written backward of the CP form (``HadaWeightCP``)
+gives wrong gradients for w1_a and w2_a (forward and the other gradients agree), so an effective
+Conv2d trains differently there; ours match finite differences (tests/methods/test_loha.py).
 """
 from __future__ import annotations
 
