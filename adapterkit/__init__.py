@@ -8,6 +8,7 @@ from .base_weights import base_state_dict
 from .config import AdapterConfig
 from .errors import (
     AdapterFileError,
+    AdapterFileMissing,
     AdapterKitError,
     AdapterNameError,
     ConfigError,
@@ -71,7 +72,7 @@ __all__ = [
     "replace_head", "unfreeze",
     "LoHaConfig", "LoKrConfig",
     "mixed_batch",
-    "AdapterConfig", "AdapterFileError", "AdapterKitError", "AdapterLayer", "AdapterNameError",
+    "AdapterConfig", "AdapterFileError", "AdapterFileMissing", "AdapterKitError", "AdapterLayer", "AdapterNameError",
     "ConfigError", "InputError", "LoRAConfig", "MergeError", "TargetError", "UnsupportedModuleError",
     "active_names", "adapter_config", "adapter_names", "attach", "base_state_dict", "combine",
     "delete_adapter", "detach", "disabled", "merge", "merge_adapter", "merged_adapters", "set_active",
