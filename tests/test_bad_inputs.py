@@ -170,7 +170,7 @@ CALLS = [
      E.ConfigError, "weights"),
     ("combine-weight-count", _adapted, lambda m: ak.combine(m, ["one", "two"], "mix", weights=[1.0]),
      E.ConfigError, "weight"),
-    ("combine-how", _adapted, lambda m: ak.combine(m, ["one", "two"], "mix", how="svd"), E.ConfigError, "svd"),
+    ("combine-how", _adapted, lambda m: ak.combine(m, ["one", "two"], "mix", how="svdd"), E.ConfigError, "svdd"),
     ("combine-unknown", _adapted, lambda m: ak.combine(m, ["one", "three"], "mix"), E.AdapterNameError, "three"),
     ("combine-names-str", _adapted, lambda m: ak.combine(m, "one", "mix"), E.AdapterNameError, "list"),
     ("combine-existing-name", _adapted, lambda m: ak.combine(m, ["one", "two"], "two"), E.AdapterNameError, "two"),
