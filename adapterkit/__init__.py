@@ -36,6 +36,7 @@ from .methods.ia3 import IA3Config
 from .methods.lora import LoRAConfig
 from .methods.prompt import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig
 from .methods.lora.combine import combine
+from .methods.lora.hotswap import hotswap_adapter, prepare_hotswap
 from .methods.lora.resize import resize_rank
 from .methods.lora.scaling import rescaled, scale_active, set_scale, unscale_active
 from .freeze import freeze_adapter, unfreeze_adapter
@@ -76,5 +77,5 @@ __all__ = [
     "active_names", "adapter_config", "adapter_names", "attach", "base_state_dict", "combine",
     "delete_adapter", "detach", "disabled", "merge", "merge_adapter", "merged_adapters", "set_active",
     "summary", "unmerge_adapter",
-    "freeze_adapter", "unfreeze_adapter", "rescaled", "resize_rank", "scale_active", "set_scale", "unscale_active",
+    "freeze_adapter", "hotswap_adapter", "prepare_hotswap", "unfreeze_adapter", "rescaled", "resize_rank", "scale_active", "set_scale", "unscale_active",
 ] + list(_LAZY)
