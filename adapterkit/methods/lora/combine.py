@@ -36,6 +36,7 @@ from .config import LoRAConfig
 from .functional import weight_sq
 from .layers import LoRA, LoRALayer
 from .merge_types import check_options, merge
+from .scaling import refuse_mha
 
 FACTORED = ("linear", "ties", "dare_linear", "dare_ties", "magnitude_prune")
 SVD = ("svd", "ties_svd", "dare_linear_svd", "dare_ties_svd", "magnitude_prune_svd")
@@ -87,6 +88,7 @@ def combine(
     config = dataclasses.replace(configs[0], rank=new_rank, alpha=float(new_rank), rslora=False,
                                  targets=tuple(ln for ln, _ in layers), exclude=(), layers=None,
                                  train_modules=())
+    refuse_mha([lo for _, layer in layers for n, lo in layer.adapters.items() if n in names], "combine")
     if config.dora and any(bases.base_kind(layer.innermost()) not in ("linear", "conv1d", "quant")
                            for _, layer in layers):
         raise ConfigError(f"combine: {names[0]!r} is DoRA, so the combination would be too (PEFT's rule), but "

@@ -164,7 +164,8 @@ def sizes_from_file(config: LoRAConfig, shapes: Mapping[str, tuple]) -> list[str
         part = key.rsplit(".", 2)
         axis = {"lora_A": 0, "lora_B": 1, "lora_embedding_A": 0, "lora_embedding_B": 1}.get(
             part[-2] if part[-1] == "weight" else part[-1])
-        if axis is not None and len(shape) > axis and shape[axis] != config.rank:
+        grouped = axis == 1 and len(shape) > 2 and shape[1] and config.rank % shape[1] == 0  # conv B: r / groups
+        if axis is not None and len(shape) > axis and shape[axis] != config.rank and not grouped:
             problems.append(f"{key!r} has shape {tuple(shape)}, rank {shape[axis]}, but the config says r={config.rank}")
     return problems
 

@@ -33,7 +33,7 @@ from .config import LoRAConfig
 from .files import state_to_file
 from .functional import weight_sq
 from .layers import LoRA, LoRALayer
-from .scaling import loras
+from .scaling import loras, refuse_mha
 
 
 def _config_for(config: LoRAConfig, rank: int, scale: float) -> LoRAConfig:
@@ -53,6 +53,8 @@ def prepare_hotswap(model: nn.Module, rank: int, names: Union[str, Iterable[str]
             isinstance(layer, LoRALayer) and n in layer.adapters for _, layer in adapter_layers(model))]
     names = [names] if isinstance(names, str) else list(names)
     found = {n: loras(model, n) for n in names}
+    for modules in found.values():
+        refuse_mha(modules, "prepare_hotswap")
     for n, modules in found.items():
         have = max(lora.a.shape[0] for lora in modules)
         if have > rank:
@@ -100,6 +102,7 @@ def _modules(model: nn.Module, name: str) -> tuple[dict[str, LoRA], dict[str, nn
     from ...io.state import logical_name
 
     found = loras(model, name)  # errors for unknown / non-LoRA names
+    refuse_mha(found, "hotswap_adapter")
     if name in merged_adapters(model):
         raise MergeError(f"adapter {name!r} is merged into the base weights; swapping it would leave its old update "
                          f"there. Call ak.unmerge_adapter(model) first.")

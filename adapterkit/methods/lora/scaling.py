@@ -34,6 +34,13 @@ def loras(model: nn.Module, name: str) -> list[LoRA]:
     return found
 
 
+def refuse_mha(modules: list, doing: str) -> None:
+    """ConfigError when some of ``modules`` adapt an nn.MultiheadAttention (two pairs of factors)."""
+    if any(lora.kind == "mha" for lora in modules):
+        raise ConfigError(f"{doing} does not handle LoRA on nn.MultiheadAttention (its in_proj and out_proj pairs) "
+                          f"yet; leave the attention module out of that adapter's targets.")
+
+
 def _number(value, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ConfigError(f"{what} must be a finite number; got {value!r}.")
