@@ -258,3 +258,11 @@ def test_operations_that_do_not_handle_attention_refuse_it(tmp_path):
             call()
     assert ak.adapter_names(model) == ["default", "two"] and model.mha.adapters["default"].a.shape[0] == 4
     ak.set_scale(model, "default", 0.5)  # the scale works as everywhere
+
+
+def test_grouped_convolutions_refused_by_resize_and_hotswap():
+    model = _ours("grouped", False)
+    for call in (lambda: ak.resize_rank(model, "default", 2), lambda: ak.prepare_hotswap(model, 8)):
+        with pytest.raises(ak.ConfigError, match="grouped"):
+            call()
+    assert model.conv.adapters["default"].a.shape[0] == 4

@@ -126,3 +126,24 @@ def test_prepare_refuses_a_rank_below_the_adapters():
     with pytest.raises(ak.ConfigError, match="rank 4"):
         ak.prepare_hotswap(model, rank=3)
     assert model.lin0.adapters["default"].a.shape == (4, 16)
+
+
+class ConvNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.c0, self.c1 = nn.Conv1d(3, 4, 3, padding=1), nn.Conv1d(4, 2, 1)
+
+    def forward(self, x):  # (B, 3, 5)
+        return self.c1(torch.relu(self.c0(x)))
+
+
+def test_dora_convolutions_swap_and_zero_a_module_the_file_lacks(tmp_path):
+    x = torch.randn(2, 3, 5, generator=torch.Generator().manual_seed(3))
+    torch.manual_seed(1)
+    ak.save_adapter(ak.attach(ConvNet(), _cfg(2, 3.0, targets=("c0",), dora=True)), tmp_path / "c0")
+    model = ak.attach(ConvNet(), _cfg(4, 8.0, targets=("c0", "c1"), dora=True))
+    ak.prepare_hotswap(model, rank=4)
+    ak.hotswap_adapter(model, tmp_path / "c0")
+    with torch.no_grad():
+        assert_close_scaled(model(x), ak.load_adapter(ConvNet(), tmp_path / "c0")(x))

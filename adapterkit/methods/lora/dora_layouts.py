@@ -29,6 +29,15 @@ def norm(kind: str, weight: Tensor, lora) -> Tensor:
     return dora_norm(weight, lora.a, lora.b, lora.scale)  # (out,)
 
 
+@torch.no_grad()
+def base_norm(kind: str, weight: Tensor) -> Tensor:
+    """||W|| in m's shape: the magnitude of a DoRA adapter whose update is zero."""
+    if kind in conv.KINDS:
+        return conv.channel_norm(weight, torch.zeros((), dtype=weight.dtype, device=weight.device))
+    acc = torch.promote_types(weight.dtype, torch.float32)
+    return torch.linalg.vector_norm(weight.to(acc), dim=0 if kind == "embedding" else 1)
+
+
 def initial_magnitude(kind: str, base: nn.Module, lora) -> Tensor:
     """m at creation: ||W + dW||, so the adapter starts as the base does (DoRA's init)."""
     return norm(kind, bases.dense_weight(base), lora)

@@ -31,7 +31,7 @@ from ...errors import AdapterFileError, ConfigError, MergeError
 from ...inject import adapter_layers, adapter_names, check_model, merged_adapters, refuse_while_merged
 from .config import LoRAConfig
 from .files import state_to_file
-from .functional import weight_sq
+from . import dora_layouts
 from .layers import LoRA, LoRALayer
 from .scaling import loras, refuse_mha
 
@@ -54,7 +54,7 @@ def prepare_hotswap(model: nn.Module, rank: int, names: Union[str, Iterable[str]
     names = [names] if isinstance(names, str) else list(names)
     found = {n: loras(model, n) for n in names}
     for modules in found.values():
-        refuse_mha(modules, "prepare_hotswap")
+        refuse_mha(modules, "prepare_hotswap", grouped=True)
     for n, modules in found.items():
         have = max(lora.a.shape[0] for lora in modules)
         if have > rank:
@@ -102,7 +102,7 @@ def _modules(model: nn.Module, name: str) -> tuple[dict[str, LoRA], dict[str, nn
     from ...io.state import logical_name
 
     found = loras(model, name)  # errors for unknown / non-LoRA names
-    refuse_mha(found, "hotswap_adapter")
+    refuse_mha(found, "hotswap_adapter", grouped=True)
     if name in merged_adapters(model):
         raise MergeError(f"adapter {name!r} is merged into the base weights; swapping it would leave its old update "
                          f"there. Call ak.unmerge_adapter(model) first.")
@@ -164,7 +164,7 @@ def _new_values(lora: LoRA, base: nn.Module, parts: Optional[dict], rank: int, r
         b = torch.zeros(lora.b.shape[0], rank, *lora.b.shape[2:], **place)
         m = None
         if lora.magnitude is not None:
-            m = weight_sq(bases.dense_weight(base)).sqrt()
+            m = dora_layouts.base_norm(lora.kind, bases.dense_weight(base))
         return a, b, m
     a = _padded(parts["a"].to(**place), 0, rank)
     b = _padded((parts["b"].to(torch.float64) / ratio).to(**place), 1, rank)

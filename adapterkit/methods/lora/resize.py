@@ -29,7 +29,7 @@ def resize_rank(model: nn.Module, name: str, rank: int) -> nn.Module:
     if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
         raise ConfigError(f"resize_rank takes a positive int rank; got {rank!r}.")
     modules = loras(model, name)
-    refuse_mha(modules, "resize_rank")
+    refuse_mha(modules, "resize_rank", grouped=True)
     refuse_while_merged(model, f"resize adapter {name!r}")
     config = modules[0].config
     have = max(lora.a.shape[0] for lora in modules)

@@ -34,11 +34,15 @@ def loras(model: nn.Module, name: str) -> list[LoRA]:
     return found
 
 
-def refuse_mha(modules: list, doing: str) -> None:
-    """ConfigError when some of ``modules`` adapt an nn.MultiheadAttention (two pairs of factors)."""
+def refuse_mha(modules: list, doing: str, grouped: bool = False) -> None:
+    """ConfigError when some of ``modules`` adapt an nn.MultiheadAttention (two pairs of factors), or
+    with ``grouped``, a grouped convolution (B holds rank / groups columns per output channel)."""
     if any(lora.kind == "mha" for lora in modules):
         raise ConfigError(f"{doing} does not handle LoRA on nn.MultiheadAttention (its in_proj and out_proj pairs) "
                           f"yet; leave the attention module out of that adapter's targets.")
+    if grouped and any(lora.b.dim() > 2 and lora.b.shape[1] != lora.a.shape[0] for lora in modules):
+        raise ConfigError(f"{doing} does not handle LoRA on a grouped convolution (groups > 1: B is a grouped 1x1 "
+                          f"convolution) yet; leave that module out of the adapter's targets.")
 
 
 def _number(value, what: str) -> float:
