@@ -266,3 +266,18 @@ def test_grouped_convolutions_refused_by_resize_and_hotswap():
         with pytest.raises(ak.ConfigError, match="grouped"):
             call()
     assert model.conv.adapters["default"].a.shape[0] == 4
+
+
+def test_mixed_batch_rows_on_dora_convolutions_and_refused_on_attention():
+    model = _ours("conv1d", True)
+    ak.attach(model, ak.LoRAConfig(rank=2, init="random", targets=("conv",)), name="two")
+    x = _input("conv1d")
+    with torch.no_grad():
+        rows = []
+        for i, name in enumerate(("two", "default")):
+            ak.set_active(model, name)
+            rows.append(model(x[i:i + 1]))
+        torch.testing.assert_close(model(x, adapter_names=["two", "default"]), torch.cat(rows), atol=1e-6, rtol=1e-5)
+        attention = _ours("mha", False)
+        with pytest.raises(ak.InputError, match="mixed-adapter"):
+            attention(_input("mha"), adapter_names=["default", "__base__"])
