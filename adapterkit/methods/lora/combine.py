@@ -59,25 +59,7 @@ def combine(
     ``rank``: the new rank of the ``_svd`` forms (default: the largest of the adapters' ranks).
     ``density``: share of entries kept by ties / dare / magnitude_prune, in (0, 1].
     """
-    check_adapter_name(name)
-    refuse_while_merged(model, "combine adapters")
-    if name in adapter_names(model):
-        raise AdapterNameError(f"an adapter named {name!r} is already attached; pick another name.")
-    if how not in HOW:
-        raise ConfigError(f"combine how={how!r}; expected one of {HOW}.")
-    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
-        raise AdapterNameError(f"combine takes a list of adapter names; got {names!r}.")
-    weights = [1.0] * len(names) if weights is None else list(weights)
-    if not all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) for w in weights):
-        raise ConfigError(f"combine weights must be finite numbers; got {weights!r}.")
-    if not names or len(weights) != len(names):
-        raise ConfigError(f"combine needs one weight per adapter; got {len(names)} names, {len(weights)} weights.")
-    check_options(how, density, majority_sign_method)
-    _check_svd_options(how, rank, svd_clamp)
-    configs = [adapter_config(model, n) for n in names]
-    for n, cfg in zip(names, configs):
-        if not isinstance(cfg, LoRAConfig):
-            raise ConfigError(f"combine takes LoRA adapters; {n!r} is {type(cfg).__name__}.")
+    weights, configs = _checked(model, names, name, weights, how, (density, majority_sign_method, rank, svd_clamp))
     how = "linear" if len(names) == 1 else how
     ranks = [c.rank for c in configs]
     if how in FACTORED and len(set(ranks)) > 1:
@@ -104,6 +86,31 @@ def combine(
             layer.add(name, _module(layer.innermost(), config, a, b))
         set_active(model, name)
     return model
+
+
+def _checked(model: nn.Module, names, name: str, weights, how: str, options: tuple):
+    """(weights as a list, the adapters' configs); errors for every bad argument, nothing changed."""
+    density, majority_sign_method, rank, svd_clamp = options
+    check_adapter_name(name)
+    refuse_while_merged(model, "combine adapters")
+    if name in adapter_names(model):
+        raise AdapterNameError(f"an adapter named {name!r} is already attached; pick another name.")
+    if how not in HOW:
+        raise ConfigError(f"combine how={how!r}; expected one of {HOW}.")
+    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+        raise AdapterNameError(f"combine takes a list of adapter names; got {names!r}.")
+    weights = [1.0] * len(names) if weights is None else list(weights)
+    if not all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) for w in weights):
+        raise ConfigError(f"combine weights must be finite numbers; got {weights!r}.")
+    if not names or len(weights) != len(names):
+        raise ConfigError(f"combine needs one weight per adapter; got {len(names)} names, {len(weights)} weights.")
+    check_options(how, density, majority_sign_method)
+    _check_svd_options(how, rank, svd_clamp)
+    configs = [adapter_config(model, n) for n in names]
+    for n, cfg in zip(names, configs):
+        if not isinstance(cfg, LoRAConfig):
+            raise ConfigError(f"combine takes LoRA adapters; {n!r} is {type(cfg).__name__}.")
+    return weights, configs
 
 
 def _check_svd_options(how: str, rank, clamp) -> None:
