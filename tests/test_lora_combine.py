@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 import adapterkit as ak
 from adapterkit.inject import adapter_layers
@@ -137,6 +138,30 @@ def test_dora_combination_matches_peft():
     assert_close_scaled(token_logits(ours.eval()), token_logits(theirs.eval()))
 
 
+def test_dora_combination_on_embedding_conv_and_linear_matches_peft():
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(6)
+    ours, theirs = TinyCNN(), None
+    for name in ("one", "two"):
+        ak.attach(ours, ak.LoRAConfig(rank=3, alpha=5.0, init="random", dora=True, targets=("embed", "conv", "fc")),
+                  name=name)
+        peft_cfg = LoraConfig(r=3, lora_alpha=5.0, target_modules=["embed", "conv", "fc"], use_dora=True)
+        if theirs is None:
+            theirs = get_peft_model(TinyCNN(), peft_cfg, adapter_name=name)
+        else:
+            theirs.add_adapter(name, peft_cfg)
+        copy_to_peft(ours, theirs, name)
+        with torch.no_grad():  # copy_to_peft leaves embeddings' magnitudes out
+            theirs.base_model.model.embed.lora_magnitude_vector[name].weight.copy_(ours.embed.adapters[name].magnitude)
+    ak.combine(ours, ["one", "two"], "mix", weights=WEIGHTS, how="svd")
+    theirs.add_weighted_adapter(["one", "two"], WEIGHTS, "mix", combination_type="svd")
+    theirs.set_adapter("mix")
+    image, ids = torch.randn(2, 3, 4, 4), torch.tensor([3, 5])
+    with torch.no_grad():
+        assert_close_scaled(ours.eval()(image, ids), theirs.eval()(image, ids))
+
+
 BAD = [
     (dict(how="ties"), ak.ConfigError, "density"),
     (dict(how="ties", density=0.0), ak.ConfigError, "density"),
@@ -160,12 +185,13 @@ def test_bad_options_leave_the_model_as_it_was(options, error, words):
     assert Snapshot(ours).state() == before and ak.adapter_names(ours) == ["one", "two"]
 
 
-def test_unequal_ranks_refused_for_factored_types_and_dora_on_embeddings():
+def test_unequal_ranks_refused_for_factored_types_and_dora_on_grouped_convolutions():
     ours, _ = _pair(rank_b=2)
     with pytest.raises(ak.ConfigError, match="equal ranks"):
         ak.combine(ours, ["one", "two"], "mix", how="ties", density=0.5)
-    model = ak.attach(TinyCNN(), ak.LoRAConfig(targets=("fc",), dora=True), name="d")
-    ak.attach(model, ak.LoRAConfig(targets=("embed",)), name="e")
+    model = nn.Sequential(nn.Linear(4, 4), nn.Conv2d(4, 4, 1, groups=2))
+    ak.attach(model, ak.LoRAConfig(targets=("0",), dora=True), name="d")
+    ak.attach(model, ak.LoRAConfig(targets=("1",)), name="e")
     before = Snapshot(model).state()
     with pytest.raises(ak.ConfigError, match="DoRA"):
         ak.combine(model, ["d", "e"], "mix", how="svd")

@@ -33,7 +33,7 @@ from ...errors import AdapterNameError, ConfigError, MergeError
 from ...inject import adapter_config, adapter_layers, adapter_names, refuse_while_merged, set_active
 from ...transaction import unchanged_on_error
 from .config import LoRAConfig
-from .functional import weight_sq
+from . import dora_layouts
 from .layers import LoRA, LoRALayer
 from .merge_types import check_options, merge
 from .scaling import refuse_mha
@@ -71,10 +71,11 @@ def combine(
                                  targets=tuple(ln for ln, _ in layers), exclude=(), layers=None,
                                  train_modules=())
     refuse_mha([lo for _, layer in layers for n, lo in layer.adapters.items() if n in names], "combine")
-    if config.dora and any(bases.base_kind(layer.innermost()) not in ("linear", "conv1d", "quant")
-                           for _, layer in layers):
+    no_dora = [ln for ln, layer in layers if not _dora_fits(layer.innermost())]
+    if config.dora and no_dora:
         raise ConfigError(f"combine: {names[0]!r} is DoRA, so the combination would be too (PEFT's rule), but "
-                          f"some of the adapters' layers are not Linear / Conv1D; put a plain LoRA adapter first.")
+                          f"{no_dora[:3]} cannot take DoRA (a grouped convolution, an attention module); put a "
+                          f"plain LoRA adapter first.")
     options = dict(density=density, sign_method=majority_sign_method, clamp=svd_clamp)
     factors = [_factors(layer, names, weights, new_rank, how, options) for _, layer in layers]  # may draw
     for (ln, _), (a, b) in zip(layers, factors):
@@ -86,6 +87,11 @@ def combine(
             layer.add(name, _module(layer.innermost(), config, a, b))
         set_active(model, name)
     return model
+
+
+def _dora_fits(base: nn.Module) -> bool:
+    kind = bases.base_kind(base)
+    return kind in ("linear", "conv1d", "quant", "embedding") + bases.CONV_KINDS and bases.foldable(base)
 
 
 def _checked(model: nn.Module, names, name: str, weights, how: str, options: tuple):
@@ -128,7 +134,7 @@ def _module(base: nn.Module, config: LoRAConfig, a: Tensor, b: Tensor) -> LoRA:
     new.a.copy_(a)
     new.b.copy_(b)
     if new.magnitude is not None:  # what a fresh DoRA adapter starts with in PEFT: ||W||
-        new.magnitude.copy_(weight_sq(bases.dense_weight(base)).sqrt())
+        new.magnitude.copy_(dora_layouts.base_norm(new.kind, bases.dense_weight(base)))
     return new
 
 
