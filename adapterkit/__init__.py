@@ -39,6 +39,10 @@ from .methods.loha import LoHaConfig
 from .methods.lokr import LoKrConfig
 from .methods.prompt import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig
 from .methods.lora.combine import combine
+from .methods.lora.hotswap import hotswap_adapter, prepare_hotswap
+from .methods.lora.resize import resize_rank
+from .methods.lora.scaling import rescaled, scale_active, set_scale, unscale_active
+from .freeze import freeze_adapter, unfreeze_adapter
 from .rows import mixed_batch
 from .summary import summary
 
@@ -77,4 +81,5 @@ __all__ = [
     "active_names", "adapter_config", "adapter_names", "attach", "base_state_dict", "combine",
     "delete_adapter", "detach", "disabled", "merge", "merge_adapter", "merged_adapters", "set_active",
     "summary", "unmerge_adapter",
+    "freeze_adapter", "hotswap_adapter", "prepare_hotswap", "unfreeze_adapter", "rescaled", "resize_rank", "scale_active", "set_scale", "unscale_active",
 ] + list(_LAZY)

@@ -2,7 +2,9 @@
 
 Linear / Conv1D:  y = W x + scale * B (A drop(x))            (DoRA: see functional.py)
 Embedding:        y = E[ids] + scale * A^T[ids] B^T           A (r, num), B (dim, r), as PEFT
-Conv2d:           y = conv(x, W) + scale * conv1x1(conv(drop(x), A), B)
+Conv1d/2d/3d:     y = conv(x, W) + scale * conv1x1(conv(drop(x), A), B)        (conv.py; DoRA too)
+MultiheadAttention: in_proj and out_proj updated for the call                  (mha.py)
+DoRA's factor per kind of base: dora_layouts.py.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from torch.nn.modules import module as _module
 from ... import bases
 from ...fold import Fold
 from ...layer import AdapterLayer
-from . import mixed, stack
+from . import conv, dora_layouts, mha, mixed, stack
 from .config import LoRAConfig
 from .functional import (
     DoRAFunction,
@@ -78,18 +80,24 @@ class LoRA(nn.Module):
         n_in, n_out = bases.features(base)
         r = config.rank
         place = _param_place(base)
-        if self.kind == "conv2d":
-            k = base.kernel_size
-            self.a = nn.Parameter(torch.empty(r, n_in, *k, **place))
-            self.b = nn.Parameter(torch.empty(n_out, r, 1, 1, **place))
+        if self.kind in conv.KINDS:
+            shape_a, shape_b = conv.shapes(base, r)
+            self.a = nn.Parameter(torch.empty(*shape_a, **place))
+            self.b = nn.Parameter(torch.empty(*shape_b, **place))
+        elif self.kind == "mha":
+            mha.check(base, config)
+            self.a = nn.Parameter(torch.empty(r, n_in, **place))
+            self.b = nn.Parameter(torch.empty(3 * n_out, r, **place))
         else:
             self.a = nn.Parameter(torch.empty(r, n_in, **place))
             self.b = nn.Parameter(torch.empty(n_out, r, **place))
         _init_pair(self.a, self.b, config.init, r, a_is_zero=self.kind == "embedding")
+        if self.kind == "mha":
+            mha.add_out_proj(self, base, place)
+            _init_pair(self.a_out, self.b_out, config.init, r)
         self.magnitude = None
         if config.dora:
-            weight = bases.dense_weight(base)
-            self.magnitude = nn.Parameter(dora_norm(weight, self.a, self.b, self.scale).to(place["dtype"]))
+            self.magnitude = nn.Parameter(dora_layouts.initial_magnitude(self.kind, base, self).to(place["dtype"]))
 
     def extra_repr(self) -> str:
         return f"rank={self.config.rank}, scale={self.scale:g}" + (", dora" if self.magnitude is not None else "")
@@ -99,8 +107,8 @@ class LoRA(nn.Module):
         """The layer's output ``y`` with this adapter's contribution added."""
         if self.kind == "embedding":
             return self._embedding(x, y, base)
-        if self.kind == "conv2d":
-            return self._conv2d(x, y, base)
+        if self.kind in conv.KINDS:
+            return conv.forward(self, x, y, base)
         return self._linear(x, y, y_base, base)
 
     def fused(self, x: Tensor, base: nn.Module) -> Optional[Tensor]:
@@ -190,40 +198,30 @@ class LoRA(nn.Module):
         # ids (...), y (..., dim): PEFT applies no dropout to embeddings
         rows = F.embedding(ids, self.a.t(), base.padding_idx, base.max_norm, base.norm_type,
                            base.scale_grad_by_freq, base.sparse)  # (..., r)
+        if self.magnitude is not None:
+            return dora_layouts.embedding(self, rows @ self.b.t().to(rows.dtype), y, base)
         return y + (rows @ self.b.t().to(rows.dtype)).to(y.dtype) * self.scale
-
-    def _conv2d(self, x, y, base):
-        # x (B, in, H, W), y (B, out, H', W')
-        x = F.dropout(x, self.dropout, self.training)
-        h = F.conv2d(x.to(self.a.dtype), self.a, None, base.stride, base.padding, base.dilation)
-        return y + F.conv2d(h, self.b).to(y.dtype) * self.scale
 
     # -- merging --------------------------------------------------------------------------
     @torch.no_grad()
     def update(self, dtype: torch.dtype) -> Tensor:
         """scale * B A computed in ``dtype``, in the base weight's layout: (out, in), (num, dim)
-        for embeddings, (out, in, kh, kw) for Conv2d."""
+        for embeddings, (out, in, k..) for convolutions."""
+        if self.kind in conv.KINDS:
+            return conv.update(self, dtype)
         a, b = self.a.to(dtype), self.b.to(dtype)
-        if self.kind == "conv2d":
-            r = self.config.rank
-            return (b.view(-1, r) @ a.view(r, -1)).mul_(self.scale).view(b.shape[0], *a.shape[1:])
         update = (b @ a).mul_(self.scale)  # (out, in); for embeddings (dim, num)
         return update.t() if self.kind == "embedding" else update
 
     @torch.no_grad()
     def delta(self, base: nn.Module) -> Tensor:
-        """The update to the base weight, in its layout: (out, in), (num, dim) or (out, in, kh, kw)."""
-        if self.kind == "conv2d":
-            r = self.config.rank
-            return (self.b.view(-1, r) @ self.a.view(r, -1)).view(base.weight.shape) * self.scale
-        update = self.b @ self.a * self.scale  # (out, in); for embeddings (dim, num)
-        if self.kind == "embedding":
-            return update.t()
+        """The update to the base weight, in its layout: (out, in), (num, dim) or (out, in, k..)."""
+        update = self.update(self.a.dtype)
         if self.magnitude is None:
             return update
         weight = bases.dense_weight(base)
-        s = (self.magnitude / dora_norm(weight, self.a, self.b, self.scale)).unsqueeze(1)  # (out, 1)
-        return (s - 1) * weight + s * update.to(weight.dtype)
+        g = dora_layouts.factor(self, weight, weight.dtype)  # (out, 1), (out, 1, 1..) or (1, dim)
+        return (g - 1) * weight + g * update.to(weight.dtype)
 
 
 class LoRALayer(AdapterLayer):
@@ -234,6 +232,8 @@ class LoRALayer(AdapterLayer):
     def forward(self, x, *args, **kwargs):
         if self.merged_names:
             self.check_merged_forward()
+        if isinstance(self.base, nn.MultiheadAttention):
+            return mha.forward(self, x, *args, **kwargs)
         adapters = self.active_adapters()
         if self.rows is not None:  # a mixed-adapter batch: an adapter per row (mixed.py)
             return mixed.forward(self, x, *args, **kwargs)
@@ -254,6 +254,8 @@ class LoRALayer(AdapterLayer):
         adapters = self.active_adapters()
         if not adapters:
             return base
+        if isinstance(base, nn.MultiheadAttention):
+            return mha.merged(base, adapters)
         total = stack.delta(base, adapters)
         return bases.folded(base, total)
 
@@ -272,8 +274,7 @@ class LoRALayer(AdapterLayer):
             if lora.magnitude is None:
                 terms.append((name, None))
                 continue
-            norm = dora_norm(weight(), lora.a, lora.b, lora.scale)  # (out,)
-            g = (lora.magnitude.to(dtype) / norm.to(dtype)).unsqueeze(1)  # (out, 1)
+            g = dora_layouts.factor(lora, weight(), dtype)  # (out, 1), (out, 1, 1..) or (1, dim)
             terms.append((name, g))
             row = g if row is None else row * g
         return Fold(row=row, terms=tuple(terms))
