@@ -22,6 +22,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 
 from . import checkpoint, optim, sharding, stages
+from .adaptive import hooks_for
 from . import resume as resume_mod
 from ..errors import ConfigError
 from .batches import BatchPlan
@@ -85,14 +86,18 @@ def _improved(value: float, best: Optional[float], metric: str, min_delta: float
     return value > best + min_delta if HIGHER_IS_BETTER[metric] else value < best - min_delta
 
 
-def _step(accelerator, model, optimizer, scheduler, batches: list[dict], task: str, max_norm) -> tuple[float, int]:
-    """One optimizer step over this process's micro-batches; (mean loss, tokens) of the global batch."""
+def _step(accelerator, model, optimizer, scheduler, batches: list[dict], task: str, max_norm,
+          hooks=None, step: int = 0) -> tuple[float, int]:
+    """One optimizer step over this process's micro-batches; (mean loss, tokens) of the global batch.
+    ``hooks`` (adaptive.py): a penalty added to each loss, a call after the step (AdaLoRA)."""
     total, tokens = 0.0, 0
     for k, batch in enumerate(batches):
         last = k == len(batches) - 1
         sync = contextlib.nullcontext() if last else sharding.no_sync(accelerator, model)
         with sync:
             loss, n = batch_loss(model, batch, task)
+            penalty = hooks.penalty() if hooks is not None else None
+            loss = loss if penalty is None else loss + penalty
             accelerator.backward(loss / len(batches))
         total += float(loss.detach()) / len(batches)
         tokens += n
@@ -100,6 +105,8 @@ def _step(accelerator, model, optimizer, scheduler, batches: list[dict], task: s
         accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_norm)
     optimizer.step()
     scheduler.step()
+    if hooks is not None:
+        hooks.after_step(step)
     optimizer.zero_grad(set_to_none=True)
     if accelerator.num_processes > 1:  # the loss of the global batch, and all processes' tokens
         both = accelerator.reduce(torch.tensor([total, tokens], dtype=torch.float64, device=accelerator.device))
@@ -182,6 +189,7 @@ class _Run:
             self.total = o.max_steps or self.plan.steps_per_epoch * o.epochs
             self.model, self.optimizer = self._prepare_model(model)
         self.model.train()
+        self.hooks = hooks_for(accelerator.unwrap_model(self.model), self.total)
         if accelerator.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
         accelerator.init_trackers("adapterkit", config={"steps": self.total, "lr": o.lr})
@@ -309,7 +317,7 @@ def _run(config: TrainConfig, accelerator, resume, callbacks) -> TrainResult:
         if config.stages and stages.stage_at(run.step, run.stage_ends) != run.stage:
             run.enter_stage(stages.stage_at(run.step, run.stage_ends))
         loss, tokens = _step(accelerator, run.model, run.optimizer, run.scheduler, run.batches(), run.task,
-                             config.optim.max_grad_norm)
+                             config.optim.max_grad_norm, run.hooks, run.step + 1)
         run.step += 1
         tokens_run += tokens
         logs = {"loss": loss, "lr": run.scheduler.get_last_lr()[0], "tokens": tokens_run,
