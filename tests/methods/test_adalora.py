@@ -25,7 +25,7 @@ def _peft_config(cfg: ak.AdaLoRAConfig):
                          deltaT=cfg.deltaT, beta1=cfg.beta1, beta2=cfg.beta2, orth_reg_weight=cfg.orth_reg_weight,
                          total_step=cfg.total_step, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                          target_modules=cfg.targets if isinstance(cfg.targets, str) else list(cfg.targets),
-                         init_lora_weights=False)
+                         init_lora_weights=False, task_type="CAUSAL_LM")
 
 
 def _ours(model):
