@@ -248,6 +248,9 @@ class _Run:
 
     def resume(self, saved) -> None:
         """Continue from checkpoint ``saved`` (read and checked against the config already)."""
+        if self.hooks is not None:
+            raise ConfigError("--resume: this run trains an AdaLoRA adapter, and checkpoints do not hold its rank "
+                              "allocator (sensitivity averages, masks); train again without --resume.")
         same = True
         if self.config.stages:  # a checkpoint at a stage's end: the next stage starts afresh
             k = stages.stage_at(saved.step, self.stage_ends)

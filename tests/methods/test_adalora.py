@@ -164,6 +164,25 @@ def test_files_both_ways_with_a_rank_pattern(trained, tmp_path):
     assert again.keys() == theirs_file.keys() and all(torch.equal(again[k], theirs_file[k]) for k in again)
 
 
+def test_files_both_ways_before_allocation(tmp_path):
+    """No rank pattern yet: every layer holds init_r triplets, in both directions."""
+    from peft import PeftModel
+
+    ours, theirs = _twins(_config(targets=["q_proj", "down_proj"]))
+    ids = tokens()
+    ak.save_adapter(ours, tmp_path / "ours")
+    theirs.save_pretrained(tmp_path / "theirs")
+    assert json.loads((tmp_path / "ours" / "adapter_config.json").read_text())["rank_pattern"] is None
+    with torch.no_grad():
+        want = ours.eval()(input_ids=ids).logits
+        by_peft = PeftModel.from_pretrained(tiny_llama(), str(tmp_path / "ours")).eval()
+        torch.testing.assert_close(by_peft(input_ids=ids).logits, want, atol=1e-5, rtol=1e-5)
+        by_us = ak.load_adapter(tiny_llama(), tmp_path / "theirs").eval()
+        torch.testing.assert_close(by_us(input_ids=ids).logits, want, atol=1e-5, rtol=1e-5)
+    got, want_cfg = ak.adapter_config(by_us, "default").to_dict(), ak.adapter_config(ours, "default").to_dict()
+    assert set(got.pop("targets")) == set(want_cfg.pop("targets")) and got == want_cfg  # PEFT keeps a set
+
+
 def data_pattern(data):
     return {k.removesuffix(".lora_E"): v for k, v in data["rank_pattern"].items()}
 
@@ -205,6 +224,12 @@ def test_train_command_runs_the_allocator_to_the_final_budget(tmp_path):
     info = describe(tmp_path / "out", "default")
     assert info["method"] == "adalora" and info["peft_type"] == "ADALORA"
     assert info["parameters"] == sum(v.numel() for v in tensors.values())
+    assert main(["inspect", str(tmp_path / "out")]) == 0
+
+    with pytest.raises(ak.ConfigError, match="--resume"):  # checkpoints do not hold the allocator
+        cfg["output"]["save_every"] = 3
+        ak.train(cfg)
+        ak.train(cfg, resume=True)
 
     cfg["optim"]["max_steps"] = 4  # the final budget would come after the run's end
     (tmp_path / "short.yaml").write_text(yaml.safe_dump(cfg))
