@@ -55,5 +55,14 @@ class AdaptiveHooks:
 
 
 def hooks_for(model: nn.Module, total: int) -> Optional[AdaptiveHooks]:
+    """The hooks for ``model`` (None when it trains no AdaLoRA adapter). Sharded runs (FSDP,
+    DeepSpeed) are refused: the penalty and the scores need whole A, E, B on every process."""
+    from . import sharding
+
     hooks = AdaptiveHooks(model, total)
-    return hooks if hooks.allocators else None
+    if not hooks.allocators:
+        return None
+    if sharding.requested() or sharding.deepspeed_requested():
+        raise ConfigError("AdaLoRA trains on one process or under DDP; FSDP and DeepSpeed shard its tensors, "
+                          "which its rank allocator needs whole. Launch without FSDP / DeepSpeed.")
+    return hooks

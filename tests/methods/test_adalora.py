@@ -271,3 +271,18 @@ def test_unsupported_modules_and_file_options_are_refused():
         config_from_file({"peft_type": "ADALORA", "total_step": 5, "use_dora": True})
     with pytest.raises(ak.ConfigError, match="ADALORA"):
         config_from_file({"peft_type": "ADALORA", "total_step": 5, "tinit": 5})
+
+
+def test_allocator_misuse_and_sharded_runs_are_refused(monkeypatch):
+    from adapterkit.training.adaptive import hooks_for
+
+    model = ak.attach(tiny_llama(), _config(targets=["q_proj"]))
+    with pytest.raises(ak.InputError, match="no gradient"):
+        ak.RankAllocator(model).step(model, 0)
+    other = ak.attach(tiny_llama(), ak.LoRAConfig(rank=2))
+    with pytest.raises(ak.ConfigError, match="AdaLoRA"):
+        ak.RankAllocator(other)
+    assert hooks_for(other, 10) is None
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(ak.ConfigError, match="FSDP"):
+        hooks_for(model, 10)

@@ -35,7 +35,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from ...errors import ConfigError
+from ...errors import ConfigError, InputError
 from .config import AdaLoRAConfig
 from .layers import AdaLoRALayer
 
@@ -104,7 +104,7 @@ class RankAllocator:
             for part in ("a", "e", "b"):
                 p = getattr(adapter, part)
                 if p.grad is None:
-                    raise ConfigError(f"{module}: the AdaLoRA tensor {part!r} has no gradient; call "
+                    raise InputError(f"{module}: the AdaLoRA tensor {part!r} has no gradient; call "
                                       "allocator.step after backward and before zero_grad.")
                 ipt = (p * p.grad).abs()
                 key = (module, part)
