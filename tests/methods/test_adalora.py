@@ -202,7 +202,7 @@ def test_merge_equals_unmerged_after_masking(trained):
         torch.testing.assert_close(merged(input_ids=ids).logits, want, atol=1e-5, rtol=1e-5)
 
 
-def test_train_command_runs_the_allocator_to_the_final_budget(tmp_path):
+def test_train_command_runs_the_allocator_to_the_final_budget(tmp_path, capsys):
     from adapterkit.cli import main
     from adapterkit.commands.inspect import describe
     from tests.training.helpers import memorise_records, tiny_folder, write_jsonl
@@ -224,7 +224,18 @@ def test_train_command_runs_the_allocator_to_the_final_budget(tmp_path):
     info = describe(tmp_path / "out", "default")
     assert info["method"] == "adalora" and info["peft_type"] == "ADALORA"
     assert info["parameters"] == sum(v.numel() for v in tensors.values())
+    capsys.readouterr()
     assert main(["inspect", str(tmp_path / "out")]) == 0
+    shown = capsys.readouterr().out
+    assert "8 of 16 kept over 4 modules" in shown and "adapterkit merge" in shown
+    assert main(["merge", str(tmp_path / "out"), "--base", model_dir, "--out", str(tmp_path / "merged")]) == 0
+    from transformers import AutoModelForCausalLM
+
+    ids = torch.randint(3, 99, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        adapted = ak.load_adapter(AutoModelForCausalLM.from_pretrained(model_dir), tmp_path / "out").eval()
+        merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+        torch.testing.assert_close(merged(input_ids=ids).logits, adapted(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
 
     with pytest.raises(ak.ConfigError, match="--resume"):  # checkpoints do not hold the allocator
         cfg["output"]["save_every"] = 3
