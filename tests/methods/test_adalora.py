@@ -297,3 +297,13 @@ def test_allocator_misuse_and_sharded_runs_are_refused(monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     with pytest.raises(ak.ConfigError, match="FSDP"):
         hooks_for(model, 10)
+
+
+def test_rank_pattern_round_trips_and_a_quantized_base_merges():
+    cfg = ak.AdaLoRAConfig(**SCHEDULE, rank_pattern={"b.q": [True, False, False, True], "a.v": [False] * 4})
+    again = ak.AdaLoRAConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg and hash(again) == hash(cfg) and (cfg.rank("b.q"), cfg.rank("a.v"), cfg.rank("c")) == (2, 0, 4)
+    model = ak.attach(ak.quantize(tiny_llama(hidden_size=64, intermediate_size=128), bits=4), _config())
+    with torch.no_grad():
+        want = model(input_ids=tokens()).logits
+        torch.testing.assert_close(ak.merge(model)(input_ids=tokens()).logits, want, atol=1e-5, rtol=1e-5)
