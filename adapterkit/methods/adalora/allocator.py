@@ -80,8 +80,9 @@ class RankAllocator:
         return budget, step % c.deltaT == 0
 
     def step(self, model: nn.Module, global_step: int) -> Optional[dict[str, list[bool]]]:
-        """One allocation step after the optimizer step ``global_step`` (0-based); the masks made
-        at this step ({module: kept triplets}), or None."""
+        """One allocation step after optimizer step ``global_step`` (counted as the caller likes, as
+        for PEFT's ``update_and_allocate``; ``adapterkit train`` passes 1, 2, ...); the masks made at
+        this step ({module: kept triplets}), or None."""
         c = self.config
         end = c.total_step - c.tfinal
         if global_step < end:
@@ -141,8 +142,8 @@ class RankAllocator:
             kept = pattern.get(module)
             if kept is not None and len(kept) == adapter.e.shape[0]:
                 adapter.e.masked_fill_(~torch.tensor(kept, device=adapter.e.device).view(-1, 1), 0.0)
-        full = [(m, p) for m, p in pattern.items() if len(p) == self.config.init_r]
-        if full and dict(full) != dict(self.config.rank_pattern or ()):
+        full = {m: tuple(p) for m, p in pattern.items() if len(p) == self.config.init_r}
+        if full and full != dict(self.config.rank_pattern or ()):
             self.config = dataclasses.replace(self.config, rank_pattern=full)
             for _, adapter in adapters:
                 adapter.config = self.config
