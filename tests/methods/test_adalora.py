@@ -307,3 +307,13 @@ def test_rank_pattern_round_trips_and_a_quantized_base_merges():
     with torch.no_grad():
         want = model(input_ids=tokens()).logits
         torch.testing.assert_close(ak.merge(model)(input_ids=tokens()).logits, want, atol=1e-5, rtol=1e-5)
+
+
+def test_the_example_config_reads():
+    from pathlib import Path
+
+    from adapterkit.training.config import TrainConfig
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "configs" / "smollm2_adalora.yaml"
+    config = TrainConfig.from_yaml(path)
+    assert isinstance(config.adapter, ak.AdaLoRAConfig) and config.adapter.total_step == config.optim.max_steps
