@@ -1,7 +1,8 @@
 """What the loop does for adapters that change while they train: AdaLoRA's penalty and allocator.
 
 For each trainable AdaLoRA adapter: the loss of every micro-batch gets ``orthogonality(model,
-name)`` added (PEFT adds it to ``outputs.loss``), and after the k-th optimizer step (k = 1, 2, ...;
+name)`` added for the backward pass (PEFT adds it to ``outputs.loss``; the loss the loop logs is
+the task's alone, comparable with other methods' runs), and after the k-th optimizer step (k = 1, 2, ...;
 before the gradients are cleared) ``RankAllocator.step(model, k)`` updates the sensitivities and
 masks; with ``total_step`` = the run's steps and ``tfinal = 0`` the final budget is set at the last
 step. Its schedule is the adapter config's (``adapter:`` in the YAML: init_r, target_r, tinit,

@@ -96,9 +96,8 @@ def _step(accelerator, model, optimizer, scheduler, batches: list[dict], task: s
         sync = contextlib.nullcontext() if last else sharding.no_sync(accelerator, model)
         with sync:
             loss, n = batch_loss(model, batch, task)
-            penalty = hooks.penalty() if hooks is not None else None
-            loss = loss if penalty is None else loss + penalty
-            accelerator.backward(loss / len(batches))
+            penalty = hooks.penalty() if hooks is not None else None  # trained on, not logged
+            accelerator.backward((loss if penalty is None else loss + penalty) / len(batches))
         total += float(loss.detach()) / len(batches)
         tokens += n
     if max_norm:

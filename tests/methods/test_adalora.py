@@ -202,7 +202,7 @@ def test_merge_equals_unmerged_after_masking(trained):
         torch.testing.assert_close(merged(input_ids=ids).logits, want, atol=1e-5, rtol=1e-5)
 
 
-def test_train_command_runs_the_allocator_to_the_final_budget(tmp_path, capsys):
+def test_train_command_runs_the_allocator_to_the_final_budget(tmp_path, capsys, monkeypatch):
     from adapterkit.cli import main
     from adapterkit.commands.inspect import describe
     from tests.training.helpers import memorise_records, tiny_folder, write_jsonl
@@ -215,7 +215,12 @@ def test_train_command_runs_the_allocator_to_the_final_budget(tmp_path, capsys):
            "data": {"train": data}, "optim": {"lr": 1e-2, "batch_size": 4, "max_steps": 6, "seed": 0},
            "eval": {"every": 0}, "output": {"dir": str(tmp_path / "out"), "progress": False, "plot": False}}
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    import adapterkit.methods.adalora as package
+
+    penalties, real = [], package.orthogonality
+    monkeypatch.setattr(package, "orthogonality", lambda m, n="default": penalties.append(n) or real(m, n))
     assert main(["train", str(tmp_path / "run.yaml")]) == 0
+    assert penalties == ["default"] * 6  # one penalty per (micro-)batch
     data = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
     pattern = data_pattern(data)
     assert len(pattern) == 4 and sum(map(sum, pattern.values())) == 2 * 4  # target_r per layer on average
