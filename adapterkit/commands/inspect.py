@@ -61,8 +61,9 @@ def _masks(value: Any) -> str:
             isinstance(v, list) and all(isinstance(b, bool) for b in v) for v in value.values()):
         return ""
     kept = [sum(v) for v in value.values()]
-    return (f"{sum(kept)} of {sum(len(v) for v in value.values())} kept over {len(kept)} modules "
-            f"(per module: {' '.join(map(str, kept))})")
+    each = " ".join(map(str, kept)) if len(kept) <= 24 else \
+        f"{min(kept)} to {max(kept)}, none in {kept.count(0)}; --json for each"
+    return f"{sum(kept)} of {sum(len(v) for v in value.values())} kept over {len(kept)} modules (per module: {each})"
 
 
 def _text(info: dict[str, Any]) -> str:
