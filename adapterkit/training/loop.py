@@ -22,9 +22,9 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 
 from . import checkpoint, optim, sharding, stages
-from .adaptive import hooks_for
 from . import resume as resume_mod
 from ..errors import ConfigError
+from .adaptive import hooks_for
 from .batches import BatchPlan
 from .config import TrainConfig
 from .data import collate, tokenize
