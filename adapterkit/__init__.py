@@ -32,6 +32,7 @@ from .inject import (
 from .inplace import merge_adapter, unmerge_adapter
 from .heads import replace_head, unfreeze
 from .layer import AdapterLayer
+from .methods.adalora import AdaLoRAConfig, RankAllocator, orthogonality
 from .methods.bottleneck import BottleneckConfig
 from .methods.ia3 import IA3Config
 from .methods.lora import LoRAConfig
@@ -72,6 +73,7 @@ def __getattr__(name):
     raise AttributeError(f"module 'adapterkit' has no attribute {name!r}")
 
 __all__ = [
+    "AdaLoRAConfig", "RankAllocator", "orthogonality",
     "BottleneckConfig", "IA3Config", "PrefixTuningConfig", "PromptEncoderConfig", "PromptTuningConfig",
     "replace_head", "unfreeze",
     "LoHaConfig", "LoKrConfig",

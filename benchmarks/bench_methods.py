@@ -1,6 +1,9 @@
 """Every adapter method on the Llama-shaped benchmark model: trainable parameters, adapter file
 size and training-step time, adapterkit beside PEFT where PEFT has the method.
 
+AdaLoRA's step also adds the orthogonality penalty and runs the rank allocator (PEFT:
+``update_and_allocate``), masking at every step (tinit 0, deltaT 1).
+
 Model: Llama-shaped from a config (hidden 512, intermediate 1376, 8 layers, 8 heads, vocab 8000;
 33.5M parameters, the same as bench_lora.py), batch 4 x 128 tokens, fp32 on CPU.
 
@@ -56,6 +59,9 @@ def methods():
         "prefix_mlp": (ak.PrefixTuningConfig(num_virtual_tokens=N_VIRTUAL, projection=True, encoder_hidden_size=128),
                        peft.PrefixTuningConfig(task_type=task, num_virtual_tokens=N_VIRTUAL, prefix_projection=True,
                                                encoder_hidden_size=128)),
+        "adalora": (ak.AdaLoRAConfig(init_r=12, target_r=8, total_step=1000, alpha=32, targets="all-linear"),
+                    peft.AdaLoraConfig(task_type=task, init_r=12, target_r=8, total_step=1000, lora_alpha=32,
+                                       target_modules="all-linear")),
         "houlsby": (ak.BottleneckConfig(preset="houlsby", reduction_factor=16), None),
         "pfeiffer": (ak.BottleneckConfig(preset="pfeiffer", reduction_factor=16), None),
         "parallel": (ak.BottleneckConfig(preset="parallel", reduction_factor=16, scale=4.0), None),
@@ -81,15 +87,36 @@ def _file_bytes(save) -> int:
 
 def _stepper(model, ids):
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    adaptive = _adaptive(model)
 
     def step() -> float:
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        model(input_ids=ids, labels=ids).loss.backward()
+        loss = model(input_ids=ids, labels=ids).loss
+        (loss if adaptive is None else adaptive[0](loss)).backward()
         optimizer.step()
+        if adaptive is not None:
+            adaptive[1]()
         return time.perf_counter() - start
 
     return step
+
+
+def _adaptive(model):
+    """AdaLoRA's extra work in a step, both libraries: (loss -> loss with the orthogonality penalty,
+    the rank allocation after the optimizer step); None for other methods."""
+    count = [0]
+
+    def after(allocate):
+        count[0] += 1
+        allocate(count[0])
+
+    if hasattr(model, "base_model") and hasattr(model.base_model, "update_and_allocate"):
+        return (lambda loss: loss), lambda: after(model.base_model.update_and_allocate)  # PEFT adds the penalty
+    if ak.adapter_names(model) and ak.adapter_config(model, "default").method == "adalora":
+        allocator = ak.RankAllocator(model)
+        return (lambda loss: loss + ak.orthogonality(model)), lambda: after(lambda k: allocator.step(model, k))
+    return None
 
 
 def measure(name, ours_cfg, peft_cfg, base, ids, steps: int) -> dict:

@@ -55,11 +55,22 @@ def _size(n: int) -> str:
     return ""  # pragma: no cover
 
 
+def _masks(value: Any) -> str:
+    """A {module: [bool, ...]} mask per module (AdaLoRA's rank_pattern) in short: kept counts; else ''."""
+    if not isinstance(value, dict) or not value or not all(
+            isinstance(v, list) and all(isinstance(b, bool) for b in v) for v in value.values()):
+        return ""
+    kept = [sum(v) for v in value.values()]
+    each = " ".join(map(str, kept)) if len(kept) <= 24 else \
+        f"{min(kept)} to {max(kept)}, none in {kept.count(0)}; --json for each"
+    return f"{sum(kept)} of {sum(len(v) for v in value.values())} kept over {len(kept)} modules (per module: {each})"
+
+
 def _text(info: dict[str, Any]) -> str:
     rows = [("method", f"{info['method']} (peft_type {info['peft_type']})"),
             ("base model", info["base_model"] or "-"), ("task type", info["task_type"] or "-")]
     for key, value in info["config"].items():
-        shown = ", ".join(map(str, value)) if isinstance(value, list) else value
+        shown = ", ".join(map(str, value)) if isinstance(value, list) else _masks(value) or value
         rows.append((key, "-" if shown in (None, "") else shown))
     rows += [("tensors", info["tensors"]), ("parameters", f"{info['parameters']:,}"),
              ("dtype", ", ".join(info["dtypes"]) or "-"),

@@ -108,8 +108,11 @@ def vllm_summary(config: Mapping[str, Any], shapes: Mapping[str, tuple]) -> str:
 
 
 def _mergeable(peft_type) -> bool:
-    """Whether adapterkit merges adapters of this ``peft_type`` into the base weights (IA3, LoHa, ...)."""
-    from ..registry import METHODS
+    """Whether adapterkit folds adapters of this ``peft_type`` into the base weights (its layer can fold)."""
+    from ..errors import ConfigError
+    from ..registry import method_for_peft_type
 
-    return any(m.files is not None and m.files.peft_type == peft_type and hasattr(m.layer, "merged")
-               for m in METHODS.values())
+    try:
+        return hasattr(method_for_peft_type(peft_type).layer, "fold")
+    except ConfigError:
+        return False

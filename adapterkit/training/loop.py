@@ -25,6 +25,7 @@ import torch
 from . import checkpoint, optim, sharding, stages
 from . import resume as resume_mod
 from ..errors import ConfigError
+from .adaptive import hooks_for
 from .batches import BatchPlan
 from .config import TrainConfig
 from .data import collate, tokenize
@@ -86,13 +87,16 @@ def _improved(value: float, best: Optional[float], metric: str, min_delta: float
     return value > best + min_delta if HIGHER_IS_BETTER[metric] else value < best - min_delta
 
 
-def _step(accelerator, model, optimizer, scheduler, batches: list[dict], task: str, max_norm) -> tuple[float, int]:
+def _step(accelerator, model, optimizer, scheduler, batches: list[dict], task: str, max_norm,
+          hooks=None, step: int = 0) -> tuple[float, int]:
     """One optimizer step over this process's micro-batches; (mean loss, tokens) of the global batch.
 
     The loss is the mean over every target token of the global batch (every example for
     classification), whatever the micro-batches' lengths: each micro-batch's summed loss is divided
     by the step's count of targets on all processes, times the number of processes because DDP and
     FSDP average gradients across them. So accumulation gives the full batch's loss and gradient.
+    ``hooks`` (adaptive.py): a penalty added to each micro-batch's objective (trained on, not
+    logged) and a call after the optimizer step (AdaLoRA's orthogonality term and rank allocator).
     """
     device = accelerator.device
     counts = torch.tensor([sum(targets_in(b, task) for b in batches),
@@ -107,12 +111,16 @@ def _step(accelerator, model, optimizer, scheduler, batches: list[dict], task: s
         sync = contextlib.nullcontext() if last else sharding.no_sync(accelerator, model)
         with sync:
             loss = batch_loss_sum(model, batch, task)
-            accelerator.backward(loss / norm)
+            penalty = hooks.penalty() if hooks is not None else None  # trained on, not logged
+            objective = loss / norm if penalty is None else loss / norm + penalty / len(batches)
+            accelerator.backward(objective)
         total += loss.detach().double()
     if max_norm:
         accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_norm)
     optimizer.step()
     scheduler.step()
+    if hooks is not None:
+        hooks.after_step(step)
     optimizer.zero_grad(set_to_none=True)
     if accelerator.num_processes > 1:  # the summed loss of the global batch
         total = accelerator.reduce(total, reduction="sum")
@@ -194,6 +202,7 @@ class _Run:
             self.total = o.max_steps or self.plan.steps_per_epoch * o.epochs
             self.model, self.optimizer = self._prepare_model(model)
         self.model.train()
+        self.hooks = hooks_for(accelerator.unwrap_model(self.model), self.total)
         if accelerator.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
         accelerator.init_trackers("adapterkit", config={"steps": self.total, "lr": o.lr})
@@ -252,6 +261,9 @@ class _Run:
 
     def resume(self, saved) -> None:
         """Continue from checkpoint ``saved`` (read and checked against the config already)."""
+        if self.hooks is not None:
+            raise ConfigError("--resume: this run trains an AdaLoRA adapter, and checkpoints do not hold its rank "
+                              "allocator (sensitivity averages, masks); train again without --resume.")
         same = True
         if self.config.stages:  # a checkpoint at a stage's end: the next stage starts afresh
             k = stages.stage_at(saved.step, self.stage_ends)
@@ -321,7 +333,7 @@ def _run(config: TrainConfig, accelerator, resume, callbacks) -> TrainResult:
         if config.stages and stages.stage_at(run.step, run.stage_ends) != run.stage:
             run.enter_stage(stages.stage_at(run.step, run.stage_ends))
         loss, tokens = _step(accelerator, run.model, run.optimizer, run.scheduler, run.batches(), run.task,
-                             config.optim.max_grad_norm)
+                             config.optim.max_grad_norm, run.hooks, run.step + 1)
         run.step += 1
         tokens_run += tokens
         logs = {"loss": loss, "lr": run.scheduler.get_last_lr()[0], "tokens": tokens_run,

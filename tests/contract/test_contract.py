@@ -39,6 +39,8 @@ CASES = [
     Case("lora-llama", lambda: ak.LoRAConfig(rank=4), tiny_llama, True, True),
     Case("rslora-gpt2", lambda: ak.LoRAConfig(rank=4, rslora=True), tiny_gpt2, True, True),
     Case("dora-llama", lambda: ak.LoRAConfig(rank=4, dora=True, targets=["q_proj", "v_proj"]), tiny_llama, True, True),
+    Case("adalora-llama", lambda: ak.AdaLoRAConfig(init_r=4, target_r=2, total_step=10), tiny_llama, True, True),
+    Case("adalora-gpt2", lambda: ak.AdaLoRAConfig(init_r=3, target_r=2, total_step=10), tiny_gpt2, True, True),
     Case("ia3-llama", ak.IA3Config, tiny_llama, True, True),
     Case("loha-llama", lambda: ak.LoHaConfig(rank=4), tiny_llama, True, True),
     Case("loha-conv-vit", lambda: ak.LoHaConfig(rank=2, targets=["q_proj", "projection"], use_effective_conv2d=True),
