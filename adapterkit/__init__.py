@@ -32,6 +32,8 @@ from .inplace import merge_adapter, unmerge_adapter
 from .heads import replace_head, unfreeze
 from .layer import AdapterLayer
 from .methods.bottleneck import BottleneckConfig
+from .methods.compacter import CompacterConfig
+from .methods.loreft import LoReFTConfig
 from .methods.ia3 import IA3Config
 from .methods.lora import LoRAConfig
 from .methods.prompt import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig
@@ -67,6 +69,7 @@ def __getattr__(name):
 __all__ = [
     "BottleneckConfig", "IA3Config", "PrefixTuningConfig", "PromptEncoderConfig", "PromptTuningConfig",
     "replace_head", "unfreeze",
+    "CompacterConfig", "LoReFTConfig",
     "mixed_batch",
     "AdapterConfig", "AdapterFileError", "AdapterKitError", "AdapterLayer", "AdapterNameError",
     "ConfigError", "InputError", "LoRAConfig", "MergeError", "TargetError", "UnsupportedModuleError",
