@@ -38,7 +38,8 @@ class CompacterConfig(AdapterConfig):
         scale: factor on a parallel adapter's output; serial adapters use 1.
         phm_dim: n, the number of Kronecker terms; hidden and d must be multiples of it.
         phm_rank: rank of each B_i when ``factorized_phm_W``.
-        shared_phm_rule: one set of rules A_i (down and up) for all layers of the adapter.
+        shared_phm_rule: one set of rules A_i for every PHM layer of the adapter (down and up, all
+            layers), as in the paper; else each PHM layer has its own.
         factorized_phm_rule: A_i = u_i v_i^T with u_i, v_i (n, 1).
         factorized_phm_W: B_i = s_i t_i^T of rank ``phm_rank`` (else B_i is a full matrix).
         phm_init_range: standard deviation of the rules' normal initialisation.

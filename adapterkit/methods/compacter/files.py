@@ -7,9 +7,10 @@ adapter_config.json: ``peft_type`` plus CompacterConfig's fields under their own
 adapter_model.safetensors, per adapted module ``M`` (P = ``base_model.model.``, n = phm_dim):
 ``P M.compacter_down.W_left`` (n, hidden/n, rank), ``....W_right`` (n, rank, d/n) (or ``....W``
 (n, hidden/n, d/n) when not ``factorized_phm_W``), ``....b`` (d,); the same under
-``compacter_up`` with hidden and d swapped. The rules A: ``P compacter_rules.down`` and ``.up``
-(n, n, n) once for the whole adapter when ``shared_phm_rule`` (else ``P M.compacter_rules.down``
-per module); factorised rules are ``down_left`` (n, n, 1) and ``down_right`` (n, 1, n), and so on.
+``compacter_up`` with hidden and d swapped. The rules A: ``P phm_rule`` (n, n, n) once for the
+whole adapter when ``shared_phm_rule``, else ``P M.compacter_down.phm_rule`` and
+``P M.compacter_up.phm_rule``; factorised rules are ``phm_rule_left`` (n, n, 1) and
+``phm_rule_right`` (n, 1, n) (AdapterHub's names).
 A parallel adapter's input projection holds no tensors.
 """
 from __future__ import annotations
@@ -44,11 +45,12 @@ def config_from_file(data: Mapping[str, Any]) -> CompacterConfig:
 def state_to_file(module_name: str, adapter: nn.Module) -> dict[str, Tensor]:
     if not hasattr(adapter, "down"):  # a parallel adapter's input tap
         return {}
-    prefix = f"{PEFT_PREFIX}{module_name}"
-    out = {f"{prefix}.compacter_{side}.{key}": t
-           for side in ("down", "up") for key, t in getattr(adapter, side).named_parameters()}
-    rules = f"{PEFT_PREFIX}compacter_rules" if adapter.config.shared_phm_rule else f"{prefix}.compacter_rules"
-    out.update({f"{rules}.{key}": t for key, t in adapter.rules.named_parameters()})
+    prefix, out = f"{PEFT_PREFIX}{module_name}", {}
+    for side in ("down", "up"):
+        phm = getattr(adapter, side)
+        out.update({f"{prefix}.compacter_{side}.{key}": t for key, t in phm.named_parameters(recurse=False)})
+        rules = PEFT_PREFIX[:-1] if adapter.config.shared_phm_rule else f"{prefix}.compacter_{side}"
+        out.update({f"{rules}.{key}": t for key, t in phm.rules.named_parameters()})
     return out
 
 
@@ -57,7 +59,7 @@ def sizes_from_file(config: CompacterConfig, shapes: Mapping[str, tuple]) -> lis
     down projection's bottleneck is the config's size for its hidden size."""
     n, problems = config.phm_dim, []
     for key, shape in shapes.items():
-        if ".compacter_rules." in key or key.startswith(f"{PEFT_PREFIX}compacter_rules."):
+        if key.rsplit(".", 1)[-1].startswith("phm_rule"):
             if len(shape) != 3 or shape[0] != n:
                 problems.append(f"{key!r} has shape {tuple(shape)}; the config's phm_dim is {n}")
             continue

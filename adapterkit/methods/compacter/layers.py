@@ -3,9 +3,9 @@
     PHM(x) = x H + b,   H = sum_i A_i kron B_i        (Mahabadi et al. 2021, eq. 4-5)
     A(v)   = PHM_up(f(PHM_down(v)))                     the bottleneck, placed like bottleneck adapters
 
-The rules A_i live in a ``PHMRules`` module: one per adapter, held by every layer's Compacter
-(the same module object, so its parameters are shared, trained and counted once), or one per
-Compacter when ``shared_phm_rule`` is False. The layer is the bottleneck layer (serial, parallel,
+The rules A_i live in a ``PHMRules`` module: one per adapter, held by every PHM layer of every
+Compacter (the same module object, so its parameters are shared, trained and counted once), as in
+the paper and AdapterHub; or one per PHM layer when ``shared_phm_rule`` is False. The layer is the bottleneck layer (serial, parallel,
 tap), under the method name ``compacter``.
 """
 from __future__ import annotations
@@ -27,30 +27,30 @@ def _normal(shape, std: float, place: dict) -> nn.Parameter:
 
 
 class PHMRules(nn.Module):
-    """The rule matrices A_i of a down and an up PHM layer: (n, n, n) each, or u_i v_i^T."""
+    """The rule matrices A_i: ``phm_rule`` (n, n, n), A[i] = A_i, or ``phm_rule_left`` (n, n, 1)
+    times ``phm_rule_right`` (n, 1, n) when factorised (AdapterHub's names)."""
 
     def __init__(self, config: CompacterConfig, place: dict):
         super().__init__()
         n, std = config.phm_dim, config.phm_init_range
-        self.factorized = config.factorized_phm_rule
-        for side in ("down", "up"):
-            if self.factorized:
-                setattr(self, f"{side}_left", _normal((n, n, 1), std, place))
-                setattr(self, f"{side}_right", _normal((n, 1, n), std, place))
-            else:
-                setattr(self, side, _normal((n, n, n), std, place))
+        if config.factorized_phm_rule:
+            self.phm_rule_left = _normal((n, n, 1), std, place)
+            self.phm_rule_right = _normal((n, 1, n), std, place)
+        else:
+            self.phm_rule = _normal((n, n, n), std, place)
 
-    def rule(self, side: str) -> Tensor:
-        """A for ``side`` ('down' or 'up'): (n, n, n), A[i] = A_i."""
-        if self.factorized:
-            return getattr(self, f"{side}_left") @ getattr(self, f"{side}_right")  # (n, n, 1) @ (n, 1, n)
-        return getattr(self, side)
+    def forward(self) -> Tensor:
+        """A: (n, n, n)."""
+        if hasattr(self, "phm_rule"):
+            return self.phm_rule
+        return self.phm_rule_left @ self.phm_rule_right  # (n, n, 1) @ (n, 1, n)
 
 
 class PHM(nn.Module):
-    """x H + b with H = sum_i A_i kron B_i (in, out); B_i = W_left[i] W_right[i] or W[i]."""
+    """x H + b with H = sum_i A_i kron B_i (in, out); B_i = W_left[i] W_right[i] or W[i].
+    ``rules``: the adapter's shared A, or None for rules of this layer's own."""
 
-    def __init__(self, n_in: int, n_out: int, config: CompacterConfig, place: dict):
+    def __init__(self, n_in: int, n_out: int, config: CompacterConfig, rules: Optional[PHMRules], place: dict):
         super().__init__()
         n, rank = config.phm_dim, config.phm_rank
         self.shape = (n_in, n_out)
@@ -65,15 +65,16 @@ class PHM(nn.Module):
             for i in range(n):
                 nn.init.xavier_uniform_(w.data[i])
         self.b = nn.Parameter(torch.zeros(n_out, **place)) if config.phm_bias else None
+        self.rules = rules if rules is not None else PHMRules(config, place)
 
     def blocks(self) -> Tensor:
         """B: (n, in/n, out/n)."""
         return self.W_left @ self.W_right if hasattr(self, "W_left") else self.W
 
-    def forward(self, x: Tensor, rule: Tensor) -> Tensor:
-        # x (..., in), rule (n, n, n) -> (..., out)
-        B = self.blocks()
-        H = torch.einsum("iac,ikp->akcp", rule, B).reshape(self.shape)  # sum_i A_i kron B_i: (in, out)
+    def forward(self, x: Tensor) -> Tensor:
+        # x (..., in) -> (..., out)
+        A, B = self.rules(), self.blocks()                                  # (n, n, n), (n, in/n, out/n)
+        H = torch.einsum("iac,ikp->akcp", A, B).reshape(self.shape)         # sum_i A_i kron B_i: (in, out)
         y = x @ H
         return y + self.b if self.b is not None else y
 
@@ -95,9 +96,8 @@ class Compacter(nn.Module):
                     f"pick a phm_dim that divides {hidden} and the bottleneck size (or set bottleneck_dim)."
                 )
         place = {"device": like.device, "dtype": like.dtype if like.dtype.is_floating_point else torch.float32}
-        self.rules = rules if rules is not None else PHMRules(config, place)
-        self.down = PHM(hidden, d, config, place)
-        self.up = PHM(d, hidden, config, place)
+        self.down = PHM(hidden, d, config, rules, place)
+        self.up = PHM(d, hidden, config, rules, place)
 
     def extra_repr(self) -> str:
         kind = f"parallel, scale={self.scale:g}" if self.parallel else "serial"
@@ -105,8 +105,8 @@ class Compacter(nn.Module):
 
     def branch(self, v: Tensor) -> Tensor:
         # (..., hidden) -> (..., hidden)
-        h = _ACT[self.config.activation](self.down(v.to(self.down.blocks().dtype), self.rules.rule("down")))
-        return self.up(h, self.rules.rule("up")) * self.scale
+        h = _ACT[self.config.activation](self.down(v.to(self.down.blocks().dtype)))
+        return self.up(h) * self.scale
 
 
 class CompacterLayer(AdapterLayer):
