@@ -33,7 +33,7 @@ def _rule(rules) -> torch.Tensor:
 
 def _H(phm) -> torch.Tensor:
     """The paper's H = sum_i A_i kron B_i, with torch.kron and B_i = s_i t_i^T."""
-    A = _rule(phm.rules)
+    A = _rule(phm.phm_rules())
     B = [phm.W_left[i] @ phm.W_right[i] for i in range(len(A))] if hasattr(phm, "W_left") else list(phm.W)
     return sum(torch.kron(A[i], B[i]) for i in range(len(A)))
 
@@ -69,11 +69,11 @@ def test_forward_and_gradients_match_the_paper_equation(make, fields):
 
 def test_rules_are_shared_by_every_phm_layer_or_owned():
     shared = ak.attach(tiny_llama(), ak.CompacterConfig(bottleneck_dim=8))
-    rules = {id(l.adapters["default"].down.rules) for _, l in adapter_layers(shared)}
-    rules |= {id(l.adapters["default"].up.rules) for _, l in adapter_layers(shared)}
+    rules = {id(l.adapters["default"].down.phm_rules()) for _, l in adapter_layers(shared)}
+    rules |= {id(l.adapters["default"].up.phm_rules()) for _, l in adapter_layers(shared)}
     assert len(rules) == 1
     own = ak.attach(tiny_llama(), ak.CompacterConfig(bottleneck_dim=8, shared_phm_rule=False))
-    assert len({id(l.adapters["default"].down.rules) for _, l in adapter_layers(own)}) == 4
+    assert len({id(l.adapters["default"].down.phm_rules()) for _, l in adapter_layers(own)}) == 4
 
 
 @pytest.mark.parametrize("fields", [{}, {"phm_rank": 3, "factorized_phm_rule": True},
@@ -109,7 +109,7 @@ def test_save_load_round_trip_is_exact(tmp_path):
         want = dict(layer.adapters["default"].named_parameters())
         got = dict(loaded[name].adapters["default"].named_parameters())
         assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
-    shared = {id(l.adapters["default"].up.rules) for l in loaded.values()}
+    shared = {id(l.adapters["default"].up.phm_rules()) for l in loaded.values()}
     assert len(shared) == 1  # still one shared rule after loading
 
 
@@ -180,7 +180,7 @@ def test_adapterhub_counts_and_numerics():
                                   (block.output.adapters["c"], "output.dense")):
             mine = model.get_submodule(f"bert.encoder.layer.{i}.{name}").adapters["default"]
             with torch.no_grad():
-                mine.down.rules.phm_rule.copy_(rule)
+                mine.down.phm_rules().phm_rule.copy_(rule)
                 for side, phm in (("down", hub_adapter.adapter_down[0]), ("up", hub_adapter.adapter_up)):
                     for key in ("W_left", "W_right", "b"):
                         getattr(getattr(mine, side), key).copy_(getattr(phm, key))
@@ -191,3 +191,15 @@ def test_adapterhub_counts_and_numerics():
             with ForwardContext(hub, input_ids=tokens()):
                 want = hub_adapter.adapter_up(hub_adapter.adapter_down(x))
             torch.testing.assert_close(mine.branch(x), want, atol=1e-6, rtol=1e-5)
+
+
+def test_model_state_dict_and_save_pretrained_hold_the_shared_rule_once(tmp_path):
+    model = _attached(tiny_llama)
+    state = model.state_dict()
+    assert len([k for k in state if k.endswith("phm_rule")]) == 1
+    other = ak.attach(tiny_llama(), ak.CompacterConfig(bottleneck_dim=8, phm_init_range=0.2))
+    other.load_state_dict(state)  # what a Trainer resume does
+    assert torch.equal(other(input_ids=tokens()).logits, model(input_ids=tokens()).logits)
+    model.save_pretrained(tmp_path)
+    base = type(model).from_pretrained(tmp_path)
+    assert torch.equal(base(input_ids=tokens()).logits, tiny_llama()(input_ids=tokens()).logits)

@@ -112,6 +112,16 @@ def test_save_load_round_trip(tmp_path):
     torch.testing.assert_close(fresh(**_inputs()).logits, model(**_inputs()).logits, atol=1e-5, rtol=1e-5)
 
 
+def test_model_state_dict_and_save_pretrained(tmp_path):
+    model = _attached(tiny_llama)
+    other = ak.attach(tiny_llama(), ak.LoReFTConfig(rank=2))
+    other.load_state_dict(model.state_dict())  # what a Trainer resume does
+    assert torch.equal(other(**_inputs()).logits, model(**_inputs()).logits)
+    model.save_pretrained(tmp_path)
+    base = type(model).from_pretrained(tmp_path)
+    assert torch.equal(base(**_inputs()).logits, tiny_llama()(**_inputs()).logits)
+
+
 def test_a_rotation_without_orthonormal_rows_is_refused(tmp_path):
     from safetensors.torch import load_file, save_file
 

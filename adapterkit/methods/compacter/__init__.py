@@ -11,20 +11,22 @@ from .layers import PHM, Compacter, CompacterLayer, PHMRules, build, like_tensor
 
 
 def _where(model, config: CompacterConfig) -> dict:
-    """{module name: (role, rules)}: bottleneck placement; ``rules`` is the adapter's one
-    ``PHMRules`` (shared by all its layers) or None (each Compacter makes its own)."""
+    """{module name: (role, rules, owns)}: bottleneck placement; ``rules`` is the adapter's one
+    ``PHMRules`` (shared by all its layers; the first adapter ``owns`` it) or None (each PHM layer
+    makes its own)."""
     placed = bottleneck_where(model, config)
     rules = None
     if config.shared_phm_rule:
         like = like_tensor(model.get_submodule(next(iter(placed))))
         dtype = like.dtype if like.dtype.is_floating_point else torch.float32
         rules = PHMRules(config, {"device": like.device, "dtype": dtype})
-    return {name: (role, rules) for name, role in placed.items()}
+    owner = next(name for name, role in placed.items() if role != "tap")
+    return {name: (role, rules, name == owner) for name, role in placed.items()}
 
 
 def _build(base, config: CompacterConfig, placement):
-    role, rules = placement
-    return build(base, config, role, rules)
+    role, rules, owns = placement
+    return build(base, config, role, rules, owns)
 
 
 METHOD = register(Method(config=CompacterConfig, layer=CompacterLayer, where=_where, build=_build, files=FILES))

@@ -50,7 +50,7 @@ def state_to_file(module_name: str, adapter: nn.Module) -> dict[str, Tensor]:
         phm = getattr(adapter, side)
         out.update({f"{prefix}.compacter_{side}.{key}": t for key, t in phm.named_parameters(recurse=False)})
         rules = PEFT_PREFIX[:-1] if adapter.config.shared_phm_rule else f"{prefix}.compacter_{side}"
-        out.update({f"{rules}.{key}": t for key, t in phm.rules.named_parameters()})
+        out.update({f"{rules}.{key}": t for key, t in phm.phm_rules().named_parameters()})
     return out
 
 

@@ -3,9 +3,10 @@
     PHM(x) = x H + b,   H = sum_i A_i kron B_i        (Mahabadi et al. 2021, eq. 4-5)
     A(v)   = PHM_up(f(PHM_down(v)))                     the bottleneck, placed like bottleneck adapters
 
-The rules A_i live in a ``PHMRules`` module: one per adapter, held by every PHM layer of every
-Compacter (the same module object, so its parameters are shared, trained and counted once), as in
-the paper and AdapterHub; or one per PHM layer when ``shared_phm_rule`` is False. The layer is the bottleneck layer (serial, parallel,
+The rules A_i live in a ``PHMRules`` module: one per adapter, used by every PHM layer of every
+Compacter, as in the paper and AdapterHub (registered in the first one only, so that the model's
+state_dict, ``save_pretrained`` and optimizers see one tensor); or one per PHM layer when
+``shared_phm_rule`` is False. The layer is the bottleneck layer (serial, parallel,
 tap), under the method name ``compacter``.
 """
 from __future__ import annotations
@@ -48,9 +49,12 @@ class PHMRules(nn.Module):
 
 class PHM(nn.Module):
     """x H + b with H = sum_i A_i kron B_i (in, out); B_i = W_left[i] W_right[i] or W[i].
-    ``rules``: the adapter's shared A, or None for rules of this layer's own."""
+    ``rules``: the adapter's shared A, or None for rules of this layer's own. One PHM layer of the
+    adapter ``owns`` the shared rules (registers them: state_dict, save_pretrained and optimizers
+    see them once); the others hold them without registering."""
 
-    def __init__(self, n_in: int, n_out: int, config: CompacterConfig, rules: Optional[PHMRules], place: dict):
+    def __init__(self, n_in: int, n_out: int, config: CompacterConfig, rules: Optional[PHMRules], place: dict,
+                 owns: bool = True):
         super().__init__()
         n, rank = config.phm_dim, config.phm_rank
         self.shape = (n_in, n_out)
@@ -65,7 +69,14 @@ class PHM(nn.Module):
             for i in range(n):
                 nn.init.xavier_uniform_(w.data[i])
         self.b = nn.Parameter(torch.zeros(n_out, **place)) if config.phm_bias else None
-        self.rules = rules if rules is not None else PHMRules(config, place)
+        if rules is None or owns:
+            self.rules = rules if rules is not None else PHMRules(config, place)
+        else:
+            self.shared = (rules,)  # a tuple: not a submodule
+
+    def phm_rules(self) -> PHMRules:
+        shared = getattr(self, "shared", None)
+        return shared[0] if shared is not None else self.rules
 
     def blocks(self) -> Tensor:
         """B: (n, in/n, out/n)."""
@@ -73,7 +84,7 @@ class PHM(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         # x (..., in) -> (..., out)
-        A, B = self.rules(), self.blocks()                                  # (n, n, n), (n, in/n, out/n)
+        A, B = self.phm_rules()(), self.blocks()                                 # (n, n, n), (n, in/n, out/n)
         H = torch.einsum("iac,ikp->akcp", A, B).reshape(self.shape)         # sum_i A_i kron B_i: (in, out)
         y = x @ H
         return y + self.b if self.b is not None else y
@@ -83,7 +94,7 @@ class Compacter(nn.Module):
     """A(v) = PHM_up(f(PHM_down(v))) * scale; down (hidden -> d), up (d -> hidden)."""
 
     def __init__(self, hidden: int, config: CompacterConfig, parallel: bool, rules: Optional[PHMRules],
-                 like: Tensor):
+                 like: Tensor, owns: bool = True):
         super().__init__()
         self.config = config
         self.parallel = parallel
@@ -96,8 +107,8 @@ class Compacter(nn.Module):
                     f"pick a phm_dim that divides {hidden} and the bottleneck size (or set bottleneck_dim)."
                 )
         place = {"device": like.device, "dtype": like.dtype if like.dtype.is_floating_point else torch.float32}
-        self.down = PHM(hidden, d, config, rules, place)
-        self.up = PHM(d, hidden, config, rules, place)
+        self.down = PHM(hidden, d, config, rules, place, owns)
+        self.up = PHM(d, hidden, config, rules, place, owns=False)
 
     def extra_repr(self) -> str:
         kind = f"parallel, scale={self.scale:g}" if self.parallel else "serial"
@@ -122,10 +133,11 @@ def like_tensor(base: nn.Module) -> Tensor:
     return like if like is not None else next(iter(base.buffers()))
 
 
-def build(base: nn.Module, config: CompacterConfig, role: str, rules: Optional[PHMRules]) -> nn.Module:
-    """The module for one base: a Tap ('tap'), a parallel ('parallel') or serial Compacter."""
+def build(base: nn.Module, config: CompacterConfig, role: str, rules: Optional[PHMRules], owns: bool) -> nn.Module:
+    """The module for one base: a Tap ('tap'), a parallel ('parallel') or serial Compacter; the one
+    that ``owns`` the shared ``rules`` registers them."""
     if role == "tap":
         return Tap(config)
     _, n_out = bases.features(base)
-    return Compacter(n_out, config, parallel=role == "parallel", rules=rules, like=like_tensor(base))
+    return Compacter(n_out, config, parallel=role == "parallel", rules=rules, like=like_tensor(base), owns=owns)
 
