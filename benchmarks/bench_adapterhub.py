@@ -58,7 +58,7 @@ def measure(name, ours_cfg, hub_cfg, base, ids, steps: int) -> dict:
     theirs.train()
     with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
         ak.save_adapter(ours, a)
-        theirs.save_adapter(b, name)
+        theirs.save_adapter(b, name, with_head=False)
         row = {"method": name, "ak_params": ak.summary(ours).trainable, "ak_file": _weights_bytes(a),
                "peft_params": sum(p.numel() for n, p in theirs.named_parameters() if p.requires_grad
                                   and "lm_head" not in n), "peft_file": _weights_bytes(b)}
