@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import adapterkit as ak
 from adapterkit.inject import adapter_layers
-from adapterkit.methods.compacter import Compacter, CompacterLayer
+from adapterkit.methods.compacter import Compacter
 from tests.models import tiny_bert, tiny_gpt2, tiny_llama, tokens
 
 ACT = {"gelu": F.gelu, "relu": F.relu}
