@@ -194,6 +194,22 @@ def test_with_lora_on_the_same_blocks_files_keep_the_model_names(tmp_path):
     assert keys[0] == "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
 
 
+def test_methods_attached_after_it_find_the_blocks_modules_by_their_names(tmp_path):
+    model = ak.attach(tiny_llama(), ak.LoReFTConfig(), name="reft")
+    ak.attach(model, ak.CompacterConfig(bottleneck_dim=8), name="compacter")
+    ak.attach(model, ak.LoRAConfig(rank=2, targets=["q_proj"]), name="lora")
+    names = {n: type(l).__name__ for n, l in adapter_layers(model)}
+    assert names["model.layers.0"] == "LoReFTLayer"
+    assert names["model.layers.0.base.self_attn.o_proj"] == names["model.layers.1.base.mlp.down_proj"] == "CompacterLayer"
+    ak.save_adapter(model, tmp_path, name="lora")
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "lora" / "adapter_model.safetensors", "pt") as f:
+        assert "base_model.model.model.layers.1.self_attn.q_proj.lora_B.weight" in f.keys()
+    ak.detach(model)
+    assert not list(adapter_layers(model)) and not model._forward_pre_hooks
+
+
 def test_config_json_round_trip_and_yaml_method_name():
     config = ak.LoReFTConfig(rank=4, positions="f3+l2", layers=[0], dropout=0.05)
     assert ak.LoReFTConfig.from_dict(config.to_dict()) == config

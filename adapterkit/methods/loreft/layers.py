@@ -86,6 +86,7 @@ class LoReFTLayer(AdapterLayer):
     """A transformer block whose output hidden states the active LoReFT adapters edit in turn."""
 
     method = "loreft"
+    transparent = True  # LoRA, bottleneck adapters... still find the block's modules by their names
 
     def forward(self, *args, **kwargs):
         out = self.base(*args, **kwargs)
