@@ -241,3 +241,14 @@ def test_adapterhub_end_to_end():
     want = hub(**inputs, output_hidden_states=True).hidden_states[-1]
     got = model(**inputs, output_hidden_states=True).hidden_states[-1]
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_a_bf16_model_keeps_float32_interventions_and_a_cast_after_attach_is_named():
+    model = ak.attach(tiny_llama().to(torch.bfloat16), ak.LoReFTConfig(rank=2))
+    assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
+    out = model(**_inputs()).logits
+    out.float().pow(2).mean().backward()
+    assert out.dtype == torch.bfloat16 and all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    cast = ak.attach(tiny_llama(), ak.LoReFTConfig()).to(torch.bfloat16)
+    with pytest.raises(ak.UnsupportedModuleError, match="float32"):
+        cast(**_inputs())

@@ -38,7 +38,7 @@ def _where(model, config: LoReFTConfig) -> dict[str, int]:
 
 def _build(block, config: LoReFTConfig, hidden: int) -> LoReFT:
     like = next(iter(block.parameters()), None)
-    dtype = like.dtype if like is not None and like.dtype.is_floating_point else torch.float32
+    dtype = torch.float64 if like is not None and like.dtype == torch.float64 else torch.float32  # see layers.py
     return LoReFT(hidden, config, {"device": like.device if like is not None else None, "dtype": dtype})
 
 

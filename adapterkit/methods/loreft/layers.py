@@ -6,7 +6,8 @@ R is ``torch.nn.utils.parametrizations.orthogonal`` of a (rank, hidden) weight (
 no (hidden, hidden) buffer), so its rows stay orthonormal while R trains. That map reads the signs
 of its raw weight's diagonal by truncating it to an integer, so weight decay (AdamW) would shrink
 a 1 to 0.999 and zero a row of R; a parametrization before it (``_UnitSigns``) hands it exact
-+-1 signs whatever the optimizer does to the diagonal.
++-1 signs whatever the optimizer does to the diagonal. torch's Householder product has no
+bf16 / fp16 kernel, so the interventions keep fp32 tensors in a bf16 / fp16 model and compute in fp32.
 """
 from __future__ import annotations
 
@@ -52,6 +53,13 @@ class Intervention(nn.Module):
 
     def forward(self, h: Tensor) -> Tensor:
         # h (..., hidden) -> (..., hidden)
+        if self.source.weight.dtype not in (torch.float32, torch.float64):
+            raise UnsupportedModuleError(
+                f"LoReFT's tensors are {self.source.weight.dtype} (the model was cast after attach); torch's "
+                f"orthogonal parametrization needs float32: attach LoReFT after casting the model to "
+                f"{self.source.weight.dtype} (its tensors then stay float32), or cast the model back."
+            )
+        h = h.to(self.source.weight.dtype)
         R = self.rotation.weight                                 # (rank, hidden), R R^T = I
         return self.dropout(h + (self.source(h) - h @ R.T) @ R)   # h + R^T (W h + b - R h)
 
