@@ -34,6 +34,8 @@ from .heads import replace_head, unfreeze
 from .layer import AdapterLayer
 from .methods.adalora import AdaLoRAConfig, RankAllocator, orthogonality
 from .methods.bottleneck import BottleneckConfig
+from .methods.compacter import CompacterConfig
+from .methods.loreft import LoReFTConfig
 from .methods.ia3 import IA3Config
 from .methods.lora import LoRAConfig
 from .methods.loha import LoHaConfig
@@ -77,6 +79,7 @@ __all__ = [
     "BottleneckConfig", "IA3Config", "PrefixTuningConfig", "PromptEncoderConfig", "PromptTuningConfig",
     "replace_head", "unfreeze",
     "LoHaConfig", "LoKrConfig",
+    "CompacterConfig", "LoReFTConfig",
     "mixed_batch",
     "AdapterConfig", "AdapterFileError", "AdapterFileMissing", "AdapterKitError", "AdapterLayer", "AdapterNameError",
     "ConfigError", "InputError", "LoRAConfig", "MergeError", "TargetError", "UnsupportedModuleError",

@@ -24,6 +24,7 @@ class AdapterLayer(nn.Module):
 
     method = ""
     rows = None  # a mixed-adapter batch's per-row names while one runs (adapterkit/rows.py)
+    transparent = False  # wraps a whole block whose insides other methods still target by their names
 
     def __init__(self, base: nn.Module):
         super().__init__()

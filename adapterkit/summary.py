@@ -42,10 +42,14 @@ class Summary:
 
 def summary(model: nn.Module) -> Summary:
     counts: dict[tuple[str, str], list[int]] = {}
+    seen: set[int] = set()  # a tensor shared by an adapter's layers (Compacter's rules) counts once
     for _, layer in adapter_layers(model):
         for name, adapter in layer.adapters.items():
             row = counts.setdefault((name, layer.method), [0, 0])
             for p in adapter.parameters():
+                if id(p) in seen:
+                    continue
+                seen.add(id(p))
                 row[0] += p.numel()
                 row[1] += p.numel() if p.requires_grad else 0
     params = list(model.parameters())

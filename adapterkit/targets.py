@@ -24,7 +24,8 @@ Spec = Union[str, Sequence[str]]
 
 
 def logical_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
-    """(name, module) for the model as the user built it: adapter layers show as their base."""
+    """(name, module) for the model as the user built it: adapter layers show as their base, and
+    the insides of a ``transparent`` layer's base (a whole block, LoReFT) keep their own names."""
     skip: list[str] = []
     for name, module in model.named_modules():
         if any(name.startswith(prefix) for prefix in skip):
@@ -32,6 +33,9 @@ def logical_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
         if isinstance(module, AdapterLayer):
             skip.append(name + ".")
             yield name, module.innermost()
+            for inner, sub in logical_modules(module.innermost()) if module.transparent else ():
+                if inner:
+                    yield f"{name}.{inner}" if name else inner, sub
         else:
             yield name, module
 

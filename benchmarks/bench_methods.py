@@ -65,6 +65,9 @@ def methods():
         "houlsby": (ak.BottleneckConfig(preset="houlsby", reduction_factor=16), None),
         "pfeiffer": (ak.BottleneckConfig(preset="pfeiffer", reduction_factor=16), None),
         "parallel": (ak.BottleneckConfig(preset="parallel", reduction_factor=16, scale=4.0), None),
+        "compacter": (ak.CompacterConfig(), None),  # AdapterHub's defaults: houlsby, phm_dim 4, rank 1, rf 32
+        "compacter_pp": (ak.CompacterConfig(preset="pfeiffer"), None),
+        "loreft": (ak.LoReFTConfig(rank=4, positions="f7+l7"), None),  # the paper's instruction-tuning setting
     }
 
 

@@ -33,13 +33,14 @@ class Entry:
 
 
 def logical_name(model: nn.Module, name: str) -> str:
-    """``a.b.base.base`` -> ``a.b`` when those ``base``s are adapter layers' wrapped modules."""
-    while name.endswith(".base") or name == "base":
-        parent = name[: -len(".base")] if name != "base" else ""
-        if not isinstance(model.get_submodule(parent), AdapterLayer):
-            break
-        name = parent
-    return name
+    """``a.b.base.base`` -> ``a.b`` (and ``blocks.0.base.q`` -> ``blocks.0.q``) where those
+    ``base``s are adapter layers' wrapped modules."""
+    kept, module = [], model
+    for part in name.split(".") if name else []:
+        if not (part == "base" and isinstance(module, AdapterLayer)):
+            kept.append(part)
+        module = module.get_submodule(part)
+    return ".".join(kept)
 
 
 def entries(model: nn.Module, name: str) -> tuple[Method, list[Entry]]:

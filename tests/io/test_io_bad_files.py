@@ -23,6 +23,8 @@ METHODS = {
     "prompt": lambda: ak.PromptTuningConfig(num_virtual_tokens=3),
     "ia3": lambda: ak.IA3Config(),
     "bottleneck": lambda: ak.BottleneckConfig(),
+    "compacter": lambda: ak.CompacterConfig(bottleneck_dim=8),
+    "loreft": lambda: ak.LoReFTConfig(rank=2),
 }
 
 

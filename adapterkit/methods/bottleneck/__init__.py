@@ -2,7 +2,7 @@
 from ... import bases
 from ...errors import UnsupportedModuleError
 from ...registry import Method, register
-from ...targets import matches, resolve
+from ...targets import logical_modules, matches, resolve
 from .config import BottleneckConfig
 from .files import FILES, PEFT_TYPE
 from .layers import Bottleneck, BottleneckLayer, Tap, build
@@ -27,7 +27,7 @@ def _placement(model, config: BottleneckConfig) -> list[tuple[str, str]]:
 
 
 def _order(model):
-    index = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    index = {name: i for i, (name, _) in enumerate(logical_modules(model))}
     return lambda name: index[name]
 
 
