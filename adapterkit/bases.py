@@ -52,6 +52,21 @@ def is_linear_like(module: nn.Module) -> bool:
     return base_kind(module) in ("linear", "conv1d", "quant")
 
 
+def place(module: nn.Module) -> dict:
+    """Where a new adapter tensor for ``module`` lives: ``{"device", "dtype"}`` of its weights.
+
+    The device of its first parameter or buffer (a bias-free QuantLinear has only buffers); the dtype
+    its matmuls run in: a quantized base's compute dtype, else its first floating-point tensor's,
+    else float32.
+    """
+    tensors = [*module.parameters(), *module.buffers()]
+    device = tensors[0].device if tensors else torch.device("cpu")
+    dtype = getattr(module, "compute_dtype", None)
+    if not isinstance(dtype, torch.dtype):
+        dtype = next((t.dtype for t in tensors if t.dtype.is_floating_point), torch.float32)
+    return {"device": device, "dtype": dtype}
+
+
 def features(module: nn.Module) -> tuple[int, int]:
     """(in, out) sizes of a base, as LoRA's A (rank, in) and B (out, rank) see them."""
     kind = base_kind(module)

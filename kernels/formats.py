@@ -16,7 +16,7 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -105,16 +105,6 @@ class QuantWeight:
     @property
     def device(self) -> torch.device:
         return self.codes.device
-
-    def to(self, device) -> "QuantWeight":
-        move = (lambda t: None if t is None else t.to(device))
-        return replace(self, codes=move(self.codes), absmax=move(self.absmax),
-                       nested_absmax=move(self.nested_absmax), nested_offset=move(self.nested_offset),
-                       nested_levels=move(self.nested_levels))
-
-    def nbytes(self) -> int:
-        tensors = (self.codes, self.absmax, self.nested_absmax, self.nested_offset, self.nested_levels)
-        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
 
 def num_blocks(numel: int, block: int) -> int:

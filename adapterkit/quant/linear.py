@@ -61,7 +61,7 @@ class QuantLinear(nn.Module):
         for name in STORED:
             tensor = getattr(qw, name)
             if tensor is not None:
-                layer._buffers[name] = tensor.detach().reshape(layer._buffers[name].shape)
+                setattr(layer, name, tensor.detach().reshape(getattr(layer, name).shape))  # a registered buffer
         if bias is not None:
             layer.bias = nn.Parameter(bias.detach().to(compute_dtype).clone(), requires_grad=bias.requires_grad)
         return layer

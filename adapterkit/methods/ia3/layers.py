@@ -25,9 +25,7 @@ class IA3(nn.Module):
         self.feedforward = feedforward
         n_in, n_out = bases.features(base)
         shape = (1, n_in) if feedforward else (n_out, 1)
-        weight = next(iter(base.parameters()), None)
-        dtype = weight.dtype if weight is not None and weight.dtype.is_floating_point else torch.float32
-        self.ia3_l = nn.Parameter(torch.ones(shape, dtype=dtype, device=weight.device if weight is not None else None))
+        self.ia3_l = nn.Parameter(torch.ones(shape, **bases.place(base)))
         if config.init == "random":
             with torch.no_grad():
                 self.ia3_l.add_(torch.randn_like(self.ia3_l) * 0.1)
@@ -37,13 +35,6 @@ class IA3(nn.Module):
 
     def vector(self) -> Tensor:
         return self.ia3_l.flatten()
-
-    @torch.no_grad()
-    def delta(self, base: nn.Module, scale: Tensor) -> Tensor:
-        """W * (l - 1) in (out, in) layout for a total scale ``scale`` of this kind."""
-        weight = bases.dense_weight(base)
-        factor = scale.unsqueeze(0) if self.feedforward else scale.unsqueeze(1)
-        return weight * (factor.to(weight.dtype) - 1)
 
 
 class IA3Layer(AdapterLayer):

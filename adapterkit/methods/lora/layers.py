@@ -32,14 +32,6 @@ from .functional import (
 )
 
 
-def _param_place(base: nn.Module) -> dict:
-    tensor = next(iter(base.parameters()), None)
-    if tensor is None:
-        tensor = next(iter(base.buffers()))
-    dtype = tensor.dtype if tensor.dtype.is_floating_point else torch.float32
-    return {"device": tensor.device, "dtype": dtype}
-
-
 def _plain_linear(base: nn.Module, x: Tensor) -> bool:
     """Whether ``base(x)`` is exactly F.linear(x, W, b): an nn.Linear with its own forward, no hooks,
     no autocast, and x in the weight's dtype. Then the base can run inside the LoRA node."""
@@ -79,7 +71,7 @@ class LoRA(nn.Module):
         self.dropout = config.dropout
         n_in, n_out = bases.features(base)
         r = config.rank
-        place = _param_place(base)
+        place = bases.place(base)
         if self.kind in conv.KINDS:
             shape_a, shape_b = conv.shapes(base, r)
             self.a = nn.Parameter(torch.empty(*shape_a, **place))
