@@ -8,6 +8,13 @@ Forms of ``targets`` (and ``exclude``):
   (``model.get_output_embeddings()``), as PEFT chooses them;
 - a list of name suffixes: ``"q_proj"`` matches ``model.layers.0.self_attn.q_proj``;
 - a string: a regular expression that must match the whole module name.
+
+Modules saved whole with the adapter are never targets, nor anything inside them (PEFT's rule:
+"adapters should never match on modules to save"): the ``train_modules`` and the task heads
+PEFT's task wrapper saves as ``modules_to_save`` (``classifier`` / ``score`` for a
+sequence- or token-classification model, ``qa_outputs`` for question answering: ``io/tasks.py``).
+So RoBERTa's ``classifier`` (a module with ``dense`` and ``out_proj`` inside) is saved and
+loaded as one module, never as LoRA layers inside a saved copy.
 """
 from __future__ import annotations
 
@@ -99,7 +106,17 @@ def resolve(
                     f"target {name!r} is a {type(module).__name__}; LoRA adapts only "
                     f"{', '.join(bases.SUPPORTED)} (Conv2d with groups=1).{hint}"
                 )
-    picked = [n for n in picked if not matches(n, exclude) and not matches(n, tuple(also_exclude))]
+    picked = [n for n in picked if not matches(n, exclude)]
+    whole = tuple(also_exclude) + task_heads(model)
+    inside = [n for n in picked if within(n, whole)]
+    picked = [n for n in picked if n not in inside]
+    if inside and not picked:
+        raise TargetError(
+            f"targets={targets!r} picks only {', '.join(inside[:4])}, inside modules saved whole with the "
+            f"adapter ({', '.join(whole)}: train_modules, and the heads PEFT's task wrapper saves for this "
+            f"{type(model).__name__}); a saved module is trained as a whole copy, not adapted. Target "
+            "other modules, or name the head in train_modules to train it."
+        )
     if layers is not None:
         wanted = set(layers)
         picked = [n for n in picked if block_index(model, n) in wanted]
@@ -109,6 +126,19 @@ def resolve(
     if not picked:
         raise TargetError(f"targets={targets!r} minus exclude={exclude!r} leaves no module to adapt.")
     return picked
+
+
+def within(name: str, spec: Sequence[str]) -> bool:
+    """Whether module ``name`` is, or lies inside, a module whose name ``spec`` matches (suffixes)."""
+    parts = name.split(".")
+    return bool(spec) and any(matches(".".join(parts[:i]), tuple(spec)) for i in range(1, len(parts) + 1))
+
+
+def task_heads(model: nn.Module) -> tuple[str, ...]:
+    """The head names PEFT's wrapper for this model's task saves whole (``modules_to_save``)."""
+    from .io.tasks import PEFT_HEADS, task_type
+
+    return PEFT_HEADS.get(task_type(model), ())
 
 
 def _check_found(targets: Spec, picked: list[str], names: list[str]) -> None:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import adapterkit as ak
+from adapterkit.io.tasks import task_type
 from tests.checks import assert_close_scaled
 from tests.peft_twin import copy_to_peft
 
@@ -155,8 +156,7 @@ def _eval_loss(model, inputs) -> float:
     return loss
 
 
-KNOWN = {"roberta": "known bug: its classifier head (saved as a trained module for PEFT's SEQ_CLS) holds an "
-                   "all-linear LoRA target (classifier.dense); the nested keys do not load back"}
+KNOWN: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("family", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=KNOWN[n]))
@@ -204,8 +204,9 @@ def test_equals_peft_on_the_same_weights(family):
                     "parameters (target_parameters), which adapterkit does not adapt yet")
     base, inputs = make(), inputs_fn()
     ours = _noised(ak.attach(copy.deepcopy(base), CONFIG)).eval()
+    task = task_type(base)  # the task adapterkit writes in its files: PEFT's wrapper saves its heads whole
     theirs = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
-                                                                      init_lora_weights=False)).eval()
+                                                                      init_lora_weights=False, task_type=task)).eval()
     ours_layers = {n for n, _ in ak.inject.adapter_layers(ours)}
     theirs_layers = {n.removeprefix("base_model.model.") for n, m in theirs.named_modules() if hasattr(m, "lora_A")}
     assert ours_layers == theirs_layers  # "all-linear" picks the same modules as PEFT

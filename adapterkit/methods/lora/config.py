@@ -37,6 +37,10 @@ class LoRAConfig(AdapterConfig):
             the model changes at once; for tests).
         train_modules: whole modules (name suffixes) trained and saved with the adapter, e.g. a
             new classification head ``["classifier"]``.
+        target_parameters: parameters (name suffixes, ``"experts.gate_up_proj"``) that get LoRA
+            themselves, per expert for a 3-D fused mixture-of-experts weight (PEFT's
+            ``target_parameters``: ``params.py``). Needs dropout 0 and no DoRA; with it,
+            ``targets`` may be empty (``()``) to adapt only these parameters.
     """
 
     method = "lora"
@@ -51,6 +55,7 @@ class LoRAConfig(AdapterConfig):
     dora: bool = False
     init: str = "kaiming"
     train_modules: tuple[str, ...] = ()
+    target_parameters: tuple[str, ...] = ()
 
     def __post_init__(self):
         name = type(self).__name__
@@ -64,8 +69,10 @@ class LoRAConfig(AdapterConfig):
         self._tuple("train_modules")
         if isinstance(self.train_modules, str):
             self._set("train_modules", (self.train_modules,))
-        if self.targets in ((), ""):
-            raise ConfigError(f"{name}.targets is empty; give 'all-linear', suffixes or a regex.")
+        self._target_parameters()
+        if self.targets in ((), "") and not self.target_parameters:
+            raise ConfigError(f"{name}.targets is empty; give 'all-linear', suffixes or a regex "
+                              "(or target_parameters).")
         if self.exclude == "all-linear":
             raise ConfigError(f"{name}.exclude cannot be 'all-linear'.")
         if self.layers is not None:
@@ -81,6 +88,20 @@ class LoRAConfig(AdapterConfig):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"{name}.{flag} must be true or false; got {getattr(self, flag)!r}.")
         self._choice("init", INITS)
+
+    def _target_parameters(self) -> None:
+        name, value = type(self).__name__, self.target_parameters
+        value = (value,) if isinstance(value, str) else value
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(f"{name}.target_parameters must be a list of parameter names (suffixes such "
+                              f"as 'experts.gate_up_proj'); got {self.target_parameters!r}.")
+        self._set("target_parameters", tuple(value))
+        if value and self.dropout:
+            raise ConfigError(f"{name}: target_parameters need dropout=0 (got {self.dropout!r}): the update is "
+                              "folded into the weight, so there is no separate input to drop (PEFT refuses it too).")
+        if value and self.dora:
+            raise ConfigError(f"{name}: target_parameters do not work with dora=True (nor in PEFT); "
+                              "use plain LoRA there, or DoRA on Linear targets in a separate adapter.")
 
     @property
     def scale(self) -> float:
