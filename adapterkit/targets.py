@@ -102,6 +102,10 @@ def resolve(
             if check_kinds and name in picked and bases.base_kind(module) is None:
                 inner = [n for n, m in modules if n.startswith(name + ".") and bases.base_kind(m)]
                 hint = f" Adaptable modules inside it: {', '.join(inner[:4])}." if inner else ""
+                own = [p for p, t in module.named_parameters(recurse=False) if t.ndim in (2, 3)]
+                if own:  # e.g. fused mixture-of-experts weights
+                    hint += (f" To put LoRA on its own parameters, use target_parameters="
+                             f"{[name.rsplit('.', 1)[-1] + '.' + p for p in own[:2]]}.")
                 raise UnsupportedModuleError(
                     f"target {name!r} is a {type(module).__name__}; LoRA adapts only "
                     f"{', '.join(bases.SUPPORTED)} (Conv2d with groups=1).{hint}"
