@@ -40,7 +40,8 @@ class LoRAConfig(AdapterConfig):
         target_parameters: parameters (name suffixes, ``"experts.gate_up_proj"``) that get LoRA
             themselves, per expert for a 3-D fused mixture-of-experts weight (PEFT's
             ``target_parameters``: ``params.py``). Needs dropout 0 and no DoRA; with it,
-            ``targets`` may be empty (``()``) to adapt only these parameters.
+            ``targets`` may be empty (``()``) to adapt only these parameters. As in PEFT,
+            ``exclude`` and ``layers`` apply to module targets only.
     """
 
     method = "lora"
