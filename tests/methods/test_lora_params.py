@@ -105,6 +105,28 @@ def test_files_both_ways(family, tmp_path):
         assert_close_scaled(back(input_ids=ids).logits, expected)
 
 
+@pytest.mark.parametrize("family", ["mixtral", "qwen3-moe"])
+def test_peft_all_linear_file_on_a_transformers_5_moe_goes_both_ways(family, tmp_path):
+    """PEFT's all-linear on these models also targets the router and the fused experts, with twice the
+    rank (and alpha) on the fused gate_up_proj (rank_pattern / alpha_pattern in the file)."""
+    base = _make(family)
+    theirs = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(
+        r=2, lora_alpha=6, target_modules="all-linear", init_lora_weights=False)).eval()
+    ids = _ids()
+    with torch.no_grad():
+        expected = theirs(input_ids=ids).logits
+        theirs.save_pretrained(tmp_path / "peft")
+        ours = ak.load_adapter(copy.deepcopy(base), tmp_path / "peft").eval()
+        lora = ours.model.layers[0].mlp.experts.adapters["default"]
+        assert lora.ranks == {"gate_up_proj": 4, "down_proj": 2}
+        assert_close_scaled(ours(input_ids=ids).logits, expected)
+        ak.save_adapter(ours, tmp_path / "ak")
+        data = json.loads((tmp_path / "ak" / "adapter_config.json").read_text())
+        assert data["rank_pattern"] == {r".*\.gate_up_proj": 4}
+        again = peft.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "ak").eval()
+        assert_close_scaled(again(input_ids=ids).logits, expected)
+
+
 def test_only_parameters_no_module_targets(tmp_path):
     """targets=() adapts only the parameters; PEFT writes and reads target_modules null then."""
     cfg = dataclasses.replace(CONFIG, targets=(), target_parameters=("experts.down_proj",))
@@ -194,6 +216,15 @@ def test_config_round_trip_and_bad_configs():
         ak.LoRAConfig(target_parameters=[3])
     with pytest.raises(ak.ConfigError, match="targets is empty"):
         ak.LoRAConfig(targets=())
+    ranked = dataclasses.replace(CONFIG, parameter_ranks={r".*\.gate_up_proj": 4}, parameter_alphas=[("down", 3)])
+    assert ak.LoRAConfig.from_dict(json.loads(json.dumps(ranked.to_dict()))) == ranked
+    assert ranked.parameter_rank_and_scale("model.layers.0.mlp.experts.gate_up_proj") == (4, 6 / 4)
+    with pytest.raises(ak.ConfigError, match="no"):
+        ak.LoRAConfig(parameter_ranks={"x": 4})
+    with pytest.raises(ak.ConfigError, match="positive integer"):
+        ak.LoRAConfig(target_parameters=PARAMS, parameter_ranks={"x": 0})
+    with pytest.raises(ak.ConfigError, match="also matches module target"):
+        ak.attach(_make("mixtral"), dataclasses.replace(ranked, parameter_ranks={"q_proj": 4}))
 
 
 @pytest.mark.parametrize("params,error,match", [

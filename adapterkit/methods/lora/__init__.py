@@ -25,13 +25,13 @@ def _where(model, config: LoRAConfig) -> dict:
                     f"{type(base).__name__}. Exclude it, or use dora=False."
                 )
     placed: dict = dict.fromkeys(names)
-    placed.update(owners(model, config.target_parameters, names))
+    placed.update(owners(model, config, names))
     return placed
 
 
 def _build(base, config: LoRAConfig, placement) -> nn.Module:
     if isinstance(placement, ParamTargets):
-        return ParamLoRA(base, placement.names, config)
+        return ParamLoRA(base, placement, config)
     return LoRA(base, config)
 
 

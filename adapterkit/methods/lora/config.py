@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Optional, Union
 
 from ...config import AdapterConfig
@@ -42,6 +43,10 @@ class LoRAConfig(AdapterConfig):
             ``target_parameters``: ``params.py``). Needs dropout 0 and no DoRA; with it,
             ``targets`` may be empty (``()``) to adapt only these parameters. As in PEFT,
             ``exclude`` and ``layers`` apply to module targets only.
+        parameter_ranks: ``{pattern: rank}`` for target_parameters whose ``module.parameter`` name
+            ends with a match of the regular expression (PEFT's ``rank_pattern``, which PEFT's
+            "all-linear" writes for Mixtral's fused ``gate_up_proj``: ``{".*\\.gate_up_proj": 2r}``).
+        parameter_alphas: ``{pattern: alpha}`` the same way (PEFT's ``alpha_pattern``).
     """
 
     method = "lora"
@@ -57,6 +62,8 @@ class LoRAConfig(AdapterConfig):
     init: str = "kaiming"
     train_modules: tuple[str, ...] = ()
     target_parameters: tuple[str, ...] = ()
+    parameter_ranks: tuple[tuple[str, int], ...] = ()
+    parameter_alphas: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self):
         name = type(self).__name__
@@ -71,6 +78,8 @@ class LoRAConfig(AdapterConfig):
         if isinstance(self.train_modules, str):
             self._set("train_modules", (self.train_modules,))
         self._target_parameters()
+        self._patterns("parameter_ranks", integer=True)
+        self._patterns("parameter_alphas", integer=False)
         if self.targets in ((), "") and not self.target_parameters:
             raise ConfigError(f"{name}.targets is empty; give 'all-linear', suffixes or a regex "
                               "(or target_parameters).")
@@ -103,6 +112,37 @@ class LoRAConfig(AdapterConfig):
         if value and self.dora:
             raise ConfigError(f"{name}: target_parameters do not work with dora=True (nor in PEFT); "
                               "use plain LoRA there, or DoRA on Linear targets in a separate adapter.")
+
+    def _patterns(self, field: str, integer: bool) -> None:
+        name, value = type(self).__name__, getattr(self, field)
+        pairs = list(value.items()) if isinstance(value, dict) else value
+        what = "a positive integer" if integer else "a positive number"
+        try:
+            pairs = tuple((p, v) for p, v in pairs)
+            ok = all(isinstance(p, str) and not isinstance(v, bool) and isinstance(v, int if integer else (int, float))
+                     and v > 0 for p, v in pairs)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ConfigError(f"{name}.{field} maps regular expressions to {what} each ({{'.*\\.gate_up_proj': 16}}); "
+                              f"got {value!r}.")
+        for pattern, _ in pairs:
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ConfigError(f"{name}.{field}: {pattern!r} is not a valid regular expression ({err}).") from None
+        if pairs and not self.target_parameters:
+            raise ConfigError(f"{name}.{field} applies to target_parameters, and there are none.")
+        self._set(field, pairs)
+
+    def parameter_rank_and_scale(self, key: str) -> tuple[int, float]:
+        """(rank, scale) of target parameter ``key`` (``module.parameter``): the first pattern of
+        parameter_ranks / parameter_alphas matching the end of ``key`` (PEFT's rule), else rank / alpha."""
+        def pick(pairs, default):
+            return next((v for p, v in pairs if re.match(rf"(.*\.)?({p})$", key)), default)
+
+        rank, alpha = pick(self.parameter_ranks, self.rank), pick(self.parameter_alphas, self.alpha)
+        return rank, alpha / (math.sqrt(rank) if self.rslora else rank)
 
     @property
     def scale(self) -> float:

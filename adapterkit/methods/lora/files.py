@@ -20,6 +20,8 @@ dora               use_dora
 init               init_lora_weights       kaiming: true, gaussian: "gaussian", random: false
 target_parameters  target_parameters       null when empty; with no module targets,
                                            target_modules is null
+parameter_ranks    rank_pattern            for target_parameters only: a pattern that
+parameter_alphas   alpha_pattern           matches a module target is refused
 (derived)          fan_in_fan_out          true when a base is a transformers Conv1D
 =================  ======================  ==========================================
 
@@ -85,7 +87,7 @@ def config_to_file(config: LoRAConfig, model: nn.Module) -> dict[str, Any]:
         "target_modules": targets, "exclude_modules": exclude, "layers_to_transform": layers,
         "layers_pattern": None, "use_rslora": config.rslora, "use_dora": config.dora,
         "init_lora_weights": _INIT_TO_FILE[config.init], "fan_in_fan_out": conv1d,
-        "bias": "none", "rank_pattern": {}, "alpha_pattern": {},
+        "bias": "none", "rank_pattern": dict(config.parameter_ranks), "alpha_pattern": dict(config.parameter_alphas),
         "target_parameters": list(config.target_parameters) or None,
     }
 
@@ -97,8 +99,11 @@ def _logical(model: nn.Module, name: str) -> nn.Module:
 
 def config_from_file(data: Mapping[str, Any]) -> LoRAConfig:
     """A LoRAConfig from a PEFT ``LoraConfig`` dict; refuses options adapterkit cannot honour."""
+    patterns = {"rank_pattern": "parameter_ranks", "alpha_pattern": "parameter_alphas"}
     for key, default in _UNSUPPORTED.items():
         value = data.get(key, default)
+        if key in patterns and data.get("target_parameters"):
+            continue  # per-parameter ranks (PEFT's all-linear on transformers-5 MoE writes them): fit_to_model
         if value not in (default, None) and not (isinstance(default, dict) and not value):
             raise ConfigError(
                 f"{key}={value!r} is not supported by adapterkit's LoRA (supported: {default!r}); "
@@ -110,6 +115,8 @@ def config_from_file(data: Mapping[str, Any]) -> LoRAConfig:
             fields[field] = data[key]
     if "init" in fields:
         fields["init"] = _init_from_file(fields["init"])
+    if data.get("target_parameters"):
+        fields.update({field: data[key] for key, field in patterns.items() if data.get(key)})
     if fields.get("target_parameters") and not fields.get("targets"):
         fields["targets"] = ()  # only parameters: PEFT writes target_modules null (or [])
     elif isinstance(fields.get("targets"), list) and not fields["targets"]:
@@ -168,7 +175,8 @@ def sizes_from_file(config: LoRAConfig, shapes: Mapping[str, tuple]) -> list[str
         # LoRA on parameters holds rank * experts there (params.py); its exact shape is checked on attach
         if axis is None or len(shape) <= axis:
             continue
-        fits = shape[axis] % config.rank == 0 if config.target_parameters else shape[axis] == config.rank
+        ranks = {config.rank, *(r for _, r in config.parameter_ranks)}
+        fits = any(shape[axis] % r == 0 for r in ranks) if config.target_parameters else shape[axis] == config.rank
         if not fits:
             problems.append(f"{key!r} has shape {tuple(shape)}, rank {shape[axis]}, but the config says r={config.rank}")
     return problems

@@ -13,7 +13,8 @@ a router's ``gate.weight``, is one expert. The weight layout is the module's: (E
 
 Tensors, as PEFT's ``ParamWrapper`` keeps them (its file layout): A (rank * E, in) with expert
 e's rows at [e * rank, (e + 1) * rank); B (out, rank * E) with expert e's columns at e, e + E,
-e + 2E, ... (PEFT reshapes B to (out, rank, E)). Several parameters of one module are nested
+e + 2E, ... (PEFT reshapes B to (out, rank, E)). A parameter may have a rank and alpha of its
+own (``parameter_ranks`` / ``parameter_alphas``: PEFT's ``rank_pattern`` / ``alpha_pattern``). Several parameters of one module are nested
 wrappers in PEFT, the parameter registered last outermost: its keys are ``M.lora_A.weight``, the
 one before ``M.base_layer.lora_A.weight``, and so on. Init as PEFT: A Kaiming-uniform
 (a = sqrt(5), fan-in ``in``) or normal (std 1 / rank), B zero. No dropout (PEFT refuses it
@@ -22,11 +23,12 @@ there: dropout acts on a layer's input, and here the update is folded into the w
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import torch
 from torch import Tensor, nn
 
-from ...errors import InputError, TargetError, UnsupportedModuleError, close_matches
+from ...errors import ConfigError, InputError, TargetError, UnsupportedModuleError, close_matches
 from ...layer import AdapterLayer
 from ...registry import PEFT_PREFIX
 from ...targets import logical_modules, matches
@@ -38,6 +40,7 @@ from .layers import _init_pair
 class ParamTargets:
     """Where LoRA goes on one module: the names of its targeted parameters, in registration order."""
 
+    owner: str
     names: tuple[str, ...]
 
     @property
@@ -45,11 +48,13 @@ class ParamTargets:
         return ParamLoRALayer
 
 
-def owners(model: nn.Module, targets: tuple[str, ...], modules: list[str]) -> dict[str, ParamTargets]:
-    """{module name: ParamTargets} for the parameters ``targets`` names (suffixes of
-    ``module.parameter`` names, as PEFT matches them); ``modules``: the config's module targets."""
+def owners(model: nn.Module, config: LoRAConfig, modules: list[str]) -> dict[str, ParamTargets]:
+    """{module name: ParamTargets} for the parameters ``config.target_parameters`` names (suffixes
+    of ``module.parameter`` names, as PEFT matches them); ``modules``: the config's module targets."""
+    targets = config.target_parameters
     if not targets:
         return {}
+    _check_patterns(config, modules)
     found: dict[str, list[str]] = {}
     keys = []
     for owner, module in logical_modules(model):
@@ -62,7 +67,21 @@ def owners(model: nn.Module, targets: tuple[str, ...], modules: list[str]) -> di
     for target in targets:
         if not any(matches(f"{o}.{p}", (target,)) for o, names in found.items() for p in names):
             _no_match(model, target, keys)
-    return {owner: ParamTargets(tuple(names)) for owner, names in found.items()}
+    return {owner: ParamTargets(owner, tuple(names)) for owner, names in found.items()}
+
+
+def _check_patterns(config: LoRAConfig, modules: list[str]) -> None:
+    """PEFT applies rank_pattern / alpha_pattern to module targets as well; adapterkit's
+    parameter_ranks / parameter_alphas are for target_parameters only: refuse a pattern that
+    matches a module target (the file would mean another rank there to PEFT)."""
+    for name in modules:
+        hit = next((p for p, _ in config.parameter_ranks + config.parameter_alphas
+                    if re.match(rf"(.*\.)?({p})$", name)), None)
+        if hit is not None:
+            raise ConfigError(f"parameter_ranks / parameter_alphas pattern {hit!r} (PEFT's rank_pattern / "
+                              f"alpha_pattern) also matches module target {name!r}; these patterns are for "
+                              "target_parameters only here. Make the pattern name the parameter, or load the "
+                              "adapter with PEFT.")
 
 
 def _check_param(model: nn.Module, owner: str, key: str, param: Tensor, modules: list[str]) -> None:
@@ -108,22 +127,25 @@ class ParamLoRA(nn.Module):
     """One adapter's factors for the targeted parameters of one module: ``a[p]`` (rank * E, in),
     ``b[p]`` (out, rank * E) per parameter name p."""
 
-    def __init__(self, base: nn.Module, names: tuple[str, ...], config: LoRAConfig):
+    def __init__(self, base: nn.Module, targets: ParamTargets, config: LoRAConfig):
         super().__init__()
-        self.config, self.scale, self.rank, self.names = config, config.scale, config.rank, tuple(names)
+        self.config, self.names = config, targets.names
         self.a, self.b = nn.ParameterDict(), nn.ParameterDict()
+        self.ranks, self.scales = {}, {}  # per parameter (parameter_ranks / parameter_alphas)
         for name in self.names:
+            rank, self.scales[name] = config.parameter_rank_and_scale(f"{targets.owner}.{name}")
+            self.ranks[name] = rank
             weight = getattr(base, name)
             experts, n_in, n_out, _ = layout(base, name)
             place = dict(device=weight.device, dtype=weight.dtype)
-            self.a[name] = nn.Parameter(torch.empty(self.rank * experts, n_in, **place))
-            self.b[name] = nn.Parameter(torch.empty(n_out, self.rank * experts, **place))
-            _init_pair(self.a[name], self.b[name], config.init, self.rank)
+            self.a[name] = nn.Parameter(torch.empty(rank * experts, n_in, **place))
+            self.b[name] = nn.Parameter(torch.empty(n_out, rank * experts, **place))
+            _init_pair(self.a[name], self.b[name], config.init, rank)
         self.layouts = {name: layout(base, name) for name in self.names}
         self.ndims = {name: getattr(base, name).ndim for name in self.names}
 
     def extra_repr(self) -> str:
-        return f"rank={self.rank}, scale={self.scale:g}, parameters={list(self.names)}"
+        return ", ".join(f"{n}: rank={self.ranks[n]}, scale={self.scales[n]:g}" for n in self.names)
 
     def factors(self, name: str, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """(lhs, rhs) with update = scale * lhs @ rhs in the parameter's layout: (out, r) @ (r, in)
@@ -132,16 +154,16 @@ class ParamLoRA(nn.Module):
         a, b = self.a[name].to(dtype), self.b[name].to(dtype)
         if self.ndims[name] == 2:
             return b, a
-        a3 = a.reshape(experts, self.rank, a.shape[-1])  # (E, r, in)
-        b3 = b.reshape(b.shape[0], self.rank, experts).permute(2, 0, 1)  # (E, out, r)
+        a3 = a.reshape(experts, self.ranks[name], a.shape[-1])  # (E, r, in)
+        b3 = b.reshape(b.shape[0], self.ranks[name], experts).permute(2, 0, 1)  # (E, out, r)
         return (a3.transpose(1, 2), b3.transpose(1, 2)) if transposed else (b3, a3)
 
     def added(self, name: str, weight: Tensor) -> Tensor:
         """``weight`` + scale * B A, per expert, in the parameter's layout (a new tensor)."""
         lhs, rhs = self.factors(name, weight.dtype)
         if weight.ndim == 2:
-            return torch.addmm(weight, lhs, rhs, alpha=self.scale)
-        return torch.baddbmm(weight, lhs, rhs, alpha=self.scale)
+            return torch.addmm(weight, lhs, rhs, alpha=self.scales[name])
+        return torch.baddbmm(weight, lhs, rhs, alpha=self.scales[name])
 
     @torch.no_grad()
     def delta(self, name: str, weight: Tensor) -> Tensor:
