@@ -14,10 +14,13 @@ Modules saved whole with the adapter are never targets, nor anything inside them
 PEFT's task wrapper saves as ``modules_to_save`` (``classifier`` / ``score`` for a
 sequence- or token-classification model, ``qa_outputs`` for question answering: ``io/tasks.py``).
 So RoBERTa's ``classifier`` (a module with ``dense`` and ``out_proj`` inside) is saved and
-loaded as one module, never as LoRA layers inside a saved copy.
+loaded as one module, never as LoRA layers inside a saved copy. A file loads with the heads of
+its own ``task_type`` (``file_task``): a PEFT file saved without a task adapts heads like any module.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import re
 from typing import Iterator, Optional, Sequence, Union
 
@@ -138,11 +141,27 @@ def within(name: str, spec: Sequence[str]) -> bool:
     return bool(spec) and any(matches(".".join(parts[:i]), tuple(spec)) for i in range(1, len(parts) + 1))
 
 
+_FILE_TASK: contextvars.ContextVar = contextvars.ContextVar("file_task")
+
+
+@contextlib.contextmanager
+def file_task(task: Optional[str]):
+    """Inside the block, heads are those of ``task`` (a file's ``task_type``, as PEFT reads it: a
+    PEFT file saved without a task adapts a classifier's head like any other module)."""
+    token = _FILE_TASK.set(task)
+    try:
+        yield
+    finally:
+        _FILE_TASK.reset(token)
+
+
 def task_heads(model: nn.Module) -> tuple[str, ...]:
-    """The head names PEFT's wrapper for this model's task saves whole (``modules_to_save``)."""
+    """The head names PEFT's wrapper for this model's task saves whole (``modules_to_save``); while
+    a file loads, those of the file's task (``file_task``)."""
     from .io.tasks import PEFT_HEADS, task_type
 
-    return PEFT_HEADS.get(task_type(model), ())
+    task = _FILE_TASK.get(task_type(model))
+    return PEFT_HEADS.get(task, ()) if isinstance(task, str) else ()
 
 
 def _check_found(targets: Spec, picked: list[str], names: list[str]) -> None:

@@ -1,7 +1,7 @@
 """Classification heads saved whole (PEFT's modules_to_save) are never LoRA targets, nor anything
 inside them, as in PEFT: RoBERTa's ``classifier`` (a module with ``dense`` and ``out_proj`` inside),
 BERT's and DeBERTa-v2's ``classifier`` (a Linear). All-linear files go both ways with PEFT's
-SEQ_CLS wrapper, with equal logits."""
+SEQ_CLS wrapper, with equal logits; a PEFT file saved without a task (LoRA in the head) too."""
 from __future__ import annotations
 
 import copy
@@ -87,6 +87,25 @@ def test_adapterkit_saves_peft_and_adapterkit_load(family, train_head, tmp_path)
     assert_close_scaled(_logits(theirs), expected)
     again = ak.load_adapter(copy.deepcopy(base), tmp_path)
     assert_close_scaled(_logits(again), expected)
+
+
+@pytest.mark.parametrize("family", ["roberta", "bert"])
+def test_a_peft_file_saved_without_a_task_keeps_lora_in_the_head(family, tmp_path):
+    """PEFT without task_type adapts the head like any module; adapterkit reads the file as PEFT does,
+    and saves it back without a task (so that both read it again the same way)."""
+    base = _make(family)
+    theirs = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(
+        r=2, lora_alpha=4, target_modules="all-linear", init_lora_weights=False)).eval()
+    theirs.save_pretrained(tmp_path / "peft")
+    expected = _logits(theirs)
+    ours = ak.load_adapter(copy.deepcopy(base), tmp_path / "peft")
+    assert _lora_inside_head(ours)
+    assert_close_scaled(_logits(ours), expected)
+    ak.save_adapter(ours, tmp_path / "ak")
+    data = json.loads((tmp_path / "ak" / "adapter_config.json").read_text())
+    assert data["task_type"] is None and data["modules_to_save"] is None
+    assert_close_scaled(_logits(peft.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "ak")), expected)
+    assert_close_scaled(_logits(ak.load_adapter(copy.deepcopy(base), tmp_path / "ak")), expected)
 
 
 def test_targets_only_inside_a_saved_head_are_refused():
