@@ -114,7 +114,7 @@ def attach(model: nn.Module, config: AdapterConfig, name: str = "default") -> nn
             _warn_tied(model, placed)
         _freeze_base(model)
         for target, placement in placed.items():
-            layer = _wrap(model, target, method.layer)
+            layer = _wrap(model, target, getattr(placement, "layer", None) or method.layer)
             layer.add(name, method.build(layer.innermost(), config, placement))
         for target in copies:
             layer = _wrap(model, target, TrainedModule)
@@ -271,7 +271,8 @@ def merge(model: nn.Module) -> nn.Module:
     for layer_name, layer in layers:  # check everything before changing anything
         if not hasattr(layer, "merged"):
             raise MergeError(f"{layer_name}: {type(layer).__name__} adapters cannot be merged into the base.")
-        if layer.active_adapters() and not isinstance(layer, TrainedModule):
+        if layer.active_adapters() and not isinstance(layer, TrainedModule) \
+                and not getattr(layer, "merges_params", False):  # LoRA on parameters folds into its module
             base = layer.innermost()
             if not bases.foldable(base):
                 grouped = getattr(base, "groups", 1) > 1 and bases.base_kind(base) in bases.CONV_KINDS

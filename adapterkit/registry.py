@@ -31,6 +31,8 @@ class Method:
     where: Callable[[nn.Module, AdapterConfig], dict[str, Any]]
     build: Callable[[nn.Module, AdapterConfig, Any], nn.Module]
     files: Optional["FileFormat"] = None  # how adapterkit.io saves and loads it (None: it cannot)
+    more_layers: tuple[type, ...] = ()  # other AdapterLayer classes of the method, for a placement
+    # whose ``layer`` attribute names one (LoRA on parameters: methods/lora/params.py)
 
 
 # PEFT's key prefix for tensors of layer-based methods (PeftModel.base_model.model is the model).

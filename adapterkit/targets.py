@@ -8,9 +8,19 @@ Forms of ``targets`` (and ``exclude``):
   (``model.get_output_embeddings()``), as PEFT chooses them;
 - a list of name suffixes: ``"q_proj"`` matches ``model.layers.0.self_attn.q_proj``;
 - a string: a regular expression that must match the whole module name.
+
+Modules saved whole with the adapter are never targets, nor anything inside them (PEFT's rule:
+"adapters should never match on modules to save"): the ``train_modules`` and the task heads
+PEFT's task wrapper saves as ``modules_to_save`` (``classifier`` / ``score`` for a
+sequence- or token-classification model, ``qa_outputs`` for question answering: ``io/tasks.py``).
+So RoBERTa's ``classifier`` (a module with ``dense`` and ``out_proj`` inside) is saved and
+loaded as one module, never as LoRA layers inside a saved copy. A file loads with the heads of
+its own ``task_type`` (``file_task``): a PEFT file saved without a task adapts heads like any module.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import re
 from typing import Iterator, Optional, Sequence, Union
 
@@ -99,11 +109,25 @@ def resolve(
             if check_kinds and name in picked and bases.base_kind(module) is None:
                 inner = [n for n, m in modules if n.startswith(name + ".") and bases.base_kind(m)]
                 hint = f" Adaptable modules inside it: {', '.join(inner[:4])}." if inner else ""
+                own = [p for p, t in module.named_parameters(recurse=False) if t.ndim in (2, 3)]
+                if own:  # e.g. fused mixture-of-experts weights
+                    hint += (f" To put LoRA on its own parameters, use target_parameters="
+                             f"{[name.rsplit('.', 1)[-1] + '.' + p for p in own[:2]]}.")
                 raise UnsupportedModuleError(
                     f"target {name!r} is a {type(module).__name__}; LoRA adapts only "
                     f"{', '.join(bases.SUPPORTED)}.{hint}"
                 )
-    picked = [n for n in picked if not matches(n, exclude) and not matches(n, tuple(also_exclude))]
+    picked = [n for n in picked if not matches(n, exclude)]
+    whole = tuple(also_exclude) + task_heads(model)
+    inside = [n for n in picked if within(n, whole)]
+    picked = [n for n in picked if n not in inside]
+    if inside and not picked:
+        raise TargetError(
+            f"targets={targets!r} picks only {', '.join(inside[:4])}, inside modules saved whole with the "
+            f"adapter ({', '.join(whole)}: train_modules, and the heads PEFT's task wrapper saves for this "
+            f"{type(model).__name__}); a saved module is trained as a whole copy, not adapted. Target "
+            "other modules, or name the head in train_modules to train it."
+        )
     if layers is not None:
         wanted = set(layers)
         picked = [n for n in picked if block_index(model, n) in wanted]
@@ -113,6 +137,35 @@ def resolve(
     if not picked:
         raise TargetError(f"targets={targets!r} minus exclude={exclude!r} leaves no module to adapt.")
     return picked
+
+
+def within(name: str, spec: Sequence[str]) -> bool:
+    """Whether module ``name`` is, or lies inside, a module whose name ``spec`` matches (suffixes)."""
+    parts = name.split(".")
+    return bool(spec) and any(matches(".".join(parts[:i]), tuple(spec)) for i in range(1, len(parts) + 1))
+
+
+_FILE_TASK: contextvars.ContextVar = contextvars.ContextVar("file_task")
+
+
+@contextlib.contextmanager
+def file_task(task: Optional[str]):
+    """Inside the block, heads are those of ``task`` (a file's ``task_type``, as PEFT reads it: a
+    PEFT file saved without a task adapts a classifier's head like any other module)."""
+    token = _FILE_TASK.set(task)
+    try:
+        yield
+    finally:
+        _FILE_TASK.reset(token)
+
+
+def task_heads(model: nn.Module) -> tuple[str, ...]:
+    """The head names PEFT's wrapper for this model's task saves whole (``modules_to_save``); while
+    a file loads, those of the file's task (``file_task``)."""
+    from .io.tasks import PEFT_HEADS, task_type
+
+    task = _FILE_TASK.get(task_type(model))
+    return PEFT_HEADS.get(task, ()) if isinstance(task, str) else ()
 
 
 def _check_found(targets: Spec, picked: list[str], names: list[str]) -> None:

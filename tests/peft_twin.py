@@ -36,6 +36,23 @@ def copy_to_peft(ours, theirs, name: str = "default") -> None:
             peft_layer.lora_magnitude_vector[name].weight.copy_(lora.magnitude)
 
 
+@torch.no_grad()
+def copy_by_file_keys(ours, theirs, name: str = "default") -> None:
+    """Copy adapterkit's LoRA tensors of adapter ``name`` (Linear targets and target_parameters alike)
+    into the PEFT model through their file keys: PEFT's parameter is the key with the adapter name
+    inserted (``...lora_A.weight`` -> ``...lora_A.<name>.weight``)."""
+    from adapterkit.io.state import entries
+
+    params = dict(theirs.named_parameters())
+    for entry in entries(ours, name)[1]:
+        if entry.trained:
+            continue
+        for key, tensor in entry.tensors.items():
+            for part in (".lora_A.", ".lora_B."):
+                key = key.replace(f"{part}weight", f"{part}{name}.weight")
+            params[key].copy_(tensor)
+
+
 def twins(factory, cfg: ak.LoRAConfig, **peft_extra):
     """(adapterkit model, PEFT model) built from ``factory()`` with identical adapter weights."""
     from peft import get_peft_model

@@ -5,13 +5,16 @@ model's tokens), and equals PEFT on the same weights where PEFT supports the cas
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
 
 import adapterkit as ak
+from adapterkit.io.tasks import PEFT_HEADS, task_type
+from adapterkit.methods.lora import LoRALayer
 from tests.checks import assert_close_scaled
-from tests.peft_twin import copy_to_peft
+from tests.peft_twin import copy_by_file_keys
 
 V = 97
 TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=V,
@@ -87,6 +90,8 @@ FAMILIES = {
     "qwen2-moe": (lambda: _model("Qwen2MoeConfig", "Qwen2MoeForCausalLM", num_experts=4, num_experts_per_tok=2,
                                  moe_intermediate_size=32, shared_expert_intermediate_size=32, **KV, **TEXT),
                   _causal, "causal"),
+    "qwen3-moe": (lambda: _model("Qwen3MoeConfig", "Qwen3MoeForCausalLM", num_experts=4, num_experts_per_tok=2,
+                                 moe_intermediate_size=32, head_dim=8, **KV, **TEXT), _causal, "causal"),
     "bert": (lambda: _model("BertConfig", "BertForSequenceClassification", num_labels=2, **TEXT), _classify, "cls"),
     "roberta": (lambda: _model("RobertaConfig", "RobertaForSequenceClassification", num_labels=2, pad_token_id=1,
                                **TEXT), _classify, "cls"),
@@ -122,8 +127,15 @@ FAMILIES = {
                                     ctc_loss_reduction="mean", pad_token_id=0), _ctc, "ctc"),
 }
 NAMES = sorted(FAMILIES)
-MOE = ("mixtral",)
+# transformers 5 keeps experts as fused 3-D parameters and the router's weight in a module of its own:
+# "all-linear" does not reach them, target_parameters does (LoRA per expert, PEFT's ParamWrapper)
+MOE = ("mixtral", "qwen2-moe", "qwen3-moe")
+EXPERTS = ("experts.gate_up_proj", "experts.down_proj", "mlp.gate.weight")
 CONFIG = ak.LoRAConfig(rank=4, alpha=8, targets="all-linear")
+
+
+def _config(family: str) -> ak.LoRAConfig:
+    return dataclasses.replace(CONFIG, target_parameters=EXPERTS) if family in MOE else CONFIG
 
 
 def _out(model, inputs):
@@ -155,8 +167,7 @@ def _eval_loss(model, inputs) -> float:
     return loss
 
 
-KNOWN = {"roberta": "known bug: its classifier head (saved as a trained module for PEFT's SEQ_CLS) holds an "
-                   "all-linear LoRA target (classifier.dense); the nested keys do not load back"}
+KNOWN: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("family", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=KNOWN[n]))
@@ -164,7 +175,7 @@ KNOWN = {"roberta": "known bug: its classifier head (saved as a trained module f
 def test_attach_train_save_load_merge(family, tmp_path):
     make, inputs_fn, kind = FAMILIES[family]
     base, inputs = make(), inputs_fn()
-    model = ak.attach(copy.deepcopy(base), CONFIG)
+    model = ak.attach(copy.deepcopy(base), _config(family))
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert trainable and sum(p.numel() for p in trainable) < sum(p.numel() for p in base.parameters())
     model.train()
@@ -195,28 +206,43 @@ def test_attach_train_save_load_merge(family, tmp_path):
             assert torch.equal(model.generate(**source, **kw), merged.generate(**source, **kw))
 
 
+def _headed_task(model):
+    """The task adapterkit writes for ``model`` where PEFT's wrapper for it saves heads whole, else None."""
+    task = task_type(model)
+    return task if task in PEFT_HEADS else None
+
+
 @pytest.mark.parametrize("family", NAMES)
 def test_equals_peft_on_the_same_weights(family):
+    """Both sides get the same targets: "all-linear" as PEFT resolves it for the task adapterkit writes
+    in its files (PEFT's task wrapper saves its heads whole); for a mixture of experts, the modules
+    adapterkit picks plus the same target_parameters (PEFT's all-linear on Mixtral also converts
+    transformers-4 expert names into parameter targets, with ranks of its own)."""
     peft = pytest.importorskip("peft")
     make, inputs_fn, _ = FAMILIES[family]
-    if family in MOE:
-        pytest.skip(f"PEFT {peft.__version__}'s all-linear also adapts {family}'s router and fused expert "
-                    "parameters (target_parameters), which adapterkit does not adapt yet")
     base, inputs = make(), inputs_fn()
-    ours = _noised(ak.attach(copy.deepcopy(base), CONFIG)).eval()
-    theirs = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
-                                                                      init_lora_weights=False)).eval()
+    config = _config(family)
+    ours = _noised(ak.attach(copy.deepcopy(base), config)).eval()
     ours_layers = {n for n, _ in ak.inject.adapter_layers(ours)}
-    theirs_layers = {n.removeprefix("base_model.model.") for n, m in theirs.named_modules() if hasattr(m, "lora_A")}
+    targets = "all-linear"
+    if family in MOE:
+        targets = sorted(n for n, layer in ak.inject.adapter_layers(ours) if isinstance(layer, LoRALayer))
+    theirs = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(
+        r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False, task_type=_headed_task(base),
+        target_parameters=list(config.target_parameters) or None)).eval()
+    theirs_layers = {n.removeprefix("base_model.model.").replace(".base_layer", "")
+                     for n, m in theirs.named_modules() if hasattr(m, "lora_A")}
     assert ours_layers == theirs_layers  # "all-linear" picks the same modules as PEFT
-    copy_to_peft(ours, theirs)
+    copy_by_file_keys(ours, theirs)
     with torch.no_grad():
         _close(_out(ours, inputs), _out(theirs, inputs), rtol=1e-5)
 
 
 def test_expert_weights_stored_as_fused_parameters_are_refused_clearly():
     """transformers 5 stores a mixture of experts' weights as fused parameters, not Linear layers:
-    LoRA on them needs PEFT's target_parameters, which adapterkit does not have yet."""
+    targeting the module is refused, naming the way that works (target_parameters)."""
     model = FAMILIES["mixtral"][0]()
     with pytest.raises(ak.UnsupportedModuleError, match="experts"):
         ak.attach(model, ak.LoRAConfig(targets=("experts",)))
+    with pytest.raises(ak.TargetError, match="experts.gate_up_proj"):
+        ak.attach(model, ak.LoRAConfig(targets=("q_proj",), target_parameters=("experts",)))

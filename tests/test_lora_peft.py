@@ -15,6 +15,8 @@ VARIANTS = {
 
 
 def _peft_extra(model_name):
+    if model_name == "bert":  # the task adapterkit's files say: PEFT's wrapper keeps the head out of LoRA
+        return {"task_type": "SEQ_CLS"}
     return {"fan_in_fan_out": True} if model_name == "gpt2" else {}
 
 
@@ -70,10 +72,11 @@ def test_trainable_counts_equal_peft(model_name, targets, dora):
     present = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
     if not isinstance(targets, str):
         targets = tuple(t for t in targets if t in present)
-    cfg = ak.LoRAConfig(rank=8, alpha=16, targets=targets, dora=dora)
+    head = ("classifier",) if model_name == "bert" else ()  # PEFT's SEQ_CLS wrapper trains the head whole
+    cfg = ak.LoRAConfig(rank=8, alpha=16, targets=targets, dora=dora, train_modules=head)
     ours = ak.attach(model, cfg)
     theirs = get_peft_model(MODELS[model_name](), LoraConfig(
-        r=8, lora_alpha=16, use_dora=dora,
+        r=8, lora_alpha=16, use_dora=dora, task_type="SEQ_CLS" if head else None,
         target_modules=targets if isinstance(targets, str) else list(targets)))
     trainable, total = theirs.get_nb_trainable_parameters()
     assert ak.summary(ours).trainable == trainable

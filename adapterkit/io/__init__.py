@@ -23,7 +23,7 @@ Per method (each method's ``FileFormat`` is in its package, ``methods/<method>/f
 
 - LoRA, rsLoRA, DoRA: ``peft_type: "LORA"``; keys ``r``, ``lora_alpha``, ``lora_dropout``,
   ``target_modules``, ``exclude_modules``, ``layers_to_transform``, ``use_rslora``, ``use_dora``,
-  ``init_lora_weights``, ``fan_in_fan_out``; tensors ``<module>.lora_A.weight`` (rank, in),
+  ``init_lora_weights``, ``fan_in_fan_out``, ``target_parameters``; tensors ``<module>.lora_A.weight`` (rank, in),
   ``<module>.lora_B.weight`` (out, rank), DoRA ``<module>.lora_magnitude_vector`` (out,),
   embeddings ``<module>.lora_embedding_A`` / ``_B``. Full table: ``methods/lora/files.py``.
 - IA3: ``peft_type: "IA3"``; keys ``target_modules``, ``feedforward_modules``,

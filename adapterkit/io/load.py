@@ -13,7 +13,7 @@ from ..config import AdapterConfig, check_adapter_name
 from ..errors import AdapterFileError, TargetError, UnsupportedModuleError
 from ..inject import adapter_layers, attach, check_model
 from ..transaction import unchanged_on_error
-from ..targets import logical_modules, matches
+from ..targets import file_task, logical_modules, matches
 from . import base_layers, diagnose, tasks
 from .read import CONFIG_NAME, WEIGHTS_NAME, file_config, find_folder, read_config, read_tensors
 from .state import Entry, entries
@@ -104,7 +104,8 @@ def load_adapter(model: nn.Module, path: Union[str, Path], name: str = "default"
     config = _present_train_modules(model, _for_model(method, config, data, model))
     with unchanged_on_error(model):
         try:
-            attach(model, config, name)
+            with file_task(data.get("task_type")):  # heads saved whole are those of the file's task
+                attach(model, config, name)
         except (TargetError, UnsupportedModuleError) as err:
             task = tasks.mismatch(data.get("task_type"), model)
             raise AdapterFileError(

@@ -45,12 +45,25 @@ def base_model_name(model: nn.Module) -> Optional[str]:
     return portable_name(str(name)) if name else None
 
 
+def _task(model: nn.Module, name: str) -> Optional[str]:
+    """The ``task_type`` to write: the model's, unless adapter ``name`` adapts a module inside a head
+    that PEFT's wrapper for that task saves whole (an adapter loaded from a PEFT file saved without a
+    task): then none, as in that file, so that PEFT and adapterkit read it as it was trained."""
+    from ..targets import within
+
+    task = tasks.task_type(model)
+    heads = tasks.PEFT_HEADS.get(task, ())
+    if heads and any(within(e.module, heads) for e in entries(model, name)[1] if not e.trained):
+        return None
+    return task
+
+
 def _heads(model: nn.Module, name: str) -> dict[str, nn.Module]:
     """Heads PEFT's task wrapper expects in the file that the adapter does not train (tasks.py)."""
     config = adapter_config(model, name)
     if method_for(config).files.peft_type.startswith("ADAPTERKIT_"):
         return {}  # PEFT does not read these files
-    return tasks.heads_to_save(model, tasks.task_type(model), tuple(getattr(config, "train_modules", ())))
+    return tasks.heads_to_save(model, _task(model, name), tuple(getattr(config, "train_modules", ())))
 
 
 def file_config(model: nn.Module, name: str) -> dict[str, Any]:
@@ -60,7 +73,7 @@ def file_config(model: nn.Module, name: str) -> dict[str, Any]:
     if method.files is None:
         raise AdapterFileError(f"adapter {name!r} is a {config.method} adapter, which has no file format yet.")
     data: dict[str, Any] = {"peft_type": method.files.peft_type, "base_model_name_or_path": base_model_name(model),
-                            "task_type": tasks.task_type(model), "inference_mode": True}
+                            "task_type": _task(model, name), "inference_mode": True}
     if "train_modules" in {f.name for f in dataclasses.fields(config)}:
         data["modules_to_save"] = list(config.train_modules) + list(_heads(model, name)) or None
     data.update(method.files.config_to_file(config, model))

@@ -91,11 +91,14 @@ def _tensor_problem(key: str, shape: tuple) -> str | None:
 
 def vllm_notes(config: Mapping[str, Any]) -> list[str]:
     """Server settings the adapter needs (not refusals)."""
-    rank = config.get("r")
+    rank, notes = config.get("r"), []
     if isinstance(rank, int) and rank > MAX_LORA_RANK_DEFAULT:
-        return [f"rank {rank} is above vLLM's default --max-lora-rank {MAX_LORA_RANK_DEFAULT}: start vLLM with "
-                f"--max-lora-rank {rank} or more"]
-    return []
+        notes.append(f"rank {rank} is above vLLM's default --max-lora-rank {MAX_LORA_RANK_DEFAULT}: start vLLM with "
+                     f"--max-lora-rank {rank} or more")
+    if config.get("target_parameters"):  # PEFT's ParamWrapper layout (methods/lora/params.py)
+        notes.append("it puts LoRA on fused expert parameters (target_parameters), which only vLLM versions that "
+                     "read PEFT's ParamWrapper layout for fused MoE layers load: check the vLLM version you serve with")
+    return notes
 
 
 def vllm_summary(config: Mapping[str, Any], shapes: Mapping[str, tuple]) -> str:

@@ -56,7 +56,7 @@ def entries(model: nn.Module, name: str) -> tuple[Method, list[Entry]]:
             prefix = method.files.trained_prefix if method.files is not None else PEFT_PREFIX
             tensors = {f"{prefix}{module}.{k}": v for k, v in adapter.state_dict(keep_vars=True).items()}
             found.append(Entry(module, adapter, tensors, None, trained=True))
-        elif isinstance(layer, method.layer):
+        elif isinstance(layer, (method.layer, *method.more_layers)):
             files = method.files
             found.append(Entry(module, adapter, files.state_to_file(module, adapter), files.state_from_file))
     return method, found

@@ -48,7 +48,16 @@ class TrainedModule(AdapterLayer):
 
 
 def trainable_copy(module: nn.Module) -> nn.Module:
+    """A trainable deep copy of ``module`` as the user built it: adapter layers another adapter put
+    inside it are replaced by their base modules, so the copy's state dict has the module's own
+    keys (PEFT's ``modules_to_save`` layout), never nested adapter keys."""
     twin = copy.deepcopy(module)
+    while True:
+        found = next(((n, m) for n, m in twin.named_modules() if n and isinstance(m, AdapterLayer)), None)
+        if found is None:
+            break
+        parent, _, attr = found[0].rpartition(".")
+        setattr(twin.get_submodule(parent) if parent else twin, attr, found[1].innermost())
     for p in twin.parameters():
         p.requires_grad_(True)
     return twin

@@ -1,4 +1,7 @@
-"""LoRA, rsLoRA and DoRA: config, math (functional.py), layers and registration."""
+"""LoRA, rsLoRA and DoRA: config, math (functional.py), layers, LoRA on parameters (params.py) and
+registration."""
+from torch import nn
+
 from ... import bases
 from ...errors import UnsupportedModuleError
 from ...registry import Method, register
@@ -6,13 +9,15 @@ from ...targets import resolve
 from .config import LoRAConfig
 from .files import FILES
 from .layers import LoRA, LoRALayer
+from .params import ParamLoRA, ParamLoRALayer, ParamTargets, owners
 
 
 _DORA_KINDS = ("linear", "conv1d", "quant", "embedding") + bases.CONV_KINDS
 
 
-def _where(model, config: LoRAConfig) -> dict[str, None]:
-    names = resolve(model, config.targets, config.exclude, config.layers, config.train_modules)
+def _where(model, config: LoRAConfig) -> dict:
+    names = resolve(model, config.targets, config.exclude, config.layers, config.train_modules) \
+        if config.targets != () else []
     if config.dora:
         for name in names:
             module = model.get_submodule(name)
@@ -24,13 +29,18 @@ def _where(model, config: LoRAConfig) -> dict[str, None]:
                     f"Conv1d / Conv2d / Conv3d base; {name!r} is a {type(base).__name__}{grouped}. Exclude it, "
                     f"or use dora=False."
                 )
-    return dict.fromkeys(names)
+    placed: dict = dict.fromkeys(names)
+    placed.update(owners(model, config, names))
+    return placed
 
 
-def _build(base, config: LoRAConfig, placement: None) -> LoRA:
+def _build(base, config: LoRAConfig, placement) -> nn.Module:
+    if isinstance(placement, ParamTargets):
+        return ParamLoRA(base, placement, config)
     return LoRA(base, config)
 
 
-METHOD = register(Method(config=LoRAConfig, layer=LoRALayer, where=_where, build=_build, files=FILES))
+METHOD = register(Method(config=LoRAConfig, layer=LoRALayer, where=_where, build=_build, files=FILES,
+                         more_layers=(ParamLoRALayer,)))
 
-__all__ = ["LoRAConfig", "LoRA", "LoRALayer", "METHOD"]
+__all__ = ["LoRAConfig", "LoRA", "LoRALayer", "ParamLoRA", "ParamLoRALayer", "METHOD"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Optional, Union
 
 from ...config import AdapterConfig
@@ -37,6 +38,15 @@ class LoRAConfig(AdapterConfig):
             the model changes at once; for tests).
         train_modules: whole modules (name suffixes) trained and saved with the adapter, e.g. a
             new classification head ``["classifier"]``.
+        target_parameters: parameters (name suffixes, ``"experts.gate_up_proj"``) that get LoRA
+            themselves, per expert for a 3-D fused mixture-of-experts weight (PEFT's
+            ``target_parameters``: ``params.py``). Needs dropout 0 and no DoRA; with it,
+            ``targets`` may be empty (``()``) to adapt only these parameters. As in PEFT,
+            ``exclude`` and ``layers`` apply to module targets only.
+        parameter_ranks: ``{pattern: rank}`` for target_parameters whose ``module.parameter`` name
+            ends with a match of the regular expression (PEFT's ``rank_pattern``, which PEFT's
+            "all-linear" writes for Mixtral's fused ``gate_up_proj``: ``{".*\\.gate_up_proj": 2r}``).
+        parameter_alphas: ``{pattern: alpha}`` the same way (PEFT's ``alpha_pattern``).
     """
 
     method = "lora"
@@ -51,6 +61,9 @@ class LoRAConfig(AdapterConfig):
     dora: bool = False
     init: str = "kaiming"
     train_modules: tuple[str, ...] = ()
+    target_parameters: tuple[str, ...] = ()
+    parameter_ranks: tuple[tuple[str, int], ...] = ()
+    parameter_alphas: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self):
         name = type(self).__name__
@@ -64,8 +77,12 @@ class LoRAConfig(AdapterConfig):
         self._tuple("train_modules")
         if isinstance(self.train_modules, str):
             self._set("train_modules", (self.train_modules,))
-        if self.targets in ((), ""):
-            raise ConfigError(f"{name}.targets is empty; give 'all-linear', suffixes or a regex.")
+        self._target_parameters()
+        self._patterns("parameter_ranks", integer=True)
+        self._patterns("parameter_alphas", integer=False)
+        if self.targets in ((), "") and not self.target_parameters:
+            raise ConfigError(f"{name}.targets is empty; give 'all-linear', suffixes or a regex "
+                              "(or target_parameters).")
         if self.exclude == "all-linear":
             raise ConfigError(f"{name}.exclude cannot be 'all-linear'.")
         if self.layers is not None:
@@ -81,6 +98,51 @@ class LoRAConfig(AdapterConfig):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"{name}.{flag} must be true or false; got {getattr(self, flag)!r}.")
         self._choice("init", INITS)
+
+    def _target_parameters(self) -> None:
+        name, value = type(self).__name__, self.target_parameters
+        value = (value,) if isinstance(value, str) else value
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(f"{name}.target_parameters must be a list of parameter names (suffixes such "
+                              f"as 'experts.gate_up_proj'); got {self.target_parameters!r}.")
+        self._set("target_parameters", tuple(value))
+        if value and self.dropout:
+            raise ConfigError(f"{name}: target_parameters need dropout=0 (got {self.dropout!r}): the update is "
+                              "folded into the weight, so there is no separate input to drop (PEFT refuses it too).")
+        if value and self.dora:
+            raise ConfigError(f"{name}: target_parameters do not work with dora=True (nor in PEFT); "
+                              "use plain LoRA there, or DoRA on Linear targets in a separate adapter.")
+
+    def _patterns(self, field: str, integer: bool) -> None:
+        name, value = type(self).__name__, getattr(self, field)
+        pairs = list(value.items()) if isinstance(value, dict) else value
+        what = "a positive integer" if integer else "a positive number"
+        try:
+            pairs = tuple((p, v) for p, v in pairs)
+            ok = all(isinstance(p, str) and not isinstance(v, bool) and isinstance(v, int if integer else (int, float))
+                     and v > 0 for p, v in pairs)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ConfigError(f"{name}.{field} maps regular expressions to {what} each ({{'.*\\.gate_up_proj': 16}}); "
+                              f"got {value!r}.")
+        for pattern, _ in pairs:
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ConfigError(f"{name}.{field}: {pattern!r} is not a valid regular expression ({err}).") from None
+        if pairs and not self.target_parameters:
+            raise ConfigError(f"{name}.{field} applies to target_parameters, and there are none.")
+        self._set(field, pairs)
+
+    def parameter_rank_and_scale(self, key: str) -> tuple[int, float]:
+        """(rank, scale) of target parameter ``key`` (``module.parameter``): the first pattern of
+        parameter_ranks / parameter_alphas matching the end of ``key`` (PEFT's rule), else rank / alpha."""
+        def pick(pairs, default):
+            return next((v for p, v in pairs if re.match(rf"(.*\.)?({p})$", key)), default)
+
+        rank, alpha = pick(self.parameter_ranks, self.rank), pick(self.parameter_alphas, self.alpha)
+        return rank, alpha / (math.sqrt(rank) if self.rslora else rank)
 
     @property
     def scale(self) -> float:

@@ -18,6 +18,10 @@ layers             layers_to_transform     with "all-linear" or a regex, the pic
 rslora             use_rslora
 dora               use_dora
 init               init_lora_weights       kaiming: true, gaussian: "gaussian", random: false
+target_parameters  target_parameters       null when empty; with no module targets,
+                                           target_modules is null
+parameter_ranks    rank_pattern            for target_parameters only: a pattern that
+parameter_alphas   alpha_pattern           matches a module target is refused
 (derived)          fan_in_fan_out          true when a base is a transformers Conv1D
 =================  ======================  ==========================================
 
@@ -25,7 +29,9 @@ Tensors (``adapter_model.safetensors``), per adapted module ``M`` (its name in t
 ``base_model.model.M.lora_A.weight`` (rank, in), ``....lora_B.weight`` (out, rank), for DoRA
 ``....lora_magnitude_vector`` (out,); an embedding writes ``....lora_embedding_A`` (rank, num) and
 ``....lora_embedding_B`` (dim, rank); a convolution's A is (rank, in, k..), B (out, rank / groups, 1..),
-its DoRA magnitude (1, out, 1..); nn.MultiheadAttention adds ``....base_layer.out_proj.lora_A.weight``
+its DoRA magnitude (1, out, 1..); a module with target_parameters writes per parameter
+``M[.base_layer...].lora_A.weight`` (rank * E, in) and ``lora_B.weight`` (out, rank * E) (params.py);
+nn.MultiheadAttention adds ``....base_layer.out_proj.lora_A.weight``
 and ``lora_B.weight`` (methods/lora/mha.py).
 
 PEFT options adapterkit cannot honour (per-module ranks, bias training, ...) are refused on load
@@ -48,18 +54,19 @@ from ...errors import ConfigError
 from ...registry import PEFT_PREFIX, FileFormat
 from ...targets import resolve
 from .config import LoRAConfig
+from .params import ParamLoRA
 
 # adapterkit field -> PEFT key (train_modules <-> modules_to_save is done by adapterkit.io)
 KEYS = {
     "rank": "r", "alpha": "lora_alpha", "dropout": "lora_dropout", "targets": "target_modules",
     "exclude": "exclude_modules", "layers": "layers_to_transform", "rslora": "use_rslora",
-    "dora": "use_dora", "init": "init_lora_weights",
+    "dora": "use_dora", "init": "init_lora_weights", "target_parameters": "target_parameters",
 }
 _INIT_TO_FILE = {"kaiming": True, "gaussian": "gaussian", "random": False}
 # PEFT keys whose non-default values change what the adapter computes, with that default.
 _UNSUPPORTED = {
     "rank_pattern": {}, "alpha_pattern": {}, "bias": "none", "lora_bias": False, "use_qalora": False,
-    "layer_replication": None, "target_parameters": None, "trainable_token_indices": None,
+    "layer_replication": None, "trainable_token_indices": None,
     "alora_invocation_tokens": None, "use_bdlora": None,
 }
 # inits that rewrite the base weights as well: the adapter alone cannot reproduce them
@@ -68,12 +75,13 @@ _BASE_CHANGING_INITS = ("pissa", "olora", "loftq", "corda")
 
 def config_to_file(config: LoRAConfig, model: nn.Module) -> dict[str, Any]:
     """The PEFT ``LoraConfig`` fields for ``config`` as attached to ``model``."""
-    picked = resolve(model, config.targets, config.exclude, config.layers, config.train_modules)
-    targets: Any = config.targets
+    picked = resolve(model, config.targets, config.exclude, config.layers, config.train_modules) \
+        if config.targets != () else []
+    targets: Any = config.targets if config.targets != () else None
     layers = list(config.layers) if config.layers is not None else None
     if targets == "all-linear" or (isinstance(targets, str) and layers is not None):
         targets, layers = sorted(picked), None  # the picked modules' full names, as PEFT writes them
-    else:
+    elif targets is not None:
         targets = targets if isinstance(targets, str) else list(targets)
     exclude = config.exclude if isinstance(config.exclude, str) else (list(config.exclude) or None)
     conv1d = any(bases.base_kind(_logical(model, n)) == "conv1d" for n in picked)
@@ -82,7 +90,8 @@ def config_to_file(config: LoRAConfig, model: nn.Module) -> dict[str, Any]:
         "target_modules": targets, "exclude_modules": exclude, "layers_to_transform": layers,
         "layers_pattern": None, "use_rslora": config.rslora, "use_dora": config.dora,
         "init_lora_weights": _INIT_TO_FILE[config.init], "fan_in_fan_out": conv1d,
-        "bias": "none", "rank_pattern": {}, "alpha_pattern": {},
+        "bias": "none", "rank_pattern": dict(config.parameter_ranks), "alpha_pattern": dict(config.parameter_alphas),
+        "target_parameters": list(config.target_parameters) or None,
     }
 
 
@@ -93,8 +102,11 @@ def _logical(model: nn.Module, name: str) -> nn.Module:
 
 def config_from_file(data: Mapping[str, Any]) -> LoRAConfig:
     """A LoRAConfig from a PEFT ``LoraConfig`` dict; refuses options adapterkit cannot honour."""
+    patterns = {"rank_pattern": "parameter_ranks", "alpha_pattern": "parameter_alphas"}
     for key, default in _UNSUPPORTED.items():
         value = data.get(key, default)
+        if key in patterns and data.get("target_parameters"):
+            continue  # per-parameter ranks (PEFT's all-linear on transformers-5 MoE writes them): fit_to_model
         if value not in (default, None) and not (isinstance(default, dict) and not value):
             raise ConfigError(
                 f"{key}={value!r} is not supported by adapterkit's LoRA (supported: {default!r}); "
@@ -106,7 +118,11 @@ def config_from_file(data: Mapping[str, Any]) -> LoRAConfig:
             fields[field] = data[key]
     if "init" in fields:
         fields["init"] = _init_from_file(fields["init"])
-    if isinstance(fields.get("targets"), list) and not fields["targets"]:
+    if data.get("target_parameters"):
+        fields.update({field: data[key] for key, field in patterns.items() if data.get(key)})
+    if fields.get("target_parameters") and not fields.get("targets"):
+        fields["targets"] = ()  # only parameters: PEFT writes target_modules null (or [])
+    elif isinstance(fields.get("targets"), list) and not fields["targets"]:
         fields.pop("targets")
     try:
         return LoRAConfig(**fields)
@@ -141,6 +157,8 @@ def _with_file_keys(message: str) -> str:
 
 def state_to_file(module_name: str, adapter: nn.Module) -> dict[str, Tensor]:
     """One layer's LoRA tensors under PEFT's keys (the adapter's own parameters)."""
+    if isinstance(adapter, ParamLoRA):
+        return adapter.file_tensors(module_name)
     prefix = PEFT_PREFIX + module_name
     if adapter.kind == "mha":
         from .mha import state_to_file as mha_tensors
@@ -164,8 +182,13 @@ def sizes_from_file(config: LoRAConfig, shapes: Mapping[str, tuple]) -> list[str
         part = key.rsplit(".", 2)
         axis = {"lora_A": 0, "lora_B": 1, "lora_embedding_A": 0, "lora_embedding_B": 1}.get(
             part[-2] if part[-1] == "weight" else part[-1])
+        # LoRA on parameters holds rank * experts there (params.py); its exact shape is checked on attach
+        if axis is None or len(shape) <= axis:
+            continue
+        ranks = {config.rank, *(r for _, r in config.parameter_ranks)}
         grouped = axis == 1 and len(shape) > 2 and shape[1] and config.rank % shape[1] == 0  # conv B: r / groups
-        if axis is not None and len(shape) > axis and shape[axis] != config.rank and not grouped:
+        fits = any(shape[axis] % r == 0 for r in ranks) if config.target_parameters else shape[axis] == config.rank
+        if not fits and not grouped:
             problems.append(f"{key!r} has shape {tuple(shape)}, rank {shape[axis]}, but the config says r={config.rank}")
     return problems
 
