@@ -9,7 +9,7 @@ and ``model.state_dict()`` holds the merged weights.
 Per base layer (fold.py): merge W' = row * W * col + add, unmerge W = (W' - add) / (row * col),
 computed in fp32 from the weight as stored and rounded once to its dtype. LoRA on Linear, Conv1D,
 Embedding and Conv1d / Conv2d / Conv3d (groups 1), DoRA (s = m / ||W + scale B A|| taken from the unmerged W and kept for
-unmerge, as PEFT does) and IA3.
+unmerge, as PEFT does), IA3, and every other method whose layer can ``fold`` (LoHa, LoKr, AdaLoRA, ...).
 
 Precision. fp32: merge and unmerge are exact up to rounding (one rounding each). bf16: a weight comes
 back bit for bit unless |W + update| lies in a higher power-of-two band than |W|; otherwise it is off
@@ -156,7 +156,9 @@ def _check(stack: _Stack, wanted, tied) -> None:
         if names and not hasattr(layer, "fold"):
             raise MergeError(
                 f"{where}: {layer.method} adapters ({list(names)}) cannot be merged into the base weights; "
-                f"merge_adapter folds LoRA, DoRA and IA3. Pass names= without them."
+                f"merge_adapter folds the methods whose layers can fold into a weight (LoRA, DoRA, IA3, LoHa, "
+                f"LoKr, AdaLoRA, ...), and LoRA on parameters (target_parameters) only through ak.merge. Pass "
+                f"names= without them."
             )
     kind = bases.base_kind(base)
     if kind == "mha" or (kind in bases.CONV_KINDS and base.groups > 1):
