@@ -19,7 +19,7 @@ block's input needs a gradient (every block after the first adapted one):
 
 The first block's norm keeps nothing (the embeddings are frozen). Per model: rotary cos/sin
 2 T head_dim b, the final norm 4d + 4 per token, and the loss: log_softmax of the logits in fp32,
-4 V per predicted token (B (T - 1) of them) + 8 for the target ids.
+4 V per predicted token (B (T - 1) of them) and 8 per target id.
 
 BERT-style encoder block: LayerNorm x2 b d + 8; attention b 4d + 4H (flash / efficient kernels;
 on a CPU with attention dropout the math kernel keeps q, k, v and three B H T^2 score tensors);
@@ -153,8 +153,11 @@ def model_items(shape: ModelShape, s: Settings, inv: Inventory, any_grad: bool) 
     else:
         pooled = any(t.role == "other" and "pooler" in t.name for t in inv.targets)
         items["last hidden states (pooler adapter)"] = n * shape.hidden * b if pooled else 0
+        # the head (classifier) takes LoRA only when not saved whole (train_modules, PEFT's task heads):
+        # then it keeps its input and x A^T
+        head = any(t.role == "other" and t.name.split(".")[0] in ("classifier", "score") for t in inv.targets)
         labels = int(shape.config.get("num_labels") or 2)  # pooler in/out, dropout, head; fp32 loss
-        items["classification head"] = s.batch_size * (3 * shape.hidden * b + s.adapter.rank * b * pooled
+        items["classification head"] = s.batch_size * ((2 + head) * shape.hidden * b + s.adapter.rank * b * head
                                                          + 4 * labels + 8) + 36
         # checkpointing makes the embeddings' output need a gradient (transformers'
         # enable_input_require_grads): their LayerNorm and dropout then keep their inputs too

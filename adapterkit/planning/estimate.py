@@ -89,7 +89,7 @@ def loss_terms(shape: ModelShape, s: Settings) -> tuple[int, int]:
     if s.task == "classification":
         return 0, 0
     preds = s.batch_size * (s.seq_len - 1)
-    ids = 8 * preds + 8 * (s.seq_len - 1) + 12  # target ids, kept positions, loss scalars
+    ids = 8 * preds + 8 * (s.seq_len - 1) + 4  # target ids, kept positions, the fp32 loss sum
     if s.loss_chunks == 1:
         return 4 * shape.vocab * preds + ids, 8 * shape.vocab * preds
     return s.b * shape.vocab * preds + 4 * preds + ids, 6 * shape.vocab * preds // s.loss_chunks
