@@ -35,6 +35,7 @@ from .methods.bottleneck import BottleneckConfig
 from .methods.ia3 import IA3Config
 from .methods.lora import LoRAConfig
 from .methods.prompt import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig
+from .methods.vera import VeRAConfig
 from .methods.lora.combine import combine
 from .rows import mixed_batch
 from .summary import summary
@@ -66,6 +67,7 @@ def __getattr__(name):
 
 __all__ = [
     "BottleneckConfig", "IA3Config", "PrefixTuningConfig", "PromptEncoderConfig", "PromptTuningConfig",
+    "VeRAConfig",
     "replace_head", "unfreeze",
     "mixed_batch",
     "AdapterConfig", "AdapterFileError", "AdapterKitError", "AdapterLayer", "AdapterNameError",
