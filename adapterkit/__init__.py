@@ -33,6 +33,7 @@ from .heads import replace_head, unfreeze
 from .layer import AdapterLayer
 from .methods.bottleneck import BottleneckConfig
 from .methods.ia3 import IA3Config
+from .methods.ln_tuning import LNTuningConfig
 from .methods.lora import LoRAConfig
 from .methods.prompt import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig
 from .methods.vera import VeRAConfig
@@ -67,7 +68,7 @@ def __getattr__(name):
 
 __all__ = [
     "BottleneckConfig", "IA3Config", "PrefixTuningConfig", "PromptEncoderConfig", "PromptTuningConfig",
-    "VeRAConfig",
+    "VeRAConfig", "LNTuningConfig",
     "replace_head", "unfreeze",
     "mixed_batch",
     "AdapterConfig", "AdapterFileError", "AdapterKitError", "AdapterLayer", "AdapterNameError",

@@ -273,7 +273,7 @@ def merge(model: nn.Module) -> nn.Module:
             raise MergeError(f"{layer_name}: {type(layer).__name__} adapters cannot be merged into the base.")
         if layer.active_adapters() and not isinstance(layer, TrainedModule):
             base = layer.innermost()
-            if not bases.foldable(base):
+            if not bases.foldable(base) and not hasattr(layer, "merge_in_place"):  # LN tuning writes values
                 raise MergeError(
                     f"{layer_name}: cannot fold adapters into a {type(base).__name__} whose weight is "
                     f"not a dense float tensor. Quantize with ak.quantize (merging dequantizes), or "

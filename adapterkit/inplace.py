@@ -79,10 +79,14 @@ def merge_adapter(model: nn.Module, names: Union[str, Iterable[str], None] = Non
             f"ak.unmerge_adapter(model), then ak.merge_adapter(model, names=[...]) with all of them."
         )
     stacks = [s for s in _stacks(model, wanted) if any(names for _, names in s.layers)]
+    own = [s for s in stacks if _merges_itself(s)]  # layers that swap in values (LN tuning)
+    stacks = [s for s in stacks if not _merges_itself(s)]
     tied = tied_parameters(model)
     for stack in stacks:  # check everything before changing anything
         _check(stack, wanted, tied)
         stack.folds = _folds(stack)
+    for stack in own:
+        _check_own(stack)
     for stack in stacks if safe else ():
         _check_finite(stack, *_merged(stack))
     for stack in stacks:
@@ -90,6 +94,9 @@ def merge_adapter(model: nn.Module, names: Union[str, Iterable[str], None] = Non
             _write(stack.base, *_merged(stack))
         for (layer, names), fold in zip(stack.merging(), stack.folds):
             layer.merged_names, layer.merged_fold = names, fold
+    for stack in own:
+        for layer, names in stack.merging():
+            layer.merge_in_place(names, safe=safe)
     return model
 
 
@@ -100,6 +107,11 @@ def unmerge_adapter(model: nn.Module) -> nn.Module:
         warnings.warn("no adapter is merged into the base weights; nothing to unmerge.")
         return model
     for stack in stacks:
+        if _merges_itself(stack):
+            for layer, _ in stack.layers:
+                if layer.merged_names:
+                    layer.unmerge_in_place()
+            continue
         merged = [(layer, layer.merged_names) for layer, _ in stack.layers if layer.merged_names]
         folds = [layer.merged_fold for layer, _ in merged]
         if not _add_in_place(stack.base, merged, folds, sign=-1):
@@ -148,6 +160,17 @@ def _stacks(model: nn.Module, wanted) -> list[_Stack]:
         stack = stacks.setdefault(id(base), _Stack(name, base))
         stack.layers.append((layer, tuple(n for n in layer.active if n in wanted)))  # the layer's order
     return list(stacks.values())
+
+
+def _merges_itself(stack: _Stack) -> bool:
+    """A lone layer that merges in place by itself (``merge_in_place`` / ``unmerge_in_place``)."""
+    return len(stack.layers) == 1 and hasattr(stack.layers[0][0], "merge_in_place")
+
+
+def _check_own(stack: _Stack) -> None:
+    for layer, names in stack.layers:
+        if len(names) > 1:
+            raise MergeError(f"{stack.name}: {layer.method} merges one adapter at a time; asked for {list(names)}.")
 
 
 def _check(stack: _Stack, wanted, tied) -> None:

@@ -44,6 +44,8 @@ CASES = [
     Case("ia3-bert", ak.IA3Config, tiny_bert, True, True),
     Case("vera-llama", lambda: ak.VeRAConfig(rank=4, targets=["q_proj", "v_proj", "down_proj"]), tiny_llama, True, True),
     Case("vera-gpt2", lambda: ak.VeRAConfig(rank=4, save_projection=False), tiny_gpt2, True, True),
+    Case("ln-tuning-llama", ak.LNTuningConfig, tiny_llama, True, True),
+    Case("ln-tuning-bert", lambda: ak.LNTuningConfig(targets=["attention.output.LayerNorm"]), tiny_bert, True, True),
     Case("houlsby-llama", lambda: ak.BottleneckConfig(preset="houlsby", reduction_factor=4), tiny_llama, True, False),
     Case("pfeiffer-bert", lambda: ak.BottleneckConfig(preset="pfeiffer", bottleneck_dim=5), tiny_bert, True, False),
     Case("parallel-gpt2", lambda: ak.BottleneckConfig(preset="parallel", scale=2.0), tiny_gpt2, True, False),
