@@ -35,6 +35,7 @@ from .methods.bottleneck import BottleneckConfig
 from .methods.ia3 import IA3Config
 from .methods.ln_tuning import LNTuningConfig
 from .methods.lora import LoRAConfig
+from .methods.oft import OFTConfig
 from .methods.prompt import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig
 from .methods.vera import VeRAConfig
 from .methods.lora.combine import combine
@@ -68,7 +69,7 @@ def __getattr__(name):
 
 __all__ = [
     "BottleneckConfig", "IA3Config", "PrefixTuningConfig", "PromptEncoderConfig", "PromptTuningConfig",
-    "VeRAConfig", "LNTuningConfig",
+    "VeRAConfig", "LNTuningConfig", "OFTConfig",
     "replace_head", "unfreeze",
     "mixed_batch",
     "AdapterConfig", "AdapterFileError", "AdapterKitError", "AdapterLayer", "AdapterNameError",

@@ -279,7 +279,7 @@ def _add_in_place(base: nn.Module, layers, folds: list[Fold], sign: int) -> bool
     """The common case in one pass over W: one layer whose map is W +- add (LoRA). torch computes
     ``W.add_(add)`` in fp32 (add's dtype) and rounds once into W's dtype, as the general path does.
     False (nothing done) for any other map."""
-    if len(folds) != 1 or folds[0].factors():
+    if len(folds) != 1 or folds[0].factors() or folds[0].right is not None:
         return False
     weight = bases.dense_weight(base)
     add = layers[0][0].fold_add(folds[0], compute_dtype(weight.dtype))

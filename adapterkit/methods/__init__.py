@@ -3,3 +3,4 @@ from . import lora  # noqa: F401
 from . import bottleneck, ia3, prompt  # noqa: F401  (ia3 uses bottleneck's block roles)
 from . import vera  # noqa: F401
 from . import ln_tuning  # noqa: F401
+from . import oft  # noqa: F401

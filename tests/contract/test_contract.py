@@ -46,6 +46,8 @@ CASES = [
     Case("vera-gpt2", lambda: ak.VeRAConfig(rank=4, save_projection=False), tiny_gpt2, True, True),
     Case("ln-tuning-llama", ak.LNTuningConfig, tiny_llama, True, True),
     Case("ln-tuning-bert", lambda: ak.LNTuningConfig(targets=["attention.output.LayerNorm"]), tiny_bert, True, True),
+    Case("oft-llama", lambda: ak.OFTConfig(block_size=8), tiny_llama, True, True),
+    Case("oft-cayley-bert", lambda: ak.OFTConfig(rank=4, block_size=0, use_cayley_neumann=False), tiny_bert, True, True),
     Case("houlsby-llama", lambda: ak.BottleneckConfig(preset="houlsby", reduction_factor=4), tiny_llama, True, False),
     Case("pfeiffer-bert", lambda: ak.BottleneckConfig(preset="pfeiffer", bottleneck_dim=5), tiny_bert, True, False),
     Case("parallel-gpt2", lambda: ak.BottleneckConfig(preset="parallel", scale=2.0), tiny_gpt2, True, False),
