@@ -31,6 +31,7 @@ from .inject import (
 from .inplace import merge_adapter, unmerge_adapter
 from .heads import replace_head, unfreeze
 from .layer import AdapterLayer
+from .methods.boft import BOFTConfig
 from .methods.bottleneck import BottleneckConfig
 from .methods.ia3 import IA3Config
 from .methods.ln_tuning import LNTuningConfig
@@ -69,7 +70,7 @@ def __getattr__(name):
 
 __all__ = [
     "BottleneckConfig", "IA3Config", "PrefixTuningConfig", "PromptEncoderConfig", "PromptTuningConfig",
-    "VeRAConfig", "LNTuningConfig", "OFTConfig",
+    "VeRAConfig", "LNTuningConfig", "OFTConfig", "BOFTConfig",
     "replace_head", "unfreeze",
     "mixed_batch",
     "AdapterConfig", "AdapterFileError", "AdapterKitError", "AdapterLayer", "AdapterNameError",

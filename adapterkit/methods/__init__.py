@@ -4,3 +4,4 @@ from . import bottleneck, ia3, prompt  # noqa: F401  (ia3 uses bottleneck's bloc
 from . import vera  # noqa: F401
 from . import ln_tuning  # noqa: F401
 from . import oft  # noqa: F401
+from . import boft  # noqa: F401

@@ -48,6 +48,8 @@ CASES = [
     Case("ln-tuning-bert", lambda: ak.LNTuningConfig(targets=["attention.output.LayerNorm"]), tiny_bert, True, True),
     Case("oft-llama", lambda: ak.OFTConfig(block_size=8), tiny_llama, True, True),
     Case("oft-cayley-bert", lambda: ak.OFTConfig(rank=4, block_size=0, use_cayley_neumann=False), tiny_bert, True, True),
+    Case("boft-llama", lambda: ak.BOFTConfig(block_size=4), tiny_llama, True, True),
+    Case("boft-butterfly-bert", lambda: ak.BOFTConfig(block_size=4, butterfly_factor=2), tiny_bert, True, True),
     Case("houlsby-llama", lambda: ak.BottleneckConfig(preset="houlsby", reduction_factor=4), tiny_llama, True, False),
     Case("pfeiffer-bert", lambda: ak.BottleneckConfig(preset="pfeiffer", bottleneck_dim=5), tiny_bert, True, False),
     Case("parallel-gpt2", lambda: ak.BottleneckConfig(preset="parallel", scale=2.0), tiny_gpt2, True, False),
