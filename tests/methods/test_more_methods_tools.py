@@ -1,0 +1,53 @@
+"""VeRA, LN tuning, OFT and BOFT through the tools: `adapterkit train` from YAML, `adapterkit
+inspect`, and ak.summary."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import adapterkit as ak
+from adapterkit.cli import main
+from tests.models import tiny_llama
+from tests.training.helpers import memorise_records, tiny_folder, write_jsonl
+
+METHODS = {
+    "vera": ({"rank": 8, "d_initial": 0.5}, "VERA"),
+    "ln_tuning": ({}, "LN_TUNING"),
+    "oft": ({"block_size": 8}, "OFT"),
+    "boft": ({"block_size": 4, "butterfly_factor": 2}, "BOFT"),
+}
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    return tiny_folder(tmp_path_factory.mktemp("llama") / "model")
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_train_from_yaml_then_inspect(tmp_path, llama_dir, capsys, method):
+    import yaml
+
+    fields, peft_type = METHODS[method]
+    data = write_jsonl(tmp_path / "train.jsonl", memorise_records(4))
+    cfg = {"model": {"name": llama_dir}, "adapter": {"method": method, **fields},
+           "data": {"train": data, "eval": data},
+           "optim": {"lr": 1e-2, "batch_size": 4, "max_steps": 3, "schedule": "constant", "seed": 0},
+           "eval": {"every": 0}, "output": {"dir": str(tmp_path / "out"), "progress": False}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(path)]) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path / "out"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    info = info[0] if isinstance(info, list) else info
+    assert info["method"] == method and info["peft_type"] == peft_type and info["parameters"] > 0
+    assert not info["vllm"]["loads"] and "merge it" in info["vllm"]["reasons"][0]
+
+
+@pytest.mark.parametrize("config", [ak.VeRAConfig(rank=4), ak.LNTuningConfig(), ak.OFTConfig(block_size=8),
+                                    ak.BOFTConfig()], ids=lambda c: c.method)
+def test_summary_shows_the_method(config):
+    model = ak.attach(tiny_llama(), config)
+    text = str(ak.summary(model))
+    assert f"| default * | {config.method} |" in text
