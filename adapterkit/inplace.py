@@ -9,7 +9,9 @@ and ``model.state_dict()`` holds the merged weights.
 Per base layer (fold.py): merge W' = row * W * col + add, unmerge W = (W' - add) / (row * col),
 computed in fp32 from the weight as stored and rounded once to its dtype. LoRA on Linear, Conv1D,
 Embedding and Conv2d, DoRA (s = m / ||W + scale B A|| taken from the unmerged W and kept for
-unmerge, as PEFT does) and IA3.
+unmerge, as PEFT does), IA3, VeRA (an added update), OFT and BOFT (W' = s * W T^T with T their
+input rotation, kept and inverted in fp64 on unmerge) and LN tuning (the norm takes the trained copy's
+values, its own are kept for unmerge: ``merge_in_place`` / ``unmerge_in_place`` on the layer).
 
 Precision. fp32: merge and unmerge are exact up to rounding (one rounding each). bf16: a weight comes
 back bit for bit unless |W + update| lies in a higher power-of-two band than |W|; otherwise it is off
@@ -179,7 +181,7 @@ def _check(stack: _Stack, wanted, tied) -> None:
         if names and not hasattr(layer, "fold"):
             raise MergeError(
                 f"{where}: {layer.method} adapters ({list(names)}) cannot be merged into the base weights; "
-                f"merge_adapter folds LoRA, DoRA and IA3. Pass names= without them."
+                f"merge_adapter folds LoRA, DoRA, IA3, VeRA, OFT, BOFT and LN tuning. Pass names= without them."
             )
     kind = bases.base_kind(base)
     if kind not in _IN_PLACE or not base.weight.dtype.is_floating_point:

@@ -16,6 +16,7 @@ from ...errors import ConfigError
 from ..bottleneck.roles import check_layers
 
 INITS = ("identity", "random")
+MAX_FACTORS = 16  # 2^15 blocks per group: beyond any layer's input size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +28,7 @@ class BOFTConfig(AdapterConfig):
             blocks by ``block_num``. Exactly one of the two is non-zero; it must divide each layer's
             input size.
         block_num: blocks per factor (PEFT's ``boft_block_num``); 0 to use ``block_size``.
-        butterfly_factor: number m of butterfly factors (PEFT's ``boft_n_butterfly_factor``, >= 1).
+        butterfly_factor: number m of butterfly factors (PEFT's ``boft_n_butterfly_factor``, 1 to 16).
             PEFT without its CUDA extension uses 1 whatever is asked; adapterkit uses what is asked.
         dropout: multiplicative dropout: in training, a share of the blocks of one factor is
             replaced by the identity (PEFT's ``boft_dropout``), in [0, 1).
@@ -61,6 +62,9 @@ class BOFTConfig(AdapterConfig):
                 "non-zero (block_size x block_num = the layer's input size); e.g. BOFTConfig(block_size=4)."
             )
         self._positive("butterfly_factor", integer=True)
+        if self.butterfly_factor > MAX_FACTORS:
+            raise ConfigError(f"{name}.butterfly_factor must be at most {MAX_FACTORS} (factor k pairs blocks "
+                              f"2^(k-1) apart); got {self.butterfly_factor}.")
         if self.butterfly_factor > 1 and (self.block_size or self.block_num) % 2:
             raise ConfigError(f"{name}: with butterfly_factor > 1, block_size / block_num must be even; "
                               f"got {self.block_size or self.block_num}.")

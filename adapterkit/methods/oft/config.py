@@ -15,6 +15,7 @@ from ...errors import ConfigError
 from ..bottleneck.roles import check_layers
 
 INITS = ("identity", "random")
+MAX_TERMS = 100  # a bound, so that a damaged file cannot make every forward loop for ever
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +35,7 @@ class OFTConfig(AdapterConfig):
         module_dropout: PEFT's multiplicative block dropout probability, in [0, 1); PEFT 0.21's
             linear OFT stores it without applying it, and so does adapterkit (files agree).
         use_cayley_neumann: the Neumann series instead of the exact inverse.
-        num_cayley_neumann_terms: terms of that series (>= 1).
+        num_cayley_neumann_terms: terms of that series (1 to 100).
         init: ``"identity"`` (Q = 0: the model starts unchanged) or ``"random"`` (Q normal, std 0.1).
         train_modules: whole modules trained and saved with the adapter.
     """
@@ -72,6 +73,9 @@ class OFTConfig(AdapterConfig):
                 raise ConfigError(f"{name}.{flag} must be true or false; got {getattr(self, flag)!r}.")
         self._positive("eps")
         self._positive("num_cayley_neumann_terms", integer=True)
+        if self.num_cayley_neumann_terms > MAX_TERMS:
+            raise ConfigError(f"{name}.num_cayley_neumann_terms must be at most {MAX_TERMS} (each term is a "
+                              f"matrix product per block per step); got {self.num_cayley_neumann_terms}.")
         d = self.module_dropout
         if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 <= d < 1.0:
             raise ConfigError(f"{name}.module_dropout must be a number in [0, 1); got {d!r}.")
