@@ -1,13 +1,15 @@
 """VeRA, LN tuning, OFT and BOFT through the tools: `adapterkit train` from YAML, `adapterkit
-inspect`, and ak.summary."""
+inspect`, `adapterkit merge`, and ak.summary."""
 from __future__ import annotations
 
 import json
 
 import pytest
+import torch
 
 import adapterkit as ak
 from adapterkit.cli import main
+from tests.checks import assert_close_scaled
 from tests.models import tiny_llama
 from tests.training.helpers import memorise_records, tiny_folder, write_jsonl
 
@@ -43,6 +45,14 @@ def test_train_from_yaml_then_inspect(tmp_path, llama_dir, capsys, method):
     info = info[0] if isinstance(info, list) else info
     assert info["method"] == method and info["peft_type"] == peft_type and info["parameters"] > 0
     assert not info["vllm"]["loads"] and "merge it" in info["vllm"]["reasons"][0]
+    assert main(["merge", str(tmp_path / "out"), "--base", llama_dir, "--out", str(tmp_path / "merged")]) == 0
+    from transformers import AutoModelForCausalLM
+
+    ids = torch.randint(3, 99, (2, 9), generator=torch.Generator().manual_seed(0))
+    adapted = ak.load_adapter(AutoModelForCausalLM.from_pretrained(llama_dir), tmp_path / "out")
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    with torch.no_grad():
+        assert_close_scaled(merged(input_ids=ids).logits, adapted(input_ids=ids).logits)  # large logits here
 
 
 @pytest.mark.parametrize("config", [ak.VeRAConfig(rank=4), ak.LNTuningConfig(), ak.OFTConfig(block_size=8),
