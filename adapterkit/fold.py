@@ -13,6 +13,7 @@ M = blockdiag(right) multiplies from the right (right (m, c, c), m c = in; None:
 - IA3:   row = l (keys, values: the bias too), col = l (feed-forward input)
 - VeRA:  add = (lambda_b B) (lambda_d A)
 - OFT:   right = R^T per block (its rotation of the input, kept; unmerge inverts it in fp64)
+- BOFT:  row = s, right = T^T (its butterfly T: blocks with one factor, else one dense block)
 Several adapters in one layer compose in their active order, as the forward does
 (methods/lora/stack.py): W_k = W_{k-1} + L_k (LoRA) or g_k (W_{k-1} + L_k) (DoRA), so row is the
 product of the g_k and add is built the same way; IA3 vectors multiply. Everything is computed in

@@ -88,7 +88,7 @@ def merge_adapter(model: nn.Module, names: Union[str, Iterable[str], None] = Non
         _check(stack, wanted, tied)
         stack.folds = _folds(stack)
     for stack in own:
-        _check_own(stack)
+        _check_own(stack, safe)
     for stack in stacks if safe else ():
         _check_finite(stack, *_merged(stack))
     for stack in stacks:
@@ -98,7 +98,7 @@ def merge_adapter(model: nn.Module, names: Union[str, Iterable[str], None] = Non
             layer.merged_names, layer.merged_fold = names, fold
     for stack in own:
         for layer, names in stack.merging():
-            layer.merge_in_place(names, safe=safe)
+            layer.merge_in_place(names)
     return model
 
 
@@ -169,10 +169,15 @@ def _merges_itself(stack: _Stack) -> bool:
     return len(stack.layers) == 1 and hasattr(stack.layers[0][0], "merge_in_place")
 
 
-def _check_own(stack: _Stack) -> None:
+def _check_own(stack: _Stack, safe: bool) -> None:
     for layer, names in stack.layers:
         if len(names) > 1:
             raise MergeError(f"{stack.name}: {layer.method} merges one adapter at a time; asked for {list(names)}.")
+        if safe and names:
+            values = [t for t in layer.adapters[names[0]].state_dict().values() if t.is_floating_point()]
+            if not all(bool(torch.isfinite(t).all()) for t in values):
+                raise MergeError(f"{stack.name}: merging {list(names)} gives NaN or Inf weights; nothing was merged. "
+                                 "The adapter's tensors are likely broken: check them or reload it.")
 
 
 def _check(stack: _Stack, wanted, tied) -> None:

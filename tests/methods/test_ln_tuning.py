@@ -96,3 +96,16 @@ def test_bad_configs_raise(bad):
 def test_non_leaf_target_is_refused():
     with pytest.raises(ak.UnsupportedModuleError, match="LN tuning"):
         ak.attach(tiny_llama(), ak.LNTuningConfig(targets=["self_attn"]))
+
+
+def test_safe_merge_refuses_nan_and_changes_nothing():
+    model = ak.attach(tiny_llama(), ak.IA3Config(), name="ia3")
+    ak.attach(model, ak.LNTuningConfig(), name="ln")
+    ak.set_active(model, ["ia3", "ln"])
+    with torch.no_grad():
+        next(layer for _, layer in adapter_layers(model) if "ln" in layer.adapters).adapters["ln"].norm.weight[0] = float("nan")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ak.MergeError, match="NaN"):
+        ak.merge_adapter(model, safe=True)
+    assert ak.merged_adapters(model) == []
+    assert all(torch.equal(v.nan_to_num(), before[k].nan_to_num()) for k, v in model.state_dict().items())

@@ -56,12 +56,10 @@ class LNTuningLayer(AdapterLayer):
         return base
 
     # -- merging in place (adapterkit/inplace.py): the base's tensors take the copy's values --
-    def merge_in_place(self, names, safe: bool = False) -> None:
-        if len(names) != 1:
-            raise MergeError(f"LN tuning merges one adapter at a time; asked for {list(names)}.")
+    def merge_in_place(self, names) -> None:
+        """Write adapter ``names[0]``'s values into the base norm (checked by the caller), keep the base's."""
+        assert len(names) == 1
         base, twin = self.innermost(), self.adapters[names[0]].norm
-        if safe and not all(bool(torch.isfinite(t).all()) for t in twin.state_dict().values() if t.is_floating_point()):
-            raise MergeError(f"LN tuning adapter {names[0]!r} holds NaN or Inf values; nothing was merged.")
         kept = {k: t.detach().clone() for k, t in base.state_dict().items()}
         self._write(base, twin)
         self.merged_names, self.merged_fold = tuple(names), kept
