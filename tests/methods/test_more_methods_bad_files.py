@@ -80,3 +80,14 @@ def test_big_sizes_in_a_file_are_refused_before_allocating(saved, tmp_path):
     (tmp_path / CONFIG).write_text(json.dumps({**data, "r": 10**15}))
     with pytest.raises(ak.AdapterFileError, match="rank 4, but the config says r=1000000000000000"):
         ak.load_adapter(tiny_llama(), tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["ln_tuning", "oft", "boft"])
+def test_a_target_dropped_from_the_config_is_named(saved, tmp_path, kind):
+    shutil.copytree(saved[kind], tmp_path, dirs_exist_ok=True)
+    data = json.loads((tmp_path / CONFIG).read_text())
+    targets = data["target_modules"]
+    data["target_modules"] = targets[1:] if isinstance(targets, list) and len(targets) > 2 else ["q_proj"]
+    (tmp_path / CONFIG).write_text(json.dumps(data))
+    with pytest.raises(ak.AdapterFileError, match="which the config's target_modules=.* does not select"):
+        ak.load_adapter(tiny_llama(), tmp_path)
