@@ -30,7 +30,7 @@ class _BlockDiag:
 
     @staticmethod
     def backward(grad, x):
-        n, d, h, _ = x.shape
+        _, d, h, _ = x.shape
         return [torch.stack([torch.stack([g[i * h:(i + 1) * h, i * h:(i + 1) * h] for i in range(d)]) for g in grad])]
 
 
