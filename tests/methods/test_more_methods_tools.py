@@ -61,3 +61,22 @@ def test_summary_shows_the_method(config):
     model = ak.attach(tiny_llama(), config)
     text = str(ak.summary(model))
     assert f"| default * | {config.method} |" in text
+
+
+@pytest.mark.parametrize("config", [ak.VeRAConfig(rank=4), ak.OFTConfig(block_size=8),
+                                    ak.BOFTConfig(block_size=4, butterfly_factor=2)], ids=lambda c: c.method)
+def test_quantized_base_trains_and_merges(config):
+    from adapterkit.inject import adapter_layers
+    from tests.models import tokens
+
+    model = ak.attach(ak.quantize(tiny_llama(), bits=4, quant_type="nf4"), config)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _, layer in adapter_layers(model):
+            for p in layer.adapters["default"].parameters():
+                p.add_(0.3 * torch.randn(p.shape, generator=gen))
+    out = model(input_ids=tokens()).logits
+    out.pow(2).mean().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    with torch.no_grad():
+        assert_close_scaled(ak.merge(model)(input_ids=tokens()).logits, out.detach())
