@@ -143,6 +143,9 @@ def test_bad_configs_raise(bad):
         ak.BOFTConfig(**bad)
 
 
-def test_block_size_that_does_not_divide_a_layer_is_refused():
-    with pytest.raises(ak.ConfigError, match="block_size=5"):
-        ak.attach(tiny_llama(), ak.BOFTConfig(targets=["q_proj"], block_size=5))
+def test_block_size_that_does_not_divide_a_layer_is_refused_and_nothing_changes():
+    model = tiny_llama()
+    before = dict(model.named_modules())
+    with pytest.raises(ak.ConfigError, match="block_size=8 with butterfly_factor=4"):
+        ak.attach(model, ak.BOFTConfig(targets=["q_proj", "down_proj"], block_size=8, butterfly_factor=4))
+    assert dict(model.named_modules()) == before and all(p.requires_grad for p in model.parameters())
