@@ -76,7 +76,7 @@ class OFT(nn.Module):
         return torch.einsum("...nk,nkc->...nc", xb, r).reshape(x.shape).to(x.dtype)
 
     @torch.no_grad()
-    def blockdiag(self, dtype: torch.dtype) -> Tensor:
+    def blocks(self, dtype: torch.dtype) -> Tensor:
         """The n blocks R_j (n, b, b) in ``dtype``."""
         return self.rotations().to(dtype)
 
@@ -89,7 +89,7 @@ def dense(blocks: Tensor) -> Tensor:
 def product(adapters: list[OFT], dtype: torch.dtype) -> Tensor:
     """The blocks (m, c, c) of R_1 R_2 ... for adapters in order: blockwise when their block sizes agree,
     else one dense block (1, in, in)."""
-    mats = [a.blockdiag(dtype) for a in adapters]
+    mats = [a.blocks(dtype) for a in adapters]
     if len({m.shape for m in mats}) > 1:
         mats = [dense(m).unsqueeze(0) for m in mats]
     out = mats[0]
