@@ -33,14 +33,18 @@ from .inplace import merge_adapter, unmerge_adapter
 from .heads import replace_head, unfreeze
 from .layer import AdapterLayer
 from .methods.adalora import AdaLoRAConfig, RankAllocator, orthogonality
+from .methods.boft import BOFTConfig
 from .methods.bottleneck import BottleneckConfig
 from .methods.compacter import CompacterConfig
 from .methods.loreft import LoReFTConfig
 from .methods.ia3 import IA3Config
+from .methods.ln_tuning import LNTuningConfig
 from .methods.lora import LoRAConfig
 from .methods.loha import LoHaConfig
 from .methods.lokr import LoKrConfig
+from .methods.oft import OFTConfig
 from .methods.prompt import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig
+from .methods.vera import VeRAConfig
 from .methods.lora.combine import combine
 from .methods.lora.hotswap import hotswap_adapter, prepare_hotswap
 from .methods.lora.resize import resize_rank
@@ -77,6 +81,7 @@ def __getattr__(name):
 __all__ = [
     "AdaLoRAConfig", "RankAllocator", "orthogonality",
     "BottleneckConfig", "IA3Config", "PrefixTuningConfig", "PromptEncoderConfig", "PromptTuningConfig",
+    "VeRAConfig", "LNTuningConfig", "OFTConfig", "BOFTConfig",
     "replace_head", "unfreeze",
     "LoHaConfig", "LoKrConfig",
     "CompacterConfig", "LoReFTConfig",

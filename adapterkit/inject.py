@@ -274,7 +274,7 @@ def merge(model: nn.Module) -> nn.Module:
         if layer.active_adapters() and not isinstance(layer, TrainedModule) \
                 and not getattr(layer, "merges_params", False):  # LoRA on parameters folds into its module
             base = layer.innermost()
-            if not bases.foldable(base):
+            if not bases.foldable(base) and not hasattr(layer, "merge_in_place"):  # LN tuning writes values
                 grouped = getattr(base, "groups", 1) > 1 and bases.base_kind(base) in bases.CONV_KINDS
                 raise MergeError(
                     f"{layer_name}: cannot fold adapters into a {type(base).__name__} "

@@ -8,8 +8,11 @@ and ``model.state_dict()`` holds the merged weights.
 
 Per base layer (fold.py): merge W' = row * W * col + add, unmerge W = (W' - add) / (row * col),
 computed in fp32 from the weight as stored and rounded once to its dtype. LoRA on Linear, Conv1D,
-Embedding and Conv1d / Conv2d / Conv3d (groups 1), DoRA (s = m / ||W + scale B A|| taken from the unmerged W and kept for
-unmerge, as PEFT does), IA3, and every other method whose layer can ``fold`` (LoHa, LoKr, AdaLoRA, ...).
+Embedding and Conv1d / Conv2d / Conv3d (groups 1), DoRA (s = m / ||W + scale B A|| taken from the
+unmerged W and kept for unmerge, as PEFT does), IA3, LoHa, LoKr, AdaLoRA, VeRA (added updates), OFT and
+BOFT (W' = s * W T^T with T their input rotation, kept and inverted in fp64 on unmerge) and LN tuning
+(the norm takes the trained copy's values, its own are kept for unmerge: ``merge_in_place`` /
+``unmerge_in_place`` on the layer).
 
 Precision. fp32: merge and unmerge are exact up to rounding (one rounding each). bf16: a weight comes
 back bit for bit unless |W + update| lies in a higher power-of-two band than |W|; otherwise it is off
@@ -79,10 +82,14 @@ def merge_adapter(model: nn.Module, names: Union[str, Iterable[str], None] = Non
             f"ak.unmerge_adapter(model), then ak.merge_adapter(model, names=[...]) with all of them."
         )
     stacks = [s for s in _stacks(model, wanted) if any(names for _, names in s.layers)]
+    own = [s for s in stacks if _merges_itself(s)]  # layers that swap in values (LN tuning)
+    stacks = [s for s in stacks if not _merges_itself(s)]
     tied = tied_parameters(model)
     for stack in stacks:  # check everything before changing anything
         _check(stack, wanted, tied)
         stack.folds = _folds(stack)
+    for stack in own:
+        _check_own(stack, safe)
     for stack in stacks if safe else ():
         _check_finite(stack, *_merged(stack))
     for stack in stacks:
@@ -90,6 +97,9 @@ def merge_adapter(model: nn.Module, names: Union[str, Iterable[str], None] = Non
             _write(stack.base, *_merged(stack))
         for (layer, names), fold in zip(stack.merging(), stack.folds):
             layer.merged_names, layer.merged_fold = names, fold
+    for stack in own:
+        for layer, names in stack.merging():
+            layer.merge_in_place(names)
     return model
 
 
@@ -100,6 +110,11 @@ def unmerge_adapter(model: nn.Module) -> nn.Module:
         warnings.warn("no adapter is merged into the base weights; nothing to unmerge.")
         return model
     for stack in stacks:
+        if _merges_itself(stack):
+            for layer, _ in stack.layers:
+                if layer.merged_names:
+                    layer.unmerge_in_place()
+            continue
         merged = [(layer, layer.merged_names) for layer, _ in stack.layers if layer.merged_names]
         folds = [layer.merged_fold for layer, _ in merged]
         if not _add_in_place(stack.base, merged, folds, sign=-1):
@@ -150,15 +165,30 @@ def _stacks(model: nn.Module, wanted) -> list[_Stack]:
     return list(stacks.values())
 
 
+def _merges_itself(stack: _Stack) -> bool:
+    """A lone layer that merges in place by itself (``merge_in_place`` / ``unmerge_in_place``)."""
+    return len(stack.layers) == 1 and hasattr(stack.layers[0][0], "merge_in_place")
+
+
+def _check_own(stack: _Stack, safe: bool) -> None:
+    for layer, names in stack.layers:
+        if len(names) > 1:
+            raise MergeError(f"{stack.name}: {layer.method} merges one adapter at a time; asked for {list(names)}.")
+        if safe and names:
+            values = [t for t in layer.adapters[names[0]].state_dict().values() if t.is_floating_point()]
+            if not all(bool(torch.isfinite(t).all()) for t in values):
+                raise MergeError(f"{stack.name}: merging {list(names)} gives NaN or Inf weights; nothing was merged. "
+                                 "The adapter's tensors are likely broken: check them or reload it.")
+
+
 def _check(stack: _Stack, wanted, tied) -> None:
     base, where = stack.base, stack.name
     for layer, names in stack.layers:
         if names and not hasattr(layer, "fold"):
             raise MergeError(
                 f"{where}: {layer.method} adapters ({list(names)}) cannot be merged into the base weights; "
-                f"merge_adapter folds the methods whose layers can fold into a weight (LoRA, DoRA, IA3, LoHa, "
-                f"LoKr, AdaLoRA, ...), and LoRA on parameters (target_parameters) only through ak.merge. Pass "
-                f"names= without them."
+                f"merge_adapter folds LoRA, DoRA, IA3, LoHa, LoKr, AdaLoRA, VeRA, OFT, BOFT and LN tuning (LoRA "
+                f"on parameters, target_parameters, only through ak.merge). Pass names= without them."
             )
     kind = bases.base_kind(base)
     if kind == "mha" or (kind in bases.CONV_KINDS and base.groups > 1):
@@ -264,7 +294,7 @@ def _add_in_place(base: nn.Module, layers, folds: list[Fold], sign: int) -> bool
     """The common case in one pass over W: one layer whose map is W +- add (LoRA). torch computes
     ``W.add_(add)`` in fp32 (add's dtype) and rounds once into W's dtype, as the general path does.
     False (nothing done) for any other map."""
-    if len(folds) != 1 or folds[0].factors():
+    if len(folds) != 1 or folds[0].factors() or folds[0].right is not None:
         return False
     weight = bases.dense_weight(base)
     add = layers[0][0].fold_add(folds[0], compute_dtype(weight.dtype))

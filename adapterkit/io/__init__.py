@@ -40,6 +40,11 @@ Per method (each method's ``FileFormat`` is in its package, ``methods/<method>/f
 - Bottleneck adapters: PEFT has no such method; ``peft_type: "ADAPTERKIT_BOTTLENECK"``, the
   config's own field names, tensors ``<module>.adapter_down.weight`` / ``.bias`` and
   ``<module>.adapter_up.weight`` / ``.bias``. PEFT cannot load these. ``methods/bottleneck/files.py``.
+- VeRA, LN tuning, OFT, BOFT: ``peft_type`` ``VERA`` / ``LN_TUNING`` / ``OFT`` / ``BOFT``, PEFT's keys
+  and tensors (``<module>.vera_lambda_b`` / ``_d`` and the shared ``base_model.vera_A`` / ``_B``;
+  ``<module>.ln_tuning_layers.weight``; ``<module>.oft_R.weight``; ``<module>.boft_R`` / ``boft_s``).
+  Tables: ``methods/vera/files.py``, ``methods/ln_tuning/files.py``, ``methods/oft/files.py``,
+  ``methods/boft/files.py``.
 - A new method registers its format with ``Method(..., files=FileFormat(...))``
   (``registry.FileFormat``); ``io`` never special-cases a method.
 

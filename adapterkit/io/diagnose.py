@@ -33,6 +33,9 @@ _OTHER_METHODS = (("hada_", "LoHa"), ("lokr_", "LoKr"), ("oft_", "OFT"), ("boft_
                   ("adapter_up", "adapterkit's bottleneck adapter"),
                   ("prompt_embeddings", "prompt / prefix / P-tuning"))
 _LORA_LEAVES = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector")
+# the other methods adapterkit reads: their per-module leaves ("oft_R.weight" has two parts) and peft_type
+_MORE_LEAVES = {"oft_R": "OFT", "ln_tuning_layers": "LN_TUNING", "boft_R": "BOFT", "boft_s": "BOFT",
+                "vera_lambda_b": "VERA", "vera_lambda_d": "VERA"}
 
 
 def _module_and_leaf(key: str) -> tuple[str, str]:
@@ -43,7 +46,7 @@ def _module_and_leaf(key: str) -> tuple[str, str]:
             module, _, rest = body.partition(marker)
             return module, marker.strip(".") + "." + rest
     parts = body.split(".")
-    if len(parts) >= 2 and parts[-2] in _LORA_LEAVES:
+    if len(parts) >= 2 and (parts[-2] in _LORA_LEAVES or parts[-2] in ("oft_R", "ln_tuning_layers")):
         return ".".join(parts[:-2]), ".".join(parts[-2:])
     return ".".join(parts[:-1]), parts[-1]
 
@@ -72,7 +75,7 @@ def feature(key: str, data: dict[str, Any], model: nn.Module, adapted: dict[str,
         return (f"{key!r} is a DoRA magnitude, but the config has use_dora={data.get('use_dora')!r}; set "
                 "\"use_dora\": true in adapter_config.json if the adapter is DoRA")
     for prefix, method in _OTHER_METHODS:
-        if leaf.split(".")[0].startswith(prefix):
+        if leaf.split(".")[0].startswith(prefix) and _MORE_LEAVES.get(leaf.split(".")[0]) != data.get("peft_type"):
             return (f"{key!r} is a tensor of PEFT's {method} method, but the config's peft_type is "
                     f"{data.get('peft_type')!r}; the config and the weights come from different adapters")
     return _placement(key, module, leaf, data, names, adapted)
@@ -86,7 +89,7 @@ def _placement(key: str, module: str, leaf: str, data: dict, names: dict, adapte
         inner = names[module].innermost() if hasattr(names[module], "innermost") else names[module]
         return (f"{key!r} is a {kind} tensor, but {module!r} here is a {type(inner).__name__} whose "
                 f"LoRA tensors are {wanted}; the file was saved from another architecture")
-    if module in names and kind in _LORA_LEAVES:
+    if module in names and (kind in _LORA_LEAVES or _MORE_LEAVES.get(kind) == data.get("peft_type")):
         return (f"{key!r} adapts {module!r}, which the config's target_modules={data.get('target_modules')!r} "
                 "does not select on this model; the config was edited, or the file is for another model")
     if module in names:

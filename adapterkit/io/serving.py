@@ -111,11 +111,10 @@ def vllm_summary(config: Mapping[str, Any], shapes: Mapping[str, tuple]) -> str:
 
 
 def _mergeable(peft_type) -> bool:
-    """Whether adapterkit folds adapters of this ``peft_type`` into the base weights (its layer can fold)."""
-    from ..errors import ConfigError
-    from ..registry import method_for_peft_type
+    """Whether the registered method that reads ``peft_type`` folds into the base weights."""
+    from ..registry import METHODS
 
-    try:
-        return hasattr(method_for_peft_type(peft_type).layer, "fold")
-    except ConfigError:
-        return False
+    from .. import methods  # noqa: F401  (registers the built-in methods)
+
+    return any(m.files is not None and m.files.peft_type == peft_type and hasattr(m.layer, "merged")
+               for m in METHODS.values())

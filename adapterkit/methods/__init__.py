@@ -4,3 +4,7 @@ from . import bottleneck, ia3, prompt  # noqa: F401  (ia3 uses bottleneck's bloc
 from . import loha, lokr  # noqa: F401
 from . import adalora  # noqa: F401
 from . import compacter, loreft  # noqa: F401  (compacter uses bottleneck's placement)
+from . import vera  # noqa: F401
+from . import ln_tuning  # noqa: F401
+from . import oft  # noqa: F401
+from . import boft  # noqa: F401
