@@ -6,10 +6,20 @@ from ...targets import resolve
 from .config import LoRAConfig
 from .files import FILES
 from .layers import LoRA, LoRALayer
+from . import bias, patterns, tokens
 
 
-def _where(model, config: LoRAConfig) -> dict[str, None]:
+def _where(model, config: LoRAConfig) -> dict[str, tuple[int, float]]:
+    """{module name: (rank, alpha)} of the modules to adapt."""
     names = resolve(model, config.targets, config.exclude, config.layers, config.train_modules)
+    patterns.warn_unmatched(config, names)
+    if config.lora_bias:
+        for name in names:
+            module = model.get_submodule(name)
+            base = module.innermost() if isinstance(module, LoRALayer) else module
+            if bases.base_kind(base) == "embedding":
+                raise UnsupportedModuleError(f"lora_bias needs a Linear, Conv1D or Conv2d base; {name!r} is an "
+                                             f"Embedding (PEFT refuses it too). Exclude it, or use lora_bias=False.")
     if config.dora:
         for name in names:
             module = model.get_submodule(name)
@@ -19,13 +29,20 @@ def _where(model, config: LoRAConfig) -> dict[str, None]:
                     f"DoRA needs a dense or adapterkit-quantized Linear / Conv1D base; {name!r} is a "
                     f"{type(base).__name__}. Exclude it, or use dora=False."
                 )
-    return dict.fromkeys(names)
+    return {name: patterns.rank_alpha(config, name) for name in names}
 
 
-def _build(base, config: LoRAConfig, placement: None) -> LoRA:
-    return LoRA(base, config)
+def _build(base, config: LoRAConfig, placement: tuple[int, float]) -> LoRA:
+    rank, alpha = placement
+    return LoRA(base, config, rank=rank, alpha=alpha)
 
 
-METHOD = register(Method(config=LoRAConfig, layer=LoRALayer, where=_where, build=_build, files=FILES))
+def _after_attach(model, config: LoRAConfig, name: str) -> None:
+    bias.train_biases(model, config, name)
+    tokens.attach_tokens(model, config, name)
+
+
+METHOD = register(Method(config=LoRAConfig, layer=LoRALayer, where=_where, build=_build, files=FILES,
+                         after_attach=_after_attach))
 
 __all__ = ["LoRAConfig", "LoRA", "LoRALayer", "METHOD"]

@@ -8,13 +8,15 @@ re-learns each output row's magnitude: W' = m * (W + scale B A) / ||W + scale B 
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Optional, Union
 
 from ...config import AdapterConfig
 from ...errors import ConfigError
+from .patterns import check_pattern, scale_of
+from .tokens import check_token_indices
 
-INITS = ("kaiming", "gaussian", "random")
+INITS = ("kaiming", "gaussian", "random", "pissa", "pissa_niter_K", "olora", "loftq", "eva")
+BIASES = ("none", "all", "lora_only")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +39,16 @@ class LoRAConfig(AdapterConfig):
             the model changes at once; for tests).
         train_modules: whole modules (name suffixes) trained and saved with the adapter, e.g. a
             new classification head ``["classifier"]``.
+        rank_pattern: per-module ranks, ``{pattern: rank}``; a pattern is a regex matched against a
+            dotted suffix of the module's full name, first match wins (PEFT's rule: patterns.py).
+        alpha_pattern: per-module alphas, in the same form.
+        bias: which base biases train with the adapter (and are saved with it): ``"none"``,
+            ``"all"`` (every bias of the model) or ``"lora_only"`` (the adapted layers' biases).
+            They train in place, as in PEFT: ``ak.disabled`` and ``ak.detach`` keep their values.
+        lora_bias: give B a trainable bias (zero at start): y = W x + scale (B A x + b_B).
+        trainable_token_indices: only these rows of the input embedding train (PEFT's trainable
+            tokens): a list of token ids for the input embedding, or ``{module suffix: ids}``.
+        loftq_iter: alternating steps of LoftQ (``init="loftq"``, 4-bit NF4 base).
     """
 
     method = "lora"
@@ -51,6 +63,12 @@ class LoRAConfig(AdapterConfig):
     dora: bool = False
     init: str = "kaiming"
     train_modules: tuple[str, ...] = ()
+    rank_pattern: tuple = ()
+    alpha_pattern: tuple = ()
+    bias: str = "none"
+    lora_bias: bool = False
+    trainable_token_indices: Optional[tuple] = None
+    loftq_iter: int = 1
 
     def __post_init__(self):
         name = type(self).__name__
@@ -80,9 +98,29 @@ class LoRAConfig(AdapterConfig):
         for flag in ("rslora", "dora"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"{name}.{flag} must be true or false; got {getattr(self, flag)!r}.")
-        self._choice("init", INITS)
+        self._check_init()
+        self._set("rank_pattern", check_pattern(name, "rank_pattern", self.rank_pattern, integer=True))
+        self._set("alpha_pattern", check_pattern(name, "alpha_pattern", self.alpha_pattern, integer=False))
+        self._choice("bias", BIASES)
+        if not isinstance(self.lora_bias, bool):
+            raise ConfigError(f"{name}.lora_bias must be true or false; got {self.lora_bias!r}.")
+        if self.lora_bias and (self.dora or self.init not in ("kaiming", "gaussian", "random")):
+            raise ConfigError(f"{name}.lora_bias works with plain LoRA and the kaiming / gaussian / random "
+                              f"inits (as in PEFT); got dora={self.dora}, init={self.init!r}.")
+        self._set("trainable_token_indices", check_token_indices(name, self.trainable_token_indices))
+        self._positive("loftq_iter", integer=True)
+
+    def _check_init(self) -> None:
+        init = self.init
+        if isinstance(init, str) and init.startswith("pissa_niter_"):
+            k = init[len("pissa_niter_"):]
+            if k.isdigit() and int(k) > 0:
+                return
+            raise ConfigError(f"LoRAConfig.init {init!r}: pissa_niter_K needs a positive whole K "
+                              f"(subspace iterations of the fast SVD), e.g. 'pissa_niter_4'.")
+        self._choice("init", tuple(i for i in INITS if i != "pissa_niter_K"))
 
     @property
     def scale(self) -> float:
         """The factor on B @ A: alpha / rank, or alpha / sqrt(rank) with rsLoRA."""
-        return self.alpha / (math.sqrt(self.rank) if self.rslora else self.rank)
+        return scale_of(self.rank, self.alpha, self.rslora)

@@ -45,19 +45,23 @@ from ... import bases
 from ...errors import ConfigError
 from ...registry import PEFT_PREFIX, FileFormat
 from ...targets import resolve
+from .bias import trained_biases
 from .config import LoRAConfig
+from .patterns import rank_alpha
+from .tokens import tokens_to_file
 
 # adapterkit field -> PEFT key (train_modules <-> modules_to_save is done by adapterkit.io)
 KEYS = {
     "rank": "r", "alpha": "lora_alpha", "dropout": "lora_dropout", "targets": "target_modules",
     "exclude": "exclude_modules", "layers": "layers_to_transform", "rslora": "use_rslora",
-    "dora": "use_dora", "init": "init_lora_weights",
+    "dora": "use_dora", "init": "init_lora_weights", "rank_pattern": "rank_pattern",
+    "alpha_pattern": "alpha_pattern", "bias": "bias", "lora_bias": "lora_bias",
+    "trainable_token_indices": "trainable_token_indices",
 }
 _INIT_TO_FILE = {"kaiming": True, "gaussian": "gaussian", "random": False}
 # PEFT keys whose non-default values change what the adapter computes, with that default.
 _UNSUPPORTED = {
-    "rank_pattern": {}, "alpha_pattern": {}, "bias": "none", "lora_bias": False, "use_qalora": False,
-    "layer_replication": None, "target_parameters": None, "trainable_token_indices": None,
+    "use_qalora": False, "layer_replication": None, "target_parameters": None,
     "alora_invocation_tokens": None, "use_bdlora": None,
 }
 # inits that rewrite the base weights as well: the adapter alone cannot reproduce them
@@ -80,8 +84,18 @@ def config_to_file(config: LoRAConfig, model: nn.Module) -> dict[str, Any]:
         "target_modules": targets, "exclude_modules": exclude, "layers_to_transform": layers,
         "layers_pattern": None, "use_rslora": config.rslora, "use_dora": config.dora,
         "init_lora_weights": _INIT_TO_FILE[config.init], "fan_in_fan_out": conv1d,
-        "bias": "none", "rank_pattern": {}, "alpha_pattern": {},
+        "bias": config.bias, "rank_pattern": dict(config.rank_pattern),
+        "alpha_pattern": dict(config.alpha_pattern), "lora_bias": config.lora_bias,
+        "trainable_token_indices": _tokens_to_file(config.trainable_token_indices),
     }
+
+
+def _tokens_to_file(spec):
+    if spec is None:
+        return None
+    if isinstance(spec[0], tuple):
+        return {name: list(ids) for name, ids in spec}
+    return list(spec)
 
 
 def _logical(model: nn.Module, name: str) -> nn.Module:
@@ -102,6 +116,9 @@ def config_from_file(data: Mapping[str, Any]) -> LoRAConfig:
     for field, key in KEYS.items():
         if data.get(key) is not None:
             fields[field] = data[key]
+    for key in ("rank_pattern", "alpha_pattern"):
+        if fields.get(key) == {}:
+            fields.pop(key)
     if "init" in fields:
         fields["init"] = _init_from_file(fields["init"])
     if isinstance(fields.get("targets"), list) and not fields["targets"]:
@@ -143,20 +160,25 @@ def state_to_file(module_name: str, adapter: nn.Module) -> dict[str, Tensor]:
     if adapter.kind == "embedding":
         return {f"{prefix}.lora_embedding_A": adapter.a, f"{prefix}.lora_embedding_B": adapter.b}
     out = {f"{prefix}.lora_A.weight": adapter.a, f"{prefix}.lora_B.weight": adapter.b}
+    if adapter.bias is not None:
+        out[f"{prefix}.lora_B.bias"] = adapter.bias
     if adapter.magnitude is not None:
         out[f"{prefix}.lora_magnitude_vector"] = adapter.magnitude
     return out
 
 
 def sizes_from_file(config: LoRAConfig, shapes: Mapping[str, tuple]) -> list[str]:
-    """A: (r, in) / (r, in, k..), B: (out, r) / (out, r, k..): the file's r must be the config's."""
+    """A: (r, in) / (r, in, k..), B: (out, r) / (out, r, k..): the file's r must be the config's
+    (rank_pattern's for the module where a pattern matches it)."""
     problems = []
     for key, shape in shapes.items():
+        module = key[len(PEFT_PREFIX):].rsplit(".lora_", 1)[0]
+        rank = rank_alpha(config, module)[0]
         part = key.rsplit(".", 2)
         axis = {"lora_A": 0, "lora_B": 1, "lora_embedding_A": 0, "lora_embedding_B": 1}.get(
             part[-2] if part[-1] == "weight" else part[-1])
-        if axis is not None and len(shape) > axis and shape[axis] != config.rank:
-            problems.append(f"{key!r} has shape {tuple(shape)}, rank {shape[axis]}, but the config says r={config.rank}")
+        if axis is not None and len(shape) > axis and shape[axis] != rank:
+            problems.append(f"{key!r} has shape {tuple(shape)}, rank {shape[axis]}, but the config says r={rank}")
     return problems
 
 
@@ -186,6 +208,11 @@ def fit_to_model(config: LoRAConfig, data: Mapping[str, Any], model: nn.Module) 
     return dataclasses.replace(config, **changes) if changes else config
 
 
+def extra_to_file(model: nn.Module, config: LoRAConfig, name: str) -> dict[str, Tensor]:
+    """Trained base biases (``bias``) and token rows (``trainable_token_indices``) under PEFT's keys."""
+    return {**trained_biases(model, config, name), **tokens_to_file(model, name)}
+
+
 FILES = FileFormat(
     peft_type="LORA",
     config_to_file=config_to_file,
@@ -193,4 +220,5 @@ FILES = FileFormat(
     state_to_file=state_to_file,
     sizes_from_file=sizes_from_file,
     for_model=fit_to_model,
+    extra_to_file=extra_to_file,
 )

@@ -15,10 +15,13 @@ from torch import Tensor, nn
 from torch.nn.modules import module as _module
 
 from ... import bases
+from ...errors import MergeError
 from ...fold import Fold
 from ...layer import AdapterLayer
 from . import mixed, stack
 from .config import LoRAConfig
+from .patterns import scale_of
+from .bias import add_bias
 from .functional import (
     DoRAFunction,
     LinearDoRAFunction,
@@ -69,14 +72,17 @@ class LoRA(nn.Module):
     Conv2d keeps A as (rank, in, kh, kw) and B as (out, rank, 1, 1).
     """
 
-    def __init__(self, base: nn.Module, config: LoRAConfig):
+    def __init__(self, base: nn.Module, config: LoRAConfig, rank: Optional[int] = None,
+                 alpha: Optional[float] = None):
         super().__init__()
         self.config = config
         self.kind = bases.base_kind(base)
-        self.scale = config.scale
+        # this module's rank and alpha (rank_pattern / alpha_pattern: patterns.py)
+        self.rank = r = config.rank if rank is None else rank
+        self.alpha = config.alpha if alpha is None else alpha
+        self.scale = scale_of(r, self.alpha, config.rslora)
         self.dropout = config.dropout
         n_in, n_out = bases.features(base)
-        r = config.rank
         place = _param_place(base)
         if self.kind == "conv2d":
             k = base.kernel_size
@@ -85,6 +91,8 @@ class LoRA(nn.Module):
         else:
             self.a = nn.Parameter(torch.empty(r, n_in, **place))
             self.b = nn.Parameter(torch.empty(n_out, r, **place))
+        # lora_bias: a bias on B, scaled with it: y = W x + scale (B A x + bias) (PEFT's lora_B.bias)
+        self.bias = nn.Parameter(torch.zeros(n_out, **place)) if config.lora_bias else None
         _init_pair(self.a, self.b, config.init, r, a_is_zero=self.kind == "embedding")
         self.magnitude = None
         if config.dora:
@@ -92,7 +100,8 @@ class LoRA(nn.Module):
             self.magnitude = nn.Parameter(dora_norm(weight, self.a, self.b, self.scale).to(place["dtype"]))
 
     def extra_repr(self) -> str:
-        return f"rank={self.config.rank}, scale={self.scale:g}" + (", dora" if self.magnitude is not None else "")
+        return (f"rank={self.rank}, scale={self.scale:g}" + (", dora" if self.magnitude is not None else "")
+                + (", bias" if self.bias is not None else ""))
 
     # -- forward --------------------------------------------------------------------------
     def forward(self, x: Tensor, y: Tensor, y_base: Tensor, base: nn.Module) -> Tensor:
@@ -100,8 +109,15 @@ class LoRA(nn.Module):
         if self.kind == "embedding":
             return self._embedding(x, y, base)
         if self.kind == "conv2d":
-            return self._conv2d(x, y, base)
-        return self._linear(x, y, y_base, base)
+            return self._with_bias(self._conv2d(x, y, base))
+        return self._with_bias(self._linear(x, y, y_base, base))
+
+    def _with_bias(self, out: Optional[Tensor]) -> Optional[Tensor]:
+        """``out`` + scale * bias (lora_bias); channels on dim 1 for Conv2d, last otherwise."""
+        if out is None or self.bias is None:
+            return out
+        bias = (self.bias * self.scale).to(out.dtype)
+        return out + (bias.view(-1, 1, 1) if self.kind == "conv2d" else bias)
 
     def fused(self, x: Tensor, base: nn.Module) -> Optional[Tensor]:
         """``base(x)`` with this adapter added, as one autograd node; None where that does not apply.
@@ -109,7 +125,7 @@ class LoRA(nn.Module):
         For a plain ``nn.Linear`` base (see ``_plain_linear``): x (..., in) -> (..., out).
         """
         if self.kind == "quant":
-            return self._fused_quant(x, base)
+            return self._with_bias(self._fused_quant(x, base))
         if self.kind != "linear" or not _plain_linear(base, x):
             return None
         a, b = self.a.to(x.dtype), self.b.to(x.dtype)
@@ -121,7 +137,7 @@ class LoRA(nn.Module):
             norm = dora_norm(base.weight, a, b, self.scale, self._weight_sq(base.weight))
             out = LinearDoRAFunction.apply(x2, base.weight, base.bias, a, b, self.magnitude.to(x.dtype),
                                            norm, self.scale, self.dropout, seed)
-        return out.view(*x.shape[:-1], out.shape[-1])
+        return self._with_bias(out.view(*x.shape[:-1], out.shape[-1]))
 
     def _fused_quant(self, x: Tensor, base: nn.Module) -> Optional[Tensor]:
         """A quantized base and plain LoRA in one pass over x (the fused Triton kernel on CUDA):
@@ -180,7 +196,7 @@ class LoRA(nn.Module):
         for embeddings, (out, in, kh, kw) for Conv2d."""
         a, b = self.a.to(dtype), self.b.to(dtype)
         if self.kind == "conv2d":
-            r = self.config.rank
+            r = self.rank
             return (b.view(-1, r) @ a.view(r, -1)).mul_(self.scale).view(b.shape[0], *a.shape[1:])
         update = (b @ a).mul_(self.scale)  # (out, in); for embeddings (dim, num)
         return update.t() if self.kind == "embedding" else update
@@ -189,7 +205,7 @@ class LoRA(nn.Module):
     def delta(self, base: nn.Module) -> Tensor:
         """The update to the base weight, in its layout: (out, in), (num, dim) or (out, in, kh, kw)."""
         if self.kind == "conv2d":
-            r = self.config.rank
+            r = self.rank
             return (self.b.view(-1, r) @ self.a.view(r, -1)).view(base.weight.shape) * self.scale
         update = self.b @ self.a * self.scale  # (out, in); for embeddings (dim, num)
         if self.kind == "embedding":
@@ -199,6 +215,11 @@ class LoRA(nn.Module):
         weight = bases.dense_weight(base)
         s = (self.magnitude / dora_norm(weight, self.a, self.b, self.scale)).unsqueeze(1)  # (out, 1)
         return (s - 1) * weight + s * update.to(weight.dtype)
+
+    @torch.no_grad()
+    def bias_delta(self) -> Optional[Tensor]:
+        """The update to the base bias (out,): scale * lora_bias; None without one."""
+        return None if self.bias is None else self.bias * self.scale
 
 
 class LoRALayer(AdapterLayer):
@@ -230,7 +251,9 @@ class LoRALayer(AdapterLayer):
         if not adapters:
             return base
         total = stack.delta(base, adapters)
-        return bases.folded(base, total)
+        merged = bases.folded(base, total)
+        biases = [d for d in (a.bias_delta() for a in adapters) if d is not None]
+        return add_bias(merged, sum(biases)) if biases else merged
 
     # -- merging in place (see adapterkit/fold.py) ----------------------------------------
     @torch.no_grad()
@@ -244,6 +267,9 @@ class LoRALayer(AdapterLayer):
         terms, row = [], None
         for name in names:
             lora = self.adapters[name]
+            if lora.bias is not None:
+                raise MergeError(f"adapter {name!r} has lora_bias: merge_adapter (in place) does not fold it; "
+                                 f"use ak.merge, which adds it to the base bias.")
             if lora.magnitude is None:
                 terms.append((name, None))
                 continue
