@@ -1,5 +1,6 @@
 """`adapterkit inspect` and `adapterkit merge`: facts read from files; a merged folder transformers loads."""
 import json
+import re
 import os
 import subprocess
 import sys
@@ -56,7 +57,7 @@ def test_inspect_reports_what_the_files_hold(peft_adapter, capsys):
     assert info["file_bytes"] == os.path.getsize(adapter / "adapter_model.safetensors")
     assert main(["inspect", str(adapter)]) == 0
     text = capsys.readouterr().out
-    assert f"rank           {peft_config.r}" in text and f"{info['file_bytes']:,} bytes" in text
+    assert re.search(rf"\n  rank +{peft_config.r}\n", text) and f"{info['file_bytes']:,} bytes" in text
 
 
 def test_inspect_lists_every_adapter_of_a_folder(tmp_path, capsys):

@@ -18,15 +18,24 @@ layers             layers_to_transform     with "all-linear" or a regex, the pic
 rslora             use_rslora
 dora               use_dora
 init               init_lora_weights       kaiming: true, gaussian: "gaussian", random: false
+rank_pattern       rank_pattern            {pattern: rank}, PEFT's matching (patterns.py)
+alpha_pattern      alpha_pattern           {pattern: alpha}
+bias               bias                    "none" | "all" | "lora_only" (bias.py)
+lora_bias          lora_bias               a bias on B: ``....lora_B.bias`` (out,)
+trainable_token_   trainable_token_        a list of ids (input embedding) or {module: ids};
+indices            indices                 tensors ``<m>.token_adapter.trainable_tokens_delta``
 (derived)          fan_in_fan_out          true when a base is a transformers Conv1D
 =================  ======================  ==========================================
+
+Trained base biases are written as ``base_model.model.<m>.base_layer.bias`` (a module wrapped by
+LoRA) or ``base_model.model.<m>.bias`` (any other), as PEFT writes them.
 
 Tensors (``adapter_model.safetensors``), per adapted module ``M`` (its name in the model):
 ``base_model.model.M.lora_A.weight`` (rank, in), ``....lora_B.weight`` (out, rank), for DoRA
 ``....lora_magnitude_vector`` (out,); an embedding writes ``....lora_embedding_A`` (rank, num) and
 ``....lora_embedding_B`` (dim, rank); a Conv2d A is (rank, in, kh, kw), B (out, rank, 1, 1).
 
-PEFT options adapterkit cannot honour (per-module ranks, bias training, ...) are refused on load
+PEFT options adapterkit cannot honour (``use_qalora``, ``target_parameters``, ...) are refused on load
 with a ConfigError naming the key; keys that do not change the adapter's math are ignored.
 ``ensure_weight_tying: true`` (PEFT ties the adapter of a tied output embedding to the input
 embedding's: lm_head's A = B_emb^T, B = A_emb^T, and ties their modules_to_save copies) is read by
