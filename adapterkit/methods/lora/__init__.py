@@ -6,7 +6,7 @@ from ...targets import resolve
 from .config import LoRAConfig
 from .files import FILES
 from .layers import LoRA, LoRALayer
-from . import bias, patterns, tokens
+from . import bias, init, patterns, tokens
 
 
 def _where(model, config: LoRAConfig) -> dict[str, tuple[int, float]]:
@@ -29,6 +29,10 @@ def _where(model, config: LoRAConfig) -> dict[str, tuple[int, float]]:
                     f"DoRA needs a dense or adapterkit-quantized Linear / Conv1D base; {name!r} is a "
                     f"{type(base).__name__}. Exclude it, or use dora=False."
                 )
+    if init.changes_base(config.init):
+        for name in names:
+            module = model.get_submodule(name)
+            init.check_base(name, module.innermost() if isinstance(module, LoRALayer) else module, config.init)
     return {name: patterns.rank_alpha(config, name) for name in names}
 
 

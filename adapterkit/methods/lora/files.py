@@ -17,7 +17,11 @@ layers             layers_to_transform     with "all-linear" or a regex, the pic
                                            applies layer indices to lists only)
 rslora             use_rslora
 dora               use_dora
-init               init_lora_weights       kaiming: true, gaussian: "gaussian", random: false
+init               init_lora_weights       kaiming: true, random: false, others by name
+                                           ("gaussian", "pissa", "pissa_niter_4", "olora",
+                                           "loftq", "eva"); a file's pissa / olora / loftq
+                                           runs again on load, as PEFT does (init.py)
+loftq_iter         loftq_config            {"loftq_bits": 4, "loftq_iter": n} with loftq
 rank_pattern       rank_pattern            {pattern: rank}, PEFT's matching (patterns.py)
 alpha_pattern      alpha_pattern           {pattern: alpha}
 bias               bias                    "none" | "all" | "lora_only" (bias.py)
@@ -67,14 +71,14 @@ KEYS = {
     "alpha_pattern": "alpha_pattern", "bias": "bias", "lora_bias": "lora_bias",
     "trainable_token_indices": "trainable_token_indices",
 }
-_INIT_TO_FILE = {"kaiming": True, "gaussian": "gaussian", "random": False}
+_INIT_TO_FILE = {"kaiming": True, "random": False}  # any other init is written as its name
 # PEFT keys whose non-default values change what the adapter computes, with that default.
 _UNSUPPORTED = {
     "use_qalora": False, "layer_replication": None, "target_parameters": None,
     "alora_invocation_tokens": None, "use_bdlora": None,
 }
-# inits that rewrite the base weights as well: the adapter alone cannot reproduce them
-_BASE_CHANGING_INITS = ("pissa", "olora", "loftq", "corda")
+# inits that rewrite the base weights as well and that adapterkit does not implement
+_BASE_CHANGING_INITS = ("corda", "lora_ga")
 
 
 def config_to_file(config: LoRAConfig, model: nn.Module) -> dict[str, Any]:
@@ -92,10 +96,11 @@ def config_to_file(config: LoRAConfig, model: nn.Module) -> dict[str, Any]:
         "r": config.rank, "lora_alpha": config.alpha, "lora_dropout": config.dropout,
         "target_modules": targets, "exclude_modules": exclude, "layers_to_transform": layers,
         "layers_pattern": None, "use_rslora": config.rslora, "use_dora": config.dora,
-        "init_lora_weights": _INIT_TO_FILE[config.init], "fan_in_fan_out": conv1d,
+        "init_lora_weights": _INIT_TO_FILE.get(config.init, config.init), "fan_in_fan_out": conv1d,
         "bias": config.bias, "rank_pattern": dict(config.rank_pattern),
         "alpha_pattern": dict(config.alpha_pattern), "lora_bias": config.lora_bias,
         "trainable_token_indices": _tokens_to_file(config.trainable_token_indices),
+        **({"loftq_config": {"loftq_bits": 4, "loftq_iter": config.loftq_iter}} if config.init == "loftq" else {}),
     }
 
 
@@ -130,6 +135,11 @@ def config_from_file(data: Mapping[str, Any]) -> LoRAConfig:
             fields.pop(key)
     if "init" in fields:
         fields["init"] = _init_from_file(fields["init"])
+    loftq = data.get("loftq_config") or {}
+    if fields.get("init") == "loftq":
+        if loftq.get("loftq_bits", 4) != 4:
+            raise ConfigError(f"loftq_config={loftq!r}: adapterkit's LoftQ quantizes to 4 bits (NF4) only.")
+        fields["loftq_iter"] = loftq.get("loftq_iter", 1)
     if isinstance(fields.get("targets"), list) and not fields["targets"]:
         fields.pop("targets")
     try:
@@ -143,8 +153,9 @@ def _init_from_file(value: Any) -> str:
         return "kaiming"
     if value is False:
         return "random"
-    if value == "gaussian":
-        return "gaussian"
+    if value in ("gaussian", "olora", "loftq", "eva", "pissa") or (
+            isinstance(value, str) and value.startswith("pissa_niter_")):
+        return value
     if isinstance(value, str) and value.lower().startswith(_BASE_CHANGING_INITS):
         raise ConfigError(
             f"init_lora_weights={value!r} also rewrites the base model's weights, which the adapter "

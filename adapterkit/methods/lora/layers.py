@@ -22,6 +22,7 @@ from . import mixed, stack
 from .config import LoRAConfig
 from .patterns import scale_of
 from .bias import add_bias
+from .init import changes_base, initialise
 from .functional import (
     DoRAFunction,
     LinearDoRAFunction,
@@ -53,6 +54,10 @@ def _plain_linear(base: nn.Module, x: Tensor) -> bool:
 def _init_pair(a: Tensor, b: Tensor, init: str, rank: int, a_is_zero: bool = False) -> None:
     """Identity at start: one factor zero. ``random``: both random (the model changes at once)."""
     with torch.no_grad():
+        if init == "eva":  # A is set from data later (eva.py); B zero as PEFT
+            nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+            b.zero_()
+            return
         if init == "gaussian":
             nn.init.normal_(a, std=1.0 / rank)
         else:
@@ -93,7 +98,10 @@ class LoRA(nn.Module):
             self.b = nn.Parameter(torch.empty(n_out, r, **place))
         # lora_bias: a bias on B, scaled with it: y = W x + scale (B A x + bias) (PEFT's lora_B.bias)
         self.bias = nn.Parameter(torch.zeros(n_out, **place)) if config.lora_bias else None
-        _init_pair(self.a, self.b, config.init, r, a_is_zero=self.kind == "embedding")
+        if changes_base(config.init):  # PiSSA, OLoRA, LoftQ: A, B from W, and W rewritten (init.py)
+            initialise(self, base, config.init, config.loftq_iter)
+        else:
+            _init_pair(self.a, self.b, config.init, r, a_is_zero=self.kind == "embedding")
         self.magnitude = None
         if config.dora:
             weight = bases.dense_weight(base)
