@@ -36,6 +36,7 @@ from .methods.ia3 import IA3Config
 from .methods.lora import LoRAConfig
 from .methods.prompt import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig
 from .methods.lora.combine import combine
+from .methods.lora.eva import init_eva
 from .rows import mixed_batch
 from .summary import summary
 
@@ -65,6 +66,7 @@ def __getattr__(name):
     raise AttributeError(f"module 'adapterkit' has no attribute {name!r}")
 
 __all__ = [
+    "init_eva",
     "BottleneckConfig", "IA3Config", "PrefixTuningConfig", "PromptEncoderConfig", "PromptTuningConfig",
     "replace_head", "unfreeze",
     "mixed_batch",

@@ -164,3 +164,70 @@ def test_pissa_niter_is_torchs_randomized_svd_like_peft():
     torch.testing.assert_close(lora.b, layer.lora_B["default"].weight, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(ours.model.layers[0].self_attn.q_proj.base.weight, layer.base_layer.weight,
                                atol=1e-5, rtol=1e-4)
+
+
+def _eva_batches(n=4):
+    gen = torch.Generator().manual_seed(7)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(0, 97, (3, 12), generator=gen)
+        mask = torch.ones_like(ids)
+        mask[0, :3] = 0
+        labels = ids.clone()
+        labels[1, :2] = -100
+        out.append({"input_ids": ids, "attention_mask": mask, "labels": labels})
+    return out
+
+
+# q / k / v see the same inputs (one shared PCA); whitening only where no layers share one (see eva.py)
+EVA_CASES = [(dict(tau=0.9), ("q_proj", "k_proj", "v_proj", "down_proj")),
+             (dict(rho=1.0, whiten=True, tau=0.9), ("q_proj", "o_proj", "down_proj")),
+             (dict(adjust_scaling=False, tau=0.9), ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj"))]
+
+
+@pytest.mark.parametrize("options, targets", EVA_CASES)
+def test_eva_same_as_peft(options, targets, tmp_path):
+    from peft import EvaConfig, LoraConfig, PeftModel, get_peft_model
+    from peft.tuners.lora import initialize_lora_eva_weights
+
+    cfg = ak.LoRAConfig(rank=4, alpha=8, init="eva", targets=targets, rank_pattern={"down_proj": 2})
+    ours = ak.attach(tiny_llama(), cfg)
+    ak.init_eva(ours, _eva_batches(), **options)
+    theirs = get_peft_model(tiny_llama(), LoraConfig(
+        r=4, lora_alpha=8, init_lora_weights="eva", target_modules=list(targets), rank_pattern={"down_proj": 2},
+        eva_config=EvaConfig(rho=options.get("rho", 2.0), whiten=options.get("whiten", False), tau=options["tau"],
+                             adjust_scaling_factors=options.get("adjust_scaling", True))))
+    initialize_lora_eva_weights(theirs, dataloader=_eva_batches(), show_progress_bar=False)
+    inner = theirs.base_model.model
+    ours_layers = {name: layer.adapters["default"] for name, layer in adapter_layers(ours)}
+    peft_layers = {n: m for n, m in inner.named_modules() if hasattr(m, "lora_A") and "default" in m.lora_A}
+    assert set(ours_layers) == set(peft_layers)  # the same layers kept (rank > 0)
+    for name, lora in ours_layers.items():
+        layer = peft_layers[name]
+        assert lora.rank == layer.r["default"] and lora.scale == pytest.approx(layer.scaling["default"])
+        torch.testing.assert_close(lora.a, layer.lora_A["default"].weight, atol=1e-5, rtol=1e-4)
+        assert not lora.b.any()
+    config = ak.adapter_config(ours, "default")
+    peft_config = theirs.peft_config["default"]
+    assert dict(config.rank_pattern) == peft_config.rank_pattern
+    assert dict(config.alpha_pattern) == pytest.approx(peft_config.alpha_pattern)
+    # trained: the same logits through the files, both ways
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for lora in ours_layers.values():
+            lora.b.add_(torch.randn(lora.b.shape, generator=gen) * 0.1)
+        want = _logits(ours)
+    ak.save_adapter(ours, tmp_path / "ak")
+    with torch.no_grad():
+        torch.testing.assert_close(_logits(PeftModel.from_pretrained(tiny_llama(), tmp_path / "ak")), want,
+                                   atol=1e-5, rtol=0)
+        theirs.save_pretrained(tmp_path / "peft")
+        back = ak.load_adapter(tiny_llama(), tmp_path / "peft")
+        assert {n: l.adapters["default"].rank for n, l in adapter_layers(back)} == \
+            {n: l.rank for n, l in ours_layers.items()}
+
+
+def test_eva_refuses_other_inits():
+    model = ak.attach(tiny_llama(), ak.LoRAConfig(rank=4))
+    with pytest.raises(ak.ConfigError, match="init='eva'"):
+        ak.init_eva(model, _eva_batches())
