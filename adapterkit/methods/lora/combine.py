@@ -50,6 +50,10 @@ def combine(
         if not isinstance(cfg, LoRAConfig) or cfg.dora:
             raise ConfigError(f"combine takes plain LoRA adapters; {n!r} is {type(cfg).__name__}"
                               f"{' with dora=True' if getattr(cfg, 'dora', False) else ''}.")
+        extras = [f for f in ("rank_pattern", "alpha_pattern", "lora_bias", "trainable_token_indices")
+                  if getattr(cfg, f, None)] + (["bias"] if getattr(cfg, "bias", "none") != "none" else [])
+        if extras:
+            raise ConfigError(f"combine takes plain LoRA adapters; {n!r} uses {', '.join(extras)}.")
     ranks = [c.rank for c in configs]
     if how == "linear" and len(set(ranks)) > 1:
         raise ConfigError(f"combine how='linear' needs equal ranks; got {ranks}. Use how='cat'.")
