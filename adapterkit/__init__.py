@@ -8,6 +8,7 @@ from .base_weights import base_state_dict
 from .config import AdapterConfig
 from .errors import (
     AdapterFileError,
+    AdapterFileMissing,
     AdapterKitError,
     AdapterNameError,
     ConfigError,
@@ -34,9 +35,15 @@ from .layer import AdapterLayer
 from .methods.bottleneck import BottleneckConfig
 from .methods.ia3 import IA3Config
 from .methods.lora import LoRAConfig
+from .methods.loha import LoHaConfig
+from .methods.lokr import LoKrConfig
 from .methods.prompt import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig
 from .methods.lora.combine import combine
 from .methods.lora.eva import init_eva
+from .methods.lora.hotswap import hotswap_adapter, prepare_hotswap
+from .methods.lora.resize import resize_rank
+from .methods.lora.scaling import rescaled, scale_active, set_scale, unscale_active
+from .freeze import freeze_adapter, unfreeze_adapter
 from .rows import mixed_batch
 from .summary import summary
 
@@ -69,10 +76,12 @@ __all__ = [
     "init_eva",
     "BottleneckConfig", "IA3Config", "PrefixTuningConfig", "PromptEncoderConfig", "PromptTuningConfig",
     "replace_head", "unfreeze",
+    "LoHaConfig", "LoKrConfig",
     "mixed_batch",
-    "AdapterConfig", "AdapterFileError", "AdapterKitError", "AdapterLayer", "AdapterNameError",
+    "AdapterConfig", "AdapterFileError", "AdapterFileMissing", "AdapterKitError", "AdapterLayer", "AdapterNameError",
     "ConfigError", "InputError", "LoRAConfig", "MergeError", "TargetError", "UnsupportedModuleError",
     "active_names", "adapter_config", "adapter_names", "attach", "base_state_dict", "combine",
     "delete_adapter", "detach", "disabled", "merge", "merge_adapter", "merged_adapters", "set_active",
     "summary", "unmerge_adapter",
+    "freeze_adapter", "hotswap_adapter", "prepare_hotswap", "unfreeze_adapter", "rescaled", "resize_rank", "scale_active", "set_scale", "unscale_active",
 ] + list(_LAZY)

@@ -5,7 +5,9 @@ quantized bases agree. A base is:
 - ``linear``:    ``nn.Linear`` (and subclasses, e.g. bitsandbytes' 4/8-bit layers), weight (out, in);
 - ``conv1d``:    transformers' ``Conv1D`` (GPT-2), weight stored transposed, (in, out);
 - ``embedding``: ``nn.Embedding``, weight (num_embeddings, dim);
-- ``conv2d``:    ``nn.Conv2d`` with groups == 1, weight (out, in, kh, kw);
+- ``conv2d``:    ``nn.Conv2d`` (any ``groups``), weight (out, in / groups, kh, kw);
+- ``nn_conv1d``: ``nn.Conv1d``, weight (out, in / groups, k); ``conv3d``: ``nn.Conv3d``, (out, in / groups, kd, kh, kw);
+- ``mha``:       ``nn.MultiheadAttention`` (LoRA only: its in_proj and out_proj, methods/lora/mha.py);
 - ``quant``:     a quantized linear layer whose class sets ``is_quantized_base = True`` and
                  has ``in_features``, ``out_features``, ``bias`` and ``dequantize()`` -> (out, in).
 """
@@ -17,7 +19,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-SUPPORTED = ("nn.Linear", "transformers Conv1D", "nn.Embedding", "nn.Conv2d", "adapterkit QuantLinear")
+SUPPORTED = ("nn.Linear", "transformers Conv1D", "nn.Embedding", "nn.Conv1d", "nn.Conv2d", "nn.Conv3d",
+             "nn.MultiheadAttention", "adapterkit QuantLinear")
+CONV_KINDS = ("nn_conv1d", "conv2d", "conv3d")  # torch's convolutions, any groups
 
 
 def _is_conv1d(module: nn.Module) -> bool:
@@ -36,8 +40,10 @@ def base_kind(module: nn.Module) -> Optional[str]:
         return "conv1d"
     if isinstance(module, nn.Embedding):
         return "embedding"
-    if isinstance(module, nn.Conv2d) and module.groups == 1:
-        return "conv2d"
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        return {1: "nn_conv1d", 2: "conv2d", 3: "conv3d"}[len(module.kernel_size)]
+    if isinstance(module, nn.MultiheadAttention):
+        return "mha"
     return None
 
 
@@ -55,8 +61,10 @@ def features(module: nn.Module) -> tuple[int, int]:
         return module.weight.shape[0], module.weight.shape[1]
     if kind == "embedding":
         return module.num_embeddings, module.embedding_dim
-    if kind == "conv2d":
+    if kind in CONV_KINDS:
         return module.in_channels, module.out_channels
+    if kind == "mha":
+        return module.embed_dim, module.embed_dim
     raise TypeError(f"not a supported base: {type(module).__name__}")
 
 
@@ -65,6 +73,10 @@ def foldable(module: nn.Module) -> bool:
     kind = base_kind(module)
     if kind == "quant":
         return True
+    if kind == "mha":
+        return module.in_proj_weight is not None and module.in_proj_weight.dtype.is_floating_point
+    if kind in CONV_KINDS and module.groups > 1:
+        return False  # LoRA's update of a grouped convolution is not grouped (methods/lora/conv.py)
     return kind is not None and module.weight.dtype.is_floating_point
 
 

@@ -40,6 +40,10 @@ class AdapterFileError(AdapterKitError, ValueError):
     """An adapter folder or file is missing, corrupt, or does not fit the model."""
 
 
+class AdapterFileMissing(AdapterFileError, FileNotFoundError):
+    """An adapter folder, or a file an adapter folder needs, does not exist."""
+
+
 class InputError(AdapterKitError, ValueError):
     """The arguments of a call to an adapted model do not fit it or its adapters."""
 

@@ -276,10 +276,13 @@ def merge(model: nn.Module) -> nn.Module:
         if layer.active_adapters() and not isinstance(layer, TrainedModule):
             base = layer.innermost()
             if not bases.foldable(base):
+                grouped = getattr(base, "groups", 1) > 1 and bases.base_kind(base) in bases.CONV_KINDS
                 raise MergeError(
-                    f"{layer_name}: cannot fold adapters into a {type(base).__name__} whose weight is "
-                    f"not a dense float tensor. Quantize with ak.quantize (merging dequantizes), or "
-                    f"keep the adapters unmerged."
+                    f"{layer_name}: cannot fold adapters into a {type(base).__name__} "
+                    + (f"with groups={base.groups}: LoRA's update of a grouped convolution is not grouped "
+                       f"(PEFT refuses too). Keep the adapters unmerged." if grouped else
+                       "whose weight is not a dense float tensor. Quantize with ak.quantize (merging "
+                       "dequantizes), or keep the adapters unmerged.")
                 )
     _untie_for_merge(model, layers)
     for layer_name, layer in reversed(layers):
@@ -290,6 +293,9 @@ def merge(model: nn.Module) -> nn.Module:
             parent, attr = get_parent(model, name)
             setattr(parent, attr, bases.folded(module, torch.zeros(())))
     release_hooks(model)
+    from .quant.bnb_format import record_quantization
+
+    record_quantization(model)  # no 4-bit layer is left: config.quantization_config goes too
     return model
 
 

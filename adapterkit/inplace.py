@@ -8,7 +8,7 @@ and ``model.state_dict()`` holds the merged weights.
 
 Per base layer (fold.py): merge W' = row * W * col + add, unmerge W = (W' - add) / (row * col),
 computed in fp32 from the weight as stored and rounded once to its dtype. LoRA on Linear, Conv1D,
-Embedding and Conv2d, DoRA (s = m / ||W + scale B A|| taken from the unmerged W and kept for
+Embedding and Conv1d / Conv2d / Conv3d (groups 1), DoRA (s = m / ||W + scale B A|| taken from the unmerged W and kept for
 unmerge, as PEFT does) and IA3.
 
 Precision. fp32: merge and unmerge are exact up to rounding (one rounding each). bf16: a weight comes
@@ -43,7 +43,7 @@ from .inject import _unknown, active_names, adapter_layers, merged_adapters
 from .layer import AdapterLayer
 from .methods.trained_module import TrainedModule
 
-_IN_PLACE = ("linear", "conv1d", "embedding", "conv2d")
+_IN_PLACE = ("linear", "conv1d", "embedding") + bases.CONV_KINDS
 
 
 class _Stack:
@@ -159,6 +159,12 @@ def _check(stack: _Stack, wanted, tied) -> None:
                 f"merge_adapter folds LoRA, DoRA and IA3. Pass names= without them."
             )
     kind = bases.base_kind(base)
+    if kind == "mha" or (kind in bases.CONV_KINDS and base.groups > 1):
+        raise MergeError(
+            f"{where}: LoRA's update of a {type(base).__name__}"
+            f"{' (two projections used inside its forward)' if kind == 'mha' else ' with groups > 1 is not grouped'}"
+            f" cannot be merged in place; keep it unmerged{', or export with ak.merge' if kind == 'mha' else ''}."
+        )
     if kind not in _IN_PLACE or not base.weight.dtype.is_floating_point:
         raise MergeError(
             f"{where}: its base is a {type(base).__name__} without a dense float weight (a 4-bit / 8-bit "

@@ -97,7 +97,7 @@ def resolve(
                 hint = f" Adaptable modules inside it: {', '.join(inner[:4])}." if inner else ""
                 raise UnsupportedModuleError(
                     f"target {name!r} is a {type(module).__name__}; LoRA adapts only "
-                    f"{', '.join(bases.SUPPORTED)} (Conv2d with groups=1).{hint}"
+                    f"{', '.join(bases.SUPPORTED)}.{hint}"
                 )
     picked = [n for n in picked if not matches(n, exclude) and not matches(n, tuple(also_exclude))]
     if layers is not None:

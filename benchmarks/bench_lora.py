@@ -14,6 +14,7 @@ rank 16 / alpha 32 on every linear layer; variants plain, dropout 0.1 and DoRA.
     python benchmarks/bench_lora.py                    # everything (5-10 minutes on 2 busy cores)
     python benchmarks/bench_lora.py --part step --steps 5 --variants plain,dora
     python benchmarks/bench_lora.py --part step --threads 1 --clock cpu   # steadier when shared
+    python benchmarks/bench_lora.py --part step --compile --threads 1 --clock cpu   # compiled models
 """
 from __future__ import annotations
 
@@ -67,15 +68,19 @@ def _paired(times: dict, a, b) -> float:
     return statistics.median(x / y for x, y in zip(times[a], times[b]))
 
 
-def bench_step(variants, rounds: int, warmup: int) -> dict:
-    """All models of all variants in one loop, so every ratio comes from the same run."""
+def bench_step(variants, rounds: int, warmup: int, compile_: bool = False) -> dict:
+    """All models of all variants in one loop, so every ratio comes from the same run.
+
+    ``compile_``: each model's forward runs through ``torch.compile`` (inductor, full graph for
+    adapterkit; PEFT's as it compiles), the first warm-up step compiling it."""
     ids = S.batch()
     base = S.base_model()
     runs = {}
     for variant in variants:
         for lib, model in zip(("adapterkit", "peft"), S.pair(variant, base)):
             opt = S.optimizer(model)
-            runs[(variant, lib)] = lambda model=model, opt=opt: S.train_step(model, opt, ids)
+            forward = torch.compile(model, fullgraph=lib == "adapterkit") if compile_ else model
+            runs[(variant, lib)] = lambda f=forward, opt=opt: S.train_step(f, opt, ids)
     med, times = _alternate(runs, rounds, warmup)
     ref = med.get(("plain", "peft"))
     out = {}
@@ -174,6 +179,7 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--clock", choices=tuple(CLOCK), default="wall",
                    help="wall: elapsed time; cpu: this process's CPU time (steadier on a busy machine)")
+    p.add_argument("--compile", action="store_true", help="time the step part with torch.compile'd models")
     p.add_argument("--json", help="also write the results to this file")
     p.add_argument("--memory-child", nargs=2, metavar=("LIB", "VARIANT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -187,10 +193,11 @@ def main(argv=None) -> None:
     for v in variants:
         if v not in S.VARIANTS:
             p.error(f"unknown variant {v!r}; choose from {', '.join(S.VARIANTS)}")
-    results = {"conditions": dict(_conditions(args.threads), clock=args.clock)}
+    results = {"conditions": dict(_conditions(args.threads), clock=args.clock, compile=args.compile)}
     print(results["conditions"], flush=True)
     if args.part in ("all", "step"):
-        results["step"] = bench_step(variants, args.steps, args.warmup)
+        results["step"] = bench_step(variants, args.steps, max(args.warmup, 2 if args.compile else 0),
+                                     args.compile)
     if args.part in ("all", "memory"):
         results["memory"] = bench_memory(variants)
     if args.part in ("all", "infer"):

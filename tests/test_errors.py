@@ -73,7 +73,7 @@ def test_unsupported_module_type_names_supported_ones():
                                                         r"Adaptable modules inside it: .*gate_proj"):
         ak.attach(tiny_llama(), ak.LoRAConfig(targets=["mlp"]))
     with pytest.raises(ak.UnsupportedModuleError, match="DoRA needs"):
-        ak.attach(tiny_llama(), ak.LoRAConfig(targets=["embed_tokens"], dora=True))
+        ak.attach(nn.Sequential(nn.MultiheadAttention(8, 2)), ak.LoRAConfig(targets=["0"], dora=True))
     assert issubclass(ak.UnsupportedModuleError, TypeError)
 
 
@@ -110,3 +110,23 @@ def test_all_linear_excludes_output_head():
     model = ak.attach(tiny_gpt2(), ak.LoRAConfig())
     assert isinstance(model.lm_head, nn.Linear) and not isinstance(model.lm_head, ak.AdapterLayer)
     assert isinstance(model.transformer.h[0].attn.c_attn, ak.AdapterLayer)
+
+
+def test_every_error_is_also_the_builtin_a_caller_would_catch(tmp_path):
+    """What errors.py promises: ValueError / TypeError / KeyError, and FileNotFoundError for a
+    missing adapter folder or config."""
+    model = tiny_llama()
+    with pytest.raises(ValueError):
+        ak.LoRAConfig(rank=0)
+    with pytest.raises(KeyError):
+        ak.set_active(ak.attach(tiny_llama(), ak.LoRAConfig(rank=2)), "nope")
+    with pytest.raises(TypeError):
+        ak.attach(nn.Sequential(nn.ReLU()), ak.LoRAConfig(rank=2, targets=["0"]))
+    for missing in (tmp_path / "absent", tmp_path):  # no folder; a folder without adapter_config.json
+        with pytest.raises(FileNotFoundError) as info:
+            ak.load_adapter(model, missing)
+        assert isinstance(info.value, ak.AdapterFileError) and str(missing) in str(info.value)
+    (tmp_path / "adapter_config.json").write_text("{not json")
+    with pytest.raises(ak.AdapterFileError) as info:
+        ak.load_adapter(model, tmp_path)
+    assert not isinstance(info.value, FileNotFoundError)

@@ -61,7 +61,12 @@ def test_state_dict_round_trip_and_safetensors(tmp_path):
     fresh.load_state_dict(load_file(tmp_path / "q.safetensors"))
     x = torch.randn(3, 128)
     assert torch.equal(fresh(x), layer(x))
-    assert set(layer.state_dict()) == {"codes", "absmax", "nested_absmax", "nested_offset", "nested_levels", "bias"}
+    assert set(layer.state_dict()) == {"weight", "bias", "weight.absmax", "weight.quant_map", "weight.nested_absmax",
+                                       "weight.nested_quant_map", "weight.quant_state.bitsandbytes__nf4"}
+    own = dict(layer.named_buffers()) | {"bias": layer.bias}  # the buffers' own names load too
+    other = QuantLinear(128, 48, bias=True, bits=4, quant_type="nf4", double_quant=True)
+    other.load_state_dict(own)
+    assert torch.equal(other(x), layer(x))
 
 
 def test_dtype_moves_keep_codes_and_scales():

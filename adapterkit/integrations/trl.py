@@ -13,6 +13,10 @@ reference through its own seams instead, and change nothing else:
   run under ``ak.disabled`` and ``torch.no_grad``. With ``use_vllm=True`` the weight sync sends
   ``ak.base_state_dict(model, merged=True)`` (see ``vllm_sync``).
 
+Both add ``ak.checkpoint_callback()`` to the callbacks unless one is there already, so their
+checkpoints hold the adapters in PEFT's layout and the trainer's state, not the whole model
+(``adapterkit/io/trainer.py``); ``adapter_checkpoints=False`` leaves the callbacks as given.
+
     from trl import DPOConfig
     from adapterkit.integrations.trl import DPOTrainer
 
@@ -30,6 +34,7 @@ from torch import nn
 
 from ..errors import ConfigError, TargetError
 from ..inject import adapter_names, disabled
+from ..io.trainer import AdapterCheckpoints, checkpoint_callback
 from ..layer import AdapterLayer
 from .vllm_sync import VLLMWeightSync
 
@@ -56,10 +61,12 @@ class DPOTrainer(trl.DPOTrainer):
 
     ``model`` must carry adapterkit adapters (``ak.attach``). The reference log-probs are computed once
     before training (``precompute_ref_log_probs`` is set on a copy of ``args``; datasets for
-    ``evaluate`` go in ``eval_dataset`` here, as TRL asks in that mode). Other arguments are TRL's.
+    ``evaluate`` go in ``eval_dataset`` here, as TRL asks in that mode). Checkpoints hold the adapters
+    (``adapter_checkpoints=False``: whatever the given callbacks make of them). Other arguments are TRL's.
     """
 
-    def __init__(self, model: nn.Module, ref_model=None, args: trl.DPOConfig | None = None, **kwargs):
+    def __init__(self, model: nn.Module, ref_model=None, args: trl.DPOConfig | None = None,
+                 *, adapter_checkpoints: bool = True, **kwargs):
         _check_policy(model, "DPOTrainer", kwargs.get("peft_config"))
         if ref_model is not None:
             raise ConfigError(
@@ -71,6 +78,8 @@ class DPOTrainer(trl.DPOTrainer):
         args = copy.copy(args) if args is not None else trl.DPOConfig(_run_name(model, "DPO"))
         _check_no_sync(args)
         args.precompute_ref_log_probs = True
+        if adapter_checkpoints:
+            kwargs["callbacks"] = with_checkpoint_callback(kwargs.get("callbacks"))
         super().__init__(model, None, args, **kwargs)
 
     def compute_ref_log_probs(self, model, inputs):
@@ -83,13 +92,17 @@ class GRPOTrainer(trl.GRPOTrainer):
     """``trl.GRPOTrainer`` whose reference (``beta != 0``) is ``model`` with its adapters disabled.
 
     ``model`` must carry adapterkit adapters. With ``use_vllm=True`` the weights sent to vLLM are the
-    base model's own parameters with the adapters folded in. Other arguments are TRL's.
+    base model's own parameters with the adapters folded in. Checkpoints hold the adapters, as in
+    ``DPOTrainer``. Other arguments are TRL's.
     """
 
-    def __init__(self, model: nn.Module, reward_funcs=None, args: trl.GRPOConfig | None = None, **kwargs):
+    def __init__(self, model: nn.Module, reward_funcs=None, args: trl.GRPOConfig | None = None,
+                 *, adapter_checkpoints: bool = True, **kwargs):
         _check_policy(model, "GRPOTrainer", kwargs.get("peft_config"))
         args = copy.copy(args) if args is not None else trl.GRPOConfig(_run_name(model, "GRPO"))
         _check_no_sync(args)
+        if adapter_checkpoints:
+            kwargs["callbacks"] = with_checkpoint_callback(kwargs.get("callbacks"))
         # TRL builds its reference model only when beta != 0: build the trainer with beta 0, then set it.
         beta, args.beta = args.beta, 0.0
         super().__init__(model, reward_funcs, args, **kwargs)
@@ -99,6 +112,14 @@ class GRPOTrainer(trl.GRPOTrainer):
         if self.use_vllm:
             _check_unsharded(self)
             self.vllm_generation = VLLMWeightSync(self.vllm_generation, self.model)
+
+
+def with_checkpoint_callback(callbacks) -> list:
+    """``callbacks`` with ``ak.checkpoint_callback()`` added, unless one (or its class) is there."""
+    callbacks = list(callbacks or [])
+    given = any(isinstance(c, AdapterCheckpoints) or (isinstance(c, type) and issubclass(c, AdapterCheckpoints))
+                for c in callbacks)
+    return callbacks if given else callbacks + [checkpoint_callback()]
 
 
 def _check_policy(model, trainer: str, peft_config) -> None:

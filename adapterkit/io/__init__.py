@@ -29,6 +29,11 @@ Per method (each method's ``FileFormat`` is in its package, ``methods/<method>/f
 - IA3: ``peft_type: "IA3"``; keys ``target_modules``, ``feedforward_modules``,
   ``exclude_modules``, ``init_ia3_weights``, ``fan_in_fan_out``; tensors ``<module>.ia3_l``,
   (out, 1), or (1, in) on feed-forward layers. Table: ``methods/ia3/files.py``.
+- LoHa, LoKr: ``peft_type`` ``LOHA`` / ``LOKR``; keys ``r``, ``alpha``, ``rank_dropout``,
+  ``module_dropout``, ``target_modules``, ``exclude_modules``, ``layers_to_transform``,
+  ``use_effective_conv2d``, ``init_weights`` (LoKr: ``decompose_both``, ``decompose_factor``,
+  ``rank_dropout_scale``); tensors ``<module>.hada_w1_a`` ... / ``<module>.lokr_w1`` ....
+  Tables: ``methods/lycoris/files.py``, ``methods/loha/files.py``, ``methods/lokr/files.py``.
 - Prompt tuning, P-tuning, prefix tuning: ``peft_type`` ``PROMPT_TUNING`` / ``P_TUNING`` /
   ``PREFIX_TUNING``; one tensor, ``prompt_embeddings`` (n, D), or (n, layers * 2 * kv_dim) for
   prefix tuning, as PEFT saves it. Keys: ``methods/prompt/files.py``.

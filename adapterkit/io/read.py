@@ -14,7 +14,7 @@ from typing import Any, Union
 import torch
 
 from ..config import AdapterConfig
-from ..errors import AdapterFileError, ConfigError
+from ..errors import AdapterFileError, AdapterFileMissing, ConfigError
 from ..registry import Method, method_for_peft_type
 
 CONFIG_NAME = "adapter_config.json"
@@ -41,7 +41,7 @@ def find_folder(path: Union[str, Path], name: str = "default") -> Path:
     sub-folder holds an adapter (PEFT's layout for several adapters), else ``path`` itself."""
     path = Path(path)
     if not path.exists():
-        raise AdapterFileError(f"adapter folder {str(path)!r} does not exist; check the path.")
+        raise AdapterFileMissing(f"adapter folder {str(path)!r} does not exist; check the path.")
     if not path.is_dir():
         raise AdapterFileError(
             f"{str(path)!r} is a file; give the folder that holds {CONFIG_NAME} and {WEIGHTS_NAME}."
@@ -53,7 +53,7 @@ def find_folder(path: Union[str, Path], name: str = "default") -> Path:
     subs = [n for n in adapter_folders(path) if n != "default"]
     hint = (f" It holds adapters in sub-folders: {', '.join(subs)}; pass the sub-folder, or "
             f"name=<one of them>." if subs else "")
-    raise AdapterFileError(f"no {CONFIG_NAME} in {str(path)!r}.{hint}")
+    raise AdapterFileMissing(f"no {CONFIG_NAME} in {str(path)!r}.{hint}")
 
 
 def read_config(folder: Path) -> dict[str, Any]:
@@ -62,7 +62,7 @@ def read_config(folder: Path) -> dict[str, Any]:
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise AdapterFileError(f"{str(file)!r} is missing; an adapter folder needs {CONFIG_NAME}.") from None
+        raise AdapterFileMissing(f"{str(file)!r} is missing; an adapter folder needs {CONFIG_NAME}.") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise AdapterFileError(f"{str(file)!r} is not valid JSON ({err}); re-save the adapter.") from None
     if not isinstance(data, dict):

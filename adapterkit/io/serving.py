@@ -39,7 +39,7 @@ def vllm_reasons(config: Mapping[str, Any], shapes: Mapping[str, tuple]) -> list
     """
     if config.get("peft_type") != "LORA":
         instead = ("merge it into the model (adapterkit merge) and serve the merged model"
-                   if config.get("peft_type") == "IA3" else
+                   if _mergeable(config.get("peft_type")) else
                    "it cannot be merged into the weights either: serve it with transformers and adapterkit or PEFT")
         return [f"vLLM's loader reads LoRA adapters only; this one is peft_type {config.get('peft_type')!r}; {instead}"]
     reasons = []
@@ -105,3 +105,11 @@ def vllm_summary(config: Mapping[str, Any], shapes: Mapping[str, tuple]) -> str:
         return "no: " + "; ".join(reasons)
     notes = vllm_notes(config)
     return "yes" + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def _mergeable(peft_type) -> bool:
+    """Whether adapterkit merges adapters of this ``peft_type`` into the base weights (IA3, LoHa, ...)."""
+    from ..registry import METHODS
+
+    return any(m.files is not None and m.files.peft_type == peft_type and hasattr(m.layer, "merged")
+               for m in METHODS.values())

@@ -4,6 +4,8 @@
 As transformers' bitsandbytes integration does, the output head (``get_output_embeddings()``)
 stays dense, and embeddings are never linear layers. A bitsandbytes ``Linear4bit`` (a model that
 transformers loaded with ``BitsAndBytesConfig``) becomes a QuantLinear holding the same bytes.
+A transformers model gets the matching ``quantization_config`` in its config (``bnb_format``), so
+``save_pretrained`` writes a folder that ``from_pretrained`` loads as the same 4-bit model.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from adapterkit_kernels.formats import QuantWeight
 from .. import bases
 from ..errors import ConfigError, UnsupportedModuleError
 from ..layer import AdapterLayer
+from .bnb_format import record_quantization
 from .linear import QuantLinear
 
 
@@ -124,6 +127,7 @@ def quantize(model: nn.Module, bits: int = 4, quant_type: str = "nf4", double_qu
                 child, bits, quant_type, block, double_quant, compute_dtype)))
     for parent, name, new in swaps:
         setattr(parent, name.rsplit(".", 1)[-1], new)
+    record_quantization(model)  # model.config.quantization_config: save_pretrained writes bitsandbytes' format
     return model
 
 

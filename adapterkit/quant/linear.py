@@ -5,8 +5,9 @@ weight is dequantized tile by tile in registers, never held dense; the PyTorch r
 elsewhere). Layout: ``adapterkit_kernels.formats`` (4-bit NF4/FP4 as QLoRA, Dettmers et al. 2023,
 byte-compatible with bitsandbytes; 8-bit blockwise int8).
 
-The packed codes and scales are buffers: ``state_dict`` and ``load_state_dict`` carry them as they
-are, ``.to(device)`` moves them, and ``.to(dtype)`` / ``.half()`` change only the compute dtype
+The packed codes and scales are buffers; ``state_dict`` names them as bitsandbytes' ``Linear4bit``
+does (``bnb_format``: ``weight``, ``weight.absmax``, ...) and ``load_state_dict`` reads that form or
+the buffers' own names. ``.to(device)`` moves them, and ``.to(dtype)`` / ``.half()`` change only the compute dtype
 (and the bias): the codes stay integers and the scales fp32.
 """
 from __future__ import annotations
@@ -18,6 +19,8 @@ from torch import Tensor, nn
 
 from adapterkit_kernels import formats, ops
 from adapterkit_kernels.formats import QuantWeight
+
+from . import bnb_format
 
 STORED = ("codes", "absmax", "nested_absmax", "nested_offset", "nested_levels")
 
@@ -41,6 +44,7 @@ class QuantLinear(nn.Module):
         for name, (shape, dtype) in shapes.items():
             self.register_buffer(name, torch.zeros(shape, dtype=dtype, device=device))
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=compute_dtype, device=device)) if bias else None
+        bnb_format.hook(self)  # state_dict in bitsandbytes' format
 
     @property
     def bits(self) -> int:

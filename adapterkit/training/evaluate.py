@@ -66,14 +66,25 @@ def classify(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return F.cross_entropy(logits, batch["labels"], reduction="sum"), logits.argmax(-1)
 
 
+def targets_in(batch: dict, task: str) -> int:
+    """How many terms the batch's loss sums: target tokens, or examples for classification."""
+    if task == "classification":
+        return int(batch["labels"].shape[0])
+    labels = batch["labels"] if task == "seq2seq" else batch["labels"][:, 1:]  # causal: t predicts t + 1
+    return int((labels != IGNORE).sum())
+
+
+def batch_loss_sum(model, batch: dict, task: str) -> torch.Tensor:
+    """The batch's loss summed over its ``targets_in`` terms (the mean is taken over the whole step)."""
+    if task == "classification":
+        return classify(model, batch)[0]
+    return token_nll(model, batch, task)[0]
+
+
 def batch_loss(model, batch: dict, task: str) -> tuple[torch.Tensor, int]:
     """(mean loss of the batch, the tokens it holds) for training."""
-    tokens = int(batch["attention_mask"].sum())
-    if task == "classification":
-        total, _ = classify(model, batch)
-        return total / batch["labels"].shape[0], tokens
-    nll, n = token_nll(model, batch, task)
-    return nll / n.clamp(min=1), tokens
+    return (batch_loss_sum(model, batch, task) / max(targets_in(batch, task), 1),
+            int(batch["attention_mask"].sum()))
 
 
 @torch.no_grad()

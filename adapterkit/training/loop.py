@@ -1,8 +1,9 @@
 """The training loop, on Accelerate: one process, or many under ``accelerate launch``.
 
-Each optimizer step: for each of ``grad_accum`` micro-batches, loss = mean token NLL (or mean
-cross-entropy) / grad_accum, backward (gradients synchronised across processes on the last
-micro-batch only); clip the global gradient norm; step the optimizer and the schedule.
+Each optimizer step: for each of ``grad_accum`` micro-batches, loss = summed token NLL (or
+cross-entropy) / the target tokens (examples) of the whole global batch, so the step's loss is the
+token mean however uneven the micro-batches are; backward (gradients synchronised across processes
+on the last micro-batch only); clip the global gradient norm; step the optimizer and the schedule.
 Evaluation every ``eval.every`` steps, checkpoints every ``output.save_every`` steps, early
 stopping on ``eval.metric``; the adapter is saved by the main process at the end, with
 curves.png of the loss and learning rate. With ``stages`` (stages.py) each stage sets what
@@ -27,7 +28,7 @@ from ..errors import ConfigError
 from .batches import BatchPlan
 from .config import TrainConfig
 from .data import collate, tokenize
-from .evaluate import batch_loss, evaluate
+from .evaluate import batch_loss_sum, evaluate, targets_in
 from .metrics import HIGHER_IS_BETTER
 from .setup import build_model, generation_set, model_task, read_data
 
@@ -86,25 +87,36 @@ def _improved(value: float, best: Optional[float], metric: str, min_delta: float
 
 
 def _step(accelerator, model, optimizer, scheduler, batches: list[dict], task: str, max_norm) -> tuple[float, int]:
-    """One optimizer step over this process's micro-batches; (mean loss, tokens) of the global batch."""
-    total, tokens = 0.0, 0
+    """One optimizer step over this process's micro-batches; (mean loss, tokens) of the global batch.
+
+    The loss is the mean over every target token of the global batch (every example for
+    classification), whatever the micro-batches' lengths: each micro-batch's summed loss is divided
+    by the step's count of targets on all processes, times the number of processes because DDP and
+    FSDP average gradients across them. So accumulation gives the full batch's loss and gradient.
+    """
+    device = accelerator.device
+    counts = torch.tensor([sum(targets_in(b, task) for b in batches),
+                           sum(int(b["attention_mask"].sum()) for b in batches)], dtype=torch.float64, device=device)
+    if accelerator.num_processes > 1:
+        counts = accelerator.reduce(counts, reduction="sum")
+    targets, tokens = max(float(counts[0]), 1.0), int(counts[1])
+    norm = targets / accelerator.num_processes
+    total = torch.zeros((), dtype=torch.float64, device=device)
     for k, batch in enumerate(batches):
         last = k == len(batches) - 1
         sync = contextlib.nullcontext() if last else sharding.no_sync(accelerator, model)
         with sync:
-            loss, n = batch_loss(model, batch, task)
-            accelerator.backward(loss / len(batches))
-        total += float(loss.detach()) / len(batches)
-        tokens += n
+            loss = batch_loss_sum(model, batch, task)
+            accelerator.backward(loss / norm)
+        total += loss.detach().double()
     if max_norm:
         accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_norm)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    if accelerator.num_processes > 1:  # the loss of the global batch, and all processes' tokens
-        both = accelerator.reduce(torch.tensor([total, tokens], dtype=torch.float64, device=accelerator.device))
-        total, tokens = float(both[0]) / accelerator.num_processes, int(both[1])
-    return total, tokens
+    if accelerator.num_processes > 1:  # the summed loss of the global batch
+        total = accelerator.reduce(total, reduction="sum")
+    return float(total) / targets, tokens
 
 
 def _progress(accelerator, config: TrainConfig, total: int, start: int):

@@ -129,8 +129,8 @@ def test_a_base_embedding_of_another_shape_is_refused(saved):
 
 
 def test_unknown_peft_type_lists_supported(saved):
-    _edit_config(saved, peft_type="LOHA")
-    with pytest.raises(AdapterFileError, match=r"'LOHA' is not supported; adapterkit reads: .*LORA"):
+    _edit_config(saved, peft_type="FOURIERFT")
+    with pytest.raises(AdapterFileError, match=r"'FOURIERFT' is not supported; adapterkit reads: .*LORA"):
         ak.load_adapter(tiny_llama(), saved)
 
 

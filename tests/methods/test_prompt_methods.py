@@ -185,3 +185,27 @@ def test_gradient_checkpointing_works_with_prompts_and_is_refused_clearly_with_p
     prefix.gradient_checkpointing_enable()
     with pytest.raises(ak.UnsupportedModuleError, match="gradient_checkpointing_disable"):
         prefix(ids, labels=ids)
+
+
+def test_hook_is_kept_by_handle_and_deep_copies_get_their_own():
+    """The model's virtual-token hook: one per model, a deep copy has its own (detaching the copy
+    leaves the original's), and detach removes it, so the base model's forward comes back."""
+    model = tiny_llama()
+    base = model(input_ids=tokens()).logits
+    ak.attach(model, ak.PromptTuningConfig(num_virtual_tokens=3))
+    ak.attach(model, ak.PromptTuningConfig(num_virtual_tokens=2), name="second")
+    with torch.no_grad():
+        for _, layer in adapter_layers(model):
+            for adapter in layer.adapters.values():
+                for p in adapter.parameters():
+                    p.normal_()
+    adapted = model(input_ids=tokens()).logits
+    twin = copy.deepcopy(model)
+    torch.testing.assert_close(twin(input_ids=tokens()).logits, adapted)
+    ak.detach(twin)
+    torch.testing.assert_close(twin(input_ids=tokens()).logits, base)
+    torch.testing.assert_close(model(input_ids=tokens()).logits, adapted)  # the original keeps its hook
+    ak.detach(model)
+    torch.testing.assert_close(model(input_ids=tokens()).logits, base)
+    ak.attach(model, ak.PromptTuningConfig(num_virtual_tokens=3))  # installs again, once
+    assert model(input_ids=tokens()).logits.shape[1] == tokens().shape[1] + 3

@@ -35,7 +35,7 @@ def _where(model, config: BottleneckConfig) -> dict[str, str]:
     """{module name: role}, a role being 'serial', 'parallel' or 'tap'."""
     placed = _placement(model, config)
     for name, _ in placed:
-        if bases.base_kind(_logical(model, name)) is None:
+        if bases.base_kind(_logical(model, name)) in (None, "mha"):
             raise UnsupportedModuleError(
                 f"bottleneck adapters follow modules with a known output size (Linear, Conv1D, ...); "
                 f"{name!r} is a {type(_logical(model, name)).__name__}. Pick other targets."

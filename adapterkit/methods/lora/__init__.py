@@ -9,6 +9,9 @@ from .layers import LoRA, LoRALayer
 from . import bias, init, patterns, tokens
 
 
+_DORA_KINDS = ("linear", "conv1d", "quant", "embedding") + bases.CONV_KINDS
+
+
 def _where(model, config: LoRAConfig) -> dict[str, tuple[int, float]]:
     """{module name: (rank, alpha)} of the modules to adapt."""
     names = resolve(model, config.targets, config.exclude, config.layers, config.train_modules)
@@ -24,10 +27,12 @@ def _where(model, config: LoRAConfig) -> dict[str, tuple[int, float]]:
         for name in names:
             module = model.get_submodule(name)
             base = module.innermost() if isinstance(module, LoRALayer) else module
-            if bases.base_kind(base) not in ("linear", "conv1d", "quant") or not bases.foldable(base):
+            if bases.base_kind(base) not in _DORA_KINDS or not bases.foldable(base):
+                grouped = f" with groups={base.groups}" if getattr(base, "groups", 1) > 1 else ""
                 raise UnsupportedModuleError(
-                    f"DoRA needs a dense or adapterkit-quantized Linear / Conv1D base; {name!r} is a "
-                    f"{type(base).__name__}. Exclude it, or use dora=False."
+                    f"DoRA needs a dense or adapterkit-quantized Linear / Conv1D, an Embedding or an ungrouped "
+                    f"Conv1d / Conv2d / Conv3d base; {name!r} is a {type(base).__name__}{grouped}. Exclude it, "
+                    f"or use dora=False."
                 )
     if init.changes_base(config.init):
         for name in names:

@@ -37,7 +37,9 @@ LoRA) or ``base_model.model.<m>.bias`` (any other), as PEFT writes them.
 Tensors (``adapter_model.safetensors``), per adapted module ``M`` (its name in the model):
 ``base_model.model.M.lora_A.weight`` (rank, in), ``....lora_B.weight`` (out, rank), for DoRA
 ``....lora_magnitude_vector`` (out,); an embedding writes ``....lora_embedding_A`` (rank, num) and
-``....lora_embedding_B`` (dim, rank); a Conv2d A is (rank, in, kh, kw), B (out, rank, 1, 1).
+``....lora_embedding_B`` (dim, rank); a convolution's A is (rank, in, k..), B (out, rank / groups, 1..),
+its DoRA magnitude (1, out, 1..); nn.MultiheadAttention adds ``....base_layer.out_proj.lora_A.weight``
+and ``lora_B.weight`` (methods/lora/mha.py).
 
 PEFT options adapterkit cannot honour (``use_qalora``, ``target_parameters``, ...) are refused on load
 with a ConfigError naming the key; keys that do not change the adapter's math are ignored.
@@ -177,8 +179,15 @@ def _with_file_keys(message: str) -> str:
 def state_to_file(module_name: str, adapter: nn.Module) -> dict[str, Tensor]:
     """One layer's LoRA tensors under PEFT's keys (the adapter's own parameters)."""
     prefix = PEFT_PREFIX + module_name
+    if adapter.kind == "mha":
+        from .mha import state_to_file as mha_tensors
+
+        return mha_tensors(prefix, adapter)
     if adapter.kind == "embedding":
-        return {f"{prefix}.lora_embedding_A": adapter.a, f"{prefix}.lora_embedding_B": adapter.b}
+        out = {f"{prefix}.lora_embedding_A": adapter.a, f"{prefix}.lora_embedding_B": adapter.b}
+        if adapter.magnitude is not None:
+            out[f"{prefix}.lora_magnitude_vector"] = adapter.magnitude
+        return out
     out = {f"{prefix}.lora_A.weight": adapter.a, f"{prefix}.lora_B.weight": adapter.b}
     if adapter.bias is not None:
         out[f"{prefix}.lora_B.bias"] = adapter.bias
@@ -197,7 +206,8 @@ def sizes_from_file(config: LoRAConfig, shapes: Mapping[str, tuple]) -> list[str
         part = key.rsplit(".", 2)
         axis = {"lora_A": 0, "lora_B": 1, "lora_embedding_A": 0, "lora_embedding_B": 1}.get(
             part[-2] if part[-1] == "weight" else part[-1])
-        if axis is not None and len(shape) > axis and shape[axis] != rank:
+        grouped = axis == 1 and len(shape) > 2 and shape[1] and rank % shape[1] == 0  # conv B: r / groups
+        if axis is not None and len(shape) > axis and shape[axis] != rank and not grouped:
             problems.append(f"{key!r} has shape {tuple(shape)}, rank {shape[axis]}, but the config says r={rank}")
     return problems
 

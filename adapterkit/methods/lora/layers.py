@@ -2,7 +2,9 @@
 
 Linear / Conv1D:  y = W x + scale * B (A drop(x))            (DoRA: see functional.py)
 Embedding:        y = E[ids] + scale * A^T[ids] B^T           A (r, num), B (dim, r), as PEFT
-Conv2d:           y = conv(x, W) + scale * conv1x1(conv(drop(x), A), B)
+Conv1d/2d/3d:     y = conv(x, W) + scale * conv1x1(conv(drop(x), A), B)        (conv.py; DoRA too)
+MultiheadAttention: in_proj and out_proj updated for the call                  (mha.py)
+DoRA's factor per kind of base: dora_layouts.py.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from ... import bases
 from ...errors import MergeError
 from ...fold import Fold
 from ...layer import AdapterLayer
-from . import mixed, stack
+from . import conv, dora_layouts, mha, mixed, stack
 from .config import LoRAConfig
 from .patterns import scale_of
 from .bias import add_bias
@@ -83,16 +85,20 @@ class LoRA(nn.Module):
         self.config = config
         self.kind = bases.base_kind(base)
         # this module's rank and alpha (rank_pattern / alpha_pattern: patterns.py)
-        self.rank = r = config.rank if rank is None else rank
-        self.alpha = config.alpha if alpha is None else alpha
+        r = config.rank if rank is None else rank
+        self._alpha = alpha if alpha is not None and alpha != config.alpha else None
         self.scale = scale_of(r, self.alpha, config.rslora)
         self.dropout = config.dropout
         n_in, n_out = bases.features(base)
         place = _param_place(base)
-        if self.kind == "conv2d":
-            k = base.kernel_size
-            self.a = nn.Parameter(torch.empty(r, n_in, *k, **place))
-            self.b = nn.Parameter(torch.empty(n_out, r, 1, 1, **place))
+        if self.kind in conv.KINDS:
+            shape_a, shape_b = conv.shapes(base, r)
+            self.a = nn.Parameter(torch.empty(*shape_a, **place))
+            self.b = nn.Parameter(torch.empty(*shape_b, **place))
+        elif self.kind == "mha":
+            mha.check(base, config)
+            self.a = nn.Parameter(torch.empty(r, n_in, **place))
+            self.b = nn.Parameter(torch.empty(3 * n_out, r, **place))
         else:
             self.a = nn.Parameter(torch.empty(r, n_in, **place))
             self.b = nn.Parameter(torch.empty(n_out, r, **place))
@@ -102,10 +108,27 @@ class LoRA(nn.Module):
             initialise(self, base, config.init, config.loftq_iter)
         else:
             _init_pair(self.a, self.b, config.init, r, a_is_zero=self.kind == "embedding")
+        if self.kind == "mha":
+            mha.add_out_proj(self, base, place)
+            _init_pair(self.a_out, self.b_out, config.init, r)
         self.magnitude = None
         if config.dora:
-            weight = bases.dense_weight(base)
-            self.magnitude = nn.Parameter(dora_norm(weight, self.a, self.b, self.scale).to(place["dtype"]))
+            self.magnitude = nn.Parameter(dora_layouts.initial_magnitude(self.kind, base, self).to(place["dtype"]))
+
+    @property
+    def rank(self) -> int:
+        """This module's rank (rank_pattern may set it per module)."""
+        return self.a.shape[0]
+
+    @property
+    def alpha(self) -> float:
+        """This module's alpha: alpha_pattern's where one matched, else the config's."""
+        return self.config.alpha if self._alpha is None else self._alpha
+
+    @property
+    def base_scale(self) -> float:
+        """alpha / rank of this module (alpha / sqrt(rank) with rsLoRA), before any ak.set_scale."""
+        return scale_of(self.rank, self.alpha, self.config.rslora)
 
     def extra_repr(self) -> str:
         return (f"rank={self.rank}, scale={self.scale:g}" + (", dora" if self.magnitude is not None else "")
@@ -116,16 +139,16 @@ class LoRA(nn.Module):
         """The layer's output ``y`` with this adapter's contribution added."""
         if self.kind == "embedding":
             return self._embedding(x, y, base)
-        if self.kind == "conv2d":
-            return self._with_bias(self._conv2d(x, y, base))
+        if self.kind in conv.KINDS:
+            return self._with_bias(conv.forward(self, x, y, base))
         return self._with_bias(self._linear(x, y, y_base, base))
 
     def _with_bias(self, out: Optional[Tensor]) -> Optional[Tensor]:
-        """``out`` + scale * bias (lora_bias); channels on dim 1 for Conv2d, last otherwise."""
+        """``out`` + scale * bias (lora_bias); channels on dim 1 for convolutions, last otherwise."""
         if out is None or self.bias is None:
             return out
         bias = (self.bias * self.scale).to(out.dtype)
-        return out + (bias.view(-1, 1, 1) if self.kind == "conv2d" else bias)
+        return out + (bias.view(-1, *([1] * (out.dim() - 2))) if self.kind in conv.KINDS else bias)
 
     def fused(self, x: Tensor, base: nn.Module) -> Optional[Tensor]:
         """``base(x)`` with this adapter added, as one autograd node; None where that does not apply.
@@ -134,7 +157,7 @@ class LoRA(nn.Module):
         """
         if self.kind == "quant":
             return self._with_bias(self._fused_quant(x, base))
-        if self.kind != "linear" or not _plain_linear(base, x):
+        if self.kind != "linear" or not _plain_linear(base, x) or self._traced_dropout():
             return None
         a, b = self.a.to(x.dtype), self.b.to(x.dtype)
         x2 = x.reshape(-1, a.shape[1])  # (N, in)
@@ -165,8 +188,33 @@ class LoRA(nn.Module):
             cached = self._w_sq = (key, weight_sq(weight))
         return cached[1]
 
+    def _traced_dropout(self) -> bool:
+        """Dropout under ``torch.compile``: the plain forward, whose mask the compiler draws itself
+        (the seeded, bit-packed mask of the Functions reads a seed back from a tensor: a graph break)."""
+        return self.training and self.dropout > 0 and torch.compiler.is_compiling()
+
+    def plain(self, x: Tensor, y: Tensor, y_base: Tensor, base: nn.Module) -> Tensor:
+        """What ``_linear`` computes, in plain torch ops: x (..., in), y (..., out) -> (..., out).
+
+        LoRA: y + s B A drop(x).  DoRA: g (ref + s B A drop(x) - bias) + bias, g = m / ||W + s B A||_row
+        held constant, ref = y (or the base output y_base with dropout in training, PEFT's rule).
+        """
+        dtype = y.dtype
+        a, b = self.a.to(dtype), self.b.to(dtype)
+        update = F.linear(F.linear(F.dropout(x.to(dtype), self.dropout, self.training), a), b) * self.scale
+        if self.magnitude is None:
+            return y + update
+        norm = dora_norm(bases.dense_weight(base), a, b, self.scale).detach()  # (out,) fp32, a constant
+        g = (self.magnitude.to(dtype) / norm).to(dtype)  # (out,)
+        bias = base.bias.to(dtype) if getattr(base, "bias", None) is not None else None
+        ref = y_base if self.training and self.dropout > 0 else y
+        out = g * (ref + update - bias) + bias if bias is not None else g * (ref + update)
+        return out if y is ref else y + (out - ref)
+
     def _linear(self, x, y, y_base, base):
         # x (..., in), y (..., out) -> (..., out)
+        if self._traced_dropout():
+            return self.plain(x, y, y_base, base)
         dtype = y.dtype
         a, b = self.a.to(dtype), self.b.to(dtype)
         x2 = x.to(dtype).reshape(-1, a.shape[1])
@@ -189,40 +237,30 @@ class LoRA(nn.Module):
         # ids (...), y (..., dim): PEFT applies no dropout to embeddings
         rows = F.embedding(ids, self.a.t(), base.padding_idx, base.max_norm, base.norm_type,
                            base.scale_grad_by_freq, base.sparse)  # (..., r)
+        if self.magnitude is not None:
+            return dora_layouts.embedding(self, rows @ self.b.t().to(rows.dtype), y, base)
         return y + (rows @ self.b.t().to(rows.dtype)).to(y.dtype) * self.scale
-
-    def _conv2d(self, x, y, base):
-        # x (B, in, H, W), y (B, out, H', W')
-        x = F.dropout(x, self.dropout, self.training)
-        h = F.conv2d(x.to(self.a.dtype), self.a, None, base.stride, base.padding, base.dilation)
-        return y + F.conv2d(h, self.b).to(y.dtype) * self.scale
 
     # -- merging --------------------------------------------------------------------------
     @torch.no_grad()
     def update(self, dtype: torch.dtype) -> Tensor:
         """scale * B A computed in ``dtype``, in the base weight's layout: (out, in), (num, dim)
-        for embeddings, (out, in, kh, kw) for Conv2d."""
+        for embeddings, (out, in, k..) for convolutions."""
+        if self.kind in conv.KINDS:
+            return conv.update(self, dtype)
         a, b = self.a.to(dtype), self.b.to(dtype)
-        if self.kind == "conv2d":
-            r = self.rank
-            return (b.view(-1, r) @ a.view(r, -1)).mul_(self.scale).view(b.shape[0], *a.shape[1:])
         update = (b @ a).mul_(self.scale)  # (out, in); for embeddings (dim, num)
         return update.t() if self.kind == "embedding" else update
 
     @torch.no_grad()
     def delta(self, base: nn.Module) -> Tensor:
-        """The update to the base weight, in its layout: (out, in), (num, dim) or (out, in, kh, kw)."""
-        if self.kind == "conv2d":
-            r = self.rank
-            return (self.b.view(-1, r) @ self.a.view(r, -1)).view(base.weight.shape) * self.scale
-        update = self.b @ self.a * self.scale  # (out, in); for embeddings (dim, num)
-        if self.kind == "embedding":
-            return update.t()
+        """The update to the base weight, in its layout: (out, in), (num, dim) or (out, in, k..)."""
+        update = self.update(self.a.dtype)
         if self.magnitude is None:
             return update
         weight = bases.dense_weight(base)
-        s = (self.magnitude / dora_norm(weight, self.a, self.b, self.scale)).unsqueeze(1)  # (out, 1)
-        return (s - 1) * weight + s * update.to(weight.dtype)
+        g = dora_layouts.factor(self, weight, weight.dtype)  # (out, 1), (out, 1, 1..) or (1, dim)
+        return (g - 1) * weight + g * update.to(weight.dtype)
 
     @torch.no_grad()
     def bias_delta(self) -> Optional[Tensor]:
@@ -238,6 +276,8 @@ class LoRALayer(AdapterLayer):
     def forward(self, x, *args, **kwargs):
         if self.merged_names:
             self.check_merged_forward()
+        if isinstance(self.base, nn.MultiheadAttention):
+            return mha.forward(self, x, *args, **kwargs)
         adapters = self.active_adapters()
         if self.rows is not None:  # a mixed-adapter batch: an adapter per row (mixed.py)
             return mixed.forward(self, x, *args, **kwargs)
@@ -258,6 +298,8 @@ class LoRALayer(AdapterLayer):
         adapters = self.active_adapters()
         if not adapters:
             return base
+        if isinstance(base, nn.MultiheadAttention):
+            return mha.merged(base, adapters)
         total = stack.delta(base, adapters)
         merged = bases.folded(base, total)
         biases = [d for d in (a.bias_delta() for a in adapters) if d is not None]
@@ -281,8 +323,7 @@ class LoRALayer(AdapterLayer):
             if lora.magnitude is None:
                 terms.append((name, None))
                 continue
-            norm = dora_norm(weight(), lora.a, lora.b, lora.scale)  # (out,)
-            g = (lora.magnitude.to(dtype) / norm.to(dtype)).unsqueeze(1)  # (out, 1)
+            g = dora_layouts.factor(lora, weight(), dtype)  # (out, 1), (out, 1, 1..) or (1, dim)
             terms.append((name, g))
             row = g if row is None else row * g
         return Fold(row=row, terms=tuple(terms))

@@ -75,3 +75,10 @@ def warn_unmatched(config, names: list[str]) -> None:
         if unmatched:
             warnings.warn(f"LoRAConfig.{field} keys {unmatched} match none of the adapted modules "
                           f"and are ignored.", RuntimeWarning, stacklevel=4)
+
+
+def refuse_patterns(config, doing: str) -> None:
+    """ConfigError for calls that treat an adapter's rank as one number (resize_rank, hotswap)."""
+    if config.rank_pattern or config.alpha_pattern:
+        raise ConfigError(f"{doing} takes adapters with one rank and alpha; this one has rank_pattern / "
+                          f"alpha_pattern {dict(config.rank_pattern) or dict(config.alpha_pattern)}.")

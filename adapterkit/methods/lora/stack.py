@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ... import bases
-from .functional import dora_norm
+from . import dora_layouts
 
 
 @torch.no_grad()
@@ -25,15 +25,14 @@ def delta(base: nn.Module, adapters: list) -> Tensor:
     """W_n - W: the update to ``base``'s weight, in its layout, of ``adapters`` active in this order."""
     if not any(adapter.magnitude is not None for adapter in adapters[1:]):
         return sum(adapter.delta(base) for adapter in adapters)  # no DoRA after another: they add up
-    weight = bases.dense_weight(base)  # (out, in)
+    weight = bases.dense_weight(base)  # (out, in), (num, dim) or (out, in, k..)
     acc = torch.promote_types(weight.dtype, torch.float32)
     w0 = weight.to(acc)
     w = w0.clone()
     for adapter in adapters:
-        update = (adapter.b @ adapter.a).to(acc) * adapter.scale  # (out, in)
+        update = adapter.update(acc)  # in W's layout
         if adapter.magnitude is None:
             w += update
         else:
-            g = adapter.magnitude.to(acc) / dora_norm(weight, adapter.a, adapter.b, adapter.scale).to(acc)
-            w = g.unsqueeze(1) * (w + update)
+            w = dora_layouts.factor(adapter, weight, acc) * (w + update)
     return (w - w0).to(weight.dtype)

@@ -18,8 +18,11 @@ the name the model's ``forward`` declares.
 """
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
+import weakref
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -33,20 +36,53 @@ def virtual_token_layers(model: nn.Module) -> list:
     return [m for m in model.modules() if isinstance(m, VirtualTokenLayer)]
 
 
+class _Hook:
+    """The model's pre-hook, kept with its handle so that ``release`` removes exactly it.
+
+    ``_INSTALLED`` maps each model to its hook; a deep copy of the model copies the hook with it
+    (it sits in the model's hooks), and the copy registers itself for the copied model, its handle
+    pointing at the copy's hooks.
+    """
+
+    def __init__(self, model: Optional[nn.Module] = None):
+        self.handle = None
+        self.owner = None if model is None else weakref.ref(model)
+
+    def __call__(self, model: nn.Module, args: tuple, kwargs: dict):
+        return _pre_hook(model, args, kwargs)
+
+    def __getstate__(self) -> dict:  # pickled with the model: everything but the weak reference
+        return {"handle": self.handle, "owner": None}
+
+    def __deepcopy__(self, memo: dict) -> "_Hook":
+        twin = _Hook()
+        memo[id(self)] = twin
+        twin.handle = copy.deepcopy(self.handle, memo)
+        owner = self.owner() if self.owner is not None else None
+        copied = memo.get(id(owner)) if owner is not None else None
+        if isinstance(copied, nn.Module):
+            twin.owner = weakref.ref(copied)
+            _INSTALLED[copied] = twin
+        return twin
+
+
+_INSTALLED: "weakref.WeakKeyDictionary[nn.Module, _Hook]" = weakref.WeakKeyDictionary()
+
+
 def install(model: nn.Module) -> None:
     """Register the hook once per model."""
-    if not any(fn is _pre_hook for fn in model._forward_pre_hooks.values()):
-        model.register_forward_pre_hook(_pre_hook, with_kwargs=True)
+    if model in _INSTALLED:
+        return
+    hook = _Hook(model)
+    hook.handle = model.register_forward_pre_hook(hook, with_kwargs=True)
+    _INSTALLED[model] = hook
 
 
 def release(model: nn.Module) -> None:
     """Remove the hook when no virtual-token layer is left in the model."""
-    if virtual_token_layers(model):
+    if virtual_token_layers(model) or model not in _INSTALLED:
         return
-    for key, fn in list(model._forward_pre_hooks.items()):
-        if fn is _pre_hook:
-            del model._forward_pre_hooks[key]
-            model._forward_pre_hooks_with_kwargs.pop(key, None)
+    _INSTALLED.pop(model).handle.remove()
 
 
 def _pre_hook(model: nn.Module, args: tuple, kwargs: dict):
