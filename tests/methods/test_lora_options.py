@@ -158,3 +158,19 @@ def test_token_rows_only_train_and_base_untouched():
     torch.testing.assert_close(model.get_input_embeddings().innermost().weight, before, atol=0, rtol=0)
     with ak.disabled(model), torch.no_grad():
         ak.detach(copy.deepcopy(model))
+
+
+def test_per_module_scale_survives_set_scale_and_calls_that_need_one_rank_refuse():
+    model = ak.attach(tiny_llama(), ak.LoRAConfig(rank=4, alpha=8, targets=["q_proj", "v_proj"],
+                                                  alpha_pattern={"v_proj": 2}))
+    v = model.model.layers[0].self_attn.v_proj.adapters["default"]
+    assert v.scale == 0.5
+    ak.set_scale(model, "default", 3.0)
+    assert v.scale == 1.5
+    ak.set_scale(model, "default", 1.0)
+    assert v.scale == 0.5 and model.model.layers[0].self_attn.q_proj.adapters["default"].scale == 2.0
+    with pytest.raises(ak.ConfigError, match="alpha_pattern"):
+        ak.resize_rank(model, "default", 2)
+    with pytest.raises(ak.ConfigError, match="plain|per-module"):
+        ak.attach(model, ak.LoRAConfig(rank=4, targets=["q_proj"]), name="other")
+        ak.combine(model, ["default", "other"], name="both")

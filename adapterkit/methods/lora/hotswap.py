@@ -79,9 +79,9 @@ def hotswap_adapter(model: nn.Module, path: Union[str, Path], name: str = "defau
     folder = find_folder(path)
     method, config = file_config(read_config(folder), folder)
     current = next(iter(modules.values())).config
+    _check_config(config, current, folder)
     refuse_patterns(current, "hotswap_adapter")
     refuse_patterns(config, "hotswap_adapter")
-    _check_config(config, current, folder)
     tensors = read_tensors(folder, allow_pickle=allow_pickle)
     plan = _plan(modules, tensors, config.rank, folder)
     rank = max(max(lora.a.shape[0] for lora in modules.values()), config.rank)
