@@ -1,4 +1,8 @@
-"""LoRA, rsLoRA and DoRA: config, math (functional.py), layers and registration."""
+"""LoRA, rsLoRA and DoRA: config, math (functional.py), layers and registration.
+
+Options beside the layers: per-module rank / alpha (patterns.py), trained base biases and lora_bias
+(bias.py), trainable token rows (tokens.py), base-reading inits (init.py) and EVA (eva.py).
+"""
 from ... import bases
 from ...errors import UnsupportedModuleError
 from ...registry import Method, register

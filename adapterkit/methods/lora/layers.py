@@ -5,6 +5,8 @@ Embedding:        y = E[ids] + scale * A^T[ids] B^T           A (r, num), B (dim
 Conv1d/2d/3d:     y = conv(x, W) + scale * conv1x1(conv(drop(x), A), B)        (conv.py; DoRA too)
 MultiheadAttention: in_proj and out_proj updated for the call                  (mha.py)
 DoRA's factor per kind of base: dora_layouts.py.
+lora_bias adds scale * b_B to the branch (bias.py); each module's rank and alpha may come from
+rank_pattern / alpha_pattern (patterns.py); PiSSA / OLoRA / LoftQ set A, B from W (init.py).
 """
 from __future__ import annotations
 
