@@ -75,11 +75,18 @@ def _pissa(w: Tensor, r: int, s: float, init: str) -> tuple[Tensor, Tensor]:
     return root.unsqueeze(1) * vh, u * root  # A (r, in), B (out, r)
 
 
-def nf4_round_trip(w: Tensor) -> Tensor:
-    """deq(NF4(w)) with blocks of 64 and no double quantization (adapterkit's own quantizer)."""
-    from adapterkit_kernels import reference
+def nf4_round_trip(w: Tensor, block: int = 64) -> Tensor:
+    """deq(NF4(w)) with blocks of 64 and no double quantization: adapterkit's own quantizer's
+    steps (``adapterkit_kernels.reference.quantize_4bit`` then ``dequantize``) without packing
+    the codes into bytes and back; the same values bit for bit."""
+    from adapterkit_kernels import formats, reference
 
-    return reference.dequantize(reference.quantize_4bit(w, "nf4", 64, double_quant=False))
+    if w.numel() % block:
+        return reference.dequantize(reference.quantize_4bit(w, "nf4", block, double_quant=False))
+    code = formats.code_table("nf4", w.device)
+    absmax, scaled = reference._blockwise_absmax(w.detach().reshape(-1).float(), block)
+    levels = code[reference._nearest(scaled, code)]  # (n,)
+    return levels.view(-1, block).mul_(absmax.view(-1, 1)).view(w.shape)
 
 
 def loftq(w: Tensor, r: int, steps: int) -> tuple[Tensor, Tensor, Tensor]:
