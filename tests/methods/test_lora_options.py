@@ -174,3 +174,46 @@ def test_per_module_scale_survives_set_scale_and_calls_that_need_one_rank_refuse
     with pytest.raises(ak.ConfigError, match="plain|per-module"):
         ak.attach(model, ak.LoRAConfig(rank=4, targets=["q_proj"]), name="other")
         ak.combine(model, ["default", "other"], name="both")
+
+
+def test_layer_replication_same_as_peft(tmp_path):
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    ranges = [[0, 2], [1, 2]]  # blocks 0, 1, 1: the last two share their weights
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # each copy's targets share weights with the other copy's
+        ours = ak.attach(tiny_llama(), ak.LoRAConfig(rank=4, alpha=8, init="random", targets=["q_proj", "v_proj"],
+                                                     layer_replication=ranges))
+    blocks = ours.model.layers
+    assert len(blocks) == 3 and ours.config.num_hidden_layers == 3
+    assert blocks[1].self_attn.q_proj.base.weight is blocks[2].self_attn.q_proj.base.weight
+    assert blocks[1].self_attn.q_proj.adapters["default"].a is not blocks[2].self_attn.q_proj.adapters["default"].a
+    theirs = get_peft_model(tiny_llama(), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                     layer_replication=ranges, init_lora_weights=False))
+    assert ak.summary(ours).trainable == theirs.get_nb_trainable_parameters()[0]
+    ak.save_adapter(ours, tmp_path / "ak")
+    peft_back = PeftModel.from_pretrained(tiny_llama(), tmp_path / "ak", is_trainable=True)
+    torch.testing.assert_close(_logits(ours), _logits(peft_back), atol=1e-5, rtol=0)
+    _logits(ours).square().mean().backward()
+    _logits(peft_back).square().mean().backward()
+    peft = _peft_keys(peft_back)
+    for key, tensor in {k: t for e in entries(ours, "default")[1] for k, t in e.tensors.items()}.items():
+        torch.testing.assert_close(tensor.grad, peft[key].grad, atol=1e-5, rtol=1e-4, msg=key)
+    peft_back.save_pretrained(tmp_path / "peft")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        back = ak.load_adapter(tiny_llama(), tmp_path / "peft")
+        with torch.no_grad():
+            torch.testing.assert_close(_logits(back), _logits(peft_back), atol=1e-5, rtol=0)
+            merged = ak.merge(copy.deepcopy(ours))
+            torch.testing.assert_close(_logits(merged), _logits(ours), atol=1e-5, rtol=0)
+    with pytest.raises(ak.ConfigError, match="layer_replication"):
+        ak.LoRAConfig(layer_replication=[[2, 1]])
+
+
+def test_layer_replication_failing_attach_changes_nothing():
+    model = tiny_llama()
+    blocks = model.model.layers
+    with pytest.raises(ak.TargetError):
+        ak.attach(model, ak.LoRAConfig(targets=["no_such_proj"], layer_replication=[[0, 2], [0, 1]]))
+    assert model.model.layers is blocks and model.config.num_hidden_layers == 2

@@ -10,7 +10,7 @@ from ...targets import resolve
 from .config import LoRAConfig
 from .files import FILES
 from .layers import LoRA, LoRALayer
-from . import bias, init, patterns, tokens
+from . import bias, init, patterns, replicate, tokens
 
 
 _DORA_KINDS = ("linear", "conv1d", "quant", "embedding") + bases.CONV_KINDS
@@ -18,6 +18,21 @@ _DORA_KINDS = ("linear", "conv1d", "quant", "embedding") + bases.CONV_KINDS
 
 def _where(model, config: LoRAConfig) -> dict[str, tuple[int, float]]:
     """{module name: (rank, alpha)} of the modules to adapt."""
+    if config.layer_replication is None:
+        return _placed(model, config)
+    # the blocks first, then the targets in them (replicate.py); attach's transaction puts the
+    # modules back on an error, this the config's layer count
+    before = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    replicate.replicate(model, config.layer_replication)
+    try:
+        return _placed(model, config)
+    except Exception:
+        if before is not None:
+            model.config.num_hidden_layers = before
+        raise
+
+
+def _placed(model, config: LoRAConfig) -> dict[str, tuple[int, float]]:
     names = resolve(model, config.targets, config.exclude, config.layers, config.train_modules)
     patterns.warn_unmatched(config, names)
     if config.lora_bias:

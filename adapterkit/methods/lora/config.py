@@ -13,6 +13,7 @@ from typing import Optional, Union
 from ...config import AdapterConfig
 from ...errors import ConfigError
 from .patterns import check_pattern, scale_of
+from .replicate import check_map
 from .tokens import check_token_indices
 
 INITS = ("kaiming", "gaussian", "random", "pissa", "pissa_niter_K", "olora", "loftq", "eva")
@@ -49,6 +50,8 @@ class LoRAConfig(AdapterConfig):
         trainable_token_indices: only these rows of the input embedding train (PEFT's trainable
             tokens): a list of token ids for the input embedding, or ``{module suffix: ids}``.
         loftq_iter: alternating steps of LoftQ (``init="loftq"``, 4-bit NF4 base).
+        layer_replication: ``[[start, end), ...]`` block ranges: the model's blocks are replaced by
+            weight-sharing copies of these, each copy adapted on its own (replicate.py).
     """
 
     method = "lora"
@@ -69,6 +72,7 @@ class LoRAConfig(AdapterConfig):
     lora_bias: bool = False
     trainable_token_indices: Optional[tuple] = None
     loftq_iter: int = 1
+    layer_replication: Optional[tuple] = None
 
     def __post_init__(self):
         name = type(self).__name__
@@ -109,6 +113,7 @@ class LoRAConfig(AdapterConfig):
                               f"inits (as in PEFT); got dora={self.dora}, init={self.init!r}.")
         self._set("trainable_token_indices", check_token_indices(name, self.trainable_token_indices))
         self._positive("loftq_iter", integer=True)
+        self._set("layer_replication", check_map(name, self.layer_replication))
 
     def _check_init(self) -> None:
         init = self.init

@@ -21,6 +21,7 @@ init               init_lora_weights       kaiming: true, random: false, others 
                                            ("gaussian", "pissa", "pissa_niter_4", "olora",
                                            "loftq", "eva"); a file's pissa / olora / loftq
                                            runs again on load, as PEFT does (init.py)
+layer_replication  layer_replication       [[start, end], ...] block ranges (replicate.py)
 loftq_iter         loftq_config            {"loftq_bits": 4, "loftq_iter": n} with loftq
 rank_pattern       rank_pattern            {pattern: rank}, PEFT's matching (patterns.py)
 alpha_pattern      alpha_pattern           {pattern: alpha}
@@ -71,12 +72,12 @@ KEYS = {
     "exclude": "exclude_modules", "layers": "layers_to_transform", "rslora": "use_rslora",
     "dora": "use_dora", "init": "init_lora_weights", "rank_pattern": "rank_pattern",
     "alpha_pattern": "alpha_pattern", "bias": "bias", "lora_bias": "lora_bias",
-    "trainable_token_indices": "trainable_token_indices",
+    "trainable_token_indices": "trainable_token_indices", "layer_replication": "layer_replication",
 }
 _INIT_TO_FILE = {"kaiming": True, "random": False}  # any other init is written as its name
 # PEFT keys whose non-default values change what the adapter computes, with that default.
 _UNSUPPORTED = {
-    "use_qalora": False, "layer_replication": None, "target_parameters": None,
+    "use_qalora": False, "target_parameters": None,
     "alora_invocation_tokens": None, "use_bdlora": None,
 }
 # inits that rewrite the base weights as well and that adapterkit does not implement
@@ -102,6 +103,7 @@ def config_to_file(config: LoRAConfig, model: nn.Module) -> dict[str, Any]:
         "bias": config.bias, "rank_pattern": dict(config.rank_pattern),
         "alpha_pattern": dict(config.alpha_pattern), "lora_bias": config.lora_bias,
         "trainable_token_indices": _tokens_to_file(config.trainable_token_indices),
+        "layer_replication": [list(r) for r in config.layer_replication] if config.layer_replication else None,
         **({"loftq_config": {"loftq_bits": 4, "loftq_iter": config.loftq_iter}} if config.init == "loftq" else {}),
     }
 
