@@ -217,3 +217,37 @@ def test_layer_replication_failing_attach_changes_nothing():
     with pytest.raises(ak.TargetError):
         ak.attach(model, ak.LoRAConfig(targets=["no_such_proj"], layer_replication=[[0, 2], [0, 1]]))
     assert model.model.layers is blocks and model.config.num_hidden_layers == 2
+
+
+def test_lora_bias_on_convolutions_same_as_peft(tmp_path):
+    from peft import PeftModel
+
+    from tests.models import TinyCNN
+
+    gen = torch.Generator().manual_seed(4)
+    inputs = (torch.randn(2, 3, 4, 4, generator=gen), torch.tensor([1, 5]))
+    ours = ak.attach(TinyCNN(), ak.LoRAConfig(rank=2, targets=["conv", "fc"], init="random", lora_bias=True,
+                                              bias="lora_only"))
+    with torch.no_grad():
+        for p in ours.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=gen) * 0.1)
+    ak.save_adapter(ours, tmp_path)
+    theirs = PeftModel.from_pretrained(TinyCNN(), tmp_path, is_trainable=True)
+    torch.testing.assert_close(ours(*inputs), theirs(*inputs), atol=1e-5, rtol=0)
+    ours(*inputs).square().sum().backward()
+    theirs(*inputs).square().sum().backward()
+    peft = _peft_keys(theirs)
+    for key, tensor in {k: t for e in entries(ours, "default")[1] for k, t in e.tensors.items()}.items():
+        torch.testing.assert_close(tensor.grad, peft[key].grad, atol=1e-5, rtol=1e-4, msg=key)
+    with torch.no_grad():
+        torch.testing.assert_close(ak.merge(copy.deepcopy(ours))(*inputs), ours(*inputs), atol=1e-5, rtol=0)
+
+
+def test_loaded_adapter_freezes_its_base_biases_unless_trainable(tmp_path):
+    ak.save_adapter(_ours("bias-all-gpt2"), tmp_path)
+    frozen = ak.load_adapter(tiny_gpt2(), tmp_path)
+    assert not any(p.requires_grad for p in frozen.parameters())
+    trained = ak.load_adapter(tiny_gpt2(), tmp_path, trainable=True)
+    assert trained.transformer.h[0].ln_1.bias.requires_grad and trained.transformer.h[0].attn.c_attn.base.bias.requires_grad
+    assert not trained.transformer.h[0].ln_1.weight.requires_grad
