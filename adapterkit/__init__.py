@@ -40,6 +40,7 @@ from .methods.lokr import LoKrConfig
 from .methods.prompt import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig
 from .methods.lora.combine import combine
 from .methods.lora.eva import init_eva
+from .methods.lora.convert import save_as_lora
 from .methods.lora.hotswap import hotswap_adapter, prepare_hotswap
 from .methods.lora.resize import resize_rank
 from .methods.lora.scaling import rescaled, scale_active, set_scale, unscale_active
@@ -73,7 +74,7 @@ def __getattr__(name):
     raise AttributeError(f"module 'adapterkit' has no attribute {name!r}")
 
 __all__ = [
-    "init_eva",
+    "init_eva", "save_as_lora",
     "BottleneckConfig", "IA3Config", "PrefixTuningConfig", "PromptEncoderConfig", "PromptTuningConfig",
     "replace_head", "unfreeze",
     "LoHaConfig", "LoKrConfig",

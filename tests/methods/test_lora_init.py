@@ -231,3 +231,36 @@ def test_eva_refuses_other_inits():
     model = ak.attach(tiny_llama(), ak.LoRAConfig(rank=4))
     with pytest.raises(ak.ConfigError, match="init='eva'"):
         ak.init_eva(model, _eva_batches())
+
+
+@pytest.mark.parametrize("case", ["pissa-llama", "olora-rslora-llama", "pissa-patterns-llama"])
+def test_save_as_lora_matches_peft_conversion(case, tmp_path):
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    factory = CASES[case][0]
+    ours, theirs = _twins(case)
+    theirs.peft_config["default"].init_lora_weights = True  # PEFT's recipe: the starting adapter, saved as plain
+    theirs.save_pretrained(tmp_path / "start")
+    theirs.peft_config["default"].init_lora_weights = CASES[case][1]["init"]
+    gen = torch.Generator().manual_seed(8)
+    with torch.no_grad():
+        for lora, layer in _pairs(ours, theirs):
+            lora.a.add_(torch.randn(lora.a.shape, generator=gen) * 0.1)
+            lora.b.add_(torch.randn(lora.b.shape, generator=gen) * 0.1)
+            layer.lora_A["default"].weight.copy_(lora.a)
+            layer.lora_B["default"].weight.copy_(lora.b)
+        want = _logits(ours)
+    ak.save_as_lora(ours, tmp_path / "ours")
+    theirs.save_pretrained(tmp_path / "peft", path_initial_model_for_weight_conversion=str(tmp_path / "start"))
+    mine, peft = load_file(tmp_path / "ours" / "adapter_model.safetensors"), load_file(
+        tmp_path / "peft" / "adapter_model.safetensors")
+    assert set(mine) == set(peft)
+    for key in mine:
+        torch.testing.assert_close(mine[key], peft[key], atol=1e-6, rtol=0, msg=key)
+    with torch.no_grad():  # a plain LoRA of the original base: PEFT and adapterkit load it there
+        torch.testing.assert_close(_logits(PeftModel.from_pretrained(factory(), tmp_path / "ours")), want,
+                                   atol=1e-5, rtol=0)
+        back = ak.load_adapter(factory(), tmp_path / "ours")
+        assert ak.adapter_config(back, "default").init == "kaiming"
+        torch.testing.assert_close(_logits(back), want, atol=1e-5, rtol=0)

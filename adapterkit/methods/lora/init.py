@@ -62,6 +62,9 @@ def initialise(lora: nn.Module, base: nn.Module, init: str, loftq_iter: int) -> 
     lora.a.copy_(a.contiguous())
     lora.b.copy_(b.contiguous())
     weight.copy_(residual.to(weight.dtype))
+    if not init.startswith("loftq"):  # the starting factors, for save_as_lora (convert.py)
+        lora.register_buffer("a_start", lora.a.detach().clone(), persistent=False)
+        lora.register_buffer("b_start", lora.b.detach().clone(), persistent=False)
 
 
 def _pissa(w: Tensor, r: int, s: float, init: str) -> tuple[Tensor, Tensor]:
