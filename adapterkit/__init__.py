@@ -46,6 +46,8 @@ from .methods.oft import OFTConfig
 from .methods.prompt import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig
 from .methods.vera import VeRAConfig
 from .methods.lora.combine import combine
+from .methods.lora.eva import init_eva
+from .methods.lora.convert import save_as_lora
 from .methods.lora.hotswap import hotswap_adapter, prepare_hotswap
 from .methods.lora.resize import resize_rank
 from .methods.lora.scaling import rescaled, scale_active, set_scale, unscale_active
@@ -80,6 +82,7 @@ def __getattr__(name):
 
 __all__ = [
     "AdaLoRAConfig", "RankAllocator", "orthogonality",
+    "init_eva", "save_as_lora",
     "BottleneckConfig", "IA3Config", "PrefixTuningConfig", "PromptEncoderConfig", "PromptTuningConfig",
     "VeRAConfig", "LNTuningConfig", "OFTConfig", "BOFTConfig",
     "replace_head", "unfreeze",

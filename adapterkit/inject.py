@@ -119,6 +119,8 @@ def attach(model: nn.Module, config: AdapterConfig, name: str = "default") -> nn
         for target in copies:
             layer = _wrap(model, target, TrainedModule)
             layer.add(name, trainable_copy(layer.innermost()))
+        if method.after_attach is not None:
+            method.after_attach(model, config, name)
         set_active(model, name)
     install_hooks(model)  # takes `adapter_names=` out of the model's calls (rows.py)
     return model

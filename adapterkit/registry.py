@@ -33,6 +33,9 @@ class Method:
     files: Optional["FileFormat"] = None  # how adapterkit.io saves and loads it (None: it cannot)
     more_layers: tuple[type, ...] = ()  # other AdapterLayer classes of the method, for a placement
     # whose ``layer`` attribute names one (LoRA on parameters: methods/lora/params.py)
+    after_attach: Optional[Callable[[nn.Module, AdapterConfig, str], None]] = None
+    # (model, config, adapter name): changes beyond the wrapped layers, inside attach's transaction
+    # (LoRA: base biases to train, trainable token rows)
 
 
 # PEFT's key prefix for tensors of layer-based methods (PeftModel.base_model.model is the model).
@@ -75,6 +78,10 @@ class FileFormat:
     for_model: Optional[Callable[[AdapterConfig, Mapping[str, Any], nn.Module], AdapterConfig]] = None
     # (config, file's JSON, model) -> the config to attach on this model, where the file's meaning
     # depends on the model (LoRA: PEFT's ensure_weight_tying adapts a tied output embedding too)
+    extra_to_file: Optional[Callable[[nn.Module, AdapterConfig, str], dict[str, Tensor]]] = None
+    # (model, config, adapter name) -> {file key: live tensor}: tensors of the adapter held outside
+    # its method's layers (LoRA: trained base biases, trainable token rows); saved, checked and
+    # filled like the layers' own
 
 
 METHODS: dict[str, Method] = {}

@@ -70,7 +70,9 @@ def _text(info: dict[str, Any]) -> str:
     rows = [("method", f"{info['method']} (peft_type {info['peft_type']})"),
             ("base model", info["base_model"] or "-"), ("task type", info["task_type"] or "-")]
     for key, value in info["config"].items():
-        shown = ", ".join(map(str, value)) if isinstance(value, list) else _masks(value) or value
+        pairs = isinstance(value, list) and value and all(isinstance(v, (list, tuple)) and len(v) == 2 for v in value)
+        shown = ", ".join(f"{k}: {v}" for k, v in value) if pairs else (
+            ", ".join(map(str, value)) if isinstance(value, list) else _masks(value) or value)  # pairs: rank_pattern and kin
         rows.append((key, "-" if shown in (None, "") else shown))
     rows += [("tensors", info["tensors"]), ("parameters", f"{info['parameters']:,}"),
              ("dtype", ", ".join(info["dtypes"]) or "-"),

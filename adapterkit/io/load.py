@@ -120,6 +120,10 @@ def load_adapter(model: nn.Module, path: Union[str, Path], name: str = "default"
             for _, layer in adapter_layers(model):
                 if name in layer.adapters:
                     layer.adapters[name].requires_grad_(False)
+            for entry in found:  # tensors held outside the method's layers (LoRA's trained base biases)
+                if entry.adapter is None:
+                    for tensor in entry.tensors.values():
+                        tensor.requires_grad_(False)
     return model
 
 

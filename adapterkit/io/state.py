@@ -59,6 +59,10 @@ def entries(model: nn.Module, name: str) -> tuple[Method, list[Entry]]:
         elif isinstance(layer, (method.layer, *method.more_layers)):
             files = method.files
             found.append(Entry(module, adapter, files.state_to_file(module, adapter), files.state_from_file))
+    extra = method.files.extra_to_file if method.files is not None else None
+    if extra is not None:
+        for key, tensor in extra(model, adapter_config(model, name), name).items():
+            found.append(Entry(key, None, {key: tensor}, None, trained=True))
     return method, found
 
 

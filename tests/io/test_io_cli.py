@@ -1,5 +1,6 @@
 """`adapterkit inspect` and `adapterkit merge`: facts read from files; a merged folder transformers loads."""
 import json
+import re
 import os
 import re
 import subprocess

@@ -157,7 +157,7 @@ def test_invalid_config_names_field_and_reason(saved, key, value, field):
 
 
 @pytest.mark.parametrize("key, value", [
-    ("rank_pattern", {"q_proj": 8}), ("bias", "all"), ("init_lora_weights", "pissa"),
+    ("use_qalora", True), ("use_bdlora", {"x": 1}), ("init_lora_weights", "corda"),
 ])
 def test_unsupported_peft_option_is_refused(saved, key, value):
     _edit_config(saved, **{key: value})

@@ -116,6 +116,11 @@ def _checked(model: nn.Module, names, name: str, weights, how: str, options: tup
     for n, cfg in zip(names, configs):
         if not isinstance(cfg, LoRAConfig):
             raise ConfigError(f"combine takes LoRA adapters; {n!r} is {type(cfg).__name__}.")
+        extras = [f for f in ("rank_pattern", "alpha_pattern", "lora_bias", "trainable_token_indices")
+                  if getattr(cfg, f, None)] + (["bias"] if getattr(cfg, "bias", "none") != "none" else [])
+        if extras:
+            raise ConfigError(f"combine takes LoRA adapters without per-module ranks or trained biases / "
+                              f"tokens; {n!r} uses {', '.join(extras)}.")
     return weights, configs
 
 

@@ -8,14 +8,16 @@ re-learns each output row's magnitude: W' = m * (W + scale B A) / ||W + scale B 
 from __future__ import annotations
 
 import dataclasses
-import math
-import re
 from typing import Optional, Union
 
 from ...config import AdapterConfig
 from ...errors import ConfigError
+from .patterns import check_pattern, scale_of
+from .replicate import check_map
+from .tokens import check_token_indices
 
-INITS = ("kaiming", "gaussian", "random")
+INITS = ("kaiming", "gaussian", "random", "pissa", "pissa_niter_K", "olora", "loftq", "eva")
+BIASES = ("none", "all", "lora_only")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,11 +44,20 @@ class LoRAConfig(AdapterConfig):
             themselves, per expert for a 3-D fused mixture-of-experts weight (PEFT's
             ``target_parameters``: ``params.py``). Needs dropout 0 and no DoRA; with it,
             ``targets`` may be empty (``()``) to adapt only these parameters. As in PEFT,
-            ``exclude`` and ``layers`` apply to module targets only.
-        parameter_ranks: ``{pattern: rank}`` for target_parameters whose ``module.parameter`` name
-            ends with a match of the regular expression (PEFT's ``rank_pattern``, which PEFT's
-            "all-linear" writes for Mixtral's fused ``gate_up_proj``: ``{".*\\.gate_up_proj": 2r}``).
-        parameter_alphas: ``{pattern: alpha}`` the same way (PEFT's ``alpha_pattern``).
+            ``exclude`` and ``layers`` apply to module targets only; ``rank_pattern`` /
+            ``alpha_pattern`` to both (``module.parameter`` names, as PEFT matches them).
+        rank_pattern: per-module ranks, ``{pattern: rank}``; a pattern is a regex matched against a
+            dotted suffix of the module's full name, first match wins (PEFT's rule: patterns.py).
+        alpha_pattern: per-module alphas, in the same form.
+        bias: which base biases train with the adapter (and are saved with it): ``"none"``,
+            ``"all"`` (every bias of the model) or ``"lora_only"`` (the adapted layers' biases).
+            They train in place, as in PEFT: ``ak.disabled`` and ``ak.detach`` keep their values.
+        lora_bias: give B a trainable bias (zero at start): y = W x + scale (B A x + b_B).
+        trainable_token_indices: only these rows of the input embedding train (PEFT's trainable
+            tokens): a list of token ids for the input embedding, or ``{module suffix: ids}``.
+        loftq_iter: alternating steps of LoftQ (``init="loftq"``, 4-bit NF4 base).
+        layer_replication: ``[[start, end), ...]`` block ranges: the model's blocks are replaced by
+            weight-sharing copies of these, each copy adapted on its own (replicate.py).
     """
 
     method = "lora"
@@ -62,8 +73,13 @@ class LoRAConfig(AdapterConfig):
     init: str = "kaiming"
     train_modules: tuple[str, ...] = ()
     target_parameters: tuple[str, ...] = ()
-    parameter_ranks: tuple[tuple[str, int], ...] = ()
-    parameter_alphas: tuple[tuple[str, float], ...] = ()
+    rank_pattern: tuple = ()
+    alpha_pattern: tuple = ()
+    bias: str = "none"
+    lora_bias: bool = False
+    trainable_token_indices: Optional[tuple] = None
+    loftq_iter: int = 1
+    layer_replication: Optional[tuple] = None
 
     def __post_init__(self):
         name = type(self).__name__
@@ -78,8 +94,6 @@ class LoRAConfig(AdapterConfig):
         if isinstance(self.train_modules, str):
             self._set("train_modules", (self.train_modules,))
         self._target_parameters()
-        self._patterns("parameter_ranks", integer=True)
-        self._patterns("parameter_alphas", integer=False)
         if self.targets in ((), "") and not self.target_parameters:
             raise ConfigError(f"{name}.targets is empty; give 'all-linear', suffixes or a regex "
                               "(or target_parameters).")
@@ -97,7 +111,28 @@ class LoRAConfig(AdapterConfig):
         for flag in ("rslora", "dora"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"{name}.{flag} must be true or false; got {getattr(self, flag)!r}.")
-        self._choice("init", INITS)
+        self._check_init()
+        self._set("rank_pattern", check_pattern(name, "rank_pattern", self.rank_pattern, integer=True))
+        self._set("alpha_pattern", check_pattern(name, "alpha_pattern", self.alpha_pattern, integer=False))
+        self._choice("bias", BIASES)
+        if not isinstance(self.lora_bias, bool):
+            raise ConfigError(f"{name}.lora_bias must be true or false; got {self.lora_bias!r}.")
+        if self.lora_bias and (self.dora or self.init not in ("kaiming", "gaussian", "random")):
+            raise ConfigError(f"{name}.lora_bias works with plain LoRA and the kaiming / gaussian / random "
+                              f"inits (as in PEFT); got dora={self.dora}, init={self.init!r}.")
+        self._set("trainable_token_indices", check_token_indices(name, self.trainable_token_indices))
+        self._positive("loftq_iter", integer=True)
+        self._set("layer_replication", check_map(name, self.layer_replication))
+
+    def _check_init(self) -> None:
+        init = self.init
+        if isinstance(init, str) and init.startswith("pissa_niter_"):
+            k = init[len("pissa_niter_"):]
+            if k.isdigit() and int(k) > 0:
+                return
+            raise ConfigError(f"LoRAConfig.init {init!r}: pissa_niter_K needs a positive whole K "
+                              f"(subspace iterations of the fast SVD), e.g. 'pissa_niter_4'.")
+        self._choice("init", tuple(i for i in INITS if i != "pissa_niter_K"))
 
     def _target_parameters(self) -> None:
         name, value = type(self).__name__, self.target_parameters
@@ -113,38 +148,15 @@ class LoRAConfig(AdapterConfig):
             raise ConfigError(f"{name}: target_parameters do not work with dora=True (nor in PEFT); "
                               "use plain LoRA there, or DoRA on Linear targets in a separate adapter.")
 
-    def _patterns(self, field: str, integer: bool) -> None:
-        name, value = type(self).__name__, getattr(self, field)
-        pairs = list(value.items()) if isinstance(value, dict) else value
-        what = "a positive integer" if integer else "a positive number"
-        try:
-            pairs = tuple((p, v) for p, v in pairs)
-            ok = all(isinstance(p, str) and not isinstance(v, bool) and isinstance(v, int if integer else (int, float))
-                     and v > 0 for p, v in pairs)
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise ConfigError(f"{name}.{field} maps regular expressions to {what} each ({{'.*\\.gate_up_proj': 16}}); "
-                              f"got {value!r}.")
-        for pattern, _ in pairs:
-            try:
-                re.compile(pattern)
-            except re.error as err:
-                raise ConfigError(f"{name}.{field}: {pattern!r} is not a valid regular expression ({err}).") from None
-        if pairs and not self.target_parameters:
-            raise ConfigError(f"{name}.{field} applies to target_parameters, and there are none.")
-        self._set(field, pairs)
-
     def parameter_rank_and_scale(self, key: str) -> tuple[int, float]:
-        """(rank, scale) of target parameter ``key`` (``module.parameter``): the first pattern of
-        parameter_ranks / parameter_alphas matching the end of ``key`` (PEFT's rule), else rank / alpha."""
-        def pick(pairs, default):
-            return next((v for p, v in pairs if re.match(rf"(.*\.)?({p})$", key)), default)
+        """(rank, scale) of target parameter ``key`` (``module.parameter``): rank_pattern /
+        alpha_pattern's first match at the end of ``key`` (PEFT's rule: patterns.py), else rank / alpha."""
+        from .patterns import rank_alpha, scale_of
 
-        rank, alpha = pick(self.parameter_ranks, self.rank), pick(self.parameter_alphas, self.alpha)
-        return rank, alpha / (math.sqrt(rank) if self.rslora else rank)
+        rank, alpha = rank_alpha(self, key)
+        return rank, scale_of(rank, alpha, self.rslora)
 
     @property
     def scale(self) -> float:
         """The factor on B @ A: alpha / rank, or alpha / sqrt(rank) with rsLoRA."""
-        return self.alpha / (math.sqrt(self.rank) if self.rslora else self.rank)
+        return scale_of(self.rank, self.alpha, self.rslora)

@@ -17,13 +17,25 @@ layers             layers_to_transform     with "all-linear" or a regex, the pic
                                            applies layer indices to lists only)
 rslora             use_rslora
 dora               use_dora
-init               init_lora_weights       kaiming: true, gaussian: "gaussian", random: false
+init               init_lora_weights       kaiming: true, random: false, others by name
+                                           ("gaussian", "pissa", "pissa_niter_4", "olora",
+                                           "loftq", "eva"); a file's pissa / olora / loftq
+                                           runs again on load, as PEFT does (init.py)
+layer_replication  layer_replication       [[start, end], ...] block ranges (replicate.py)
+loftq_iter         loftq_config            {"loftq_bits": 4, "loftq_iter": n} with loftq
+rank_pattern       rank_pattern            {pattern: rank}, PEFT's matching (patterns.py)
+alpha_pattern      alpha_pattern           {pattern: alpha}
+bias               bias                    "none" | "all" | "lora_only" (bias.py)
+lora_bias          lora_bias               a bias on B: ``....lora_B.bias`` (out,)
+trainable_token_   trainable_token_        a list of ids (input embedding) or {module: ids};
+indices            indices                 tensors ``<m>.token_adapter.trainable_tokens_delta``
 target_parameters  target_parameters       null when empty; with no module targets,
                                            target_modules is null
-parameter_ranks    rank_pattern            for target_parameters only: a pattern that
-parameter_alphas   alpha_pattern           matches a module target is refused
 (derived)          fan_in_fan_out          true when a base is a transformers Conv1D
 =================  ======================  ==========================================
+
+Trained base biases are written as ``base_model.model.<m>.base_layer.bias`` (a module wrapped by
+LoRA) or ``base_model.model.<m>.bias`` (any other), as PEFT writes them.
 
 Tensors (``adapter_model.safetensors``), per adapted module ``M`` (its name in the model):
 ``base_model.model.M.lora_A.weight`` (rank, in), ``....lora_B.weight`` (out, rank), for DoRA
@@ -34,7 +46,7 @@ its DoRA magnitude (1, out, 1..); a module with target_parameters writes per par
 nn.MultiheadAttention adds ``....base_layer.out_proj.lora_A.weight``
 and ``lora_B.weight`` (methods/lora/mha.py).
 
-PEFT options adapterkit cannot honour (per-module ranks, bias training, ...) are refused on load
+PEFT options adapterkit cannot honour (``use_qalora``, ``target_parameters``, ...) are refused on load
 with a ConfigError naming the key; keys that do not change the adapter's math are ignored.
 ``ensure_weight_tying: true`` (PEFT ties the adapter of a tied output embedding to the input
 embedding's: lm_head's A = B_emb^T, B = A_emb^T, and ties their modules_to_save copies) is read by
@@ -53,24 +65,29 @@ from ... import bases
 from ...errors import ConfigError
 from ...registry import PEFT_PREFIX, FileFormat
 from ...targets import resolve
+from .bias import trained_biases
 from .config import LoRAConfig
 from .params import ParamLoRA
+from .patterns import rank_alpha
+from .tokens import tokens_to_file
 
 # adapterkit field -> PEFT key (train_modules <-> modules_to_save is done by adapterkit.io)
 KEYS = {
     "rank": "r", "alpha": "lora_alpha", "dropout": "lora_dropout", "targets": "target_modules",
     "exclude": "exclude_modules", "layers": "layers_to_transform", "rslora": "use_rslora",
-    "dora": "use_dora", "init": "init_lora_weights", "target_parameters": "target_parameters",
+    "dora": "use_dora", "init": "init_lora_weights", "rank_pattern": "rank_pattern",
+    "alpha_pattern": "alpha_pattern", "bias": "bias", "lora_bias": "lora_bias",
+    "trainable_token_indices": "trainable_token_indices", "layer_replication": "layer_replication",
+    "target_parameters": "target_parameters",
 }
-_INIT_TO_FILE = {"kaiming": True, "gaussian": "gaussian", "random": False}
+_INIT_TO_FILE = {"kaiming": True, "random": False}  # any other init is written as its name
 # PEFT keys whose non-default values change what the adapter computes, with that default.
 _UNSUPPORTED = {
-    "rank_pattern": {}, "alpha_pattern": {}, "bias": "none", "lora_bias": False, "use_qalora": False,
-    "layer_replication": None, "trainable_token_indices": None,
+    "use_qalora": False,
     "alora_invocation_tokens": None, "use_bdlora": None,
 }
-# inits that rewrite the base weights as well: the adapter alone cannot reproduce them
-_BASE_CHANGING_INITS = ("pissa", "olora", "loftq", "corda")
+# inits that rewrite the base weights as well and that adapterkit does not implement
+_BASE_CHANGING_INITS = ("corda", "lora_ga")
 
 
 def config_to_file(config: LoRAConfig, model: nn.Module) -> dict[str, Any]:
@@ -89,10 +106,22 @@ def config_to_file(config: LoRAConfig, model: nn.Module) -> dict[str, Any]:
         "r": config.rank, "lora_alpha": config.alpha, "lora_dropout": config.dropout,
         "target_modules": targets, "exclude_modules": exclude, "layers_to_transform": layers,
         "layers_pattern": None, "use_rslora": config.rslora, "use_dora": config.dora,
-        "init_lora_weights": _INIT_TO_FILE[config.init], "fan_in_fan_out": conv1d,
-        "bias": "none", "rank_pattern": dict(config.parameter_ranks), "alpha_pattern": dict(config.parameter_alphas),
+        "init_lora_weights": _INIT_TO_FILE.get(config.init, config.init), "fan_in_fan_out": conv1d,
+        "bias": config.bias, "rank_pattern": dict(config.rank_pattern),
+        "alpha_pattern": dict(config.alpha_pattern), "lora_bias": config.lora_bias,
+        "trainable_token_indices": _tokens_to_file(config.trainable_token_indices),
+        "layer_replication": [list(r) for r in config.layer_replication] if config.layer_replication else None,
+        **({"loftq_config": {"loftq_bits": 4, "loftq_iter": config.loftq_iter}} if config.init == "loftq" else {}),
         "target_parameters": list(config.target_parameters) or None,
     }
+
+
+def _tokens_to_file(spec):
+    if spec is None:
+        return None
+    if isinstance(spec[0], tuple):
+        return {name: list(ids) for name, ids in spec}
+    return list(spec)
 
 
 def _logical(model: nn.Module, name: str) -> nn.Module:
@@ -102,11 +131,8 @@ def _logical(model: nn.Module, name: str) -> nn.Module:
 
 def config_from_file(data: Mapping[str, Any]) -> LoRAConfig:
     """A LoRAConfig from a PEFT ``LoraConfig`` dict; refuses options adapterkit cannot honour."""
-    patterns = {"rank_pattern": "parameter_ranks", "alpha_pattern": "parameter_alphas"}
     for key, default in _UNSUPPORTED.items():
         value = data.get(key, default)
-        if key in patterns and data.get("target_parameters"):
-            continue  # per-parameter ranks (PEFT's all-linear on transformers-5 MoE writes them): fit_to_model
         if value not in (default, None) and not (isinstance(default, dict) and not value):
             raise ConfigError(
                 f"{key}={value!r} is not supported by adapterkit's LoRA (supported: {default!r}); "
@@ -116,10 +142,16 @@ def config_from_file(data: Mapping[str, Any]) -> LoRAConfig:
     for field, key in KEYS.items():
         if data.get(key) is not None:
             fields[field] = data[key]
+    for key in ("rank_pattern", "alpha_pattern"):
+        if fields.get(key) == {}:
+            fields.pop(key)
     if "init" in fields:
         fields["init"] = _init_from_file(fields["init"])
-    if data.get("target_parameters"):
-        fields.update({field: data[key] for key, field in patterns.items() if data.get(key)})
+    loftq = data.get("loftq_config") or {}
+    if fields.get("init") == "loftq":
+        if loftq.get("loftq_bits", 4) != 4:
+            raise ConfigError(f"loftq_config={loftq!r}: adapterkit's LoftQ quantizes to 4 bits (NF4) only.")
+        fields["loftq_iter"] = loftq.get("loftq_iter", 1)
     if fields.get("target_parameters") and not fields.get("targets"):
         fields["targets"] = ()  # only parameters: PEFT writes target_modules null (or [])
     elif isinstance(fields.get("targets"), list) and not fields["targets"]:
@@ -135,8 +167,9 @@ def _init_from_file(value: Any) -> str:
         return "kaiming"
     if value is False:
         return "random"
-    if value == "gaussian":
-        return "gaussian"
+    if value in ("gaussian", "olora", "loftq", "eva", "pissa") or (
+            isinstance(value, str) and value.startswith("pissa_niter_")):
+        return value
     if isinstance(value, str) and value.lower().startswith(_BASE_CHANGING_INITS):
         raise ConfigError(
             f"init_lora_weights={value!r} also rewrites the base model's weights, which the adapter "
@@ -170,26 +203,32 @@ def state_to_file(module_name: str, adapter: nn.Module) -> dict[str, Tensor]:
             out[f"{prefix}.lora_magnitude_vector"] = adapter.magnitude
         return out
     out = {f"{prefix}.lora_A.weight": adapter.a, f"{prefix}.lora_B.weight": adapter.b}
+    if adapter.bias is not None:
+        out[f"{prefix}.lora_B.bias"] = adapter.bias
     if adapter.magnitude is not None:
         out[f"{prefix}.lora_magnitude_vector"] = adapter.magnitude
     return out
 
 
 def sizes_from_file(config: LoRAConfig, shapes: Mapping[str, tuple]) -> list[str]:
-    """A: (r, in) / (r, in, k..), B: (out, r) / (out, r, k..): the file's r must be the config's."""
+    """A: (r, in) / (r, in, k..), B: (out, r) / (out, r, k..): the file's r must be the config's
+    (rank_pattern's for the module where a pattern matches it)."""
     problems = []
     for key, shape in shapes.items():
+        module = key[len(PEFT_PREFIX):].rsplit(".lora_", 1)[0]
+        rank = rank_alpha(config, module)[0]
         part = key.rsplit(".", 2)
         axis = {"lora_A": 0, "lora_B": 1, "lora_embedding_A": 0, "lora_embedding_B": 1}.get(
             part[-2] if part[-1] == "weight" else part[-1])
-        # LoRA on parameters holds rank * experts there (params.py); its exact shape is checked on attach
         if axis is None or len(shape) <= axis:
             continue
-        ranks = {config.rank, *(r for _, r in config.parameter_ranks)}
-        grouped = axis == 1 and len(shape) > 2 and shape[1] and config.rank % shape[1] == 0  # conv B: r / groups
-        fits = any(shape[axis] % r == 0 for r in ranks) if config.target_parameters else shape[axis] == config.rank
-        if not fits and not grouped:
-            problems.append(f"{key!r} has shape {tuple(shape)}, rank {shape[axis]}, but the config says r={config.rank}")
+        if config.target_parameters:  # LoRA on parameters holds rank * experts (params.py); checked on attach
+            ranks = {config.rank, *(r for _, r in config.rank_pattern)}
+            if any(shape[axis] % r == 0 for r in ranks):
+                continue
+        grouped = axis == 1 and len(shape) > 2 and shape[1] and rank % shape[1] == 0  # conv B: r / groups
+        if shape[axis] != rank and not grouped:
+            problems.append(f"{key!r} has shape {tuple(shape)}, rank {shape[axis]}, but the config says r={rank}")
     return problems
 
 
@@ -219,6 +258,11 @@ def fit_to_model(config: LoRAConfig, data: Mapping[str, Any], model: nn.Module) 
     return dataclasses.replace(config, **changes) if changes else config
 
 
+def extra_to_file(model: nn.Module, config: LoRAConfig, name: str) -> dict[str, Tensor]:
+    """Trained base biases (``bias``) and token rows (``trainable_token_indices``) under PEFT's keys."""
+    return {**trained_biases(model, config, name), **tokens_to_file(model, name)}
+
+
 FILES = FileFormat(
     peft_type="LORA",
     config_to_file=config_to_file,
@@ -226,4 +270,5 @@ FILES = FileFormat(
     state_to_file=state_to_file,
     sizes_from_file=sizes_from_file,
     for_model=fit_to_model,
+    extra_to_file=extra_to_file,
 )

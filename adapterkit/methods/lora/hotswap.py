@@ -33,6 +33,7 @@ from .config import LoRAConfig
 from .files import state_to_file
 from . import dora_layouts
 from .layers import LoRA, LoRALayer
+from .patterns import refuse_patterns
 from .scaling import loras, refuse_mha
 
 
@@ -79,6 +80,8 @@ def hotswap_adapter(model: nn.Module, path: Union[str, Path], name: str = "defau
     method, config = file_config(read_config(folder), folder)
     current = next(iter(modules.values())).config
     _check_config(config, current, folder)
+    refuse_patterns(current, "hotswap_adapter")
+    refuse_patterns(config, "hotswap_adapter")
     tensors = read_tensors(folder, allow_pickle=allow_pickle)
     plan = _plan(modules, tensors, config.rank, folder)
     rank = max(max(lora.a.shape[0] for lora in modules.values()), config.rank)

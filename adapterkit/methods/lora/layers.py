@@ -5,6 +5,8 @@ Embedding:        y = E[ids] + scale * A^T[ids] B^T           A (r, num), B (dim
 Conv1d/2d/3d:     y = conv(x, W) + scale * conv1x1(conv(drop(x), A), B)        (conv.py; DoRA too)
 MultiheadAttention: in_proj and out_proj updated for the call                  (mha.py)
 DoRA's factor per kind of base: dora_layouts.py.
+lora_bias adds scale * b_B to the branch (bias.py); each module's rank and alpha may come from
+rank_pattern / alpha_pattern (patterns.py); PiSSA / OLoRA / LoftQ set A, B from W (init.py).
 """
 from __future__ import annotations
 
@@ -17,10 +19,14 @@ from torch import Tensor, nn
 from torch.nn.modules import module as _module
 
 from ... import bases
+from ...errors import MergeError
 from ...fold import Fold
 from ...layer import AdapterLayer
 from . import conv, dora_layouts, mha, mixed, stack
 from .config import LoRAConfig
+from .patterns import scale_of
+from .bias import add_bias
+from .init import changes_base, initialise
 from .functional import (
     DoRAFunction,
     LinearDoRAFunction,
@@ -44,6 +50,10 @@ def _plain_linear(base: nn.Module, x: Tensor) -> bool:
 def _init_pair(a: Tensor, b: Tensor, init: str, rank: int, a_is_zero: bool = False) -> None:
     """Identity at start: one factor zero. ``random``: both random (the model changes at once)."""
     with torch.no_grad():
+        if init == "eva":  # A is set from data later (eva.py); B zero as PEFT
+            nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+            b.zero_()
+            return
         if init == "gaussian":
             nn.init.normal_(a, std=1.0 / rank)
         else:
@@ -63,14 +73,17 @@ class LoRA(nn.Module):
     Conv2d keeps A as (rank, in, kh, kw) and B as (out, rank, 1, 1).
     """
 
-    def __init__(self, base: nn.Module, config: LoRAConfig):
+    def __init__(self, base: nn.Module, config: LoRAConfig, rank: Optional[int] = None,
+                 alpha: Optional[float] = None):
         super().__init__()
         self.config = config
         self.kind = bases.base_kind(base)
-        self.scale = config.scale
+        # this module's rank and alpha (rank_pattern / alpha_pattern: patterns.py)
+        r = config.rank if rank is None else rank
+        self._alpha = alpha if alpha is not None and alpha != config.alpha else None
+        self.scale = scale_of(r, self.alpha, config.rslora)
         self.dropout = config.dropout
         n_in, n_out = bases.features(base)
-        r = config.rank
         place = bases.place(base)
         if self.kind in conv.KINDS:
             shape_a, shape_b = conv.shapes(base, r)
@@ -83,7 +96,12 @@ class LoRA(nn.Module):
         else:
             self.a = nn.Parameter(torch.empty(r, n_in, **place))
             self.b = nn.Parameter(torch.empty(n_out, r, **place))
-        _init_pair(self.a, self.b, config.init, r, a_is_zero=self.kind == "embedding")
+        # lora_bias: a bias on B, scaled with it: y = W x + scale (B A x + bias) (PEFT's lora_B.bias)
+        self.bias = nn.Parameter(torch.zeros(n_out, **place)) if config.lora_bias else None
+        if changes_base(config.init):  # PiSSA, OLoRA, LoftQ: A, B from W, and W rewritten (init.py)
+            initialise(self, base, config.init, config.loftq_iter)
+        else:
+            _init_pair(self.a, self.b, config.init, r, a_is_zero=self.kind == "embedding")
         if self.kind == "mha":
             mha.add_out_proj(self, base, place)
             _init_pair(self.a_out, self.b_out, config.init, r)
@@ -91,8 +109,24 @@ class LoRA(nn.Module):
         if config.dora:
             self.magnitude = nn.Parameter(dora_layouts.initial_magnitude(self.kind, base, self).to(place["dtype"]))
 
+    @property
+    def rank(self) -> int:
+        """This module's rank (rank_pattern may set it per module)."""
+        return self.a.shape[0]
+
+    @property
+    def alpha(self) -> float:
+        """This module's alpha: alpha_pattern's where one matched, else the config's."""
+        return self.config.alpha if self._alpha is None else self._alpha
+
+    @property
+    def base_scale(self) -> float:
+        """alpha / rank of this module (alpha / sqrt(rank) with rsLoRA), before any ak.set_scale."""
+        return scale_of(self.rank, self.alpha, self.config.rslora)
+
     def extra_repr(self) -> str:
-        return f"rank={self.config.rank}, scale={self.scale:g}" + (", dora" if self.magnitude is not None else "")
+        return (f"rank={self.rank}, scale={self.scale:g}" + (", dora" if self.magnitude is not None else "")
+                + (", bias" if self.bias is not None else ""))
 
     # -- forward --------------------------------------------------------------------------
     def forward(self, x: Tensor, y: Tensor, y_base: Tensor, base: nn.Module) -> Tensor:
@@ -100,8 +134,15 @@ class LoRA(nn.Module):
         if self.kind == "embedding":
             return self._embedding(x, y, base)
         if self.kind in conv.KINDS:
-            return conv.forward(self, x, y, base)
-        return self._linear(x, y, y_base, base)
+            return self._with_bias(conv.forward(self, x, y, base))
+        return self._with_bias(self._linear(x, y, y_base, base))
+
+    def _with_bias(self, out: Optional[Tensor]) -> Optional[Tensor]:
+        """``out`` + scale * bias (lora_bias); channels on dim 1 for convolutions, last otherwise."""
+        if out is None or self.bias is None:
+            return out
+        bias = (self.bias * self.scale).to(out.dtype)
+        return out + (bias.view(-1, *([1] * (out.dim() - 2))) if self.kind in conv.KINDS else bias)
 
     def fused(self, x: Tensor, base: nn.Module) -> Optional[Tensor]:
         """``base(x)`` with this adapter added, as one autograd node; None where that does not apply.
@@ -109,7 +150,7 @@ class LoRA(nn.Module):
         For a plain ``nn.Linear`` base (see ``_plain_linear``): x (..., in) -> (..., out).
         """
         if self.kind == "quant":
-            return self._fused_quant(x, base)
+            return self._with_bias(self._fused_quant(x, base))
         if self.kind != "linear" or not _plain_linear(base, x) or self._traced_dropout():
             return None
         a, b = self.a.to(x.dtype), self.b.to(x.dtype)
@@ -121,7 +162,7 @@ class LoRA(nn.Module):
             norm = dora_norm(base.weight, a, b, self.scale, self._weight_sq(base.weight))
             out = LinearDoRAFunction.apply(x2, base.weight, base.bias, a, b, self.magnitude.to(x.dtype),
                                            norm, self.scale, self.dropout, seed)
-        return out.view(*x.shape[:-1], out.shape[-1])
+        return self._with_bias(out.view(*x.shape[:-1], out.shape[-1]))
 
     def _fused_quant(self, x: Tensor, base: nn.Module) -> Optional[Tensor]:
         """A quantized base and plain LoRA in one pass over x (the fused Triton kernel on CUDA):
@@ -215,6 +256,11 @@ class LoRA(nn.Module):
         g = dora_layouts.factor(self, weight, weight.dtype)  # (out, 1), (out, 1, 1..) or (1, dim)
         return (g - 1) * weight + g * update.to(weight.dtype)
 
+    @torch.no_grad()
+    def bias_delta(self) -> Optional[Tensor]:
+        """The update to the base bias (out,): scale * lora_bias; None without one."""
+        return None if self.bias is None else self.bias * self.scale
+
 
 class LoRALayer(AdapterLayer):
     """A base layer and its LoRA adapters; active adapters' contributions add up."""
@@ -249,7 +295,9 @@ class LoRALayer(AdapterLayer):
         if isinstance(base, nn.MultiheadAttention):
             return mha.merged(base, adapters)
         total = stack.delta(base, adapters)
-        return bases.folded(base, total)
+        merged = bases.folded(base, total)
+        biases = [d for d in (a.bias_delta() for a in adapters) if d is not None]
+        return add_bias(merged, sum(biases)) if biases else merged
 
     # -- merging in place (see adapterkit/fold.py) ----------------------------------------
     @torch.no_grad()
@@ -263,6 +311,9 @@ class LoRALayer(AdapterLayer):
         terms, row = [], None
         for name in names:
             lora = self.adapters[name]
+            if lora.bias is not None:
+                raise MergeError(f"adapter {name!r} has lora_bias: merge_adapter (in place) does not fold it; "
+                                 f"use ak.merge, which adds it to the base bias.")
             if lora.magnitude is None:
                 terms.append((name, None))
                 continue

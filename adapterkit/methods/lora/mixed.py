@@ -50,7 +50,7 @@ def forward(layer, x: Tensor, *args, **kwargs) -> Tensor:
     if not held:
         return y
     adapters = [layer.adapters[name] for name in held]
-    if all(a.kind in _SEGMENTED and a.magnitude is None for a in adapters):
+    if all(a.kind in _SEGMENTED and a.magnitude is None and a.bias is None for a in adapters):
         segments = _segments(layer.rows, x.shape[0], x.device, held)
         if segments is not None:
             return _segmented(layer, x, y, held, adapters, segments)

@@ -14,7 +14,7 @@ a router's ``gate.weight``, is one expert. The weight layout is the module's: (E
 Tensors, as PEFT's ``ParamWrapper`` keeps them (its file layout): A (rank * E, in) with expert
 e's rows at [e * rank, (e + 1) * rank); B (out, rank * E) with expert e's columns at e, e + E,
 e + 2E, ... (PEFT reshapes B to (out, rank, E)). A parameter may have a rank and alpha of its
-own (``parameter_ranks`` / ``parameter_alphas``: PEFT's ``rank_pattern`` / ``alpha_pattern``). Several parameters of one module are nested
+own (``rank_pattern`` / ``alpha_pattern``, matched against ``module.parameter`` as PEFT does). Several parameters of one module are nested
 wrappers in PEFT, the parameter registered last outermost: its keys are ``M.lora_A.weight``, the
 one before ``M.base_layer.lora_A.weight``, and so on. Init as PEFT: A Kaiming-uniform
 (a = sqrt(5), fan-in ``in``) or normal (std 1 / rank), B zero. No dropout (PEFT refuses it
@@ -23,12 +23,11 @@ there: dropout acts on a layer's input, and here the update is folded into the w
 from __future__ import annotations
 
 import dataclasses
-import re
 
 import torch
 from torch import Tensor, nn
 
-from ...errors import ConfigError, InputError, TargetError, UnsupportedModuleError, close_matches
+from ...errors import InputError, TargetError, UnsupportedModuleError, close_matches
 from ...layer import AdapterLayer
 from ...registry import PEFT_PREFIX
 from ...targets import logical_modules, matches
@@ -54,7 +53,6 @@ def owners(model: nn.Module, config: LoRAConfig, modules: list[str]) -> dict[str
     targets = config.target_parameters
     if not targets:
         return {}
-    _check_patterns(config, modules)
     found: dict[str, list[str]] = {}
     keys = []
     for owner, module in logical_modules(model):
@@ -68,20 +66,6 @@ def owners(model: nn.Module, config: LoRAConfig, modules: list[str]) -> dict[str
         if not any(matches(f"{o}.{p}", (target,)) for o, names in found.items() for p in names):
             _no_match(model, target, keys)
     return {owner: ParamTargets(owner, tuple(names)) for owner, names in found.items()}
-
-
-def _check_patterns(config: LoRAConfig, modules: list[str]) -> None:
-    """PEFT applies rank_pattern / alpha_pattern to module targets as well; adapterkit's
-    parameter_ranks / parameter_alphas are for target_parameters only: refuse a pattern that
-    matches a module target (the file would mean another rank there to PEFT)."""
-    for name in modules:
-        hit = next((p for p, _ in config.parameter_ranks + config.parameter_alphas
-                    if re.match(rf"(.*\.)?({p})$", name)), None)
-        if hit is not None:
-            raise ConfigError(f"parameter_ranks / parameter_alphas pattern {hit!r} (PEFT's rank_pattern / "
-                              f"alpha_pattern) also matches module target {name!r}; these patterns are for "
-                              "target_parameters only here. Make the pattern name the parameter, or load the "
-                              "adapter with PEFT.")
 
 
 def _check_param(model: nn.Module, owner: str, key: str, param: Tensor, modules: list[str]) -> None:
@@ -131,7 +115,7 @@ class ParamLoRA(nn.Module):
         super().__init__()
         self.config, self.names = config, targets.names
         self.a, self.b = nn.ParameterDict(), nn.ParameterDict()
-        self.ranks, self.scales = {}, {}  # per parameter (parameter_ranks / parameter_alphas)
+        self.ranks, self.scales = {}, {}  # per parameter (rank_pattern / alpha_pattern)
         for name in self.names:
             rank, self.scales[name] = config.parameter_rank_and_scale(f"{targets.owner}.{name}")
             self.ranks[name] = rank

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from ...errors import ConfigError
 from ...inject import refuse_while_merged
+from .patterns import refuse_patterns
 from .scaling import loras, refuse_mha
 
 
@@ -32,6 +33,7 @@ def resize_rank(model: nn.Module, name: str, rank: int) -> nn.Module:
     refuse_mha(modules, "resize_rank", grouped=True)
     refuse_while_merged(model, f"resize adapter {name!r}")
     config = modules[0].config
+    refuse_patterns(config, "resize_rank")
     have = max(lora.a.shape[0] for lora in modules)
     if rank > have:
         raise ConfigError(f"resize_rank: adapter {name!r} has rank {have}; SVD can only lower it (got {rank}). "

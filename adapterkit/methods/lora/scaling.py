@@ -66,7 +66,7 @@ def set_scale(model: nn.Module, name: Union[str, Mapping[str, float]], scale: Op
     refuse_while_merged(model, "change an adapter's scale")
     for m, modules in checked.values():
         for lora in modules:
-            lora.scale = m * lora.config.scale
+            lora.scale = m * lora.base_scale
     return model
 
 
@@ -84,7 +84,7 @@ def unscale_active(model: nn.Module, factor: Optional[float] = None) -> nn.Modul
     if factor is not None and _number(factor, "unscale_active's factor") == 0:
         raise ConfigError("unscale_active's factor is 0; division by zero. Use factor=None to reset.")
     for lora in _active(model, "unscale the active adapters"):
-        lora.scale = lora.config.scale if factor is None else lora.scale / factor
+        lora.scale = lora.base_scale if factor is None else lora.scale / factor
     return model
 
 
