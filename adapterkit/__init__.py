@@ -1,9 +1,10 @@
 """adapterkit: parameter-efficient fine-tuning for PyTorch and Hugging Face models.
 
-    import adapterkit as ak
-    model = ak.attach(model, ak.LoRAConfig(rank=16, alpha=32, targets="all-linear"))
-    ak.summary(model)
+import adapterkit as ak
+model = ak.attach(model, ak.LoRAConfig(rank=16, alpha=32, targets="all-linear"))
+ak.summary(model)
 """
+
 from .base_weights import base_state_dict
 from .config import AdapterConfig
 from .errors import (
@@ -80,19 +81,63 @@ def __getattr__(name):
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'adapterkit' has no attribute {name!r}")
 
+
 __all__ = [
-    "AdaLoRAConfig", "RankAllocator", "orthogonality",
-    "init_eva", "save_as_lora",
-    "BottleneckConfig", "IA3Config", "PrefixTuningConfig", "PromptEncoderConfig", "PromptTuningConfig",
-    "VeRAConfig", "LNTuningConfig", "OFTConfig", "BOFTConfig",
-    "replace_head", "unfreeze",
-    "LoHaConfig", "LoKrConfig",
-    "CompacterConfig", "LoReFTConfig",
+    "AdaLoRAConfig",
+    "RankAllocator",
+    "orthogonality",
+    "init_eva",
+    "save_as_lora",
+    "BottleneckConfig",
+    "IA3Config",
+    "PrefixTuningConfig",
+    "PromptEncoderConfig",
+    "PromptTuningConfig",
+    "VeRAConfig",
+    "LNTuningConfig",
+    "OFTConfig",
+    "BOFTConfig",
+    "replace_head",
+    "unfreeze",
+    "LoHaConfig",
+    "LoKrConfig",
+    "CompacterConfig",
+    "LoReFTConfig",
     "mixed_batch",
-    "AdapterConfig", "AdapterFileError", "AdapterFileMissing", "AdapterKitError", "AdapterLayer", "AdapterNameError",
-    "ConfigError", "InputError", "LoRAConfig", "MergeError", "TargetError", "UnsupportedModuleError",
-    "active_names", "adapter_config", "adapter_names", "attach", "base_state_dict", "combine",
-    "delete_adapter", "detach", "disabled", "merge", "merge_adapter", "merged_adapters", "set_active",
-    "summary", "unmerge_adapter",
-    "freeze_adapter", "hotswap_adapter", "prepare_hotswap", "unfreeze_adapter", "rescaled", "resize_rank", "scale_active", "set_scale", "unscale_active",
+    "AdapterConfig",
+    "AdapterFileError",
+    "AdapterFileMissing",
+    "AdapterKitError",
+    "AdapterLayer",
+    "AdapterNameError",
+    "ConfigError",
+    "InputError",
+    "LoRAConfig",
+    "MergeError",
+    "TargetError",
+    "UnsupportedModuleError",
+    "active_names",
+    "adapter_config",
+    "adapter_names",
+    "attach",
+    "base_state_dict",
+    "combine",
+    "delete_adapter",
+    "detach",
+    "disabled",
+    "merge",
+    "merge_adapter",
+    "merged_adapters",
+    "set_active",
+    "summary",
+    "unmerge_adapter",
+    "freeze_adapter",
+    "hotswap_adapter",
+    "prepare_hotswap",
+    "unfreeze_adapter",
+    "rescaled",
+    "resize_rank",
+    "scale_active",
+    "set_scale",
+    "unscale_active",
 ] + list(_LAZY)

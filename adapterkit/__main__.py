@@ -1,4 +1,5 @@
 """``python -m adapterkit``: the same as the ``adapterkit`` command."""
+
 import sys
 
 from adapterkit.cli import main

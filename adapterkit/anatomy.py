@@ -4,6 +4,7 @@ Tying is found structurally: two modules are tied when they hold the same ``nn.P
 (``lm_head.weight is model.embed_tokens.weight`` in SmolLM2, GPT-2, T5...), whatever the config
 says and whatever the modules are called. An adapter layer counts as the module it wraps.
 """
+
 from __future__ import annotations
 
 from typing import Iterable
@@ -51,8 +52,9 @@ def untie(model: nn.Module, modules: Iterable[nn.Module]) -> None:
             if id(param) in tied:
                 setattr(module, pname, nn.Parameter(param.detach().clone(), requires_grad=param.requires_grad))
                 untied.append(module)
-    embeddings = [_unwrapped(getattr(model, f, lambda: None)())
-                  for f in ("get_input_embeddings", "get_output_embeddings")]
+    embeddings = [
+        _unwrapped(getattr(model, f, lambda: None)()) for f in ("get_input_embeddings", "get_output_embeddings")
+    ]
     if any(m is e for m in untied for e in embeddings):
         config = getattr(model, "config", None)
         text = config.get_text_config() if hasattr(config, "get_text_config") else None

@@ -14,6 +14,7 @@ again (``tie_word_embeddings=True``, as vLLM does) would compute something else:
 
 This is a pure function of the model: an in-place merge / unmerge can give the same pairs.
 """
+
 from __future__ import annotations
 
 import copy
@@ -46,8 +47,11 @@ def base_state_dict(model: nn.Module, merged: bool = True) -> Iterator[tuple[str
 
 def _warn_tied(model: nn.Module) -> None:
     tied = anatomy.tied_parameters(model)
-    pairs = [(name, anatomy.tied_with(layer.innermost(), name, tied)) for name, layer in adapter_layers(model)
-             if tied and layer.active_adapters() and not isinstance(layer, TrainedModule)]
+    pairs = [
+        (name, anatomy.tied_with(layer.innermost(), name, tied))
+        for name, layer in adapter_layers(model)
+        if tied and layer.active_adapters() and not isinstance(layer, TrainedModule)
+    ]
     pairs = [(name, others) for name, others in pairs if others]
     if pairs:
         where = "; ".join(f"{name} (tied to {', '.join(others)})" for name, others in pairs)

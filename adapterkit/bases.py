@@ -11,6 +11,7 @@ quantized bases agree. A base is:
 - ``quant``:     a quantized linear layer whose class sets ``is_quantized_base = True`` and
                  has ``in_features``, ``out_features``, ``bias`` and ``dequantize()`` -> (out, in).
 """
+
 from __future__ import annotations
 
 import sys
@@ -19,8 +20,16 @@ from typing import Optional
 import torch
 from torch import nn
 
-SUPPORTED = ("nn.Linear", "transformers Conv1D", "nn.Embedding", "nn.Conv1d", "nn.Conv2d", "nn.Conv3d",
-             "nn.MultiheadAttention", "adapterkit QuantLinear")
+SUPPORTED = (
+    "nn.Linear",
+    "transformers Conv1D",
+    "nn.Embedding",
+    "nn.Conv1d",
+    "nn.Conv2d",
+    "nn.Conv3d",
+    "nn.MultiheadAttention",
+    "adapterkit QuantLinear",
+)
 CONV_KINDS = ("nn_conv1d", "conv2d", "conv3d")  # torch's convolutions, any groups
 
 
@@ -120,8 +129,13 @@ def folded(module: nn.Module, delta: torch.Tensor) -> nn.Module:
     with torch.no_grad():
         if kind == "quant":
             weight = module.dequantize()
-            dense = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
-                              device=weight.device, dtype=weight.dtype)
+            dense = nn.Linear(
+                module.in_features,
+                module.out_features,
+                bias=module.bias is not None,
+                device=weight.device,
+                dtype=weight.dtype,
+            )
             dense.weight.copy_(weight + delta.to(weight.dtype))
             if module.bias is not None:
                 dense.bias.copy_(module.bias)

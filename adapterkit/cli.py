@@ -9,6 +9,7 @@ file system). Anything else is a bug and keeps its traceback.
 Other exits: 130 after Ctrl-C (one line), 141 when the reader of stdout went away
 (``adapterkit inspect --json | head``: nothing more is printed, as with other Unix tools).
 """
+
 from __future__ import annotations
 
 import argparse

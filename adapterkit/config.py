@@ -5,6 +5,7 @@ A config is a frozen dataclass. Unknown field names are refused (at construction
 configs hash and compare; ``to_dict`` writes lists, ``from_dict`` reads them back, so
 ``Config.from_dict(json.loads(json.dumps(c.to_dict()))) == c``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,8 +28,7 @@ def check_known(cls: type, keys, where: str) -> None:
     for key in keys:
         if key not in valid:
             raise ConfigError(
-                f"{where}: unknown field {key!r}{close_matches(key, valid)}. "
-                f"Valid fields: {', '.join(valid)}."
+                f"{where}: unknown field {key!r}{close_matches(key, valid)}. Valid fields: {', '.join(valid)}."
             )
 
 
@@ -54,9 +54,7 @@ class AdapterConfig:
                 raise ConfigError(f"{type(self).__name__}.{name} must hold strings; got {value!r}.")
             self._set(name, tuple(value))
         elif not isinstance(value, str):
-            raise ConfigError(
-                f"{type(self).__name__}.{name} must be a string or a list of strings; got {value!r}."
-            )
+            raise ConfigError(f"{type(self).__name__}.{name} must be a string or a list of strings; got {value!r}.")
         else:  # a plain string is a regular expression (or a keyword such as "all-linear")
             try:
                 re.compile(value)
@@ -69,8 +67,11 @@ class AdapterConfig:
     def _positive(self, name: str, integer: bool = False) -> None:
         value = getattr(self, name)
         kind = (int,) if integer else (int, float)
-        if isinstance(value, bool) or not isinstance(value, kind) or not value > 0 or (
-            not integer and not math.isfinite(value)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, kind)
+            or not value > 0
+            or (not integer and not math.isfinite(value))
         ):
             what = "a positive integer" if integer else "a positive number"
             raise ConfigError(f"{type(self).__name__}.{name} must be {what}; got {value!r}.")
@@ -114,7 +115,6 @@ def check_adapter_name(name: Any) -> str:
 
     if hasattr(torch.nn.ModuleDict(), name):  # class and instance attributes (training, _modules, ...)
         raise AdapterNameError(
-            f"adapter name {name!r} is taken by a torch module attribute; pick another "
-            f"(e.g. {name + '_adapter'!r})."
+            f"adapter name {name!r} is taken by a torch module attribute; pick another (e.g. {name + '_adapter'!r})."
         )
     return name

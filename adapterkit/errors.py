@@ -3,6 +3,7 @@
 The hierarchy is small on purpose. Each class also subclasses the builtin a caller would
 naturally catch (``ValueError``, ``TypeError``, ``KeyError``, ``FileNotFoundError``).
 """
+
 from __future__ import annotations
 
 import difflib

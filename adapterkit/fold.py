@@ -20,6 +20,7 @@ product of the g_k and add is built the same way; IA3 vectors multiply. Everythi
 fp32 (fp64 for fp64 weights); the caller rounds once.
 The small tensors are kept (``Fold``); ``add`` is computed again from the adapter when needed.
 """
+
 from __future__ import annotations
 
 import dataclasses

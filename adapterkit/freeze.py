@@ -4,6 +4,7 @@
 ``requires_grad`` of every parameter of adapter ``name`` (in every layer that holds it, its
 ``train_modules`` copies included) and touch nothing else. Any method's adapter.
 """
+
 from __future__ import annotations
 
 from typing import Iterable, Union

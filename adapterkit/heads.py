@@ -9,6 +9,7 @@ or on its own with ``unfreeze``.
 given indices) and chosen modules trainable, in place: partial fine-tuning, alongside adapters
 (call it after ``attach``, which freezes every non-adapter parameter) or instead of them.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -24,8 +25,11 @@ from .targets import matches
 
 def _head_name(model: nn.Module, num_labels: Optional[int]) -> str:
     """The last Linear whose outputs are the model's labels (``classifier``, ``score``, ``out_proj``)."""
-    found = [n for n, m in model.named_modules()
-             if isinstance(m, nn.Linear) and (num_labels is None or m.out_features == num_labels)]
+    found = [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear) and (num_labels is None or m.out_features == num_labels)
+    ]
     if not found:
         raise TargetError(
             f"found no Linear layer with {num_labels} outputs (config.num_labels) in {type(model).__name__}; "
@@ -54,8 +58,9 @@ def replace_head(model: nn.Module, num_labels: int, name: Optional[str] = None) 
             f"{name!r} is a {type(old).__name__}; replace_head swaps a plain nn.Linear head. "
             "Call it before attaching adapters."
         )
-    new = nn.Linear(old.in_features, num_labels, bias=old.bias is not None,
-                    device=old.weight.device, dtype=old.weight.dtype)
+    new = nn.Linear(
+        old.in_features, num_labels, bias=old.bias is not None, device=old.weight.device, dtype=old.weight.dtype
+    )
     init = getattr(model, "_init_weights", None)
     if callable(init):
         with torch.no_grad():

@@ -3,6 +3,7 @@
 The model keeps its class; adapterkit only replaces modules by adapter layers that wrap them,
 and ``detach`` puts the originals back. All adapter state is found by structure.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -74,8 +75,7 @@ def refuse_while_merged(model: nn.Module, doing: str) -> None:
 def _unknown(model: nn.Module, name: str) -> AdapterNameError:
     have = adapter_names(model)
     return AdapterNameError(
-        f"no adapter named {name!r}{close_matches(name, have)}; "
-        f"this model has: {', '.join(map(repr, have)) or 'none'}."
+        f"no adapter named {name!r}{close_matches(name, have)}; this model has: {', '.join(map(repr, have)) or 'none'}."
     )
 
 
@@ -130,8 +130,7 @@ def check_model(model, call: str) -> None:
     """The calls that take a model refuse anything that is not a torch module, clearly."""
     if not isinstance(model, nn.Module):
         raise UnsupportedModuleError(
-            f"ak.{call} takes a torch.nn.Module (e.g. a transformers model); got "
-            f"{type(model).__name__} {model!r:.60}."
+            f"ak.{call} takes a torch.nn.Module (e.g. a transformers model); got {type(model).__name__} {model!r:.60}."
         )
 
 
@@ -273,17 +272,23 @@ def merge(model: nn.Module) -> nn.Module:
     for layer_name, layer in layers:  # check everything before changing anything
         if not hasattr(layer, "merged"):
             raise MergeError(f"{layer_name}: {type(layer).__name__} adapters cannot be merged into the base.")
-        if layer.active_adapters() and not isinstance(layer, TrainedModule) \
-                and not getattr(layer, "merges_params", False):  # LoRA on parameters folds into its module
+        if (
+            layer.active_adapters()
+            and not isinstance(layer, TrainedModule)
+            and not getattr(layer, "merges_params", False)
+        ):  # LoRA on parameters folds into its module
             base = layer.innermost()
             if not bases.foldable(base) and not hasattr(layer, "merge_in_place"):  # LN tuning writes values
                 grouped = getattr(base, "groups", 1) > 1 and bases.base_kind(base) in bases.CONV_KINDS
                 raise MergeError(
                     f"{layer_name}: cannot fold adapters into a {type(base).__name__} "
-                    + (f"with groups={base.groups}: LoRA's update of a grouped convolution is not grouped "
-                       f"(PEFT refuses too). Keep the adapters unmerged." if grouped else
-                       "whose weight is not a dense float tensor. Quantize with ak.quantize (merging "
-                       "dequantizes), or keep the adapters unmerged.")
+                    + (
+                        f"with groups={base.groups}: LoRA's update of a grouped convolution is not grouped "
+                        f"(PEFT refuses too). Keep the adapters unmerged."
+                        if grouped
+                        else "whose weight is not a dense float tensor. Quantize with ak.quantize (merging "
+                        "dequantizes), or keep the adapters unmerged."
+                    )
                 )
     _untie_for_merge(model, layers)
     for layer_name, layer in reversed(layers):

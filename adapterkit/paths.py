@@ -1,4 +1,5 @@
 """Checks on paths a command will write to, made before any slow work starts."""
+
 from __future__ import annotations
 
 import os
@@ -24,5 +25,7 @@ def check_output_folder(path: Union[str, Path], what: str) -> None:
     if existing.exists() and not existing.is_dir():
         raise ConfigError(f"{what} {str(path)!r} cannot be created: {str(existing)!r} is a file, not a folder.")
     if existing.exists() and not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"{what} {str(path)!r}: the folder {str(existing)!r} is not writable; "
-                          f"check its permissions or choose another folder.")
+        raise ConfigError(
+            f"{what} {str(path)!r}: the folder {str(existing)!r} is not writable; "
+            f"check its permissions or choose another folder."
+        )

@@ -3,6 +3,7 @@
 A method registers once (in its package's ``__init__``); ``attach``, ``summary``, the contract
 test suite and the file code look methods up here instead of special-casing them.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -106,6 +107,4 @@ def method_for_peft_type(peft_type: Any) -> Method:
         if method.files is not None and method.files.peft_type == peft_type:
             return method
     known = sorted(m.files.peft_type for m in METHODS.values() if m.files is not None)
-    raise ConfigError(
-        f"peft_type {peft_type!r} is not supported; adapterkit reads: {', '.join(known) or 'none'}."
-    )
+    raise ConfigError(f"peft_type {peft_type!r} is not supported; adapterkit reads: {', '.join(known) or 'none'}.")

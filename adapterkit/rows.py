@@ -17,6 +17,7 @@ The layers that compute per row (LoRA: ``methods/lora/mixed.py``; ``train_module
 names and, per batch size and device, each adapter's row indices. State lives in the model's own
 layers, so two models never share it; one model runs one mixed batch at a time.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -51,8 +52,7 @@ class Rows:
             return tuple(name for name in self.names for _ in range(batch // n))
         how = "one name per row, or one per prompt given to generate" if self.repeat else "one name per row"
         raise InputError(
-            f"adapter_names has {n} names but the batch has {batch} rows; give {how} "
-            f"(\"{BASE}\" for the base model)."
+            f"adapter_names has {n} names but the batch has {batch} rows; give {how} (\"{BASE}\" for the base model)."
         )
 
     def groups(self, batch: int, device: torch.device) -> dict[str, Tensor]:
@@ -79,8 +79,12 @@ def _per_row_layers() -> tuple[type, ...]:
 
 def checked(model: nn.Module, names: Any, repeat: bool) -> Rows:
     """``Rows`` for ``names`` after checking them against the model; clear errors otherwise."""
-    if isinstance(names, str) or not isinstance(names, (list, tuple)) or not names \
-            or not all(isinstance(n, str) for n in names):
+    if (
+        isinstance(names, str)
+        or not isinstance(names, (list, tuple))
+        or not names
+        or not all(isinstance(n, str) for n in names)
+    ):
         raise InputError(
             f"adapter_names takes a non-empty list of adapter names, one per row (\"{BASE}\" for the "
             f"base model); got {names!r:.80}."

@@ -17,6 +17,7 @@ So ``save_pretrained`` writes a model that ``from_pretrained`` loads with its re
 and ``load_state_dict(state_dict())`` (what the Trainer's resume does) restores base and adapters
 exactly. Nested layers (two methods on one module) each strip their own ``base.``, innermost first.
 """
+
 from __future__ import annotations
 
 from torch import nn
@@ -26,8 +27,11 @@ BASE = "base."
 
 def _own_names(module: nn.Module) -> set[str]:
     """Names of a module's direct children, parameters and buffers."""
-    return ({n for n, _ in module.named_children()} | {n for n, _ in module.named_parameters(recurse=False)}
-            | {n for n, _ in module.named_buffers(recurse=False)})
+    return (
+        {n for n, _ in module.named_children()}
+        | {n for n, _ in module.named_parameters(recurse=False)}
+        | {n for n, _ in module.named_buffers(recurse=False)}
+    )
 
 
 class StateDictNames:
@@ -35,9 +39,11 @@ class StateDictNames:
 
     def __init__(self, layer: nn.Module):
         self.loading: list[str] = []  # prefixes of loads in progress (torch's load recursion nests)
-        self.handles = (layer.register_state_dict_post_hook(self.saved),
-                        layer.register_load_state_dict_pre_hook(self.before_load),
-                        layer.register_load_state_dict_post_hook(self.after_load))
+        self.handles = (
+            layer.register_state_dict_post_hook(self.saved),
+            layer.register_load_state_dict_pre_hook(self.before_load),
+            layer.register_load_state_dict_post_hook(self.after_load),
+        )
 
     @staticmethod
     def saved(layer: nn.Module, state: dict, prefix: str, local_metadata: dict) -> None:
@@ -52,17 +58,26 @@ class StateDictNames:
             return
         moved = [(key, state.pop(key)) for key in reversed(mine)]
         for key, value in moved:
-            new = prefix + key[len(inner):] if key.startswith(inner) else key
+            new = prefix + key[len(inner) :] if key.startswith(inner) else key
             assert new not in state, f"state-dict key {new!r} would name two tensors"
             state[new] = value
 
-    def before_load(self, layer: nn.Module, state: dict, prefix: str, local_metadata, strict,
-                    missing_keys, unexpected_keys, error_msgs) -> None:
+    def before_load(
+        self,
+        layer: nn.Module,
+        state: dict,
+        prefix: str,
+        local_metadata,
+        strict,
+        missing_keys,
+        unexpected_keys,
+        error_msgs,
+    ) -> None:
         """``<prefix><key>`` -> ``<prefix>base.<key>`` for every key that is not this layer's adapter."""
         self.loading.append(prefix)
         base_has_base = "base" in _own_names(layer.innermost())  # then "base." may be the outer form
         for key in [k for k in state if k.startswith(prefix)]:
-            rest = key[len(prefix):]
+            rest = key[len(prefix) :]
             head, _, tail = rest.partition(".")
             if head == "adapters" and tail.partition(".")[0] in layer.adapters:
                 continue  # one of this layer's adapters
@@ -77,4 +92,4 @@ class StateDictNames:
             return
         inner = prefix + BASE
         for keys in (incompatible.missing_keys, incompatible.unexpected_keys):
-            keys[:] = [prefix + k[len(inner):] if k.startswith(inner) else k for k in keys]
+            keys[:] = [prefix + k[len(inner) :] if k.startswith(inner) else k for k in keys]

@@ -1,4 +1,5 @@
 """summary(model): trainable and total parameters, per adapter and per method, as a table."""
+
 from __future__ import annotations
 
 import dataclasses

@@ -17,6 +17,7 @@ So RoBERTa's ``classifier`` (a module with ``dense`` and ``out_proj`` inside) is
 loaded as one module, never as LoRA layers inside a saved copy. A file loads with the heads of
 its own ``task_type`` (``file_task``): a PEFT file saved without a task adapts heads like any module.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -111,8 +112,10 @@ def resolve(
                 hint = f" Adaptable modules inside it: {', '.join(inner[:4])}." if inner else ""
                 own = [p for p, t in module.named_parameters(recurse=False) if t.ndim in (2, 3)]
                 if own:  # e.g. fused mixture-of-experts weights
-                    hint += (f" To put LoRA on its own parameters, use target_parameters="
-                             f"{[name.rsplit('.', 1)[-1] + '.' + p for p in own[:2]]}.")
+                    hint += (
+                        f" To put LoRA on its own parameters, use target_parameters="
+                        f"{[name.rsplit('.', 1)[-1] + '.' + p for p in own[:2]]}."
+                    )
                 raise UnsupportedModuleError(
                     f"target {name!r} is a {type(module).__name__}; LoRA adapts only "
                     f"{', '.join(bases.SUPPORTED)}.{hint}"

@@ -9,6 +9,7 @@ call added and that set up model-level hooks remove them through their ``release
 does). Tensor values are not recorded: the calls that use this change the model's structure and
 flags, and write values only into tensors they created.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -12,6 +12,7 @@ its own (adapterkit's tests and other benchmarks use transformers 5):
 - file:   bytes of the adapter's weights file (``ak.save_adapter``; AdapterHub ``save_adapter``).
 - step:   as in bench_methods.py: the two alternate step by step in one process; ratio = ak / AdapterHub.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,14 +38,17 @@ def methods():
     return {
         "compacter": (ak.CompacterConfig(), adapters.CompacterConfig()),
         "compacter_pp": (ak.CompacterConfig(preset="pfeiffer"), adapters.CompacterPlusPlusConfig()),
-        "loreft": (ak.LoReFTConfig(rank=4, positions="f7+l7"),
-                   adapters.LoReftConfig(r=4, prefix_positions=7, suffix_positions=7, dropout=0.0)),
+        "loreft": (
+            ak.LoReFTConfig(rank=4, positions="f7+l7"),
+            adapters.LoReftConfig(r=4, prefix_positions=7, suffix_positions=7, dropout=0.0),
+        ),
     }
 
 
 def _weights_bytes(folder: str) -> int:
-    return sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder)
-               if f.endswith((".safetensors", ".bin")))
+    return sum(
+        os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder) if f.endswith((".safetensors", ".bin"))
+    )
 
 
 def measure(name, ours_cfg, hub_cfg, base, ids, steps: int) -> dict:
@@ -59,12 +63,18 @@ def measure(name, ours_cfg, hub_cfg, base, ids, steps: int) -> dict:
     with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
         ak.save_adapter(ours, a)
         theirs.save_adapter(b, name, with_head=False)
-        row = {"method": name, "ak_params": ak.summary(ours).trainable, "ak_file": _weights_bytes(a),
-               "peft_params": sum(p.numel() for n, p in theirs.named_parameters() if p.requires_grad
-                                  and "lm_head" not in n), "peft_file": _weights_bytes(b)}
+        row = {
+            "method": name,
+            "ak_params": ak.summary(ours).trainable,
+            "ak_file": _weights_bytes(a),
+            "peft_params": sum(
+                p.numel() for n, p in theirs.named_parameters() if p.requires_grad and "lm_head" not in n
+            ),
+            "peft_file": _weights_bytes(b),
+        }
     runs = {"ak": (_stepper(ours, ids), []), "peft": (_stepper(theirs, ids), [])}
     for i in range(steps + 2):
-        for lib in (list(runs) if i % 2 == 0 else list(reversed(runs))):
+        for lib in list(runs) if i % 2 == 0 else list(reversed(runs)):
             took = runs[lib][0]()
             if i >= 2:
                 runs[lib][1].append(took)
@@ -91,8 +101,10 @@ def main(argv=None) -> None:
     for name in args.methods or list(chosen):
         rows.append(measure(name, *chosen[name], base, ids, args.steps))
         print(f"{name}: {rows[-1]}", file=sys.stderr, flush=True)
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, adapters {adapters.__version__}, "
-          f"{torch.get_num_threads()} threads, batch {BATCH}x{SEQ}")
+    print(
+        f"torch {torch.__version__}, transformers {transformers.__version__}, adapters {adapters.__version__}, "
+        f"{torch.get_num_threads()} threads, batch {BATCH}x{SEQ}"
+    )
     print(table(rows).replace("PEFT", "AdapterHub"))
 
 

@@ -8,6 +8,7 @@ is timed after one untimed warm-up save; adapterkit's includes fsync of each fil
 
     python benchmarks/bench_files.py --repeats 5
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,9 +24,17 @@ import torch
 
 import adapterkit as ak
 
-SMOLLM2_135M = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                    num_key_value_heads=3, vocab_size=49152, max_position_embeddings=2048,
-                    tie_word_embeddings=True, rope_theta=100000.0)
+SMOLLM2_135M = dict(
+    hidden_size=576,
+    intermediate_size=1536,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    vocab_size=49152,
+    max_position_embeddings=2048,
+    tie_word_embeddings=True,
+    rope_theta=100000.0,
+)
 
 CASES = {  # name -> adapterkit config (PEFT gets the same one through its own keys)
     "LoRA r16 all-linear": dict(rank=16, alpha=32, targets="all-linear"),
@@ -45,8 +54,14 @@ def peft_config(cfg: dict):
     from peft import LoraConfig
 
     targets = cfg["targets"] if isinstance(cfg["targets"], str) else list(cfg["targets"])
-    return LoraConfig(r=cfg["rank"], lora_alpha=cfg["alpha"], target_modules=targets,
-                      use_dora=cfg.get("dora", False), init_lora_weights=False, task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=cfg["rank"],
+        lora_alpha=cfg["alpha"],
+        target_modules=targets,
+        use_dora=cfg.get("dora", False),
+        init_lora_weights=False,
+        task_type="CAUSAL_LM",
+    )
 
 
 def timed(fn, template, repeats: int) -> float:
@@ -91,15 +106,18 @@ def run_case(name: str, cfg: dict, template, folder: Path, repeats: int) -> dict
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| adapter | trainable params | file: adapterkit | file: PEFT | save: adapterkit | save: PEFT "
-             "| load: adapterkit | load: PEFT | adapterkit loads PEFT's file | PEFT loads adapterkit's file |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| adapter | trainable params | file: adapterkit | file: PEFT | save: adapterkit | save: PEFT "
+        "| load: adapterkit | load: PEFT | adapterkit loads PEFT's file | PEFT loads adapterkit's file |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         lines.append(
             f"| {r['case']} | {r['params']:,} | {r['ak_bytes'] / 2**20:.2f} MiB | {r['peft_bytes'] / 2**20:.2f} MiB "
             f"| {r['ak_save'] * 1e3:.0f} ms | {r['peft_save'] * 1e3:.0f} ms | {r['ak_load'] * 1e3:.0f} ms "
             f"| {r['peft_load'] * 1e3:.0f} ms | {r['ak_load_peft_file'] * 1e3:.0f} ms "
-            f"| {r['peft_load_ak_file'] * 1e3:.0f} ms |")
+            f"| {r['peft_load_ak_file'] * 1e3:.0f} ms |"
+        )
     return "\n".join(lines)
 
 
@@ -117,9 +135,11 @@ def main() -> None:
         for name, cfg in CASES.items():
             rows.append(run_case(name, cfg, template, Path(tmp) / name.replace(" ", "_"), args.repeats))
     print(f"Base: Llama-shaped like SmolLM2-135M, {n / 1e6:.1f}M parameters, fp32, random weights.")
-    print(f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, "
-          f"peft {peft.__version__}, adapterkit {ak.__version__}. Save and load: median of {args.repeats}.\n")
+    print(
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, "
+        f"peft {peft.__version__}, adapterkit {ak.__version__}. Save and load: median of {args.repeats}.\n"
+    )
     print(table(rows))
 
 

@@ -16,6 +16,7 @@ rank 16 / alpha 32 on every linear layer; variants plain, dropout 0.1 and DoRA.
     python benchmarks/bench_lora.py --part step --threads 1 --clock cpu   # steadier when shared
     python benchmarks/bench_lora.py --part step --compile --threads 1 --clock cpu   # compiled models
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,7 +59,7 @@ def _alternate(runs: dict, rounds: int, warmup: int) -> tuple[dict, dict]:
             runs[name]()
     times = {name: [] for name in names}
     for i in range(rounds):
-        for name in (names if i % 2 == 0 else names[::-1]):
+        for name in names if i % 2 == 0 else names[::-1]:
             times[name].append(_timed(runs[name]))
     return {name: statistics.median(t) for name, t in times.items()}, times
 
@@ -92,12 +93,18 @@ def bench_step(variants, rounds: int, warmup: int, compile_: bool = False) -> di
     out = {}
     for variant in variants:
         ours, theirs = med[(variant, "adapterkit")], med[(variant, "peft")]
-        out[variant] = {"adapterkit": ours, "peft": theirs, "ratio": ours / theirs,
-                        "paired_ratio": _paired(times, (variant, "adapterkit"), (variant, "peft"))}
+        out[variant] = {
+            "adapterkit": ours,
+            "peft": theirs,
+            "ratio": ours / theirs,
+            "paired_ratio": _paired(times, (variant, "adapterkit"), (variant, "peft")),
+        }
         if ref:
             out[variant].update(adapterkit_vs_peft_plain=ours / ref, peft_vs_peft_plain=theirs / ref)
-        line = (f"step {variant:8s} adapterkit {ours * 1e3:7.1f} ms  peft {theirs * 1e3:7.1f} ms  "
-                f"ratio {ours / theirs:.3f} (paired {out[variant]['paired_ratio']:.3f})")
+        line = (
+            f"step {variant:8s} adapterkit {ours * 1e3:7.1f} ms  peft {theirs * 1e3:7.1f} ms  "
+            f"ratio {ours / theirs:.3f} (paired {out[variant]['paired_ratio']:.3f})"
+        )
         if ref:
             line += f"  (vs PEFT plain: adapterkit {ours / ref:.3f}, peft {theirs / ref:.3f})"
         print(line, flush=True)
@@ -153,16 +160,27 @@ def bench_infer(rounds: int, warmup: int, variant: str = "plain") -> dict:
         def go():
             with torch.no_grad():
                 model(input_ids=ids)
+
         return go
 
-    med, _ = _alternate({"adapterkit": run(ours), "adapterkit_merged": run(ours_merged),
-                         "peft": run(theirs), "peft_merged": run(theirs_merged)}, rounds, warmup)
+    med, _ = _alternate(
+        {
+            "adapterkit": run(ours),
+            "adapterkit_merged": run(ours_merged),
+            "peft": run(theirs),
+            "peft_merged": run(theirs_merged),
+        },
+        rounds,
+        warmup,
+    )
     med["adapterkit_ratio"] = med["adapterkit"] / med["adapterkit_merged"]
     med["peft_ratio"] = med["peft"] / med["peft_merged"]
-    print(f"infer {variant}: adapterkit unmerged/merged {med['adapterkit_ratio']:.3f} "
-          f"({med['adapterkit'] * 1e3:.1f} / {med['adapterkit_merged'] * 1e3:.1f} ms); "
-          f"peft {med['peft_ratio']:.3f} ({med['peft'] * 1e3:.1f} / {med['peft_merged'] * 1e3:.1f} ms)",
-          flush=True)
+    print(
+        f"infer {variant}: adapterkit unmerged/merged {med['adapterkit_ratio']:.3f} "
+        f"({med['adapterkit'] * 1e3:.1f} / {med['adapterkit_merged'] * 1e3:.1f} ms); "
+        f"peft {med['peft_ratio']:.3f} ({med['peft'] * 1e3:.1f} / {med['peft_merged'] * 1e3:.1f} ms)",
+        flush=True,
+    )
     return med
 
 
@@ -170,10 +188,17 @@ def _conditions(threads: int) -> dict:
     import peft
     import transformers
 
-    return {"date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "machine": platform.machine(),
-            "cpus": os.cpu_count(), "threads": threads, "load_avg": os.getloadavg(),
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-            "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
+    return {
+        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "threads": threads,
+        "load_avg": os.getloadavg(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+    }
 
 
 def main(argv=None) -> None:
@@ -183,8 +208,12 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=15, help="timed rounds per variant (each runs both)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--clock", choices=tuple(CLOCK), default="wall",
-                   help="wall: elapsed time; cpu: this process's CPU time (steadier on a busy machine)")
+    p.add_argument(
+        "--clock",
+        choices=tuple(CLOCK),
+        default="wall",
+        help="wall: elapsed time; cpu: this process's CPU time (steadier on a busy machine)",
+    )
     p.add_argument("--compile", action="store_true", help="time the step part with torch.compile'd models")
     p.add_argument("--json", help="also write the results to this file")
     p.add_argument("--memory-child", nargs=2, metavar=("LIB", "VARIANT"), help=argparse.SUPPRESS)
@@ -202,8 +231,7 @@ def main(argv=None) -> None:
     results = {"conditions": dict(_conditions(args.threads), clock=args.clock, compile=args.compile)}
     print(results["conditions"], flush=True)
     if args.part in ("all", "step"):
-        results["step"] = bench_step(variants, args.steps, max(args.warmup, 2 if args.compile else 0),
-                                     args.compile)
+        results["step"] = bench_step(variants, args.steps, max(args.warmup, 2 if args.compile else 0), args.compile)
     if args.part in ("all", "memory"):
         results["memory"] = bench_memory(variants)
     if args.part in ("all", "infer"):

@@ -14,6 +14,7 @@
     python benchmarks/bench_lora_options.py                       # both parts
     python benchmarks/bench_lora_options.py --part init --repeats 3 --inits pissa,olora
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,11 +30,27 @@ import warnings
 
 import torch
 
-SMOL = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-            num_key_value_heads=3, vocab_size=49152, max_position_embeddings=2048, tie_word_embeddings=True)
-STEP_MODEL = dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=8, num_attention_heads=8,
-                  num_key_value_heads=8, vocab_size=8000, max_position_embeddings=256,
-                  attention_bias=True, mlp_bias=True)
+SMOL = dict(
+    hidden_size=576,
+    intermediate_size=1536,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    vocab_size=49152,
+    max_position_embeddings=2048,
+    tie_word_embeddings=True,
+)
+STEP_MODEL = dict(
+    hidden_size=512,
+    intermediate_size=1376,
+    num_hidden_layers=8,
+    num_attention_heads=8,
+    num_key_value_heads=8,
+    vocab_size=8000,
+    max_position_embeddings=256,
+    attention_bias=True,
+    mlp_bias=True,
+)
 STEP_VARIANTS = {
     "patterns+bias_all": dict(rank_pattern={"q_proj": 32, "down_proj": 8}, alpha_pattern={"v_proj": 16}, bias="all"),
     "lora_bias": dict(lora_bias=True, bias="lora_only"),
@@ -67,8 +84,16 @@ def _time_init(library: str, base, init: str) -> float:
     else:
         from peft import LoraConfig, get_peft_model
 
-        get_peft_model(model, LoraConfig(r=16, lora_alpha=16, init_lora_weights=init, target_modules="all-linear",
-                                         loftq_config={"loftq_bits": 4, "loftq_iter": 1} if init == "loftq" else {}))
+        get_peft_model(
+            model,
+            LoraConfig(
+                r=16,
+                lora_alpha=16,
+                init_lora_weights=init,
+                target_modules="all-linear",
+                loftq_config={"loftq_bits": 4, "loftq_iter": 1} if init == "loftq" else {},
+            ),
+        )
     return time.perf_counter() - start
 
 
@@ -83,10 +108,17 @@ def part_init(inits: list[str], repeats: int) -> dict:
             for library in order:
                 times[library].append(_time_init(library, base, init))
         med = {k: statistics.median(v) for k, v in times.items()}
-        out[init] = {"adapterkit_s": med["adapterkit"], "peft_s": med["peft"], "ratio": med["adapterkit"] / med["peft"],
-                     "tries": times}
-        print(f"init {init:14s} adapterkit {med['adapterkit']:.2f} s  peft {med['peft']:.2f} s  "
-              f"ratio {out[init]['ratio']:.3f}", flush=True)
+        out[init] = {
+            "adapterkit_s": med["adapterkit"],
+            "peft_s": med["peft"],
+            "ratio": med["adapterkit"] / med["peft"],
+            "tries": times,
+        }
+        print(
+            f"init {init:14s} adapterkit {med['adapterkit']:.2f} s  peft {med['peft']:.2f} s  "
+            f"ratio {out[init]['ratio']:.3f}",
+            flush=True,
+        )
     return out
 
 
@@ -94,8 +126,9 @@ def _step_models(options: dict):
     import adapterkit as ak
     from peft import PeftModel
 
-    ours = ak.attach(_llama(STEP_MODEL).train(), ak.LoRAConfig(rank=16, alpha=32, targets="all-linear",
-                                                              init="random", **options))
+    ours = ak.attach(
+        _llama(STEP_MODEL).train(), ak.LoRAConfig(rank=16, alpha=32, targets="all-linear", init="random", **options)
+    )
     with tempfile.TemporaryDirectory() as folder:
         ak.save_adapter(ours, folder)
         theirs = PeftModel.from_pretrained(_llama(STEP_MODEL).train(), folder, is_trainable=True)
@@ -120,7 +153,9 @@ def part_step(steps: int) -> dict:
         n_theirs = sum(p.numel() for p in theirs.parameters() if p.requires_grad)
         assert n_ours == n_theirs, (n_ours, n_theirs)
         models = {"adapterkit": ours, "peft": theirs}
-        opts = {k: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4) for k, m in models.items()}
+        opts = {
+            k: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4) for k, m in models.items()
+        }
         for k in models:  # warm-up
             _step(models[k], opts[k], ids)
         times, ratios = {"adapterkit": [], "peft": []}, []
@@ -131,11 +166,18 @@ def part_step(steps: int) -> dict:
                 times[k].append(v)
             ratios.append(got["adapterkit"] / got["peft"])
         med = {k: statistics.median(v) for k, v in times.items()}
-        out[variant] = {"adapterkit_ms": 1e3 * med["adapterkit"], "peft_ms": 1e3 * med["peft"],
-                        "ratio_of_medians": med["adapterkit"] / med["peft"], "paired": statistics.median(ratios),
-                        "trainable": n_ours}
-        print(f"step {variant:18s} adapterkit {1e3 * med['adapterkit']:.0f} ms  peft {1e3 * med['peft']:.0f} ms  "
-              f"ratio {out[variant]['ratio_of_medians']:.3f}  paired {out[variant]['paired']:.3f}", flush=True)
+        out[variant] = {
+            "adapterkit_ms": 1e3 * med["adapterkit"],
+            "peft_ms": 1e3 * med["peft"],
+            "ratio_of_medians": med["adapterkit"] / med["peft"],
+            "paired": statistics.median(ratios),
+            "trainable": n_ours,
+        }
+        print(
+            f"step {variant:18s} adapterkit {1e3 * med['adapterkit']:.0f} ms  peft {1e3 * med['peft']:.0f} ms  "
+            f"ratio {out[variant]['ratio_of_medians']:.3f}  paired {out[variant]['paired']:.3f}",
+            flush=True,
+        )
         del ours, theirs, models, opts
     return out
 
@@ -154,8 +196,14 @@ def main() -> None:
     import peft
     import transformers
 
-    result = {"machine": platform.machine(), "python": sys.version.split()[0], "torch": torch.__version__,
-              "transformers": transformers.__version__, "peft": peft.__version__, "threads": args.threads}
+    result = {
+        "machine": platform.machine(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "threads": args.threads,
+    }
     if args.part in ("init", "all"):
         result["init"] = part_init(args.inits.split(","), args.repeats)
     if args.part in ("step", "all"):

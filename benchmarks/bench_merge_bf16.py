@@ -14,6 +14,7 @@ model (LoRA: rms(scale B A) = ratio * rms(W) per layer; DoRA: magnitudes 1% off 
   (``ak.disabled``) against those before the first merge;
 - PEFT 0.21's merge_adapter / unmerge_adapter on the same LoRA weights, for comparison.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,11 @@ def step(x: torch.Tensor) -> torch.Tensor:
 
 def base_tensors(state: dict) -> dict[str, torch.Tensor]:
     """Base weights under one naming (adapterkit's ``.base.`` and PEFT's ``.base_layer.`` dropped)."""
-    return {n.replace(".base_layer.", ".").replace(".base.", ".").removeprefix("base_model.model."): t.detach().clone()
-            for n, t in state.items() if not any(k in n for k in (".adapters.", "lora_", "ia3_"))}
+    return {
+        n.replace(".base_layer.", ".").replace(".base.", ".").removeprefix("base_model.model."): t.detach().clone()
+        for n, t in state.items()
+        if not any(k in n for k in (".adapters.", "lora_", "ia3_"))
+    }
 
 
 def compare(now: dict, before: dict, merged: dict | None = None) -> dict:
@@ -115,8 +119,11 @@ def cycle(model, merge, unmerge, disabled, ids, cycles: int, gen) -> dict:
     merge_s = time.perf_counter() - start
     merged_state, merged = base_tensors(model.state_dict()), logits(model, ids)
     unmerge()
-    out = {"merge_s": merge_s, "logits_merged_vs_unmerged": rel(merged, unmerged),
-           "one_cycle": compare(base_tensors(model.state_dict()), before, merged_state)}
+    out = {
+        "merge_s": merge_s,
+        "logits_merged_vs_unmerged": rel(merged, unmerged),
+        "one_cycle": compare(base_tensors(model.state_dict()), before, merged_state),
+    }
     for _ in range(cycles - 1):
         nudge(model, gen)
         merge()
@@ -134,13 +141,27 @@ def run(base, ids, variant: str, ratio: float, cycles: int) -> dict:
     model = copy.deepcopy(fp32).to(torch.bfloat16)
     ref32, unmerged = logits(fp32, ids), logits(model, ids)
     theirs = peft_twin(model) if variant == "lora" else None
-    out, merged = cycle(model, lambda: ak.merge_adapter(model), lambda: ak.unmerge_adapter(model),
-                        lambda: ak.disabled(model), ids, cycles, gen)
+    out, merged = cycle(
+        model,
+        lambda: ak.merge_adapter(model),
+        lambda: ak.unmerge_adapter(model),
+        lambda: ak.disabled(model),
+        ids,
+        cycles,
+        gen,
+    )
     out.update(logits_bf16_vs_fp32=rel(unmerged, ref32), logits_merged_bf16_vs_fp32=rel(merged, ref32))
     print(variant, json.dumps(out), flush=True)
     if theirs is not None:
-        out["peft"], _ = cycle(theirs, theirs.merge_adapter, theirs.unmerge_adapter, theirs.disable_adapter,
-                               ids, cycles, torch.Generator().manual_seed(0))
+        out["peft"], _ = cycle(
+            theirs,
+            theirs.merge_adapter,
+            theirs.unmerge_adapter,
+            theirs.disable_adapter,
+            ids,
+            cycles,
+            torch.Generator().manual_seed(0),
+        )
         print("peft", json.dumps(out["peft"]), flush=True)
     return out
 
@@ -151,8 +172,9 @@ def peft_twin(ours):
 
     from tests.peft_twin import copy_to_peft
 
-    theirs = peft.get_peft_model(ak.detach(copy.deepcopy(ours)),
-                                 peft.LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))
+    theirs = peft.get_peft_model(
+        ak.detach(copy.deepcopy(ours)), peft.LoraConfig(r=16, lora_alpha=32, target_modules="all-linear")
+    )
     copy_to_peft(ours, theirs)
     return theirs.eval()
 

@@ -17,6 +17,7 @@ Model: Llama-shaped from a config (hidden 512, intermediate 1376, 8 layers, 8 he
     python benchmarks/bench_methods.py                      # every method (about 2 minutes on 2 cores)
     python benchmarks/bench_methods.py --methods ia3 prefix --steps 3
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,15 @@ import torch
 
 import adapterkit as ak
 
-MODEL = dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=8, num_attention_heads=8,
-             num_key_value_heads=8, vocab_size=8000, max_position_embeddings=256)
+MODEL = dict(
+    hidden_size=512,
+    intermediate_size=1376,
+    num_hidden_layers=8,
+    num_attention_heads=8,
+    num_key_value_heads=8,
+    vocab_size=8000,
+    max_position_embeddings=256,
+)
 BATCH, SEQ, N_VIRTUAL = 4, 128, 20
 
 
@@ -43,32 +51,56 @@ def methods():
 
     task = "CAUSAL_LM"
     return {
-        "lora": (ak.LoRAConfig(rank=16, alpha=32, targets="all-linear"),
-                 peft.LoraConfig(task_type=task, r=16, lora_alpha=32, target_modules="all-linear")),
+        "lora": (
+            ak.LoRAConfig(rank=16, alpha=32, targets="all-linear"),
+            peft.LoraConfig(task_type=task, r=16, lora_alpha=32, target_modules="all-linear"),
+        ),
         "ia3": (ak.IA3Config(), peft.IA3Config(task_type=task)),
-        "loha": (ak.LoHaConfig(rank=8, alpha=8, targets="all-linear"),
-                 peft.LoHaConfig(task_type=task, r=8, alpha=8, target_modules="all-linear")),
-        "lokr": (ak.LoKrConfig(rank=8, alpha=8, targets="all-linear"),
-                 peft.LoKrConfig(task_type=task, r=8, alpha=8, target_modules="all-linear")),
-        "prompt": (ak.PromptTuningConfig(num_virtual_tokens=N_VIRTUAL),
-                   peft.PromptTuningConfig(task_type=task, num_virtual_tokens=N_VIRTUAL)),
-        "p_tuning": (ak.PromptEncoderConfig(num_virtual_tokens=N_VIRTUAL, encoder_hidden_size=128),
-                     peft.PromptEncoderConfig(task_type=task, num_virtual_tokens=N_VIRTUAL, encoder_hidden_size=128)),
-        "prefix": (ak.PrefixTuningConfig(num_virtual_tokens=N_VIRTUAL),
-                   peft.PrefixTuningConfig(task_type=task, num_virtual_tokens=N_VIRTUAL)),
-        "prefix_mlp": (ak.PrefixTuningConfig(num_virtual_tokens=N_VIRTUAL, projection=True, encoder_hidden_size=128),
-                       peft.PrefixTuningConfig(task_type=task, num_virtual_tokens=N_VIRTUAL, prefix_projection=True,
-                                               encoder_hidden_size=128)),
-        "adalora": (ak.AdaLoRAConfig(init_r=12, target_r=8, total_step=1000, alpha=32, targets="all-linear"),
-                    peft.AdaLoraConfig(task_type=task, init_r=12, target_r=8, total_step=1000, lora_alpha=32,
-                                       target_modules="all-linear")),
-        "vera": (ak.VeRAConfig(rank=256, targets="all-linear"),
-                 peft.VeraConfig(task_type=task, r=256, target_modules="all-linear")),
+        "loha": (
+            ak.LoHaConfig(rank=8, alpha=8, targets="all-linear"),
+            peft.LoHaConfig(task_type=task, r=8, alpha=8, target_modules="all-linear"),
+        ),
+        "lokr": (
+            ak.LoKrConfig(rank=8, alpha=8, targets="all-linear"),
+            peft.LoKrConfig(task_type=task, r=8, alpha=8, target_modules="all-linear"),
+        ),
+        "prompt": (
+            ak.PromptTuningConfig(num_virtual_tokens=N_VIRTUAL),
+            peft.PromptTuningConfig(task_type=task, num_virtual_tokens=N_VIRTUAL),
+        ),
+        "p_tuning": (
+            ak.PromptEncoderConfig(num_virtual_tokens=N_VIRTUAL, encoder_hidden_size=128),
+            peft.PromptEncoderConfig(task_type=task, num_virtual_tokens=N_VIRTUAL, encoder_hidden_size=128),
+        ),
+        "prefix": (
+            ak.PrefixTuningConfig(num_virtual_tokens=N_VIRTUAL),
+            peft.PrefixTuningConfig(task_type=task, num_virtual_tokens=N_VIRTUAL),
+        ),
+        "prefix_mlp": (
+            ak.PrefixTuningConfig(num_virtual_tokens=N_VIRTUAL, projection=True, encoder_hidden_size=128),
+            peft.PrefixTuningConfig(
+                task_type=task, num_virtual_tokens=N_VIRTUAL, prefix_projection=True, encoder_hidden_size=128
+            ),
+        ),
+        "adalora": (
+            ak.AdaLoRAConfig(init_r=12, target_r=8, total_step=1000, alpha=32, targets="all-linear"),
+            peft.AdaLoraConfig(
+                task_type=task, init_r=12, target_r=8, total_step=1000, lora_alpha=32, target_modules="all-linear"
+            ),
+        ),
+        "vera": (
+            ak.VeRAConfig(rank=256, targets="all-linear"),
+            peft.VeraConfig(task_type=task, r=256, target_modules="all-linear"),
+        ),
         "ln_tuning": (ak.LNTuningConfig(), peft.LNTuningConfig(task_type=task)),
-        "oft": (ak.OFTConfig(block_size=32, targets="all-linear"),
-                peft.OFTConfig(task_type=task, oft_block_size=32, target_modules="all-linear")),
-        "boft": (ak.BOFTConfig(block_size=4, targets="all-linear"),
-                 peft.BOFTConfig(task_type=task, boft_block_size=4, target_modules="all-linear")),
+        "oft": (
+            ak.OFTConfig(block_size=32, targets="all-linear"),
+            peft.OFTConfig(task_type=task, oft_block_size=32, target_modules="all-linear"),
+        ),
+        "boft": (
+            ak.BOFTConfig(block_size=4, targets="all-linear"),
+            peft.BOFTConfig(task_type=task, boft_block_size=4, target_modules="all-linear"),
+        ),
         "houlsby": (ak.BottleneckConfig(preset="houlsby", reduction_factor=16), None),
         "pfeiffer": (ak.BottleneckConfig(preset="pfeiffer", reduction_factor=16), None),
         "parallel": (ak.BottleneckConfig(preset="parallel", reduction_factor=16, scale=4.0), None),
@@ -131,8 +163,11 @@ def _adaptive(model):
 
 def measure(name, ours_cfg, peft_cfg, base, ids, steps: int) -> dict:
     ours = ak.attach(copy.deepcopy(base), ours_cfg)
-    row = {"method": name, "ak_params": ak.summary(ours).trainable,
-           "ak_file": _file_bytes(lambda d: ak.save_adapter(ours, d))}
+    row = {
+        "method": name,
+        "ak_params": ak.summary(ours).trainable,
+        "ak_file": _file_bytes(lambda d: ak.save_adapter(ours, d)),
+    }
     runs = {"ak": (_stepper(ours, ids), [])}
     if peft_cfg is not None:
         import peft
@@ -153,15 +188,24 @@ def measure(name, ours_cfg, peft_cfg, base, ids, steps: int) -> dict:
 
 
 def table(rows) -> str:
-    lines = ["| method | trainable (ak) | trainable (PEFT) | file (ak) | file (PEFT) | step ak | step PEFT | ratio "
-             "| ratio of fastest steps |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| method | trainable (ak) | trainable (PEFT) | file (ak) | file (PEFT) | step ak | step PEFT | ratio "
+        "| ratio of fastest steps |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         peft_ms = r.get("peft_ms")
-        cells = [r["method"], f"{r['ak_params']:,}", f"{r['peft_params']:,}" if "peft_params" in r else "-",
-                 f"{r['ak_file'] / 1024:.1f} KiB", f"{r['peft_file'] / 1024:.1f} KiB" if "peft_file" in r else "-",
-                 f"{r['ak_ms']:.0f} ms", f"{peft_ms:.0f} ms" if peft_ms else "-",
-                 f"{r['ak_ms'] / peft_ms:.2f}" if peft_ms else "-",
-                 f"{r['ak_min_ms'] / r['peft_min_ms']:.2f}" if peft_ms else "-"]
+        cells = [
+            r["method"],
+            f"{r['ak_params']:,}",
+            f"{r['peft_params']:,}" if "peft_params" in r else "-",
+            f"{r['ak_file'] / 1024:.1f} KiB",
+            f"{r['peft_file'] / 1024:.1f} KiB" if "peft_file" in r else "-",
+            f"{r['ak_ms']:.0f} ms",
+            f"{peft_ms:.0f} ms" if peft_ms else "-",
+            f"{r['ak_ms'] / peft_ms:.2f}" if peft_ms else "-",
+            f"{r['ak_min_ms'] / r['peft_min_ms']:.2f}" if peft_ms else "-",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -181,8 +225,10 @@ def main(argv=None) -> None:
     for name in chosen:
         rows.append(measure(name, *all_methods[name], base, ids, args.steps))
         print(f"{name}: {rows[-1]}", file=sys.stderr, flush=True)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}x{SEQ}, "
-          f"{sum(p.numel() for p in base.parameters()) / 1e6:.1f}M parameters")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}x{SEQ}, "
+        f"{sum(p.numel() for p in base.parameters()) / 1e6:.1f}M parameters"
+    )
     print(table(rows))
 
 

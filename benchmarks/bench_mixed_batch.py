@@ -15,6 +15,7 @@ Forwards only. Every model runs in turn, the order reversed every other round; m
 
 Targets: mixed >= 2x PEFT's mixed throughput at 16 adapters; mixed within 1.3x of single.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,15 @@ import torch  # noqa: E402
 import adapterkit as ak  # noqa: E402
 from adapterkit.inject import adapter_layers  # noqa: E402
 
-MODEL = dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=4, num_attention_heads=8,
-             num_key_value_heads=8, vocab_size=8000, max_position_embeddings=128)
+MODEL = dict(
+    hidden_size=512,
+    intermediate_size=1376,
+    num_hidden_layers=4,
+    num_attention_heads=8,
+    num_key_value_heads=8,
+    vocab_size=8000,
+    max_position_embeddings=128,
+)
 BATCH, SEQ, RANK, ALPHA = 32, 64, 16, 32
 CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
 
@@ -122,7 +130,7 @@ def alternate(runs: dict, rounds: int, warmup: int, clock) -> dict:
                 runs[key]()
         times = {key: [] for key in keys}
         for i in range(rounds):
-            for key in (keys if i % 2 == 0 else keys[::-1]):
+            for key in keys if i % 2 == 0 else keys[::-1]:
                 start = clock()
                 runs[key]()
                 times[key].append(clock() - start)
@@ -138,24 +146,35 @@ def report(times: dict, counts: list[int], seq: int, new_tokens: int) -> dict:
     base = med[("base",)]
     what = f"generate {new_tokens} tokens after" if new_tokens else "forward of"
     print(f"\nbase model (no adapters): {base * 1e3:.1f} ms to {what} a batch of {BATCH} x {seq}")
-    print("| adapters | adapterkit mixed | PEFT mixed | adapterkit single | PEFT single | "
-          "PEFT mixed / ak mixed (>= 2) | ak mixed / ak single (<= 1.3) |")
+    print(
+        "| adapters | adapterkit mixed | PEFT mixed | adapterkit single | PEFT single | "
+        "PEFT mixed / ak mixed (>= 2) | ak mixed / ak single (<= 1.3) |"
+    )
     print("|---|---|---|---|---|---|---|")
     out = {"base_ms": base * 1e3, "seq": seq, "new_tokens": new_tokens, "rows": []}
     for n in counts:
-        k = lambda lib, kind: (n, lib, kind)  # noqa: E731
+        k = lambda lib, kind: (n, lib, kind)  # noqa: E731, B023  (used in this iteration)
         speedup = med[k("peft", "mixed")] / med[k("adapterkit", "mixed")]
         overhead = med[k("adapterkit", "mixed")] / med[k("adapterkit", "single")]
-        row = {"adapters": n, **{f"{lib}_{kind}_ms": med[k(lib, kind)] * 1e3
-                                 for lib in ("adapterkit", "peft") for kind in ("mixed", "single")},
-               "speedup_vs_peft": speedup, "speedup_paired": paired(times, k("peft", "mixed"), k("adapterkit", "mixed")),
-               "mixed_over_single": overhead,
-               "mixed_over_single_paired": paired(times, k("adapterkit", "mixed"), k("adapterkit", "single"))}
+        row = {
+            "adapters": n,
+            **{
+                f"{lib}_{kind}_ms": med[k(lib, kind)] * 1e3
+                for lib in ("adapterkit", "peft")
+                for kind in ("mixed", "single")
+            },
+            "speedup_vs_peft": speedup,
+            "speedup_paired": paired(times, k("peft", "mixed"), k("adapterkit", "mixed")),
+            "mixed_over_single": overhead,
+            "mixed_over_single_paired": paired(times, k("adapterkit", "mixed"), k("adapterkit", "single")),
+        }
         out["rows"].append(row)
-        print(f"| {n} | {row['adapterkit_mixed_ms']:.1f} ms | {row['peft_mixed_ms']:.1f} ms | "
-              f"{row['adapterkit_single_ms']:.1f} ms | {row['peft_single_ms']:.1f} ms | "
-              f"**{speedup:.2f}x** (paired {row['speedup_paired']:.2f}) | "
-              f"**{overhead:.2f}x** (paired {row['mixed_over_single_paired']:.2f}) |")
+        print(
+            f"| {n} | {row['adapterkit_mixed_ms']:.1f} ms | {row['peft_mixed_ms']:.1f} ms | "
+            f"{row['adapterkit_single_ms']:.1f} ms | {row['peft_single_ms']:.1f} ms | "
+            f"**{speedup:.2f}x** (paired {row['speedup_paired']:.2f}) | "
+            f"**{overhead:.2f}x** (paired {row['mixed_over_single_paired']:.2f}) |"
+        )
     return out
 
 
@@ -163,10 +182,19 @@ def versions() -> dict:
     import peft
     import transformers
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "peft": peft.__version__, "adapterkit": ak.__version__, "machine": platform.machine(),
-            "processor": platform.processor() or "?", "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
-            "load_average": os.getloadavg(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "adapterkit": ak.__version__,
+        "machine": platform.machine(),
+        "processor": platform.processor() or "?",
+        "cpus": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "load_average": os.getloadavg(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+    }
 
 
 def main(argv=None) -> None:
@@ -175,8 +203,13 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--seq", type=int, default=SEQ, help="tokens per row (1: the shape of a decoding step)")
-    parser.add_argument("--generate", type=int, default=0, metavar="N",
-                        help="time greedy generate of N new tokens instead of one forward")
+    parser.add_argument(
+        "--generate",
+        type=int,
+        default=0,
+        metavar="N",
+        help="time greedy generate of N new tokens instead of one forward",
+    )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--clock", choices=CLOCK, default="wall")
     parser.add_argument("--json", default=None, help="write the figures here")
@@ -201,8 +234,16 @@ def main(argv=None) -> None:
     out = report(times, counts, args.seq, args.generate)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"versions": info, "args": vars(args), **out,
-                       "times": {" ".join(map(str, k)): v for k, v in times.items()}}, f, indent=1)
+            json.dump(
+                {
+                    "versions": info,
+                    "args": vars(args),
+                    **out,
+                    "times": {" ".join(map(str, k)): v for k, v in times.items()},
+                },
+                f,
+                indent=1,
+            )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ memory. CUDA preset: about 1.1B parameters, bf16, batch 4 x 1024. CPU preset: a 
     python benchmarks/bench_quant.py --part layer            # tables on stdout, --json FILE to keep them
     python benchmarks/bench_quant.py --part step
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,9 +58,11 @@ def time_ms(fn, reps: int) -> float:
 def _runner(contender, x, training: bool):
     """A no-argument callable: forward (no_grad) or forward + backward."""
     if not training:
+
         def run():
             with torch.no_grad():
                 contender(x)
+
         return run
     dy = None
 
@@ -68,6 +71,7 @@ def _runner(contender, x, training: bool):
         y = contender(x)
         dy = torch.ones_like(y) if dy is None else dy
         y.backward(dy)
+
     return run
 
 
@@ -95,8 +99,11 @@ def bench_layer(args) -> list:
 def layer_table(rows: list) -> str:
     names = ["adapterkit", "bnb_dequant", "bnb_matmul_4bit", "peft_bnb", "dense"]
     names = [n for n in names if any(n in r for r in rows)]
-    head = "| mode | LoRA | M | K x N | " + " | ".join(f"{n} ms" for n in names) + \
-        " | dense / adapterkit | peft_bnb / adapterkit |"
+    head = (
+        "| mode | LoRA | M | K x N | "
+        + " | ".join(f"{n} ms" for n in names)
+        + " | dense / adapterkit | peft_bnb / adapterkit |"
+    )
     lines = [head, "|" + "---|" * (len(names) + 6)]
     dense_ms = {(r["mode"], r["M"], r["K"], r["N"]): r.get("dense") for r in rows if not r["lora"]}
     for r in rows:
@@ -104,19 +111,44 @@ def layer_table(rows: list) -> str:
         floor = dense_ms.get((r["mode"], r["M"], r["K"], r["N"]))
         ratio_dense = f"{floor / r['adapterkit']:.2f}x" if floor else ""
         ratio_peft = f"{r['peft_bnb'] / r['adapterkit']:.2f}x" if "peft_bnb" in r else ""
-        lines.append(f"| {r['mode']} | {'r16' if r['lora'] else '-'} | {r['M']} | {r['K']} x {r['N']} | "
-                     + " | ".join(cells) + f" | {ratio_dense} | {ratio_peft} |")
+        lines.append(
+            f"| {r['mode']} | {'r16' if r['lora'] else '-'} | {r['M']} | {r['K']} x {r['N']} | "
+            + " | ".join(cells)
+            + f" | {ratio_dense} | {ratio_peft} |"
+        )
     return "\n".join(lines)
 
 
 # -- the training step ------------------------------------------------------------------------------
 PRESETS = {
-    "1b": dict(config=dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
-                           num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048),
-               batch=4, seq=1024, dtype="bfloat16"),
-    "cpu": dict(config=dict(hidden_size=256, intermediate_size=704, num_hidden_layers=4, num_attention_heads=4,
-                            num_key_value_heads=2, vocab_size=1000, max_position_embeddings=256),
-                batch=2, seq=128, dtype="float32"),
+    "1b": dict(
+        config=dict(
+            hidden_size=2048,
+            intermediate_size=5632,
+            num_hidden_layers=22,
+            num_attention_heads=32,
+            num_key_value_heads=4,
+            vocab_size=32000,
+            max_position_embeddings=2048,
+        ),
+        batch=4,
+        seq=1024,
+        dtype="bfloat16",
+    ),
+    "cpu": dict(
+        config=dict(
+            hidden_size=256,
+            intermediate_size=704,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=1000,
+            max_position_embeddings=256,
+        ),
+        batch=2,
+        seq=128,
+        dtype="float32",
+    ),
 }
 
 
@@ -143,8 +175,9 @@ def _load(lib: str, folder: str, dtype: torch.dtype, device: str):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import BitsAndBytesConfig
 
-    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=dtype)
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
+    )
     model = AutoModelForCausalLM.from_pretrained(folder, quantization_config=quant, dtype=dtype, device_map=device)
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
     return get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))
@@ -179,9 +212,13 @@ def step_child(args) -> dict:
         _sync()
         times.append(time.perf_counter() - start)
     median = statistics.median(times)
-    out = {"lib": args.lib, "preset": args.preset, "step_s": round(median, 4),
-           "tokens_per_s": round(preset["batch"] * preset["seq"] / median, 1),
-           "trainable": sum(p.numel() for p in params)}
+    out = {
+        "lib": args.lib,
+        "preset": args.preset,
+        "step_s": round(median, 4),
+        "tokens_per_s": round(preset["batch"] * preset["seq"] / median, 1),
+        "trainable": sum(p.numel() for p in params),
+    }
     if CUDA:
         out["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
     print("RESULT " + json.dumps(out), flush=True)
@@ -194,8 +231,20 @@ def bench_step(args) -> list:
     _save_model(PRESETS[preset], folder)
     rows = []
     for lib in ("adapterkit", "peft"):
-        cmd = [sys.executable, os.path.abspath(__file__), "--part", "step-child", "--lib", lib,
-               "--preset", preset, "--folder", folder, "--steps", str(args.steps)]
+        cmd = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--part",
+            "step-child",
+            "--lib",
+            lib,
+            "--preset",
+            preset,
+            "--folder",
+            folder,
+            "--steps",
+            str(args.steps),
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True)
         lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
         if done.returncode or not lines:
@@ -208,19 +257,31 @@ def bench_step(args) -> list:
 def step_table(rows: list) -> str:
     a, p = rows
     mem = f" | {a['peak_gib']} | {p['peak_gib']} | {a['peak_gib'] / p['peak_gib']:.2f}x" if "peak_gib" in a else ""
-    head = "| preset | adapterkit tok/s | PEFT+bnb tok/s | speed-up" + (
-        " | adapterkit GiB | PEFT+bnb GiB | memory ratio" if mem else "") + " |"
-    return "\n".join([head, "|" + "---|" * (7 if mem else 4),
-                      f"| {a['preset']} | {a['tokens_per_s']} | {p['tokens_per_s']} | "
-                      f"{a['tokens_per_s'] / p['tokens_per_s']:.2f}x{mem} |"])
+    head = (
+        "| preset | adapterkit tok/s | PEFT+bnb tok/s | speed-up"
+        + (" | adapterkit GiB | PEFT+bnb GiB | memory ratio" if mem else "")
+        + " |"
+    )
+    return "\n".join(
+        [
+            head,
+            "|" + "---|" * (7 if mem else 4),
+            f"| {a['preset']} | {a['tokens_per_s']} | {p['tokens_per_s']} | "
+            f"{a['tokens_per_s'] / p['tokens_per_s']:.2f}x{mem} |",
+        ]
+    )
 
 
 def machine() -> dict:
     import transformers
 
-    info = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "device": torch.cuda.get_device_name() if CUDA else platform.processor() or platform.machine(),
-            "threads": torch.get_num_threads()}
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "device": torch.cuda.get_device_name() if CUDA else platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+    }
     for name in ("triton", "bitsandbytes", "peft"):
         try:
             info[name] = __import__(name).__version__
@@ -233,8 +294,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=["layer", "step", "step-child"], default="layer")
     parser.add_argument("--m", type=int, nargs="+", default=[1, 16, 512, 4096] if CUDA else [1, 16, 512])
-    parser.add_argument("--shapes", type=lambda s: tuple(int(v) for v in s.split("x")), nargs="+",
-                        default=SHAPES if CUDA else SHAPES[:1], help="K x N pairs, e.g. 4096x14336")
+    parser.add_argument(
+        "--shapes",
+        type=lambda s: tuple(int(v) for v in s.split("x")),
+        nargs="+",
+        default=SHAPES if CUDA else SHAPES[:1],
+        help="K x N pairs, e.g. 4096x14336",
+    )
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--reps", type=int, default=3, help="CPU timing runs per case (median)")
     parser.add_argument("--no-bnb", action="store_true", help="adapterkit and dense only")

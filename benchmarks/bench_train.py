@@ -11,6 +11,7 @@ memory is the process's maximum resident set (ru_maxrss), model load included.
 
     python benchmarks/bench_train.py --steps 20 --repeats 2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,11 +35,26 @@ def run_adapterkit(steps: int, out: str) -> dict:
     import adapterkit as ak
     from adapterkit.training import TrainConfig
 
-    cfg = TrainConfig.from_yaml(CONFIG, (f"optim.max_steps={steps}", "data.eval=null", "eval.every=0",
-                                         "output.save_every=0", f"output.dir={out}", "output.progress=false"))
+    cfg = TrainConfig.from_yaml(
+        CONFIG,
+        (
+            f"optim.max_steps={steps}",
+            "data.eval=null",
+            "eval.every=0",
+            "output.save_every=0",
+            f"output.dir={out}",
+            "output.progress=false",
+        ),
+    )
     marks = []
-    ak.train(cfg, callbacks=[lambda step, logs: marks.append(
-        (time.perf_counter(), time.process_time(), logs["tokens"])) if step in (1, steps) else None])
+    ak.train(
+        cfg,
+        callbacks=[
+            lambda step, logs: (
+                marks.append((time.perf_counter(), time.process_time(), logs["tokens"])) if step in (1, steps) else None
+            )
+        ],
+    )
     (w0, c0, t0), (w1, c1, t1) = marks
     return {"tokens": t1 - t0, "seconds": w1 - w0, "cpu_seconds": c1 - c0, "peak_mib": _peak_mib()}
 
@@ -78,17 +94,34 @@ def run_peft(steps: int, out: str) -> dict:
             if state.global_step in (1, steps):
                 marks.append((time.perf_counter(), time.process_time()))
 
-    args = TrainingArguments(output_dir=out, per_device_train_batch_size=o.batch_size, max_steps=steps,
-                             learning_rate=o.lr, lr_scheduler_type="cosine", warmup_steps=o.warmup_steps,
-                             max_grad_norm=o.max_grad_norm, weight_decay=0.0, save_strategy="no",
-                             report_to=[], logging_steps=10, use_cpu=True, seed=o.seed,
-                             dataloader_drop_last=True, remove_unused_columns=False, disable_tqdm=True)
-    trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=collator,
-                      callbacks=[Clock()])
+    args = TrainingArguments(
+        output_dir=out,
+        per_device_train_batch_size=o.batch_size,
+        max_steps=steps,
+        learning_rate=o.lr,
+        lr_scheduler_type="cosine",
+        warmup_steps=o.warmup_steps,
+        max_grad_norm=o.max_grad_norm,
+        weight_decay=0.0,
+        save_strategy="no",
+        report_to=[],
+        logging_steps=10,
+        use_cpu=True,
+        seed=o.seed,
+        dataloader_drop_last=True,
+        remove_unused_columns=False,
+        disable_tqdm=True,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=collator, callbacks=[Clock()])
     trainer.train()
     (w0, c0), (w1, c1) = marks
-    return {"tokens": sum(seen[1:steps]), "seconds": w1 - w0, "cpu_seconds": c1 - c0,
-            "peak_mib": _peak_mib(), "threads": torch.get_num_threads()}
+    return {
+        "tokens": sum(seen[1:steps]),
+        "seconds": w1 - w0,
+        "cpu_seconds": c1 - c0,
+        "peak_mib": _peak_mib(),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def child(kind: str, steps: int) -> None:
@@ -108,15 +141,21 @@ def main() -> None:
     runs: dict[str, list[dict]] = {"adapterkit": [], "peft": []}
     for _ in range(args.repeats):
         for kind in runs:
-            done = subprocess.run([sys.executable, __file__, "--child", kind, "--steps", str(args.steps)],
-                                  capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+            done = subprocess.run(
+                [sys.executable, __file__, "--child", kind, "--steps", str(args.steps)],
+                capture_output=True,
+                text=True,
+                env=dict(os.environ, HF_HUB_OFFLINE="1"),
+            )
             line = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
             if done.returncode or not line:
                 sys.exit(f"{kind} run failed:\n{done.stderr[-3000:]}")
             runs[kind].append(json.loads(line[0][7:]))
             print(kind, runs[kind][-1], flush=True)
-    print(f"\n| loop (median of {args.repeats}) | tokens per wall s | tokens per CPU s | CPU s/step | "
-          f"peak RSS MiB |\n|---|---:|---:|---:|---:|")
+    print(
+        f"\n| loop (median of {args.repeats}) | tokens per wall s | tokens per CPU s | CPU s/step | "
+        f"peak RSS MiB |\n|---|---:|---:|---:|---:|"
+    )
     for kind, rs in runs.items():
         wall = statistics.median(r["tokens"] / r["seconds"] for r in rs)
         cpu = statistics.median(r["tokens"] / r["cpu_seconds"] for r in rs)

@@ -3,6 +3,7 @@
 Both libraries get a copy of the same base weights and the same A / B / magnitude tensors
 (adapterkit's are copied into PEFT's modules), so they compute the same function.
 """
+
 from __future__ import annotations
 
 import copy
@@ -15,8 +16,15 @@ import adapterkit as ak
 from adapterkit.inject import adapter_layers
 
 # Llama-shaped model from a config: 33.5M parameters.
-MODEL = dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=8, num_attention_heads=8,
-             num_key_value_heads=8, vocab_size=8000, max_position_embeddings=256)
+MODEL = dict(
+    hidden_size=512,
+    intermediate_size=1376,
+    num_hidden_layers=8,
+    num_attention_heads=8,
+    num_key_value_heads=8,
+    vocab_size=8000,
+    max_position_embeddings=256,
+)
 BATCH, SEQ = 4, 128
 RANK, ALPHA = 16, 32
 
@@ -40,16 +48,21 @@ def batch(seed: int = 1) -> torch.Tensor:
 def ak_config(variant: str) -> ak.LoRAConfig:
     dropout, dora = VARIANTS[variant]
     # "random": B is not zero, so the adapted model differs from the base (as after training).
-    return ak.LoRAConfig(rank=RANK, alpha=ALPHA, dropout=dropout, dora=dora, targets="all-linear",
-                         init="random")
+    return ak.LoRAConfig(rank=RANK, alpha=ALPHA, dropout=dropout, dora=dora, targets="all-linear", init="random")
 
 
 def peft_config(variant: str):
     from peft import LoraConfig
 
     dropout, dora = VARIANTS[variant]
-    return LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=dropout, use_dora=dora,
-                      target_modules="all-linear", init_lora_weights=False)
+    return LoraConfig(
+        r=RANK,
+        lora_alpha=ALPHA,
+        lora_dropout=dropout,
+        use_dora=dora,
+        target_modules="all-linear",
+        init_lora_weights=False,
+    )
 
 
 @torch.no_grad()
@@ -107,9 +120,21 @@ def train_step(model, opt, ids) -> float:
 
 
 class _Mallinfo2(ctypes.Structure):
-    _fields_ = [(f, ctypes.c_size_t) for f in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
-        "fordblks", "keepcost")]
+    _fields_ = [
+        (f, ctypes.c_size_t)
+        for f in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
 
 
 def bytes_in_use() -> int:

@@ -8,6 +8,7 @@ added where ``lora`` is set. Weights: NF4, block 64, double quantization, on eve
     peft_bnb         PEFT's LoRA layer over a bitsandbytes Linear4bit (the QLoRA stack)
     dense            torch.matmul on the unquantized weight, no LoRA (the floor at large M)
 """
+
 from __future__ import annotations
 
 import torch
@@ -23,17 +24,18 @@ class Layer:
 
     def __init__(self, k: int, n: int, rank: int, device: str, dtype: torch.dtype, need_bnb: bool = True):
         gen = torch.Generator(device="cpu").manual_seed(0)
-        w = torch.randn(n, k, generator=gen) / k ** 0.5
+        w = torch.randn(n, k, generator=gen) / k**0.5
         self.k, self.n, self.rank, self.device, self.dtype = k, n, rank, device, dtype
         self.weight = w.to(device, dtype)
         self.qw = ops.quantize(self.weight, 4, "nf4", 64, double_quant=True)
-        self.a = nn.Parameter((torch.randn(rank, k, generator=gen) / k ** 0.5).to(device, dtype))
+        self.a = nn.Parameter((torch.randn(rank, k, generator=gen) / k**0.5).to(device, dtype))
         self.b = nn.Parameter((torch.randn(n, rank, generator=gen) * 0.01).to(device, dtype))
         if need_bnb:
             import bitsandbytes.functional as F
 
-            self.packed, self.state = F.quantize_4bit(self.weight, blocksize=64, quant_type="nf4",
-                                                      compress_statistics=True)
+            self.packed, self.state = F.quantize_4bit(
+                self.weight, blocksize=64, quant_type="nf4", compress_statistics=True
+            )
 
     def lora_branch(self, x):
         return SCALE * ((x @ self.a.t()) @ self.b.t())
@@ -45,6 +47,7 @@ def adapterkit(layer: Layer, lora: bool, backend: str):
             if lora:
                 return ops.qlora_matmul(x, layer.qw, layer.a, layer.b, SCALE)
             return ops.qmatmul(x, layer.qw)
+
     return fn
 
 
@@ -54,6 +57,7 @@ def bnb_dequant(layer: Layer, lora: bool):
     def fn(x):
         y = x @ F.dequantize_4bit(layer.packed, layer.state).to(x.dtype).t()
         return y + layer.lora_branch(x) if lora else y
+
     return fn
 
 
@@ -63,6 +67,7 @@ def bnb_matmul_4bit(layer: Layer, lora: bool):
     def fn(x):
         y = bnb.matmul_4bit(x, layer.packed, quant_state=layer.state)
         return y + layer.lora_branch(x) if lora else y
+
     return fn
 
 
@@ -79,10 +84,16 @@ def peft_bnb(layer: Layer, lora: bool, training: bool):
     """PEFT LoRA (r, alpha = 2r: scale 2) over bnb Linear4bit; without LoRA, Linear4bit alone."""
     import bitsandbytes as bnb
 
-    proj = bnb.nn.Linear4bit(layer.k, layer.n, bias=False, compute_dtype=layer.dtype, quant_type="nf4",
-                             compress_statistics=True)
-    proj.weight = bnb.nn.Params4bit(layer.weight.detach().cpu().float(), requires_grad=False,
-                                    quant_type="nf4", compress_statistics=True, blocksize=64)
+    proj = bnb.nn.Linear4bit(
+        layer.k, layer.n, bias=False, compute_dtype=layer.dtype, quant_type="nf4", compress_statistics=True
+    )
+    proj.weight = bnb.nn.Params4bit(
+        layer.weight.detach().cpu().float(),
+        requires_grad=False,
+        quant_type="nf4",
+        compress_statistics=True,
+        blocksize=64,
+    )
     model = _Holder(proj).to(layer.device)
     if lora:
         from peft import LoraConfig, get_peft_model
@@ -98,6 +109,7 @@ def peft_bnb(layer: Layer, lora: bool, training: bool):
 def dense(layer: Layer):
     def fn(x):
         return x @ layer.weight.t()
+
     return fn
 
 

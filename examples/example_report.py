@@ -3,6 +3,7 @@
 An example's README holds its measured table between ``<!-- results:start -->`` and
 ``<!-- results:end -->``; ``write_results`` replaces only that part.
 """
+
 from __future__ import annotations
 
 import os
@@ -15,8 +16,10 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
 def machine() -> str:
-    return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores, "
-            f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
+    return (
+        f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    )
 
 
 def write_results(readme: Path, text: str) -> None:

@@ -6,6 +6,7 @@ For each prompt of examples/data/format_eval.jsonl it generates greedily with th
 (adapter disabled) and with the adapter, and counts answers that parse as
 ``{"answer": ..., "topic": ...}`` and whose answer equals the reference. Prints a few examples.
 """
+
 import argparse
 import json
 from pathlib import Path

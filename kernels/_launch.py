@@ -3,6 +3,7 @@
 Block sizes: the interpreter (CPU, TRITON_INTERPRET=1) is fastest with few, large programs;
 compiled GPU code wants 16 <= block and tensor-core friendly tiles.
 """
+
 from __future__ import annotations
 
 import os

@@ -3,14 +3,27 @@
 W[n, k] = level(c[n * K + k]) * absmax[(n * K + k) // BLOCK], with the layouts of formats.py;
 for double quantization absmax[j] = dynamic[q[j]] * nested[j // 256] + offset. All in fp32.
 """
+
 import triton
 import triton.language as tl
 
 
 @triton.jit
-def weight_tile(codes_ptr, absmax_ptr, nested_ptr, offset_ptr, levels_ptr, dynamic_ptr,
-                offs_n, offs_k, N, K,
-                BLOCK: tl.constexpr, BITS: tl.constexpr, NESTED: tl.constexpr):
+def weight_tile(
+    codes_ptr,
+    absmax_ptr,
+    nested_ptr,
+    offset_ptr,
+    levels_ptr,
+    dynamic_ptr,
+    offs_n,
+    offs_k,
+    N,
+    K,
+    BLOCK: tl.constexpr,
+    BITS: tl.constexpr,
+    NESTED: tl.constexpr,
+):
     # offs_n (BN,), offs_k (BK,) -> fp32 (BN, BK); zero outside (N, K)
     mask = (offs_n[:, None] < N) & (offs_k[None, :] < K)
     idx = offs_n[:, None].to(tl.int64) * K + offs_k[None, :]

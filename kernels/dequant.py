@@ -3,6 +3,7 @@
 W[n, k] = level(c) * absmax (formats.py). No autograd Function: the codes take no gradient; the
 trainable paths (qmatmul, qlora) never call this and never hold a dense W.
 """
+
 from __future__ import annotations
 
 import torch
@@ -16,13 +17,39 @@ from .formats import QuantWeight
 
 
 @triton.jit
-def _dequantize_kernel(out_ptr, codes_ptr, absmax_ptr, nested_ptr, offset_ptr, levels_ptr, dynamic_ptr, N, K,
-                       BLOCK: tl.constexpr, BITS: tl.constexpr, NESTED: tl.constexpr,
-                       BN: tl.constexpr, BK: tl.constexpr):
+def _dequantize_kernel(
+    out_ptr,
+    codes_ptr,
+    absmax_ptr,
+    nested_ptr,
+    offset_ptr,
+    levels_ptr,
+    dynamic_ptr,
+    N,
+    K,
+    BLOCK: tl.constexpr,
+    BITS: tl.constexpr,
+    NESTED: tl.constexpr,
+    BN: tl.constexpr,
+    BK: tl.constexpr,
+):
     offs_n = tl.program_id(0) * BN + tl.arange(0, BN)
     offs_k = tl.program_id(1) * BK + tl.arange(0, BK)
-    w = weight_tile(codes_ptr, absmax_ptr, nested_ptr, offset_ptr, levels_ptr, dynamic_ptr,
-                    offs_n, offs_k, N, K, BLOCK, BITS, NESTED)
+    w = weight_tile(
+        codes_ptr,
+        absmax_ptr,
+        nested_ptr,
+        offset_ptr,
+        levels_ptr,
+        dynamic_ptr,
+        offs_n,
+        offs_k,
+        N,
+        K,
+        BLOCK,
+        BITS,
+        NESTED,
+    )
     mask = (offs_n[:, None] < N) & (offs_k[None, :] < K)
     tl.store(out_ptr + offs_n[:, None] * K + offs_k[None, :], w.to(out_ptr.dtype.element_ty), mask=mask)
 

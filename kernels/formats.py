@@ -14,6 +14,7 @@
     bitsandbytes dequantizes with exactly the map it was saved with.
 8-bit: blockwise symmetric int8, W[i] = q[i] * a[i // block] / 127, q in [-127, 127].
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,10 +32,22 @@ INT8_MAX = 127.0
 
 # NF4 levels: quantiles of N(0, 1) with an exact zero (QLoRA appendix E), as bitsandbytes lists them.
 _NF4 = [
-    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
-    -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
-    0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
-    0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
+    -1.0,
+    -0.6961928009986877,
+    -0.5250730514526367,
+    -0.39491748809814453,
+    -0.28444138169288635,
+    -0.18477343022823334,
+    -0.09105003625154495,
+    0.0,
+    0.07958029955625534,
+    0.16093020141124725,
+    0.24611230194568634,
+    0.33791524171829224,
+    0.44070982933044434,
+    0.5626170039176941,
+    0.7229568362236023,
+    1.0,
 ]
 # FP4 (e2m1, exponent bias 2) in bit-pattern order, before normalising by the largest magnitude.
 _FP4 = [0, 0.0625, 8.0, 12.0, 4.0, 6.0, 2.0, 3.0, -0.0, -0.0625, -8.0, -12.0, -4.0, -6.0, -2.0, -3.0]
@@ -60,7 +73,7 @@ def dynamic_map(device=None) -> Tensor:
     if key not in _CACHE:
         data = []
         for i in range(7):  # 7 exponent bits at most; fewer fraction bits as the exponent shrinks
-            bounds = torch.linspace(0.1, 1, 2 ** i + 1, dtype=torch.float32)
+            bounds = torch.linspace(0.1, 1, 2**i + 1, dtype=torch.float32)
             means = (bounds[:-1] + bounds[1:]) / 2.0
             data += ((10 ** (-6 + i)) * means).tolist()
             data += (-(10 ** (-6 + i)) * means).tolist()

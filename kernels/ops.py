@@ -7,6 +7,7 @@ Backend, read every time an op runs (so a running process can switch it):
 ``triton`` asks for the kernels: on CPU tensors they run only under TRITON_INTERPRET=1 (how CI
 tests them); without triton, or on CPU without the interpreter, it fails loudly.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -63,16 +64,26 @@ def uses_triton(tensor: Tensor) -> bool:
     if name == "auto":
         return tensor.is_cuda and triton_installed()
     if not runnable:
-        why = "triton is not installed" if not triton_installed() else \
-            f"the tensors are on {tensor.device} (Triton needs CUDA, or TRITON_INTERPRET=1 set before import)"
-        raise RuntimeError(f"backend 'triton' was requested but {why}; "
-                           "use ADAPTERKIT_BACKEND=auto or reference, or install triton / move to a GPU")
+        why = (
+            "triton is not installed"
+            if not triton_installed()
+            else f"the tensors are on {tensor.device} (Triton needs CUDA, or TRITON_INTERPRET=1 set before import)"
+        )
+        raise RuntimeError(
+            f"backend 'triton' was requested but {why}; "
+            "use ADAPTERKIT_BACKEND=auto or reference, or install triton / move to a GPU"
+        )
     return True
 
 
 # -- public ops --------------------------------------------------------------------------------
-def quantize(weight: Tensor, bits: int = 4, quant_type: str = "nf4", block: int = formats.DEFAULT_BLOCK,
-             double_quant: bool = True) -> QuantWeight:
+def quantize(
+    weight: Tensor,
+    bits: int = 4,
+    quant_type: str = "nf4",
+    block: int = formats.DEFAULT_BLOCK,
+    double_quant: bool = True,
+) -> QuantWeight:
     """(out, in) float weight -> QuantWeight (reference code on every backend: it runs once)."""
     return reference.quantize(weight, bits, quant_type, block, double_quant)
 
@@ -98,8 +109,9 @@ def qmatmul(x: Tensor, qw: QuantWeight, bias: Optional[Tensor] = None) -> Tensor
     return reference.maybe_bias(y, bias).view(*x.shape[:-1], qw.shape[0])
 
 
-def qlora_matmul(x: Tensor, qw: QuantWeight, a: Tensor, b: Tensor, scale: float,
-                 bias: Optional[Tensor] = None) -> Tensor:
+def qlora_matmul(
+    x: Tensor, qw: QuantWeight, a: Tensor, b: Tensor, scale: float, bias: Optional[Tensor] = None
+) -> Tensor:
     """x (..., K) -> x @ W^T + scale * (x @ A^T) @ B^T + bias (..., N); A (r, K), B (N, r)."""
     x2 = x.reshape(-1, x.shape[-1])
     if uses_triton(x2):

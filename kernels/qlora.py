@@ -4,6 +4,7 @@ x (M, K), W (N, K) quantized and frozen, A (r, K), B (N, r). Forward: ``_qmatmul
 its LoRA branch on (qmatmul.py). Backward (Hu et al. 2021, LoRA; QLoRA keeps W frozen):
     dh = scale * dy @ B;  dx = dy @ W + dh @ A (fused kernel for dy @ W);  dA = dh^T x;  dB = scale dy^T (x A^T)
 """
+
 from __future__ import annotations
 
 import torch

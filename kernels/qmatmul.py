@@ -7,6 +7,7 @@ also feeds h = x @ A^T (BM, R), and the tile ends with acc += scale * h @ B^T: x
 Decode shapes (M <= 16) split K over programs (SPLIT_K) so that reading the 4-bit weight, the
 bound at small M, is spread over the whole GPU; partial sums are added afterwards (linear in h too).
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -22,11 +23,36 @@ from .formats import QuantWeight
 
 
 @triton.jit
-def _qmatmul_kernel(x_ptr, out_ptr, codes_ptr, absmax_ptr, nested_ptr, offset_ptr, levels_ptr, dynamic_ptr,
-                    a_ptr, b_ptr, scale, M, N, K, R, stride_xm, stride_om, stride_os,
-                    BLOCK: tl.constexpr, BITS: tl.constexpr, NESTED: tl.constexpr,
-                    HAS_LORA: tl.constexpr, RP: tl.constexpr, PREC: tl.constexpr,
-                    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLIT_K: tl.constexpr):
+def _qmatmul_kernel(
+    x_ptr,
+    out_ptr,
+    codes_ptr,
+    absmax_ptr,
+    nested_ptr,
+    offset_ptr,
+    levels_ptr,
+    dynamic_ptr,
+    a_ptr,
+    b_ptr,
+    scale,
+    M,
+    N,
+    K,
+    R,
+    stride_xm,
+    stride_om,
+    stride_os,
+    BLOCK: tl.constexpr,
+    BITS: tl.constexpr,
+    NESTED: tl.constexpr,
+    HAS_LORA: tl.constexpr,
+    RP: tl.constexpr,
+    PREC: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BK: tl.constexpr,
+    SPLIT_K: tl.constexpr,
+):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_s = tl.program_id(2)
@@ -44,8 +70,21 @@ def _qmatmul_kernel(x_ptr, out_ptr, codes_ptr, absmax_ptr, nested_ptr, offset_pt
         x_mask = (offs_m[:, None] < M) & (offs_k[None, :] < K)
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :], mask=x_mask, other=0.0)
         x = x.to(tl.float32).to(dot_dtype)  # fp32 right after the load: the interpreter's bf16 is wrong
-        w = weight_tile(codes_ptr, absmax_ptr, nested_ptr, offset_ptr, levels_ptr, dynamic_ptr,
-                        offs_n, offs_k, N, K, BLOCK, BITS, NESTED)  # (BN, BK) fp32
+        w = weight_tile(
+            codes_ptr,
+            absmax_ptr,
+            nested_ptr,
+            offset_ptr,
+            levels_ptr,
+            dynamic_ptr,
+            offs_n,
+            offs_k,
+            N,
+            K,
+            BLOCK,
+            BITS,
+            NESTED,
+        )  # (BN, BK) fp32
         acc += tl.dot(x, tl.trans(w).to(dot_dtype), input_precision=PREC)
         if HAS_LORA:
             a_mask = (offs_r[None, :] < R) & (offs_k[:, None] < K)
@@ -60,8 +99,14 @@ def _qmatmul_kernel(x_ptr, out_ptr, codes_ptr, absmax_ptr, nested_ptr, offset_pt
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
 
 
-def qmatmul_triton(x: Tensor, qw: QuantWeight, a: Optional[Tensor] = None, b: Optional[Tensor] = None,
-                   scale: float = 1.0, blocks: Optional[dict] = None) -> Tensor:
+def qmatmul_triton(
+    x: Tensor,
+    qw: QuantWeight,
+    a: Optional[Tensor] = None,
+    b: Optional[Tensor] = None,
+    scale: float = 1.0,
+    blocks: Optional[dict] = None,
+) -> Tensor:
     """x (M, K) -> x @ W^T [+ scale * (x @ A^T) @ B^T] (M, N), in x's dtype.
 
     ``blocks`` overrides the block sizes / SPLIT_K that ``_launch.matmul_blocks`` picks.
@@ -80,10 +125,28 @@ def qmatmul_triton(x: Tensor, qw: QuantWeight, a: Optional[Tensor] = None, b: Op
     grid = (triton.cdiv(m, cfg["BM"]), triton.cdiv(n, cfg["BN"]), split)
     extra = {key: cfg[key] for key in ("num_warps", "num_stages") if key in cfg}
     _qmatmul_kernel[grid](
-        x, out, *_launch.weight_args(qw), a if has_lora else x, b if has_lora else x, float(scale),
-        m, n, k, r, x.stride(0), out.stride(1), out.stride(0),
-        HAS_LORA=has_lora, RP=max(16, _launch.next_pow2(r)), PREC=_launch.dot_precision(x.dtype),
-        BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"], SPLIT_K=split, **_launch.weight_meta(qw), **extra,
+        x,
+        out,
+        *_launch.weight_args(qw),
+        a if has_lora else x,
+        b if has_lora else x,
+        float(scale),
+        m,
+        n,
+        k,
+        r,
+        x.stride(0),
+        out.stride(1),
+        out.stride(0),
+        HAS_LORA=has_lora,
+        RP=max(16, _launch.next_pow2(r)),
+        PREC=_launch.dot_precision(x.dtype),
+        BM=cfg["BM"],
+        BN=cfg["BN"],
+        BK=cfg["BK"],
+        SPLIT_K=split,
+        **_launch.weight_meta(qw),
+        **extra,
     )
     return out[0] if split == 1 else out.sum(0).to(x.dtype)
 

@@ -6,6 +6,7 @@ Layouts are defined in ``formats.py``. The matmuls compute, for x (M, K) and W (
     qlora_matmul:        y  = x @ W^T + scale * (x @ A^T) @ B^T,  A (r, K), B (N, r)
 each by dequantizing W to the input dtype and calling torch.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -50,8 +51,9 @@ def _double_quant(absmax: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return q, nested, offset, levels
 
 
-def quantize_4bit(weight: Tensor, quant_type: str = "nf4", block: int = formats.DEFAULT_BLOCK,
-                  double_quant: bool = True) -> QuantWeight:
+def quantize_4bit(
+    weight: Tensor, quant_type: str = "nf4", block: int = formats.DEFAULT_BLOCK, double_quant: bool = True
+) -> QuantWeight:
     """(out, in) float weight -> 4-bit QuantWeight, the bytes bitsandbytes' quantize_4bit writes."""
     formats.check_format(quant_type, block, double_quant)
     flat = weight.detach().reshape(-1).float()
@@ -75,8 +77,13 @@ def quantize_8bit(weight: Tensor, block: int = formats.DEFAULT_BLOCK) -> QuantWe
     return QuantWeight(codes, absmax, tuple(weight.shape), formats.QUANT_TYPE_8BIT, block)
 
 
-def quantize(weight: Tensor, bits: int = 4, quant_type: str = "nf4", block: int = formats.DEFAULT_BLOCK,
-             double_quant: bool = True) -> QuantWeight:
+def quantize(
+    weight: Tensor,
+    bits: int = 4,
+    quant_type: str = "nf4",
+    block: int = formats.DEFAULT_BLOCK,
+    double_quant: bool = True,
+) -> QuantWeight:
     if bits == 8:
         return quantize_8bit(weight, block)
     return quantize_4bit(weight, quant_type, block, double_quant)

@@ -1,4 +1,5 @@
 """Shared test assertions and probes."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """Test setup: offline, CPU, the Triton interpreter, and tiny models built from configs."""
+
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

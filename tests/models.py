@@ -1,4 +1,5 @@
 """Tiny models built from configs (no download): the fixtures most tests run on."""
+
 from __future__ import annotations
 
 import torch
@@ -10,8 +11,15 @@ VOCAB = 97
 def tiny_llama(**overrides):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-               num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=64)
+    cfg = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=VOCAB,
+        max_position_embeddings=64,
+    )
     cfg.update(overrides)
     torch.manual_seed(0)
     return LlamaForCausalLM(LlamaConfig(**cfg)).eval()
@@ -29,8 +37,15 @@ def tiny_gpt2(**overrides):
 def tiny_bert(num_labels: int = 3, **overrides):
     from transformers import BertConfig, BertForSequenceClassification
 
-    cfg = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-               vocab_size=VOCAB, max_position_embeddings=64, num_labels=num_labels)
+    cfg = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        vocab_size=VOCAB,
+        max_position_embeddings=64,
+        num_labels=num_labels,
+    )
     cfg.update(overrides)
     torch.manual_seed(0)
     return BertForSequenceClassification(BertConfig(**cfg)).eval()
@@ -39,8 +54,18 @@ def tiny_bert(num_labels: int = 3, **overrides):
 def tiny_t5(**overrides):
     from transformers import T5Config, T5ForConditionalGeneration
 
-    cfg = dict(d_model=32, d_ff=64, d_kv=8, num_layers=2, num_decoder_layers=2, num_heads=4,
-               vocab_size=VOCAB, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    cfg = dict(
+        d_model=32,
+        d_ff=64,
+        d_kv=8,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        vocab_size=VOCAB,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
     cfg.update(overrides)
     torch.manual_seed(0)
     return T5ForConditionalGeneration(T5Config(**cfg)).eval()
@@ -49,8 +74,16 @@ def tiny_t5(**overrides):
 def tiny_vit(**overrides):
     from transformers import ViTConfig, ViTForImageClassification
 
-    cfg = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-               image_size=16, patch_size=4, num_channels=3, num_labels=5)
+    cfg = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=16,
+        patch_size=4,
+        num_channels=3,
+        num_labels=5,
+    )
     cfg.update(overrides)
     torch.manual_seed(0)
     return ViTForImageClassification(ViTConfig(**cfg)).eval()
@@ -80,8 +113,18 @@ def tokens(batch: int = 2, length: int = 7) -> torch.Tensor:
 def tiny_opt(**overrides):
     from transformers import OPTConfig, OPTForCausalLM
 
-    cfg = dict(hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=VOCAB,
-               max_position_embeddings=64, word_embed_proj_dim=32, pad_token_id=0, bos_token_id=2, eos_token_id=2)
+    cfg = dict(
+        hidden_size=32,
+        ffn_dim=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        vocab_size=VOCAB,
+        max_position_embeddings=64,
+        word_embed_proj_dim=32,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=2,
+    )
     cfg.update(overrides)
     torch.manual_seed(0)
     return OPTForCausalLM(OPTConfig(**cfg)).eval()
@@ -90,8 +133,15 @@ def tiny_opt(**overrides):
 def tiny_qwen2(**overrides):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    cfg = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-               num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=64)
+    cfg = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=VOCAB,
+        max_position_embeddings=64,
+    )
     cfg.update(overrides)
     torch.manual_seed(0)
     return Qwen2ForCausalLM(Qwen2Config(**cfg)).eval()

@@ -1,4 +1,5 @@
 """The same model with the same LoRA weights in PEFT: the oracle for adapterkit's numerics."""
+
 from __future__ import annotations
 
 import torch
@@ -11,10 +12,17 @@ from adapterkit.methods.lora import LoRALayer
 def peft_lora_config(cfg: ak.LoRAConfig, **extra):
     from peft import LoraConfig
 
-    return LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                      target_modules=cfg.targets if isinstance(cfg.targets, str) else list(cfg.targets),
-                      use_rslora=cfg.rslora, use_dora=cfg.dora, init_lora_weights=False,
-                      modules_to_save=list(cfg.train_modules) or None, **extra)
+    return LoraConfig(
+        r=cfg.rank,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=cfg.targets if isinstance(cfg.targets, str) else list(cfg.targets),
+        use_rslora=cfg.rslora,
+        use_dora=cfg.dora,
+        init_lora_weights=False,
+        modules_to_save=list(cfg.train_modules) or None,
+        **extra,
+    )
 
 
 @torch.no_grad()
@@ -75,8 +83,7 @@ def peft_reference(run, what: str):
     except ValueError as error:
         if "does not support past key values" not in str(error):
             raise
-        pytest.skip(f"PEFT {peft.__version__} cannot run {what} under transformers {transformers.__version__}: "
-                    f"{error}")
+        pytest.skip(f"PEFT {peft.__version__} cannot run {what} under transformers {transformers.__version__}: {error}")
 
 
 def named_twins(factory, configs: dict, **peft_extra):

@@ -1,5 +1,6 @@
 """Several adapters on one model against PEFT: deleting the active one, and several active DoRA
 adapters on one layer (each rescales the output of those before it, as PEFT's forward does)."""
+
 import pytest
 import torch
 
@@ -109,8 +110,11 @@ def test_two_active_dora_adapters_train_as_peft():
     for layer_name, layer in ak.inject.adapter_layers(ours):
         prefix = f"base_model.model.{layer_name}"
         for name, lora in layer.adapters.items():
-            pairs = [(lora.a, f"lora_A.{name}.weight"), (lora.b, f"lora_B.{name}.weight"),
-                     (lora.magnitude, f"lora_magnitude_vector.{name}.weight")]
+            pairs = [
+                (lora.a, f"lora_A.{name}.weight"),
+                (lora.b, f"lora_B.{name}.weight"),
+                (lora.magnitude, f"lora_magnitude_vector.{name}.weight"),
+            ]
             for ours_p, key in pairs:
                 expected = peft[f"{prefix}.{key}"]
                 scale = expected.abs().max().item()

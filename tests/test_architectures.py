@@ -2,6 +2,7 @@
 configs. For each, "all-linear" LoRA attaches, trains (the loss falls), saves and loads back with
 equal outputs, merges equal to unmerged, generates where the model generates (equal to the merged
 model's tokens), and equals PEFT on the same weights where PEFT supports the case."""
+
 from __future__ import annotations
 
 import copy
@@ -17,8 +18,14 @@ from tests.checks import assert_close_scaled
 from tests.peft_twin import copy_by_file_keys
 
 V = 97
-TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=V,
-            max_position_embeddings=64)
+TEXT = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    vocab_size=V,
+    max_position_embeddings=64,
+)
 
 
 def _model(config_cls: str, model_cls: str, **config):
@@ -46,8 +53,10 @@ def _seq2seq():
 
 
 def _pixels(size=16, channels=3):
-    return lambda: {"pixel_values": torch.randn(2, channels, size, size, generator=torch.Generator().manual_seed(2)),
-                    "labels": torch.tensor([0, 1])}
+    return lambda: {
+        "pixel_values": torch.randn(2, channels, size, size, generator=torch.Generator().manual_seed(2)),
+        "labels": torch.tensor([0, 1]),
+    }
 
 
 def _clip():
@@ -60,8 +69,10 @@ def _whisper():
 
 
 def _ctc():
-    return {"input_values": torch.randn(2, 400, generator=torch.Generator().manual_seed(4)),
-            "labels": torch.randint(1, 20, (2, 5), generator=torch.Generator().manual_seed(5))}
+    return {
+        "input_values": torch.randn(2, 400, generator=torch.Generator().manual_seed(4)),
+        "labels": torch.randint(1, 20, (2, 5), generator=torch.Generator().manual_seed(5)),
+    }
 
 
 KV = dict(num_key_value_heads=2)
@@ -72,59 +83,237 @@ FAMILIES = {
     "qwen3": (lambda: _model("Qwen3Config", "Qwen3ForCausalLM", head_dim=8, **KV, **TEXT), _causal, "causal"),
     "mistral": (lambda: _model("MistralConfig", "MistralForCausalLM", **KV, **TEXT), _causal, "causal"),
     "gemma2": (lambda: _model("Gemma2Config", "Gemma2ForCausalLM", head_dim=8, **KV, **TEXT), _causal, "causal"),
-    "gemma3": (lambda: _model("Gemma3TextConfig", "Gemma3ForCausalLM", head_dim=8, **KV, **TEXT), _causal,
-               "causal"),
-    "phi3": (lambda: _model("Phi3Config", "Phi3ForCausalLM", pad_token_id=0, eos_token_id=1, bos_token_id=2, **KV,
-                            **TEXT), _causal, "causal"),
-    "gpt2": (lambda: _model("GPT2Config", "GPT2LMHeadModel", n_embd=32, n_layer=2, n_head=4, vocab_size=V,
-                            n_positions=64, bos_token_id=1, eos_token_id=2), _causal, "causal"),
-    "gpt-neox": (lambda: _model("GPTNeoXConfig", "GPTNeoXForCausalLM", eos_token_id=2, bos_token_id=1, **TEXT),
-                 _causal, "causal"),
-    "falcon": (lambda: _model("FalconConfig", "FalconForCausalLM", hidden_size=32, num_hidden_layers=2,
-                              num_attention_heads=4, vocab_size=V, eos_token_id=2, bos_token_id=1), _causal, "causal"),
-    "opt": (lambda: _model("OPTConfig", "OPTForCausalLM", hidden_size=32, ffn_dim=64, num_hidden_layers=2,
-                           num_attention_heads=4, vocab_size=V, max_position_embeddings=64, word_embed_proj_dim=32,
-                           pad_token_id=0, bos_token_id=2, eos_token_id=2), _causal, "causal"),
-    "mixtral": (lambda: _model("MixtralConfig", "MixtralForCausalLM", num_local_experts=4, num_experts_per_tok=2,
-                               **KV, **TEXT), _causal, "causal"),
-    "qwen2-moe": (lambda: _model("Qwen2MoeConfig", "Qwen2MoeForCausalLM", num_experts=4, num_experts_per_tok=2,
-                                 moe_intermediate_size=32, shared_expert_intermediate_size=32, **KV, **TEXT),
-                  _causal, "causal"),
-    "qwen3-moe": (lambda: _model("Qwen3MoeConfig", "Qwen3MoeForCausalLM", num_experts=4, num_experts_per_tok=2,
-                                 moe_intermediate_size=32, head_dim=8, **KV, **TEXT), _causal, "causal"),
+    "gemma3": (lambda: _model("Gemma3TextConfig", "Gemma3ForCausalLM", head_dim=8, **KV, **TEXT), _causal, "causal"),
+    "phi3": (
+        lambda: _model("Phi3Config", "Phi3ForCausalLM", pad_token_id=0, eos_token_id=1, bos_token_id=2, **KV, **TEXT),
+        _causal,
+        "causal",
+    ),
+    "gpt2": (
+        lambda: _model(
+            "GPT2Config",
+            "GPT2LMHeadModel",
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            vocab_size=V,
+            n_positions=64,
+            bos_token_id=1,
+            eos_token_id=2,
+        ),
+        _causal,
+        "causal",
+    ),
+    "gpt-neox": (
+        lambda: _model("GPTNeoXConfig", "GPTNeoXForCausalLM", eos_token_id=2, bos_token_id=1, **TEXT),
+        _causal,
+        "causal",
+    ),
+    "falcon": (
+        lambda: _model(
+            "FalconConfig",
+            "FalconForCausalLM",
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            vocab_size=V,
+            eos_token_id=2,
+            bos_token_id=1,
+        ),
+        _causal,
+        "causal",
+    ),
+    "opt": (
+        lambda: _model(
+            "OPTConfig",
+            "OPTForCausalLM",
+            hidden_size=32,
+            ffn_dim=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            vocab_size=V,
+            max_position_embeddings=64,
+            word_embed_proj_dim=32,
+            pad_token_id=0,
+            bos_token_id=2,
+            eos_token_id=2,
+        ),
+        _causal,
+        "causal",
+    ),
+    "mixtral": (
+        lambda: _model("MixtralConfig", "MixtralForCausalLM", num_local_experts=4, num_experts_per_tok=2, **KV, **TEXT),
+        _causal,
+        "causal",
+    ),
+    "qwen2-moe": (
+        lambda: _model(
+            "Qwen2MoeConfig",
+            "Qwen2MoeForCausalLM",
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            shared_expert_intermediate_size=32,
+            **KV,
+            **TEXT,
+        ),
+        _causal,
+        "causal",
+    ),
+    "qwen3-moe": (
+        lambda: _model(
+            "Qwen3MoeConfig",
+            "Qwen3MoeForCausalLM",
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            head_dim=8,
+            **KV,
+            **TEXT,
+        ),
+        _causal,
+        "causal",
+    ),
     "bert": (lambda: _model("BertConfig", "BertForSequenceClassification", num_labels=2, **TEXT), _classify, "cls"),
-    "roberta": (lambda: _model("RobertaConfig", "RobertaForSequenceClassification", num_labels=2, pad_token_id=1,
-                               **TEXT), _classify, "cls"),
-    "deberta-v2": (lambda: _model("DebertaV2Config", "DebertaV2ForSequenceClassification", num_labels=2, **TEXT),
-                   _classify, "cls"),
-    "t5": (lambda: _model("T5Config", "T5ForConditionalGeneration", d_model=32, d_ff=64, d_kv=8, num_layers=2,
-                          num_heads=4, vocab_size=V, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1),
-           _seq2seq, "seq2seq"),
-    "bart": (lambda: _model("BartConfig", "BartForConditionalGeneration", d_model=32, encoder_layers=2,
-                            decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
-                            encoder_ffn_dim=64, decoder_ffn_dim=64, vocab_size=V, max_position_embeddings=64),
-             _seq2seq, "seq2seq"),
-    "vit": (lambda: _model("ViTConfig", "ViTForImageClassification", hidden_size=32, intermediate_size=64,
-                           num_hidden_layers=2, num_attention_heads=4, image_size=16, patch_size=4, num_labels=2),
-            _pixels(), "image"),
-    "resnet": (lambda: _model("ResNetConfig", "ResNetForImageClassification", embedding_size=8,
-                              hidden_sizes=[8, 16], depths=[1, 1], num_labels=2), _pixels(), "image"),
-    "clip": (lambda: _model("CLIPConfig", "CLIPModel", text_config=dict(hidden_size=32, intermediate_size=64,
-                                                                        num_hidden_layers=2, num_attention_heads=4,
-                                                                        vocab_size=V, max_position_embeddings=64),
-                            vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                               num_attention_heads=4, image_size=16, patch_size=4),
-                            projection_dim=16), _clip, "clip"),
-    "whisper": (lambda: _model("WhisperConfig", "WhisperForConditionalGeneration", d_model=32, encoder_layers=2,
-                               decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
-                               encoder_ffn_dim=64, decoder_ffn_dim=64, vocab_size=V, num_mel_bins=16,
-                               max_source_positions=16, max_target_positions=32, decoder_start_token_id=1,
-                               pad_token_id=0, eos_token_id=2, bos_token_id=1), _whisper, "seq2seq"),
-    "wav2vec2-ctc": (lambda: _model("Wav2Vec2Config", "Wav2Vec2ForCTC", hidden_size=32, intermediate_size=64,
-                                    num_hidden_layers=2, num_attention_heads=4, vocab_size=20,
-                                    conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 8),
-                                    num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=2,
-                                    ctc_loss_reduction="mean", pad_token_id=0), _ctc, "ctc"),
+    "roberta": (
+        lambda: _model("RobertaConfig", "RobertaForSequenceClassification", num_labels=2, pad_token_id=1, **TEXT),
+        _classify,
+        "cls",
+    ),
+    "deberta-v2": (
+        lambda: _model("DebertaV2Config", "DebertaV2ForSequenceClassification", num_labels=2, **TEXT),
+        _classify,
+        "cls",
+    ),
+    "t5": (
+        lambda: _model(
+            "T5Config",
+            "T5ForConditionalGeneration",
+            d_model=32,
+            d_ff=64,
+            d_kv=8,
+            num_layers=2,
+            num_heads=4,
+            vocab_size=V,
+            decoder_start_token_id=0,
+            pad_token_id=0,
+            eos_token_id=1,
+        ),
+        _seq2seq,
+        "seq2seq",
+    ),
+    "bart": (
+        lambda: _model(
+            "BartConfig",
+            "BartForConditionalGeneration",
+            d_model=32,
+            encoder_layers=2,
+            decoder_layers=2,
+            encoder_attention_heads=4,
+            decoder_attention_heads=4,
+            encoder_ffn_dim=64,
+            decoder_ffn_dim=64,
+            vocab_size=V,
+            max_position_embeddings=64,
+        ),
+        _seq2seq,
+        "seq2seq",
+    ),
+    "vit": (
+        lambda: _model(
+            "ViTConfig",
+            "ViTForImageClassification",
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=16,
+            patch_size=4,
+            num_labels=2,
+        ),
+        _pixels(),
+        "image",
+    ),
+    "resnet": (
+        lambda: _model(
+            "ResNetConfig",
+            "ResNetForImageClassification",
+            embedding_size=8,
+            hidden_sizes=[8, 16],
+            depths=[1, 1],
+            num_labels=2,
+        ),
+        _pixels(),
+        "image",
+    ),
+    "clip": (
+        lambda: _model(
+            "CLIPConfig",
+            "CLIPModel",
+            text_config=dict(
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                vocab_size=V,
+                max_position_embeddings=64,
+            ),
+            vision_config=dict(
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                image_size=16,
+                patch_size=4,
+            ),
+            projection_dim=16,
+        ),
+        _clip,
+        "clip",
+    ),
+    "whisper": (
+        lambda: _model(
+            "WhisperConfig",
+            "WhisperForConditionalGeneration",
+            d_model=32,
+            encoder_layers=2,
+            decoder_layers=2,
+            encoder_attention_heads=4,
+            decoder_attention_heads=4,
+            encoder_ffn_dim=64,
+            decoder_ffn_dim=64,
+            vocab_size=V,
+            num_mel_bins=16,
+            max_source_positions=16,
+            max_target_positions=32,
+            decoder_start_token_id=1,
+            pad_token_id=0,
+            eos_token_id=2,
+            bos_token_id=1,
+        ),
+        _whisper,
+        "seq2seq",
+    ),
+    "wav2vec2-ctc": (
+        lambda: _model(
+            "Wav2Vec2Config",
+            "Wav2Vec2ForCTC",
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            vocab_size=20,
+            conv_dim=(16, 16),
+            conv_stride=(5, 4),
+            conv_kernel=(10, 8),
+            num_conv_pos_embeddings=8,
+            num_conv_pos_embedding_groups=2,
+            ctc_loss_reduction="mean",
+            pad_token_id=0,
+        ),
+        _ctc,
+        "ctc",
+    ),
 }
 NAMES = sorted(FAMILIES)
 # transformers 5 keeps experts as fused 3-D parameters and the router's weight in a module of its own:
@@ -147,7 +336,7 @@ def _noised(model):
     """Adapter B factors moved off zero, so the adapter changes the output."""
     gen = torch.Generator().manual_seed(7)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for _name, p in model.named_parameters():
             if p.requires_grad:
                 p.add_(0.2 * torch.randn(p.shape, generator=gen))
     return model
@@ -170,8 +359,10 @@ def _eval_loss(model, inputs) -> float:
 KNOWN: dict[str, str] = {}
 
 
-@pytest.mark.parametrize("family", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=KNOWN[n]))
-                                    if n in KNOWN else n for n in NAMES])
+@pytest.mark.parametrize(
+    "family",
+    [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=KNOWN[n])) if n in KNOWN else n for n in NAMES],
+)
 def test_attach_train_save_load_merge(family, tmp_path):
     make, inputs_fn, kind = FAMILIES[family]
     base, inputs = make(), inputs_fn()
@@ -227,11 +418,22 @@ def test_equals_peft_on_the_same_weights(family):
     targets = "all-linear"
     if family in MOE:
         targets = sorted(n for n, layer in ak.inject.adapter_layers(ours) if isinstance(layer, LoRALayer))
-    theirs = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(
-        r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False, task_type=_headed_task(base),
-        target_parameters=list(config.target_parameters) or None)).eval()
-    theirs_layers = {n.removeprefix("base_model.model.").replace(".base_layer", "")
-                     for n, m in theirs.named_modules() if hasattr(m, "lora_A")}
+    theirs = peft.get_peft_model(
+        copy.deepcopy(base),
+        peft.LoraConfig(
+            r=4,
+            lora_alpha=8,
+            target_modules=targets,
+            init_lora_weights=False,
+            task_type=_headed_task(base),
+            target_parameters=list(config.target_parameters) or None,
+        ),
+    ).eval()
+    theirs_layers = {
+        n.removeprefix("base_model.model.").replace(".base_layer", "")
+        for n, m in theirs.named_modules()
+        if hasattr(m, "lora_A")
+    }
     assert ours_layers == theirs_layers  # "all-linear" picks the same modules as PEFT
     copy_by_file_keys(ours, theirs)
     with torch.no_grad():

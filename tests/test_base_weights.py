@@ -1,4 +1,5 @@
 """ak.base_state_dict: the un-adapted model's names; values of ak.merge on a copy; the model unchanged."""
+
 import copy
 
 import pytest

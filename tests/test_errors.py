@@ -1,4 +1,5 @@
 """Every user error of the core is a clear AdapterKitError (and the builtin a caller would catch)."""
+
 import json
 
 import pytest
@@ -9,20 +10,23 @@ import adapterkit as ak
 from tests.models import tiny_gpt2, tiny_llama
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(rank=0), "rank must be a positive integer"),
-    (dict(rank=-2), "rank must be a positive integer"),
-    (dict(rank=2.5), "rank must be a positive integer"),
-    (dict(alpha=0), "alpha must be a positive number"),
-    (dict(alpha=float("nan")), "alpha must be a positive number"),
-    (dict(dropout=1.0), r"dropout must be a number in \[0, 1\)"),
-    (dict(dropout=-0.1), r"dropout must be a number in \[0, 1\)"),
-    (dict(init="xavier"), "init must be one of"),
-    (dict(layers=[-1]), "layers must be block indices"),
-    (dict(targets=[]), "targets is empty"),
-    (dict(rslora="yes"), "rslora must be true or false"),
-    (dict(rnak=4), r"unknown field 'rnak' \(did you mean 'rank'\?\)"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(rank=0), "rank must be a positive integer"),
+        (dict(rank=-2), "rank must be a positive integer"),
+        (dict(rank=2.5), "rank must be a positive integer"),
+        (dict(alpha=0), "alpha must be a positive number"),
+        (dict(alpha=float("nan")), "alpha must be a positive number"),
+        (dict(dropout=1.0), r"dropout must be a number in \[0, 1\)"),
+        (dict(dropout=-0.1), r"dropout must be a number in \[0, 1\)"),
+        (dict(init="xavier"), "init must be one of"),
+        (dict(layers=[-1]), "layers must be block indices"),
+        (dict(targets=[]), "targets is empty"),
+        (dict(rslora="yes"), "rslora must be true or false"),
+        (dict(rnak=4), r"unknown field 'rnak' \(did you mean 'rank'\?\)"),
+    ],
+)
 def test_invalid_config_values_raise_at_construction(kwargs, match):
     with pytest.raises(ak.ConfigError, match=match):
         ak.LoRAConfig(**kwargs)
@@ -30,8 +34,9 @@ def test_invalid_config_values_raise_at_construction(kwargs, match):
 
 
 def test_config_json_round_trip_is_exact_and_from_dict_checks_keys():
-    cfg = ak.LoRAConfig(rank=4, alpha=8.5, targets=["q_proj", "v_proj"], layers=[0, 2], dora=True,
-                        train_modules="lm_head")
+    cfg = ak.LoRAConfig(
+        rank=4, alpha=8.5, targets=["q_proj", "v_proj"], layers=[0, 2], dora=True, train_modules="lm_head"
+    )
     again = ak.LoRAConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert again == cfg and again.targets == ("q_proj", "v_proj") and again.train_modules == ("lm_head",)
     with pytest.raises(ak.ConfigError, match="Valid fields: rank, alpha"):
@@ -69,8 +74,11 @@ def test_targets_that_match_nothing_name_close_matches():
 
 
 def test_unsupported_module_type_names_supported_ones():
-    with pytest.raises(ak.UnsupportedModuleError, match=r"LlamaMLP; LoRA adapts only nn.Linear.*"
-                                                        r"Adaptable modules inside it: .*gate_proj"):
+    with pytest.raises(
+        ak.UnsupportedModuleError,
+        match=r"LlamaMLP; LoRA adapts only nn.Linear.*"
+        r"Adaptable modules inside it: .*gate_proj",
+    ):
         ak.attach(tiny_llama(), ak.LoRAConfig(targets=["mlp"]))
     with pytest.raises(ak.UnsupportedModuleError, match="DoRA needs"):
         ak.attach(nn.Sequential(nn.MultiheadAttention(8, 2)), ak.LoRAConfig(targets=["0"], dora=True))

@@ -1,4 +1,5 @@
 """attach / set_active / disabled / merge / detach / delete_adapter / combine on real model classes."""
+
 import copy
 
 import pytest
@@ -93,8 +94,12 @@ def test_several_active_adapters_add_up():
             ak.set_active(model, active)
             outs[tuple(active)] = layer(h)
         base_h = layer.base(h)
-    torch.testing.assert_close(outs[("default", "other")] - base_h,
-                               (outs[("default",)] - base_h) + (outs[("other",)] - base_h), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        outs[("default", "other")] - base_h,
+        (outs[("default",)] - base_h) + (outs[("other",)] - base_h),
+        atol=1e-6,
+        rtol=0,
+    )
     assert not torch.allclose(ya, yb) and not torch.allclose(both, ya) and not torch.allclose(ya, y0)
 
 
@@ -181,8 +186,9 @@ def test_t5_and_vit_attach_train_merge():
 
 
 def test_layers_and_exclude_select_blocks():
-    model = ak.attach(tiny_llama(num_hidden_layers=3), ak.LoRAConfig(targets="all-linear", layers=[1],
-                                                                     exclude=("o_proj",)))
+    model = ak.attach(
+        tiny_llama(num_hidden_layers=3), ak.LoRAConfig(targets="all-linear", layers=[1], exclude=("o_proj",))
+    )
     names = [n for n, _ in adapter_layers(model)]
     assert names and all(".layers.1." in n for n in names)
     assert not any(n.endswith("o_proj") for n in names)

@@ -1,4 +1,5 @@
 """The adapted model keeps working with generate, gradient checkpointing, torch.compile and Trainer."""
+
 import os
 
 import pytest
@@ -59,9 +60,17 @@ def test_transformers_trainer_trains_only_the_adapter(tmp_path):
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     trained = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     data = [{"input_ids": row, "labels": row} for row in torch.randint(0, VOCAB, (16, 8))]
-    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=4,
-                             learning_rate=1e-2, report_to=[], save_strategy="no", use_cpu=True,
-                             logging_strategy="no", disable_tqdm=True)
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        max_steps=4,
+        learning_rate=1e-2,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        logging_strategy="no",
+        disable_tqdm=True,
+    )
     Trainer(model=model, args=args, train_dataset=data).train()
     params = dict(model.named_parameters())
     assert all(torch.equal(params[n], v) for n, v in frozen.items())

@@ -1,4 +1,5 @@
 """ak.combine against PEFT's add_weighted_adapter: every combination type, negative weights, DoRA."""
+
 from __future__ import annotations
 
 import pytest
@@ -26,10 +27,17 @@ def _pair(rank_b=4, factory=tiny_llama, **kw):
 
 
 CASES = [
-    ("cat", {}), ("linear", {}), ("svd", {}), ("ties", {"density": 0.5}),
-    ("ties", {"density": 0.6, "majority_sign_method": "frequency"}), ("ties_svd", {"density": 0.5}),
-    ("magnitude_prune", {"density": 0.4}), ("magnitude_prune_svd", {"density": 0.4}),
-    ("dare_linear", {"density": 1.0}), ("dare_ties", {"density": 1.0}), ("dare_linear_svd", {"density": 1.0}),
+    ("cat", {}),
+    ("linear", {}),
+    ("svd", {}),
+    ("ties", {"density": 0.5}),
+    ("ties", {"density": 0.6, "majority_sign_method": "frequency"}),
+    ("ties_svd", {"density": 0.5}),
+    ("magnitude_prune", {"density": 0.4}),
+    ("magnitude_prune_svd", {"density": 0.4}),
+    ("dare_linear", {"density": 1.0}),
+    ("dare_ties", {"density": 1.0}),
+    ("dare_linear_svd", {"density": 1.0}),
     ("dare_ties_svd", {"density": 1.0, "majority_sign_method": "frequency"}),
 ]
 
@@ -68,13 +76,16 @@ def test_cat_is_the_exact_weighted_sum():
             ak.set_active(ours, name)
             deltas.append(layer(x) - layer.base(x))
         ak.combine(ours, ["one", "two"], "mix", weights=WEIGHTS, how="cat")
-        torch.testing.assert_close(layer(x) - layer.base(x), WEIGHTS[0] * deltas[0] + WEIGHTS[1] * deltas[1],
-                                   atol=1e-6, rtol=0)
+        torch.testing.assert_close(
+            layer(x) - layer.base(x), WEIGHTS[0] * deltas[0] + WEIGHTS[1] * deltas[1], atol=1e-6, rtol=0
+        )
 
 
 @pytest.mark.parametrize("how", ["svd", "cat", "magnitude_prune"])
 def test_embedding_and_conv2d_match_peft(how):
-    configs = {n: ak.LoRAConfig(rank=3, alpha=5.0, init="random", targets=("embed", "conv", "fc")) for n in ("one", "two")}
+    configs = {
+        n: ak.LoRAConfig(rank=3, alpha=5.0, init="random", targets=("embed", "conv", "fc")) for n in ("one", "two")
+    }
     torch.manual_seed(4)
     ours, theirs = named_twins(TinyCNN, configs)
     options = {"density": 0.5} if how == "magnitude_prune" else {}
@@ -144,8 +155,9 @@ def test_dora_combination_on_embedding_conv_and_linear_matches_peft():
     torch.manual_seed(6)
     ours, theirs = TinyCNN(), None
     for name in ("one", "two"):
-        ak.attach(ours, ak.LoRAConfig(rank=3, alpha=5.0, init="random", dora=True, targets=("embed", "conv", "fc")),
-                  name=name)
+        ak.attach(
+            ours, ak.LoRAConfig(rank=3, alpha=5.0, init="random", dora=True, targets=("embed", "conv", "fc")), name=name
+        )
         peft_cfg = LoraConfig(r=3, lora_alpha=5.0, target_modules=["embed", "conv", "fc"], use_dora=True)
         if theirs is None:
             theirs = get_peft_model(TinyCNN(), peft_cfg, adapter_name=name)

@@ -1,6 +1,7 @@
 """LoRA on nn.Conv1d / Conv3d / grouped Conv2d / nn.MultiheadAttention and DoRA on Embedding and
 convolutions, against PEFT (tiny custom models as in PEFT's tests/test_custom_models.py): logits and
 gradients, files both ways, merge equals unmerged."""
+
 from __future__ import annotations
 
 import copy
@@ -66,18 +67,37 @@ class EmbModel(nn.Module):
 
 def _input(name):
     g = torch.Generator().manual_seed(7)
-    shapes = {"conv1d": (2, 4, 5), "conv3d": (2, 2, 3, 3, 3), "conv2d": (2, 4, 4, 4), "grouped": (2, 4, 4, 4),
-              "mha": (2, 3, 8)}
+    shapes = {
+        "conv1d": (2, 4, 5),
+        "conv3d": (2, 2, 3, 3, 3),
+        "conv2d": (2, 4, 4, 4),
+        "grouped": (2, 4, 4, 4),
+        "mha": (2, 3, 8),
+    }
     if name == "emb":
         return torch.randint(0, 10, (2, 5), generator=g)
     return torch.randn(*shapes[name], generator=g)
 
 
-FACTORIES = {"conv1d": Conv1dModel, "conv3d": Conv3dModel, "conv2d": Conv2dModel,
-             "grouped": lambda: Conv2dModel(groups=2), "mha": MHAModel, "emb": EmbModel}
+FACTORIES = {
+    "conv1d": Conv1dModel,
+    "conv3d": Conv3dModel,
+    "conv2d": Conv2dModel,
+    "grouped": lambda: Conv2dModel(groups=2),
+    "mha": MHAModel,
+    "emb": EmbModel,
+}
 TARGETS = {"conv1d": "conv", "conv3d": "conv", "conv2d": "conv", "grouped": "conv", "mha": "mha", "emb": "emb"}
-CASES = [("conv1d", False), ("conv1d", True), ("conv3d", False), ("conv3d", True), ("conv2d", True),
-         ("grouped", False), ("mha", False), ("emb", True)]
+CASES = [
+    ("conv1d", False),
+    ("conv1d", True),
+    ("conv3d", False),
+    ("conv3d", True),
+    ("conv2d", True),
+    ("grouped", False),
+    ("mha", False),
+    ("emb", True),
+]
 IDS = [f"{n}-{'dora' if d else 'lora'}" for n, d in CASES]
 
 
@@ -85,6 +105,7 @@ def _factory(name):
     def make():
         torch.manual_seed(0)
         return FACTORIES[name]().eval()
+
     return make
 
 
@@ -111,8 +132,10 @@ def _twins(name, dora):
     if name == "mha":  # PEFT 0.21.2 adds the out_proj update twice (peft PR #3774): compared on in_proj here,
         with torch.no_grad():  # against a plain attention in test_mha_against_plain_attention
             ours.mha.adapters["default"].b_out.zero_()
-    theirs = get_peft_model(_factory(name)(), LoraConfig(r=4, lora_alpha=6.0, use_dora=dora, init_lora_weights=False,
-                                                         target_modules=[TARGETS[name], "lin"]))
+    theirs = get_peft_model(
+        _factory(name)(),
+        LoraConfig(r=4, lora_alpha=6.0, use_dora=dora, init_lora_weights=False, target_modules=[TARGETS[name], "lin"]),
+    )
     _, found = entries(ours, "default")
     ours_params = {k: t for e in found for k, t in e.tensors.items()}
     theirs_params = _peft_params(theirs)
@@ -191,11 +214,26 @@ def test_mha_against_plain_attention():
     leaves = [t.detach().clone().requires_grad_() for lo in loras for t in (lo.a, lo.b, lo.a_out, lo.b_out)]
     w_in, w_out = base.in_proj_weight, base.out_proj.weight
     for i, lo in enumerate(loras):
-        a, b, a_out, b_out = leaves[4 * i: 4 * i + 4]
+        a, b, a_out, b_out = leaves[4 * i : 4 * i + 4]
         w_in, w_out = w_in + b @ a * lo.scale, w_out + b_out @ a_out * lo.scale
     xt = x.transpose(0, 1)
-    attn = F.multi_head_attention_forward(xt, xt, xt, 8, 2, w_in, base.in_proj_bias, None, None, False, 0.0, w_out,
-                                          base.out_proj.bias, training=False, need_weights=False)[0]
+    attn = F.multi_head_attention_forward(
+        xt,
+        xt,
+        xt,
+        8,
+        2,
+        w_in,
+        base.in_proj_bias,
+        None,
+        None,
+        False,
+        0.0,
+        w_out,
+        base.out_proj.bias,
+        training=False,
+        need_weights=False,
+    )[0]
     want = ours.lin(attn.transpose(0, 1))
     got = ours(x)
     assert_close_scaled(got, want)
@@ -212,10 +250,14 @@ def test_two_adapters_compose_as_peft_on_a_dora_conv():
 
     torch.manual_seed(3)
     ours = _factory("conv1d")()
-    theirs = get_peft_model(_factory("conv1d")(), LoraConfig(r=2, lora_alpha=3.0, target_modules=["conv"],
-                                                             init_lora_weights=False), adapter_name="one")
-    theirs.add_adapter("two", LoraConfig(r=4, lora_alpha=5.0, target_modules=["conv"], use_dora=True,
-                                         init_lora_weights=False))
+    theirs = get_peft_model(
+        _factory("conv1d")(),
+        LoraConfig(r=2, lora_alpha=3.0, target_modules=["conv"], init_lora_weights=False),
+        adapter_name="one",
+    )
+    theirs.add_adapter(
+        "two", LoraConfig(r=4, lora_alpha=5.0, target_modules=["conv"], use_dora=True, init_lora_weights=False)
+    )
     ak.attach(ours, ak.LoRAConfig(rank=2, alpha=3.0, targets=("conv",), init="random"), name="one")
     ak.attach(ours, ak.LoRAConfig(rank=4, alpha=5.0, targets=("conv",), init="random", dora=True), name="two")
     layer, peft_layer = ours.conv, theirs.base_model.model.conv
@@ -232,14 +274,26 @@ def test_two_adapters_compose_as_peft_on_a_dora_conv():
         assert_close_scaled(ak.merge(ours)(x), want)
 
 
-@pytest.mark.parametrize("make,cfg,error,words", [
-    (lambda: Conv2dModel(groups=2), dict(rank=3, targets=("conv",)), ak.UnsupportedModuleError, "multiple of 2"),
-    (lambda: Conv2dModel(groups=2), dict(rank=4, targets=("conv",), dora=True), ak.UnsupportedModuleError,
-     "groups=2"),
-    (MHAModel, dict(targets=("mha",), dora=True), ak.UnsupportedModuleError, "DoRA"),
-    (lambda: nn.Sequential(nn.MultiheadAttention(8, 2, kdim=4, vdim=4)), dict(targets=("0",)),
-     ak.UnsupportedModuleError, "kdim"),
-], ids=["grouped-rank", "grouped-dora", "mha-dora", "mha-kdim"])
+@pytest.mark.parametrize(
+    "make,cfg,error,words",
+    [
+        (lambda: Conv2dModel(groups=2), dict(rank=3, targets=("conv",)), ak.UnsupportedModuleError, "multiple of 2"),
+        (
+            lambda: Conv2dModel(groups=2),
+            dict(rank=4, targets=("conv",), dora=True),
+            ak.UnsupportedModuleError,
+            "groups=2",
+        ),
+        (MHAModel, dict(targets=("mha",), dora=True), ak.UnsupportedModuleError, "DoRA"),
+        (
+            lambda: nn.Sequential(nn.MultiheadAttention(8, 2, kdim=4, vdim=4)),
+            dict(targets=("0",)),
+            ak.UnsupportedModuleError,
+            "kdim",
+        ),
+    ],
+    ids=["grouped-rank", "grouped-dora", "mha-dora", "mha-kdim"],
+)
 def test_refused_layers_leave_the_model_unchanged(make, cfg, error, words):
     model = make()
     before = [(n, type(m)) for n, m in model.named_modules()]
@@ -252,8 +306,11 @@ def test_refused_layers_leave_the_model_unchanged(make, cfg, error, words):
 def test_operations_that_do_not_handle_attention_refuse_it(tmp_path):
     model = _ours("mha", False)
     ak.attach(model, ak.LoRAConfig(rank=4, targets=("mha",)), name="two")
-    for call in (lambda: ak.combine(model, ["default", "two"], "mix", how="svd"),
-                 lambda: ak.resize_rank(model, "default", 2), lambda: ak.prepare_hotswap(model, 8)):
+    for call in (
+        lambda: ak.combine(model, ["default", "two"], "mix", how="svd"),
+        lambda: ak.resize_rank(model, "default", 2),
+        lambda: ak.prepare_hotswap(model, 8),
+    ):
         with pytest.raises(ak.ConfigError, match="MultiheadAttention"):
             call()
     assert ak.adapter_names(model) == ["default", "two"] and model.mha.adapters["default"].a.shape[0] == 4
@@ -276,7 +333,7 @@ def test_mixed_batch_rows_on_dora_convolutions_and_refused_on_attention():
         rows = []
         for i, name in enumerate(("two", "default")):
             ak.set_active(model, name)
-            rows.append(model(x[i:i + 1]))
+            rows.append(model(x[i : i + 1]))
         torch.testing.assert_close(model(x, adapter_names=["two", "default"]), torch.cat(rows), atol=1e-6, rtol=1e-5)
         attention = _ours("mha", False)
         with pytest.raises(ak.InputError, match="mixed-adapter"):

@@ -1,4 +1,5 @@
 """LoRAFunction / DoRAFunction against plain autograd, and the statistics of their dropout."""
+
 import math
 
 import pytest
@@ -24,8 +25,15 @@ def _inputs(dtype=torch.float64, bias=True):
     def t(*shape, grad=True):
         return torch.randn(*shape, generator=g, dtype=dtype).requires_grad_(grad)
 
-    return dict(x=t(N, IN), y=t(N, OUT), a=t(R, IN), b=t(OUT, R), m=t(OUT).abs().detach().add(0.5)
-                .requires_grad_(), bias=t(OUT) if bias else None, w=t(OUT, IN, grad=False))
+    return dict(
+        x=t(N, IN),
+        y=t(N, OUT),
+        a=t(R, IN),
+        b=t(OUT, R),
+        m=t(OUT).abs().detach().add(0.5).requires_grad_(),
+        bias=t(OUT) if bias else None,
+        w=t(OUT, IN, grad=False),
+    )
 
 
 def _lora_reference(x, y, a, b, scale, keep=None, p=0.0):
@@ -206,11 +214,13 @@ def test_linear_functions_gradcheck_including_base_weight_and_bias(seed, dora):
     if dora:
         norm = dora_norm(w, t["a"], t["b"], 0.7)
         fn = lambda x, w, bias, a, b, m: LinearDoRAFunction.apply(  # noqa: E731
-            x, w, bias, a, b, m, norm, 0.7, 0.25, seed)
+            x, w, bias, a, b, m, norm, 0.7, 0.25, seed
+        )
         args = (t["x"], w, t["bias"], t["a"], t["b"], t["m"])
     else:
         fn = lambda x, w, bias, a, b: LinearLoRAFunction.apply(  # noqa: E731
-            x, w, bias, a, b, 0.7, 0.25, seed)
+            x, w, bias, a, b, 0.7, 0.25, seed
+        )
         args = (t["x"], w, t["bias"], t["a"], t["b"])
     assert torch.autograd.gradcheck(fn, args)
 

@@ -1,4 +1,5 @@
 """ak.hotswap_adapter / ak.prepare_hotswap: new weights in place, no recompilation of a compiled model."""
+
 from __future__ import annotations
 
 import pytest
@@ -96,14 +97,23 @@ def test_growing_rank_without_padding_and_dora(tmp_path):
         assert_close_scaled(model(X), only0_out)
 
 
-@pytest.mark.parametrize("case,error,words", [
-    ("dropout", ak.ConfigError, "dropout"), ("rslora", ak.ConfigError, "rslora"),
-    ("extra-module", ak.AdapterFileError, "lin2"), ("ia3", ak.AdapterFileError, "IA3"),
-    ("merged", ak.MergeError, "unmerge"), ("unknown", ak.AdapterNameError, "nope"),
-])
+@pytest.mark.parametrize(
+    "case,error,words",
+    [
+        ("dropout", ak.ConfigError, "dropout"),
+        ("rslora", ak.ConfigError, "rslora"),
+        ("extra-module", ak.AdapterFileError, "lin2"),
+        ("ia3", ak.AdapterFileError, "IA3"),
+        ("merged", ak.MergeError, "unmerge"),
+        ("unknown", ak.AdapterNameError, "nope"),
+    ],
+)
 def test_refusals_leave_the_model_unchanged(tmp_path, case, error, words):
-    configs = {"dropout": _cfg(2, 2.0, dropout=0.1), "rslora": _cfg(2, 2.0, rslora=True),
-               "extra-module": _cfg(2, 2.0, targets=("lin0", "lin2"))}
+    configs = {
+        "dropout": _cfg(2, 2.0, dropout=0.1),
+        "rslora": _cfg(2, 2.0, rslora=True),
+        "extra-module": _cfg(2, 2.0, targets=("lin0", "lin2")),
+    }
     if case == "ia3":
         torch.manual_seed(0)
         path = tmp_path / "ia3"

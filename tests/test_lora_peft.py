@@ -1,4 +1,5 @@
 """adapterkit's LoRA, rsLoRA and DoRA against PEFT 0.21 on the same weights."""
+
 import pytest
 import torch
 
@@ -58,8 +59,8 @@ def test_gradients_equal_peft(model_name, variant):
         torch.testing.assert_close(lora.b.grad, peft_grads[f"{prefix}.lora_B.default.weight"], atol=1e-5, rtol=1e-4)
         if lora.magnitude is not None:
             torch.testing.assert_close(
-                lora.magnitude.grad, peft_grads[f"{prefix}.lora_magnitude_vector.default.weight"],
-                atol=1e-5, rtol=1e-4)
+                lora.magnitude.grad, peft_grads[f"{prefix}.lora_magnitude_vector.default.weight"], atol=1e-5, rtol=1e-4
+            )
 
 
 @pytest.mark.parametrize("model_name", MODELS)
@@ -75,9 +76,16 @@ def test_trainable_counts_equal_peft(model_name, targets, dora):
     head = ("classifier",) if model_name == "bert" else ()  # PEFT's SEQ_CLS wrapper trains the head whole
     cfg = ak.LoRAConfig(rank=8, alpha=16, targets=targets, dora=dora, train_modules=head)
     ours = ak.attach(model, cfg)
-    theirs = get_peft_model(MODELS[model_name](), LoraConfig(
-        r=8, lora_alpha=16, use_dora=dora, task_type="SEQ_CLS" if head else None,
-        target_modules=targets if isinstance(targets, str) else list(targets)))
+    theirs = get_peft_model(
+        MODELS[model_name](),
+        LoraConfig(
+            r=8,
+            lora_alpha=16,
+            use_dora=dora,
+            task_type="SEQ_CLS" if head else None,
+            target_modules=targets if isinstance(targets, str) else list(targets),
+        ),
+    )
     trainable, total = theirs.get_nb_trainable_parameters()
     assert ak.summary(ours).trainable == trainable
     assert ak.summary(ours).total == total
@@ -88,8 +96,9 @@ def test_train_modules_match_peft_modules_to_save():
 
     cfg = ak.LoRAConfig(rank=4, alpha=8, targets=("query", "value"), train_modules=("classifier",))
     ours = ak.attach(tiny_bert(), cfg)
-    theirs = get_peft_model(tiny_bert(), LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"],
-                                                   modules_to_save=["classifier"]))
+    theirs = get_peft_model(
+        tiny_bert(), LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"], modules_to_save=["classifier"])
+    )
     assert ak.summary(ours).trainable == theirs.get_nb_trainable_parameters()[0]
     x = tokens()
     with torch.no_grad():
@@ -116,6 +125,7 @@ def test_embedding_and_conv2d_equal_peft():
         for _, layer in ak.inject.adapter_layers(ours):
             layer.adapters["default"].a.normal_()
         from tests.peft_twin import copy_to_peft
+
         copy_to_peft(ours, theirs)
         expected = theirs(image, ids)
         with ak.disabled(ours):

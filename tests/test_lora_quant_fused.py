@@ -1,4 +1,5 @@
 """LoRA on a QuantLinear base runs through the fused op and equals base + branch computed apart."""
+
 import torch
 from torch import nn
 

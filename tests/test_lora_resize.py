@@ -1,4 +1,5 @@
 """ak.resize_rank: each layer's update becomes its best rank-k approximation (torch.linalg.svd)."""
+
 from __future__ import annotations
 
 import pytest
@@ -30,14 +31,15 @@ def _updates(model, name):
 @pytest.mark.parametrize("rslora", [False, True])
 def test_resize_gives_the_best_rank_k_approximation_on_every_kind(rslora):
     torch.manual_seed(0)
-    model = ak.attach(TinyCNN(), ak.LoRAConfig(rank=6, alpha=5.0, init="random", rslora=rslora,
-                                               targets=("embed", "conv", "fc")))
+    model = ak.attach(
+        TinyCNN(), ak.LoRAConfig(rank=6, alpha=5.0, init="random", rslora=rslora, targets=("embed", "conv", "fc"))
+    )
     ak.set_scale(model, "default", 0.7)
     before = _updates(model, "default")
     ak.resize_rank(model, "default", 2)
     after = _updates(model, "default")
     cfg = ak.adapter_config(model, "default")
-    assert cfg.rank == 2 and cfg.rslora == rslora and cfg.scale == pytest.approx(6 ** -0.5 * 5 if rslora else 5 / 6)
+    assert cfg.rank == 2 and cfg.rslora == rslora and cfg.scale == pytest.approx(6**-0.5 * 5 if rslora else 5 / 6)
     for ln, d in before.items():
         assert_close_scaled(after[ln], _best(d, 2))
     lora = model.conv.adapters["default"]
@@ -60,9 +62,14 @@ def test_resize_round_trips_through_files_and_peft(tmp_path):
         assert_close_scaled(theirs(input_ids=ids).logits, model(input_ids=ids).logits)
 
 
-@pytest.mark.parametrize("rank,error,words", [
-    (0, ak.ConfigError, "positive"), (5, ak.ConfigError, "only lower"), (2.0, ak.ConfigError, "int"),
-])
+@pytest.mark.parametrize(
+    "rank,error,words",
+    [
+        (0, ak.ConfigError, "positive"),
+        (5, ak.ConfigError, "only lower"),
+        (2.0, ak.ConfigError, "int"),
+    ],
+)
 def test_bad_ranks_change_nothing(rank, error, words):
     model = ak.attach(tiny_llama(), ak.LoRAConfig(rank=4, init="random", targets=("q_proj",)))
     before, a = Snapshot(model).state(), model.model.layers[0].self_attn.q_proj.adapters["default"].a

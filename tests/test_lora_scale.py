@@ -1,5 +1,6 @@
 """ak.set_scale / scale_active / unscale_active / rescaled against PEFT's set_scale, scale_layer,
 unscale_layer and rescale_adapter_scale; ak.freeze_adapter / unfreeze_adapter against set_requires_grad."""
+
 from __future__ import annotations
 
 import pytest
@@ -15,8 +16,10 @@ from tests.peft_twin import named_twins
 def _twins():
     torch.manual_seed(2)
     cfg = dict(targets=("q_proj", "v_proj"), init="random")
-    ours, theirs = named_twins(tiny_llama, {"one": ak.LoRAConfig(rank=4, alpha=8.0, **cfg),
-                                            "two": ak.LoRAConfig(rank=2, alpha=3.0, dora=True, **cfg)})
+    ours, theirs = named_twins(
+        tiny_llama,
+        {"one": ak.LoRAConfig(rank=4, alpha=8.0, **cfg), "two": ak.LoRAConfig(rank=2, alpha=3.0, dora=True, **cfg)},
+    )
     ak.set_active(ours, ["one", "two"])
     theirs.base_model.set_adapter(["one", "two"])
     return ours, theirs
@@ -46,9 +49,11 @@ def test_a_weight_per_active_adapter_and_scale_changes_match_peft():
     want = _grads(theirs, [pq.lora_A["one"].weight, pq.lora_B["two"].weight, pq.lora_magnitude_vector["two"].weight])
     for g, w in zip(got, want):
         assert_close_scaled(g, w)
-    for ak_call, peft_call in [(lambda: ak.scale_active(ours, 1.5), lambda m: m.scale_layer(1.5)),
-                               (lambda: ak.unscale_active(ours, 3.0), lambda m: m.unscale_layer(3.0)),
-                               (lambda: ak.unscale_active(ours), lambda m: m.unscale_layer(None))]:
+    for ak_call, peft_call in [
+        (lambda: ak.scale_active(ours, 1.5), lambda m: m.scale_layer(1.5)),
+        (lambda: ak.unscale_active(ours, 3.0), lambda m: m.unscale_layer(3.0)),
+        (lambda: ak.unscale_active(ours), lambda m: m.unscale_layer(None)),
+    ]:
         ak_call()
         for layer in _peft_layers(theirs):
             peft_call(layer)
@@ -81,17 +86,21 @@ def test_set_scale_one_restores_and_merge_uses_the_current_scale():
     assert_close_scaled(token_logits(ours), before)
 
 
-@pytest.mark.parametrize("call,error,words", [
-    (lambda m: ak.set_scale(m, "thre", 1.0), ak.AdapterNameError, "thre"),
-    (lambda m: ak.set_scale(m, "ia3", 1.0), ak.ConfigError, "not a LoRA"),
-    (lambda m: ak.set_scale(m, "one", float("nan")), ak.ConfigError, "finite"),
-    (lambda m: ak.set_scale(m, {"one": 2.0, "two": "x"}), ak.ConfigError, "finite"),
-    (lambda m: ak.set_scale(m, {}), ak.ConfigError, "empty"),
-    (lambda m: ak.scale_active(m, True), ak.ConfigError, "finite"),
-    (lambda m: ak.unscale_active(m, 0), ak.ConfigError, "zero"),
-    (lambda m: ak.freeze_adapter(m, "thre"), ak.AdapterNameError, "thre"),
-    (lambda m: ak.unfreeze_adapter(m, ["one", 3]), ak.AdapterNameError, "3"),
-], ids=["unknown", "ia3", "nan", "dict-str", "empty", "bool", "zero", "freeze-unknown", "unfreeze-int"])
+@pytest.mark.parametrize(
+    "call,error,words",
+    [
+        (lambda m: ak.set_scale(m, "thre", 1.0), ak.AdapterNameError, "thre"),
+        (lambda m: ak.set_scale(m, "ia3", 1.0), ak.ConfigError, "not a LoRA"),
+        (lambda m: ak.set_scale(m, "one", float("nan")), ak.ConfigError, "finite"),
+        (lambda m: ak.set_scale(m, {"one": 2.0, "two": "x"}), ak.ConfigError, "finite"),
+        (lambda m: ak.set_scale(m, {}), ak.ConfigError, "empty"),
+        (lambda m: ak.scale_active(m, True), ak.ConfigError, "finite"),
+        (lambda m: ak.unscale_active(m, 0), ak.ConfigError, "zero"),
+        (lambda m: ak.freeze_adapter(m, "thre"), ak.AdapterNameError, "thre"),
+        (lambda m: ak.unfreeze_adapter(m, ["one", 3]), ak.AdapterNameError, "3"),
+    ],
+    ids=["unknown", "ia3", "nan", "dict-str", "empty", "bool", "zero", "freeze-unknown", "unfreeze-int"],
+)
 def test_bad_inputs_change_nothing(call, error, words):
     ours, _ = _twins()
     ak.attach(ours, ak.IA3Config(targets=("k_proj",), feedforward=()), name="ia3")

@@ -1,4 +1,5 @@
 """merge_adapter / unmerge_adapter: the output stays, the weights come back, PEFT agrees."""
+
 from __future__ import annotations
 
 import copy
@@ -132,8 +133,9 @@ def test_ia3_merge_equals_peft():
     base = tiny_llama()
     targets, ff = ["k_proj", "v_proj", "down_proj"], ["down_proj"]
     ours = ak.attach(copy.deepcopy(base), ak.IA3Config(targets=targets, feedforward=ff))
-    theirs = peft.get_peft_model(copy.deepcopy(base), peft.IA3Config(
-        task_type="CAUSAL_LM", target_modules=targets, feedforward_modules=ff)).eval()
+    theirs = peft.get_peft_model(
+        copy.deepcopy(base), peft.IA3Config(task_type="CAUSAL_LM", target_modules=targets, feedforward_modules=ff)
+    ).eval()
     _perturb(ours)
     with torch.no_grad():
         for name, layer in adapter_layers(ours):

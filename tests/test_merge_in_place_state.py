@@ -1,4 +1,5 @@
 """While adapters are merged in place: what works, what raises (and leaves the model as it was)."""
+
 from __future__ import annotations
 
 import warnings
@@ -16,8 +17,6 @@ def _random(**kw):
     return ak.LoRAConfig(**{"rank": 4, "alpha": 8, "init": "random", **kw})
 
 
-
-
 @pytest.fixture
 def merged(tmp_path):
     model = ak.attach(tiny_llama(), _random(targets=["q_proj", "v_proj"]), name="a")
@@ -29,15 +28,19 @@ def merged(tmp_path):
     return model, want, tmp_path / "saved"
 
 
-@pytest.mark.parametrize("call", [
-    lambda m, p: ak.attach(m, ak.LoRAConfig(rank=2), name="c"),
-    lambda m, p: ak.load_adapter(m, p / "a", name="c"),
-    lambda m, p: ak.delete_adapter(m, "b"),
-    lambda m, p: ak.set_active(m, "a"),
-    lambda m, p: ak.detach(m),
-    lambda m, p: ak.combine(m, ["a", "b"], name="c"),
-    lambda m, p: ak.disabled(m).__enter__(),
-], ids=["attach", "load_adapter", "delete_adapter", "set_active", "detach", "combine", "disabled"])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda m, p: ak.attach(m, ak.LoRAConfig(rank=2), name="c"),
+        lambda m, p: ak.load_adapter(m, p / "a", name="c"),
+        lambda m, p: ak.delete_adapter(m, "b"),
+        lambda m, p: ak.set_active(m, "a"),
+        lambda m, p: ak.detach(m),
+        lambda m, p: ak.combine(m, ["a", "b"], name="c"),
+        lambda m, p: ak.disabled(m).__enter__(),
+    ],
+    ids=["attach", "load_adapter", "delete_adapter", "set_active", "detach", "combine", "disabled"],
+)
 def test_changing_adapters_while_merged_raises_and_changes_nothing(merged, call):
     model, want, saved = merged
     layers = [type(m) for m in model.modules()]
@@ -106,12 +109,15 @@ def test_merging_part_of_the_active_adapters_keeps_the_output():
     assert_close_scaled(token_logits(model), want)
 
 
-@pytest.mark.parametrize("names, error, match", [
-    ("nope", ak.AdapterNameError, "no adapter named 'nope'"),
-    ("b", ak.MergeError, "'b' is not active"),
-    ([], ak.AdapterNameError, "non-empty list of names; got \\[\\]"),
-    (3, ak.AdapterNameError, "an adapter name or a non-empty list"),
-])
+@pytest.mark.parametrize(
+    "names, error, match",
+    [
+        ("nope", ak.AdapterNameError, "no adapter named 'nope'"),
+        ("b", ak.MergeError, "'b' is not active"),
+        ([], ak.AdapterNameError, "non-empty list of names; got \\[\\]"),
+        (3, ak.AdapterNameError, "an adapter name or a non-empty list"),
+    ],
+)
 def test_unknown_or_inactive_names_are_refused(names, error, match):
     model = ak.attach(tiny_llama(), _random(), name="a")
     ak.attach(model, _random(), name="b")
@@ -184,8 +190,11 @@ def test_several_adapters_with_dora_merge_in_their_active_order_as_peft(order):
     peft = pytest.importorskip("peft")
     from tests.peft_twin import copy_to_peft, peft_lora_config
 
-    configs = {"a": _random(targets=["q_proj", "v_proj"]), "d": _random(targets=["q_proj", "v_proj"], dora=True),
-               "e": _random(targets=["q_proj"], dora=True, rank=2)}
+    configs = {
+        "a": _random(targets=["q_proj", "v_proj"]),
+        "d": _random(targets=["q_proj", "v_proj"], dora=True),
+        "e": _random(targets=["q_proj"], dora=True, rank=2),
+    }
     model = tiny_llama()
     theirs = None
     for name in order:

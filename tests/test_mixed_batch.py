@@ -1,5 +1,6 @@
 """Mixed-adapter batches (``adapter_names=``): each row equals that row run alone with its adapter,
 and equals PEFT's ``model(x, adapter_names=...)`` on PEFT twins with the same weights."""
+
 import pytest
 import torch
 
@@ -47,24 +48,27 @@ def test_each_row_equals_that_row_alone(factory):
     model, x = _three(factory), tokens(len(NAMES))
     with torch.no_grad():
         got = model(input_ids=x, adapter_names=NAMES).logits
-        expected = _alone(model, NAMES, lambda i: model(input_ids=x[i:i + 1]).logits)
+        expected = _alone(model, NAMES, lambda i: model(input_ids=x[i : i + 1]).logits)
         assert not torch.allclose(got[0], got[2], atol=1e-3)  # the adapters differ
     _close(got, expected)
     assert all(layer.rows is None for _, layer in adapter_layers(model))  # handed back after the call
     assert ak.active_names(model) == ["z"]
 
 
-@pytest.mark.parametrize("names", [
-    ["x", "x", "y", "y"],  # already in segments: no gather of the input
-    ["x"] * 5 + ["y", "z"],  # uneven: padding would more than double the rows, so a loop per adapter
-    ["z", BASE, BASE, BASE],  # one adapter, most rows base
-    [BASE, BASE],  # nothing to add
-])
+@pytest.mark.parametrize(
+    "names",
+    [
+        ["x", "x", "y", "y"],  # already in segments: no gather of the input
+        ["x"] * 5 + ["y", "z"],  # uneven: padding would more than double the rows, so a loop per adapter
+        ["z", BASE, BASE, BASE],  # one adapter, most rows base
+        [BASE, BASE],  # nothing to add
+    ],
+)
 def test_segment_shapes_equal_rows_alone(names):
     model, x = _three(tiny_llama), tokens(len(names))
     with torch.no_grad():
         got = model(input_ids=x, adapter_names=names).logits
-        _close(got, _alone(model, names, lambda i: model(input_ids=x[i:i + 1]).logits))
+        _close(got, _alone(model, names, lambda i: model(input_ids=x[i : i + 1]).logits))
 
 
 @pytest.mark.parametrize("factory", [tiny_llama, tiny_gpt2], ids=["llama", "gpt2"])
@@ -84,12 +88,13 @@ def test_embedding_and_conv2d_rows_equal_peft_and_rows_alone():
             for name in "xy":
                 layer.adapters[name].a.normal_()
         from tests.peft_twin import copy_to_peft
+
         for name in "xy":
             copy_to_peft(ours, theirs, name)
         image, ids, names = torch.randn(4, 3, 4, 4), torch.tensor([3, 5, 7, 9]), ["x", BASE, "y", "x"]
         got = ours(image, ids, adapter_names=names)
         _close(got, theirs(image, ids, adapter_names=names))
-        _close(got, _alone(ours, names, lambda i: ours(image[i:i + 1], ids[i:i + 1])))
+        _close(got, _alone(ours, names, lambda i: ours(image[i : i + 1], ids[i : i + 1])))
 
 
 def test_dora_rows_equal_rows_alone_where_peft_refuses_them():
@@ -102,7 +107,7 @@ def test_dora_rows_equal_rows_alone_where_peft_refuses_them():
         for _, layer in adapter_layers(model):  # magnitudes off ||W + s B A||, where they start
             layer.adapters["x"].magnitude.mul_(1.5)
         got = model(input_ids=x, adapter_names=names).logits
-        _close(got, _alone(model, names, lambda i: model(input_ids=x[i:i + 1]).logits))
+        _close(got, _alone(model, names, lambda i: model(input_ids=x[i : i + 1]).logits))
 
 
 def test_train_modules_copies_per_row_equal_peft_modules_to_save():
@@ -115,7 +120,7 @@ def test_train_modules_copies_per_row_equal_peft_modules_to_save():
             theirs.base_model.model.classifier.modules_to_save[name].weight.copy_(copy.weight)
         x, names = tokens(4), ["x", BASE, "y", "y"]
         got = ours(input_ids=x, adapter_names=names).logits
-        _close(got, _alone(ours, names, lambda i: ours(input_ids=x[i:i + 1]).logits))
+        _close(got, _alone(ours, names, lambda i: ours(input_ids=x[i : i + 1]).logits))
         _close(got, theirs(input_ids=x, adapter_names=names).logits)
 
 
@@ -124,7 +129,9 @@ def test_encoder_decoder_rows_equal_rows_alone():
     target = tokens(3, 4)
     with torch.no_grad():
         got = model(input_ids=x, decoder_input_ids=target, adapter_names=names).logits
-        expected = _alone(model, names, lambda i: model(input_ids=x[i:i + 1], decoder_input_ids=target[i:i + 1]).logits)
+        expected = _alone(
+            model, names, lambda i: model(input_ids=x[i : i + 1], decoder_input_ids=target[i : i + 1]).logits
+        )
     _close(got, expected)
 
 
@@ -136,7 +143,7 @@ def test_quantized_base_rows_equal_rows_alone():
     x, names = tokens(3), ["y", "x", BASE]
     with torch.no_grad():
         got = model(input_ids=x, adapter_names=names).logits
-        _close(got, _alone(model, names, lambda i: model(input_ids=x[i:i + 1]).logits))
+        _close(got, _alone(model, names, lambda i: model(input_ids=x[i : i + 1]).logits))
 
 
 def test_gradients_flow_per_row_in_eval_mode():
@@ -146,7 +153,7 @@ def test_gradients_flow_per_row_in_eval_mode():
     model.zero_grad(set_to_none=True)
     for i, name in enumerate(names):
         ak.set_active(model, name)
-        model(input_ids=x[i:i + 1]).logits.square().sum().backward()
+        model(input_ids=x[i : i + 1]).logits.square().sum().backward()
     expected = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     assert got.keys() == expected.keys() and not any("adapters.y." in n for n in got)
     for name in got:
@@ -234,7 +241,7 @@ def test_generate_in_a_block_equals_each_row_alone(beams):
         with ak.mixed_batch(model, names) as same:
             assert same is model
             got = model.generate(x, **kw)  # (3 * beams, 7 + 5)
-        expected = _alone(model, names, lambda i: model.generate(x[i:i + 1], **kw))
+        expected = _alone(model, names, lambda i: model.generate(x[i : i + 1], **kw))
     assert torch.equal(got, expected)
     assert all(layer.rows is None for _, layer in adapter_layers(model))
 
@@ -255,7 +262,7 @@ def test_encoder_decoder_generate_with_beams_equals_each_row_alone():
     with torch.no_grad():
         with ak.mixed_batch(model, names):
             got = model.generate(x, **kw)
-        expected = _alone(model, names, lambda i: model.generate(x[i:i + 1], **kw))
+        expected = _alone(model, names, lambda i: model.generate(x[i : i + 1], **kw))
     assert torch.equal(got, expected)
 
 

@@ -1,4 +1,5 @@
 """ak.plan and `adapterkit plan`: sources, settings, errors, the table and JSON, weights exactly."""
+
 import importlib.util
 import json
 
@@ -14,15 +15,31 @@ from adapterkit.planning.settings import Quant, Settings
 from adapterkit.planning.shape import model_shape
 from adapterkit.planning.source import full_config
 
-LLAMA = dict(model_type="llama", hidden_size=64, intermediate_size=176, num_hidden_layers=2,
-             num_attention_heads=4, num_key_value_heads=2, vocab_size=300)
+LLAMA = dict(
+    model_type="llama",
+    hidden_size=64,
+    intermediate_size=176,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=300,
+)
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("24GB", 24 * 10**9), ("24 GB", 24 * 10**9), ("24GiB", 24 * 2**30), ("24 gib", 24 * 2**30),
-    ("24000MB", 24 * 10**9), ("80", 80 * 2**30), ("1.5TB", 1.5e12), ("512 MiB", 512 * 2**20),
-    (24 * 10**9, 24 * 10**9),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("24GB", 24 * 10**9),
+        ("24 GB", 24 * 10**9),
+        ("24GiB", 24 * 2**30),
+        ("24 gib", 24 * 2**30),
+        ("24000MB", 24 * 10**9),
+        ("80", 80 * 2**30),
+        ("1.5TB", 1.5e12),
+        ("512 MiB", 512 * 2**20),
+        (24 * 10**9, 24 * 10**9),
+    ],
+)
 def test_memory_sizes_parse(text, expected):
     assert parse_memory(text) == int(expected)
 
@@ -44,34 +61,65 @@ def test_sources_agree(tmp_path):
 
     folder = _folder(tmp_path)
     yaml_path = tmp_path / "run.yaml"
-    yaml_path.write_text(yaml.safe_dump({"model": {"name": folder}, "adapter": {"method": "lora"},
-                                         "data": {"train": "x.jsonl", "format": "text"}}))
+    yaml_path.write_text(
+        yaml.safe_dump(
+            {"model": {"name": folder}, "adapter": {"method": "lora"}, "data": {"train": "x.jsonl", "format": "text"}}
+        )
+    )
     cfg = {k: v for k, v in LLAMA.items() if k != "model_type"}
     totals = {ak.plan(src).estimate.total for src in (LlamaConfig(**cfg), LLAMA, folder, str(yaml_path))}
     assert len(totals) == 1
 
 
 def test_set_overrides_change_the_settings():
-    shape, s = resolve(LLAMA, ["optim.batch_size=3", "data.max_length=100", "model.dtype=bfloat16",
-                               "model.gradient_checkpointing=true", "adapter.rank=4", "quantization.bits=4",
-                               "optim.optimizer=adamw8bit", "data.packing=true"])
-    assert (s.batch_size, s.seq_len, s.dtype, s.checkpointing, s.adapter.rank, s.quant.bits, s.optimizer,
-            s.padded) == (3, 100, "bfloat16", True, 4, 4, "adamw8bit", False)
+    shape, s = resolve(
+        LLAMA,
+        [
+            "optim.batch_size=3",
+            "data.max_length=100",
+            "model.dtype=bfloat16",
+            "model.gradient_checkpointing=true",
+            "adapter.rank=4",
+            "quantization.bits=4",
+            "optim.optimizer=adamw8bit",
+            "data.packing=true",
+        ],
+    )
+    assert (s.batch_size, s.seq_len, s.dtype, s.checkpointing, s.adapter.rank, s.quant.bits, s.optimizer, s.padded) == (
+        3,
+        100,
+        "bfloat16",
+        True,
+        4,
+        4,
+        "adamw8bit",
+        False,
+    )
 
 
-@pytest.mark.parametrize("key, match", [("optim.batchsize=2", "batch_size"), ("nosection.x=1", "nosection"),
-                                        ("optim.batch_size", "section.key=value"), ("adapter.rnak=4", "rank")])
+@pytest.mark.parametrize(
+    "key, match",
+    [
+        ("optim.batchsize=2", "batch_size"),
+        ("nosection.x=1", "nosection"),
+        ("optim.batch_size", "section.key=value"),
+        ("adapter.rnak=4", "rank"),
+    ],
+)
 def test_unknown_or_malformed_set_keys(key, match):
     with pytest.raises(ConfigError, match=match):
         ak.plan(LLAMA, [key])
 
 
-@pytest.mark.parametrize("config, match", [
-    (dict(model_type="t5", d_model=64), "cannot size"),
-    (dict(model_type="vit", hidden_size=64), "cannot size"),
-    ({"hidden_size": 64}, "model_type"),
-    (dict(model_type="nonsense"), "cannot size"),
-])
+@pytest.mark.parametrize(
+    "config, match",
+    [
+        (dict(model_type="t5", d_model=64), "cannot size"),
+        (dict(model_type="vit", hidden_size=64), "cannot size"),
+        ({"hidden_size": 64}, "model_type"),
+        (dict(model_type="nonsense"), "cannot size"),
+    ],
+)
 def test_unreadable_models_are_refused(config, match):
     with pytest.raises(AdapterKitError, match=match):
         ak.plan(config)
@@ -95,10 +143,19 @@ def test_unsupported_settings():
 
 def test_cli_one_line_errors(capsys, tmp_path):
     folder = _folder(tmp_path)
-    for argv, match in ((["plan", folder, "--gpu-memory", "lots"], "memory size"),
-                        (["plan", folder, "--set", "optim.batchsize=2"], "batch_size"),
-                        (["plan", _folder(tmp_path / "t5" if (tmp_path / "t5").mkdir() is None else tmp_path,
-                                          dict(model_type="t5", d_model=8))], "cannot size")):
+    for argv, match in (
+        (["plan", folder, "--gpu-memory", "lots"], "memory size"),
+        (["plan", folder, "--set", "optim.batchsize=2"], "batch_size"),
+        (
+            [
+                "plan",
+                _folder(
+                    tmp_path / "t5" if (tmp_path / "t5").mkdir() is None else tmp_path, dict(model_type="t5", d_model=8)
+                ),
+            ],
+            "cannot size",
+        ),
+    ):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert match in err and len(err.strip().splitlines()) == 1, err
@@ -108,8 +165,14 @@ def test_cli_table_and_json(capsys, tmp_path):
     folder = _folder(tmp_path)
     assert main(["plan", folder, "--set", "optim.batch_size=2", "--gpu-memory", "1GiB"]) == 0
     out = capsys.readouterr().out
-    for text in ("weights", "activations kept for backward", "logits and loss", "predicted peak",
-                 "settings that fit", "--set"):
+    for text in (
+        "weights",
+        "activations kept for backward",
+        "logits and loss",
+        "predicted peak",
+        "settings that fit",
+        "--set",
+    ):
         assert text in out
     assert main(["plan", folder, "--json", "--gpu-memory", "24GB"]) == 0
     data = json.loads(capsys.readouterr().out)
@@ -120,8 +183,12 @@ def test_cli_table_and_json(capsys, tmp_path):
 
 def test_components_add_up_for_every_phase():
     shape = model_shape(full_config(LLAMA))
-    for s in (Settings(), Settings(checkpointing=True, quant=Quant(4)), Settings(grad_accum=4, dtype="bfloat16"),
-              Settings(batch_size=1, seq_len=8)):
+    for s in (
+        Settings(),
+        Settings(checkpointing=True, quant=Quant(4)),
+        Settings(grad_accum=4, dtype="bfloat16"),
+        Settings(batch_size=1, seq_len=8),
+    ):
         est = estimate(shape, s)
         parts = [v for k, v in est.components.items() if k != "quantization constants"]
         assert sum(parts) == est.total
@@ -136,8 +203,10 @@ def test_weights_are_the_real_models_bytes(quant):
     s = Settings(quant=quant, device="cpu")
     est = estimate(model_shape(full_config(LLAMA)), s)
     model = _build(case(LLAMA, s))
-    tensors = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
-               for t in list(model.parameters()) + list(model.buffers())}
+    tensors = {
+        t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+        for t in list(model.parameters()) + list(model.buffers())
+    }
     assert est.components["weights"] + est.components["adapter parameters"] == sum(tensors.values())
 
 

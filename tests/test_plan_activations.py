@@ -6,10 +6,10 @@ recorded once per storage; parameters and buffers are left out. That sum must eq
 prediction of the kept activations and loss (``Estimate.held`` without the CPU-only graph
 objects). Exact, because both count the same tensors.
 """
+
 import pytest
 import torch
 
-import adapterkit as ak
 from adapterkit.methods.lora.config import LoRAConfig
 from adapterkit.planning import estimate
 from adapterkit.planning.calibrate import case
@@ -19,8 +19,15 @@ from adapterkit.planning.shape import model_shape
 from adapterkit.planning.source import full_config
 from adapterkit.training.evaluate import batch_loss
 
-LLAMA = dict(model_type="llama", hidden_size=64, intermediate_size=176, num_hidden_layers=2,
-             num_attention_heads=4, num_key_value_heads=2, vocab_size=300)
+LLAMA = dict(
+    model_type="llama",
+    hidden_size=64,
+    intermediate_size=176,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=300,
+)
 BASE = Settings(batch_size=2, seq_len=16, device="cpu", adapter=LoRAConfig(rank=4, init="random"))
 
 
@@ -51,8 +58,17 @@ CASES = {
     "mistral": (dict(LLAMA, model_type="mistral"), {}),
     "qwen2 (q/k/v biases)": (dict(LLAMA, model_type="qwen2"), {}),
     "qwen3 (q/k norms)": (dict(LLAMA, model_type="qwen3", head_dim=16), {}),
-    "bert classification": (dict(model_type="bert", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                 num_attention_heads=4, vocab_size=300), dict(task="classification")),
+    "bert classification": (
+        dict(
+            model_type="bert",
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            vocab_size=300,
+        ),
+        dict(task="classification"),
+    ),
 }
 
 

@@ -5,6 +5,7 @@ Llama- (or BERT-) shaped model with random weights, measured in its own fresh pr
 in use, see adapterkit/planning/measure.py). The full grid, with larger models, is
 benchmarks/bench_plan.py; its table is benchmarks/plan.md.
 """
+
 import pytest
 
 from adapterkit.methods.lora.config import LoRAConfig
@@ -13,12 +14,33 @@ from adapterkit.planning.settings import Quant, Settings
 
 TOLERANCE = 0.10  # on the peak; the other components are reported, and checked loosely below
 
-LLAMA = dict(model_type="llama", hidden_size=128, intermediate_size=344, num_hidden_layers=3,
-             num_attention_heads=4, num_key_value_heads=2, vocab_size=4000, max_position_embeddings=256)
-LLAMA_MHA = dict(LLAMA, hidden_size=192, intermediate_size=512, num_hidden_layers=2, num_attention_heads=6,
-                 num_key_value_heads=6, vocab_size=256)  # small vocab: the block's backward is the peak
-BERT = dict(model_type="bert", hidden_size=128, intermediate_size=512, num_hidden_layers=2,
-            num_attention_heads=4, vocab_size=4000)
+LLAMA = dict(
+    model_type="llama",
+    hidden_size=128,
+    intermediate_size=344,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=4000,
+    max_position_embeddings=256,
+)
+LLAMA_MHA = dict(
+    LLAMA,
+    hidden_size=192,
+    intermediate_size=512,
+    num_hidden_layers=2,
+    num_attention_heads=6,
+    num_key_value_heads=6,
+    vocab_size=256,
+)  # small vocab: the block's backward is the peak
+BERT = dict(
+    model_type="bert",
+    hidden_size=128,
+    intermediate_size=512,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    vocab_size=4000,
+)
 
 BASE = Settings(batch_size=2, seq_len=64, device="cpu")
 
@@ -59,8 +81,8 @@ def _table(results) -> str:
 def test_peak_within_ten_percent(results, name):
     row = results[name]
     assert abs(row["error"]["peak"]) <= TOLERANCE, (
-        f"{name}: predicted {row['predicted']['peak']} vs measured {row['measured']['peak']} bytes\n"
-        + _table(results))
+        f"{name}: predicted {row['predicted']['peak']} vs measured {row['measured']['peak']} bytes\n" + _table(results)
+    )
 
 
 SLACK = 2**20  # bytes: CPU-only runtime buffers (bf16 matmul scratch left by the first step: ~0.7 MiB)

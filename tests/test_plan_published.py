@@ -16,6 +16,7 @@
    the chunked, compiled loss and which of torchtune's peak counters the README reports are
    assumptions here, and no GPU was available to check them).
 """
+
 import pytest
 
 from adapterkit.methods.lora.config import LoRAConfig
@@ -24,19 +25,49 @@ from adapterkit.planning.shape import model_shape
 from adapterkit.planning.source import full_config
 
 GIB = 2**30
-LLAMA_65B = dict(model_type="llama", hidden_size=8192, intermediate_size=22016, num_hidden_layers=80,
-                 num_attention_heads=64, num_key_value_heads=64, vocab_size=32000, max_position_embeddings=2048)
-LLAMA31_8B = dict(model_type="llama", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                  num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
-                  max_position_embeddings=131072, rope_theta=500000.0)
+LLAMA_65B = dict(
+    model_type="llama",
+    hidden_size=8192,
+    intermediate_size=22016,
+    num_hidden_layers=80,
+    num_attention_heads=64,
+    num_key_value_heads=64,
+    vocab_size=32000,
+    max_position_embeddings=2048,
+)
+LLAMA31_8B = dict(
+    model_type="llama",
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    vocab_size=128256,
+    max_position_embeddings=131072,
+    rope_theta=500000.0,
+)
 
-QLORA = Settings(batch_size=1, seq_len=512, grad_accum=16, dtype="bfloat16", checkpointing=True,
-                 optimizer="paged_adamw32bit", quant=Quant(4), adapter_dtype="bfloat16",
-                 adapter=LoRAConfig(rank=64, alpha=16, dropout=0.05))
-TORCHTUNE = Settings(batch_size=2, seq_len=2048, dtype="bfloat16", checkpointing=True, quant=Quant(4),
-                     adapter=LoRAConfig(rank=8, alpha=16, targets=("q_proj", "v_proj", "o_proj", "gate_proj",
-                                                                   "up_proj", "down_proj")),
-                     adapter_dtype="bfloat16", loss_chunks=8)
+QLORA = Settings(
+    batch_size=1,
+    seq_len=512,
+    grad_accum=16,
+    dtype="bfloat16",
+    checkpointing=True,
+    optimizer="paged_adamw32bit",
+    quant=Quant(4),
+    adapter_dtype="bfloat16",
+    adapter=LoRAConfig(rank=64, alpha=16, dropout=0.05),
+)
+TORCHTUNE = Settings(
+    batch_size=2,
+    seq_len=2048,
+    dtype="bfloat16",
+    checkpointing=True,
+    quant=Quant(4),
+    adapter=LoRAConfig(rank=8, alpha=16, targets=("q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")),
+    adapter_dtype="bfloat16",
+    loss_chunks=8,
+)
 
 
 def test_qlora_65b_fits_in_48_gb():

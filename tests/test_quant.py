@@ -1,4 +1,5 @@
 """QuantLinear and ak.quantize: forward, state, dtype moves, bitsandbytes and transformers agreement."""
+
 import copy
 
 import pytest
@@ -61,8 +62,15 @@ def test_state_dict_round_trip_and_safetensors(tmp_path):
     fresh.load_state_dict(load_file(tmp_path / "q.safetensors"))
     x = torch.randn(3, 128)
     assert torch.equal(fresh(x), layer(x))
-    assert set(layer.state_dict()) == {"weight", "bias", "weight.absmax", "weight.quant_map", "weight.nested_absmax",
-                                       "weight.nested_quant_map", "weight.quant_state.bitsandbytes__nf4"}
+    assert set(layer.state_dict()) == {
+        "weight",
+        "bias",
+        "weight.absmax",
+        "weight.quant_map",
+        "weight.nested_absmax",
+        "weight.nested_quant_map",
+        "weight.quant_state.bitsandbytes__nf4",
+    }
     own = dict(layer.named_buffers()) | {"bias": layer.bias}  # the buffers' own names load too
     other = QuantLinear(128, 48, bias=True, bits=4, quant_type="nf4", double_quant=True)
     other.load_state_dict(own)
@@ -136,8 +144,12 @@ def _bnb_model(tmp_path, double_quant, quant_type="nf4"):
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     tiny_llama(**LLAMA).save_pretrained(tmp_path)
-    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
-                                bnb_4bit_use_double_quant=double_quant, bnb_4bit_compute_dtype=torch.float32)
+    config = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quant_type,
+        bnb_4bit_use_double_quant=double_quant,
+        bnb_4bit_compute_dtype=torch.float32,
+    )
     model = AutoModelForCausalLM.from_pretrained(tmp_path, quantization_config=config, device_map="cpu").eval()
     for module in model.modules():
         if isinstance(module, bnb.nn.Linear4bit):
@@ -181,8 +193,10 @@ def test_bitsandbytes_model_converts_with_the_same_bytes(tmp_path):
     assert not any(isinstance(m, bnb.nn.Linear4bit) for m in converted.modules())
     assert torch.allclose(got, want, atol=1e-4)
     with torch.no_grad():
-        assert torch.allclose(from_bnb_linear4bit(source).dequantize(),
-                              bnb.functional.dequantize_4bit(source.weight.data, source.weight.quant_state))
+        assert torch.allclose(
+            from_bnb_linear4bit(source).dequantize(),
+            bnb.functional.dequantize_4bit(source.weight.data, source.weight.quant_state),
+        )
 
 
 def test_conversion_reads_bitsandbytes_cpu_inference_packing(tmp_path):
@@ -193,7 +207,8 @@ def test_conversion_reads_bitsandbytes_cpu_inference_packing(tmp_path):
     source = _bnb_model(tmp_path, double_quant=True).model.layers[0].mlp.up_proj
     packed = copy.deepcopy(source)
     packed.weight.data, packed.weight.quant_state = _convert_weight_packed_for_cpu(
-        packed.weight.data, packed.weight.quant_state)
+        packed.weight.data, packed.weight.quant_state
+    )
     ours = from_bnb_linear4bit(packed)
     assert torch.equal(ours.codes, source.weight.data.view(-1))
     want = from_bnb_linear4bit(source).dequantize()

@@ -1,4 +1,5 @@
 """QLoRA: adapters on QuantLinear bases train, match a dense twin, merge to a dense model, requantize."""
+
 import copy
 
 import pytest
@@ -83,7 +84,7 @@ def test_ia3_on_quant_base_equals_a_dense_twin_and_merges_fully_dense():
     for model in (quant, dense):
         ak.attach(model, ak.IA3Config())  # k, v and down projections only
         with torch.no_grad():
-            for name, param in model.named_parameters():
+            for param in model.parameters():
                 if param.requires_grad:
                     param.copy_(1 + 0.1 * torch.randn(param.shape, generator=torch.Generator().manual_seed(3)))
     ids = tokens(2, 8)

@@ -4,6 +4,7 @@ The oracle is transformers + bitsandbytes: the folder transformers writes for a 
 ``BitsAndBytesConfig(load_in_4bit=True)``, and ``bitsandbytes.functional.dequantize_4bit`` of the
 layers ``from_pretrained`` builds from our folder.
 """
+
 import copy
 import json
 
@@ -78,8 +79,12 @@ def test_saved_folder_is_what_transformers_bitsandbytes_writes(tmp_path, quant_t
     from transformers import BitsAndBytesConfig
 
     tiny_llama(**LLAMA).save_pretrained(tmp_path / "dense")
-    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
-                                bnb_4bit_use_double_quant=double_quant, bnb_4bit_compute_dtype=torch.float32)
+    config = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quant_type,
+        bnb_4bit_use_double_quant=double_quant,
+        bnb_4bit_compute_dtype=torch.float32,
+    )
     theirs = _from_pretrained(tmp_path / "dense", quantization_config=config, device_map="cpu")
     theirs.save_pretrained(tmp_path / "bnb")
     ours = ak.quantize(tiny_llama(**LLAMA), bits=4, quant_type=quant_type, double_quant=double_quant)
@@ -127,7 +132,7 @@ def test_conv1d_and_bf16_models_reload_the_same_bytes(tmp_path, kind):
     reloaded = _from_pretrained(tmp_path)
     _check_same_bytes(reloaded, model)
     ids = tokens(2, 9)
-    scale = 1e-5 if kind == "gpt2-conv1d" else 2 ** -6  # bf16: a few roundings of 2^-8 in another order
+    scale = 1e-5 if kind == "gpt2-conv1d" else 2**-6  # bf16: a few roundings of 2^-8 in another order
     with torch.no_grad():
         assert_close_scaled(reloaded(ids).logits.float(), model(ids).logits.float(), rtol=0, atol_scale=scale)
 

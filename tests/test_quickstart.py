@@ -1,4 +1,5 @@
 """The README's example runs as it is."""
+
 import runpy
 from pathlib import Path
 

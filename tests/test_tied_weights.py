@@ -3,6 +3,7 @@
 attach warns, ak.merge gives the folded module a weight of its own (exact, with a warning),
 ak.merge_adapter refuses and leaves the model as it was.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -32,8 +33,6 @@ def _attach(model, targets, **kw):
 
 def _inner(module):
     return module.innermost() if isinstance(module, ak.AdapterLayer) else module
-
-
 
 
 def test_tied_parameters_are_found_by_identity():

@@ -1,4 +1,5 @@
 """New adapter modules follow the train / eval mode of the module they wrap (dropout off in eval)."""
+
 from __future__ import annotations
 
 import pytest

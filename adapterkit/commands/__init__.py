@@ -1,5 +1,6 @@
 """Sub-commands of the ``adapterkit`` command line: one module each, registered with
 ``adapterkit.cli.command``. Every module in this package is imported when the CLI starts."""
+
 import importlib
 import pkgutil
 

@@ -5,6 +5,7 @@ Greedy decoding. Prompts go through the tokenizer's chat template (as in trainin
 ``--no-chat-template``. ``--compare`` prints the base model's answer next to the adapter's.
 With no prompt, reads one prompt per line from stdin (a simple chat mode).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,11 @@ from ..errors import AdapterFileError, InputError
 def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("adapter", help="an adapter folder (adapter_config.json + adapter_model.safetensors)")
     p.add_argument("prompts", nargs="*", help="prompts (none: read one per line from stdin)")
-    p.add_argument("--base", default=None, help="the base model: alias, folder or hub name "
-                   "(default: the one recorded in the adapter folder)")
+    p.add_argument(
+        "--base",
+        default=None,
+        help="the base model: alias, folder or hub name (default: the one recorded in the adapter folder)",
+    )
     p.add_argument("--max-new-tokens", type=positive_int, default=48, metavar="N")
     p.add_argument("--compare", action="store_true", help="also show the base model's answer")
     p.add_argument("--no-chat-template", action="store_true", help="feed the raw prompt text")
@@ -59,8 +63,7 @@ def _data_config(args, trained):
 
     data = trained.data if trained is not None else DataConfig(train="-")
     system = args.system if args.system is not None else data.system_prompt
-    return DataConfig(train="-", chat_template=data.chat_template and not args.no_chat_template,
-                      system_prompt=system)
+    return DataConfig(train="-", chat_template=data.chat_template and not args.no_chat_template, system_prompt=system)
 
 
 def _stdin_prompts():
@@ -69,8 +72,10 @@ def _stdin_prompts():
             if line.strip():
                 yield line.strip()
     except UnicodeDecodeError as err:
-        raise InputError(f"stdin is not UTF-8 text ({err.reason} at byte {err.start}); "
-                         f"pass the prompts as arguments, or as UTF-8 lines on stdin.") from None
+        raise InputError(
+            f"stdin is not UTF-8 text ({err.reason} at byte {err.start}); "
+            f"pass the prompts as arguments, or as UTF-8 lines on stdin."
+        ) from None
 
 
 @command("generate", "generate text with a trained adapter (and the base model, --compare)", _arguments)

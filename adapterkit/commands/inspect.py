@@ -1,4 +1,5 @@
 """``adapterkit inspect DIR [--json]``: what an adapter folder holds, read from its files only."""
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,11 @@ def describe(folder: Path, name: str) -> dict[str, Any]:
     method, config = file_config(data, folder)
     file = folder / WEIGHTS_NAME
     if not file.is_file():
-        extra = f" (it holds {PICKLE_NAME}, a pickle file, which inspect does not open)" \
-            if (folder / PICKLE_NAME).is_file() else ""
+        extra = (
+            f" (it holds {PICKLE_NAME}, a pickle file, which inspect does not open)"
+            if (folder / PICKLE_NAME).is_file()
+            else ""
+        )
         raise AdapterFileError(f"{str(file)!r} is missing{extra}.")
     header = tensor_header(file)
     params = 0
@@ -30,10 +34,17 @@ def describe(folder: Path, name: str) -> dict[str, Any]:
         params += count
     fields = {k: v for k, v in config.to_dict().items() if k != "method"}
     return {
-        "name": name, "folder": str(folder), "method": config.method, "peft_type": method.files.peft_type,
-        "base_model": data.get("base_model_name_or_path"), "task_type": data.get("task_type"),
-        "config": fields, "tensors": len(header), "parameters": params,
-        "dtypes": sorted({d for _, d in header.values()}), "file_bytes": file.stat().st_size,
+        "name": name,
+        "folder": str(folder),
+        "method": config.method,
+        "peft_type": method.files.peft_type,
+        "base_model": data.get("base_model_name_or_path"),
+        "task_type": data.get("task_type"),
+        "config": fields,
+        "tensors": len(header),
+        "parameters": params,
+        "dtypes": sorted({d for _, d in header.values()}),
+        "file_bytes": file.stat().st_size,
         "vllm": _vllm(data, {k: s for k, (s, _) in header.items()}),
     }
 
@@ -43,8 +54,12 @@ def _vllm(data: dict[str, Any], shapes: dict[str, tuple]) -> dict[str, Any]:
     from ..io.serving import vllm_notes, vllm_reasons, vllm_summary
 
     reasons = vllm_reasons(data, shapes)
-    return {"loads": not reasons, "reasons": reasons, "notes": [] if reasons else vllm_notes(data),
-            "summary": vllm_summary(data, shapes)}
+    return {
+        "loads": not reasons,
+        "reasons": reasons,
+        "notes": [] if reasons else vllm_notes(data),
+        "summary": vllm_summary(data, shapes),
+    }
 
 
 def _size(n: int) -> str:
@@ -57,27 +72,42 @@ def _size(n: int) -> str:
 
 def _masks(value: Any) -> str:
     """A {module: [bool, ...]} mask per module (AdaLoRA's rank_pattern) in short: kept counts; else ''."""
-    if not isinstance(value, dict) or not value or not all(
-            isinstance(v, list) and all(isinstance(b, bool) for b in v) for v in value.values()):
+    if (
+        not isinstance(value, dict)
+        or not value
+        or not all(isinstance(v, list) and all(isinstance(b, bool) for b in v) for v in value.values())
+    ):
         return ""
     kept = [sum(v) for v in value.values()]
-    each = " ".join(map(str, kept)) if len(kept) <= 24 else \
-        f"{min(kept)} to {max(kept)}, none in {kept.count(0)}; --json for each"
+    each = (
+        " ".join(map(str, kept))
+        if len(kept) <= 24
+        else f"{min(kept)} to {max(kept)}, none in {kept.count(0)}; --json for each"
+    )
     return f"{sum(kept)} of {sum(len(v) for v in value.values())} kept over {len(kept)} modules (per module: {each})"
 
 
 def _text(info: dict[str, Any]) -> str:
-    rows = [("method", f"{info['method']} (peft_type {info['peft_type']})"),
-            ("base model", info["base_model"] or "-"), ("task type", info["task_type"] or "-")]
+    rows = [
+        ("method", f"{info['method']} (peft_type {info['peft_type']})"),
+        ("base model", info["base_model"] or "-"),
+        ("task type", info["task_type"] or "-"),
+    ]
     for key, value in info["config"].items():
         pairs = isinstance(value, list) and value and all(isinstance(v, (list, tuple)) and len(v) == 2 for v in value)
-        shown = ", ".join(f"{k}: {v}" for k, v in value) if pairs else (
-            ", ".join(map(str, value)) if isinstance(value, list) else _masks(value) or value)  # pairs: rank_pattern and kin
+        shown = (
+            ", ".join(f"{k}: {v}" for k, v in value)
+            if pairs
+            else (", ".join(map(str, value)) if isinstance(value, list) else _masks(value) or value)
+        )  # pairs: rank_pattern and kin
         rows.append((key, "-" if shown in (None, "") else shown))
-    rows += [("tensors", info["tensors"]), ("parameters", f"{info['parameters']:,}"),
-             ("dtype", ", ".join(info["dtypes"]) or "-"),
-             ("file size", f"{_size(info['file_bytes'])} ({info['file_bytes']:,} bytes)"),
-             ("vLLM", info["vllm"]["summary"])]
+    rows += [
+        ("tensors", info["tensors"]),
+        ("parameters", f"{info['parameters']:,}"),
+        ("dtype", ", ".join(info["dtypes"]) or "-"),
+        ("file size", f"{_size(info['file_bytes'])} ({info['file_bytes']:,} bytes)"),
+        ("vLLM", info["vllm"]["summary"]),
+    ]
     width = max(len(k) for k, _ in rows)
     lines = [f"adapter {info['name']!r} in {info['folder']}"]
     lines += [f"  {k.ljust(width)}  {v}" for k, v in rows]
@@ -89,8 +119,11 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
-@command("inspect", "Show what an adapter folder holds: method, rank, targets, tensors, size, whether vLLM "
-         "loads it.", _arguments)
+@command(
+    "inspect",
+    "Show what an adapter folder holds: method, rank, targets, tensors, size, whether vLLM loads it.",
+    _arguments,
+)
 def run(args: argparse.Namespace) -> int:
     from ..io.read import adapter_folders, find_folder
 

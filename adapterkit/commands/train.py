@@ -1,4 +1,5 @@
 """``adapterkit train CONFIG.yaml``: fine-tune an adapter as a YAML file says."""
+
 from __future__ import annotations
 
 import argparse
@@ -8,17 +9,38 @@ from ..errors import ConfigError
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", nargs="?", help="the YAML train config (sections: model, adapter, data, optim, "
-                   "eval, output)")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override one config value, e.g. --set optim.lr=1e-4 (repeatable)")
-    p.add_argument("--num-processes", type=positive_int, default=None, metavar="N",
-                   help="train on N processes through `accelerate launch` (DDP; gloo on a CPU)")
-    p.add_argument("--config-file", default=None, metavar="F",
-                   help="an Accelerate config file passed to `accelerate launch` (FSDP, DeepSpeed, ...)")
-    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="auto",
-                   help="continue from the newest checkpoint in output.dir (an error if there is none); "
-                        "--resume auto: continue if there is one, else start fresh")
+    p.add_argument(
+        "config", nargs="?", help="the YAML train config (sections: model, adapter, data, optim, eval, output)"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value, e.g. --set optim.lr=1e-4 (repeatable)",
+    )
+    p.add_argument(
+        "--num-processes",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="train on N processes through `accelerate launch` (DDP; gloo on a CPU)",
+    )
+    p.add_argument(
+        "--config-file",
+        default=None,
+        metavar="F",
+        help="an Accelerate config file passed to `accelerate launch` (FSDP, DeepSpeed, ...)",
+    )
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="auto",
+        help="continue from the newest checkpoint in output.dir (an error if there is none); "
+        "--resume auto: continue if there is one, else start fresh",
+    )
 
 
 def _resume_mode(args) -> None:

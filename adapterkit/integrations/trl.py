@@ -23,6 +23,7 @@ checkpoints hold the adapters in PEFT's layout and the trainer's state, not the 
     ak.attach(model, ak.LoRAConfig(rank=16, alpha=32, targets="all-linear"))
     DPOTrainer(model, args=DPOConfig("out", beta=0.1), train_dataset=pairs, processing_class=tok).train()
 """
+
 from __future__ import annotations
 
 import copy
@@ -65,8 +66,15 @@ class DPOTrainer(trl.DPOTrainer):
     (``adapter_checkpoints=False``: whatever the given callbacks make of them). Other arguments are TRL's.
     """
 
-    def __init__(self, model: nn.Module, ref_model=None, args: trl.DPOConfig | None = None,
-                 *, adapter_checkpoints: bool = True, **kwargs):
+    def __init__(
+        self,
+        model: nn.Module,
+        ref_model=None,
+        args: trl.DPOConfig | None = None,
+        *,
+        adapter_checkpoints: bool = True,
+        **kwargs,
+    ):
         _check_policy(model, "DPOTrainer", kwargs.get("peft_config"))
         if ref_model is not None:
             raise ConfigError(
@@ -96,8 +104,15 @@ class GRPOTrainer(trl.GRPOTrainer):
     ``DPOTrainer``. Other arguments are TRL's.
     """
 
-    def __init__(self, model: nn.Module, reward_funcs=None, args: trl.GRPOConfig | None = None,
-                 *, adapter_checkpoints: bool = True, **kwargs):
+    def __init__(
+        self,
+        model: nn.Module,
+        reward_funcs=None,
+        args: trl.GRPOConfig | None = None,
+        *,
+        adapter_checkpoints: bool = True,
+        **kwargs,
+    ):
         _check_policy(model, "GRPOTrainer", kwargs.get("peft_config"))
         args = copy.copy(args) if args is not None else trl.GRPOConfig(_run_name(model, "GRPO"))
         _check_no_sync(args)
@@ -117,8 +132,10 @@ class GRPOTrainer(trl.GRPOTrainer):
 def with_checkpoint_callback(callbacks) -> list:
     """``callbacks`` with ``ak.checkpoint_callback()`` added, unless one (or its class) is there."""
     callbacks = list(callbacks or [])
-    given = any(isinstance(c, AdapterCheckpoints) or (isinstance(c, type) and issubclass(c, AdapterCheckpoints))
-                for c in callbacks)
+    given = any(
+        isinstance(c, AdapterCheckpoints) or (isinstance(c, type) and issubclass(c, AdapterCheckpoints))
+        for c in callbacks
+    )
     return callbacks if given else callbacks + [checkpoint_callback()]
 
 

@@ -10,6 +10,7 @@ uses: ``VLLMClient.update_named_params`` in server mode, the engine's ``load_wei
 
 Whole (unsharded) weights only: single process, DDP, DeepSpeed ZeRO-1/2.
 """
+
 from __future__ import annotations
 
 from typing import Iterator

@@ -61,6 +61,7 @@ Writes are atomic (``atomic.py``): every file is written under a temporary name 
 folder and all are renamed into place only once all are written, so a failed save leaves the
 previous files byte for byte.
 """
+
 from .load import load_adapter
 from .read import adapter_folders
 from .save import save_adapter

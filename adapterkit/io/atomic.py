@@ -5,6 +5,7 @@ the block ends without an exception are the temporary files renamed over the rea
 rename within one folder is atomic on POSIX and Windows). On any exception the temporary files
 and the folders the block created are removed, so the previous files are left byte for byte.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -20,6 +20,7 @@ read this way; any other unknown tensor is an error (``diagnose.py``).
 Saving, adapterkit writes these only for a resized vocabulary (``resized_embeddings``), where the
 adapter is wrong without them; an unchanged embedding is not copied into every adapter file.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -80,7 +81,7 @@ def split(model: nn.Module, adapted: list[str], unexpected: dict[str, Tensor], p
     found = []
     for key, tensor in unexpected.items():
         for start, module, inner in places:
-            rest = key[len(start):]
+            rest = key[len(start) :]
             if key.startswith(start) and rest in dict(inner.named_parameters()):
                 found.append(BaseTensor(key, module, rest, tensor))
                 break
@@ -141,11 +142,15 @@ def check(model: nn.Module, found: list[BaseTensor], folder: Path) -> list[BaseT
 
 def _shape_message(item: BaseTensor, live: tuple, file: Path) -> str:
     shape = tuple(item.tensor.shape)
-    head = (f"{str(file)!r} holds the base weight {item.key!r} with shape {shape}, but this model's "
-            f"{item.module}.{item.param} is {live}.")
+    head = (
+        f"{str(file)!r} holds the base weight {item.key!r} with shape {shape}, but this model's "
+        f"{item.module}.{item.param} is {live}."
+    )
     if len(shape) == 2 and len(live) == 2 and shape[1] == live[1]:
-        return (f"{head} PEFT saves it when the vocabulary was resized: load the tokenizer the adapter was "
-                f"trained with and call model.resize_token_embeddings({shape[0]}) before loading the adapter.")
+        return (
+            f"{head} PEFT saves it when the vocabulary was resized: load the tokenizer the adapter was "
+            f"trained with and call model.resize_token_embeddings({shape[0]}) before loading the adapter."
+        )
     return f"{head} The file was saved from another model (compare its base_model_name_or_path)."
 
 
@@ -163,5 +168,6 @@ def apply(model: nn.Module, differ: list[BaseTensor], folder: Path) -> None:
         f"(largest difference {worst:.3g}); PEFT saves them when those layers were resized or trained. "
         f"They were copied into the model's base layers, as PEFT does: ak.disabled and ak.detach keep "
         f"these values. Load a fresh base model to get the original weights back.",
-        UserWarning, stacklevel=3,
+        UserWarning,
+        stacklevel=3,
     )

@@ -5,6 +5,7 @@ adapter: method, file type, every config field (rank, alpha, targets, ...), the 
 trainable parameters and tensors, whether vLLM's LoRA loader takes it (``serving.py``), and the
 lines that load it with adapterkit or PEFT.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,14 +38,23 @@ def _value(value: Any) -> str:
 def _section(item: Saved) -> list[str]:
     params = sum(t.numel() for t in item.tensors.values())
     dtypes = sorted({str(t.dtype).replace("torch.", "") for t in item.tensors.values()})
-    lines = [f"## Adapter `{item.name}`", "", "| field | value |", "|---|---|",
-             f"| folder | `{item.folder}` |", f"| method | {item.config.method} |",
-             f"| peft_type | `{item.peft_type}` |"]
+    lines = [
+        f"## Adapter `{item.name}`",
+        "",
+        "| field | value |",
+        "|---|---|",
+        f"| folder | `{item.folder}` |",
+        f"| method | {item.config.method} |",
+        f"| peft_type | `{item.peft_type}` |",
+    ]
     for key, value in item.config.to_dict().items():
         if key != "method":
             lines.append(f"| {key} | {_value(value)} |")
-    lines += [f"| adapted modules | {item.modules} |", f"| trainable parameters | {params:,} |",
-              f"| tensors | {len(item.tensors)} ({', '.join(dtypes) or '-'}) |"]
+    lines += [
+        f"| adapted modules | {item.modules} |",
+        f"| trainable parameters | {params:,} |",
+        f"| tensors | {len(item.tensors)} ({', '.join(dtypes) or '-'}) |",
+    ]
     if item.vllm:
         lines.append(f"| loads in vLLM | {item.vllm} |")
     lines.append("")
@@ -64,18 +74,32 @@ def model_card(saved: list[Saved], base_model: Optional[str], version: str) -> s
         head.append(f"- base_model:adapter:{base_model}")
     head.append("---")
     title = f"# Adapters for {base_model}" if base_model else "# Adapters"
-    body = [title, "", f"Saved by adapterkit {version} in PEFT's file layout: `adapter_config.json` "
-            "and `adapter_model.safetensors` in each adapter's folder.", "",
-            f"Base model: {base_model or 'not recorded (the model had no name_or_path)'}.", ""]
+    body = [
+        title,
+        "",
+        f"Saved by adapterkit {version} in PEFT's file layout: `adapter_config.json` "
+        "and `adapter_model.safetensors` in each adapter's folder.",
+        "",
+        f"Base model: {base_model or 'not recorded (the model had no name_or_path)'}.",
+        "",
+    ]
     for item in saved:
         body += _section(item)
     first = saved[0]
     sub = "" if first.folder == "." else f", subfolder={first.folder!r}"
-    body += ["## Load", "", "```python", "import adapterkit as ak",
-             f"model = ak.load_adapter(model, {'PATH' if first.folder == '.' else 'PATH/' + first.folder!r}"
-             f", name={first.name!r})"]
+    body += [
+        "## Load",
+        "",
+        "```python",
+        "import adapterkit as ak",
+        f"model = ak.load_adapter(model, {'PATH' if first.folder == '.' else 'PATH/' + first.folder!r}"
+        f", name={first.name!r})",
+    ]
     if peft_reads:
-        body += ["# or, with PEFT:", "from peft import PeftModel",
-                 f"model = PeftModel.from_pretrained(model, 'PATH'{sub})"]
+        body += [
+            "# or, with PEFT:",
+            "from peft import PeftModel",
+            f"model = PeftModel.from_pretrained(model, 'PATH'{sub})",
+        ]
     body += ["```", ""]
     return "\n".join(head + [""] + body)

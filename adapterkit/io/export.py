@@ -14,6 +14,7 @@ used. Base weights transformers had to initialise at random and the adapter does
 are refused rather than saved. The folder is written under a temporary name beside ``out`` and
 renamed into place.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,9 +34,20 @@ from .read import CONFIG_NAME, WEIGHTS_NAME, adapter_folders, find_folder, read_
 from .save import as_dtype
 
 TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
-    "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt", "spiece.model", "sentencepiece.bpe.model",
-    "chat_template.jinja", "chat_template.json", "preprocessor_config.json", "processor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "chat_template.jinja",
+    "chat_template.json",
+    "preprocessor_config.json",
+    "processor_config.json",
 )
 _RUN_TASKS = {"classification": "SEQ_CLS", "seq2seq": "SEQ_2_SEQ_LM", "causal-lm": "CAUSAL_LM"}
 
@@ -109,8 +121,7 @@ def _label_arguments(cls, config, folder: Path) -> dict:
     return extra
 
 
-def _load_base(path: str, folder: Path, dtype: Optional[torch.dtype],
-               allow_pickle: bool = False):
+def _load_base(path: str, folder: Path, dtype: Optional[torch.dtype], allow_pickle: bool = False):
     """(model, dtype, names transformers initialised at random) for the adapter in ``folder``."""
     import transformers
     from safetensors import SafetensorError
@@ -126,16 +137,20 @@ def _load_base(path: str, folder: Path, dtype: Optional[torch.dtype],
         target = getattr(torch, target) if isinstance(target, str) else target
         safe = {"weights_only": True} if allow_pickle else {"use_safetensors": True}
         model, info = cls.from_pretrained(path, dtype=target, output_loading_info=True, **extra, **safe)
-        fresh = list(info.get("missing_keys", ())) + [k if isinstance(k, str) else k[0]
-                                                      for k in info.get("mismatched_keys", ())]
+        fresh = list(info.get("missing_keys", ())) + [
+            k if isinstance(k, str) else k[0] for k in info.get("mismatched_keys", ())
+        ]
         return model.eval(), target, fresh
     except (OSError, ValueError, KeyError, RuntimeError, EOFError, pickle.UnpicklingError, SafetensorError) as err:
         # transformers' errors (often several lines), truncated weights, a pickle weights_only=True refuses
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if isinstance(err, pickle.UnpicklingError):  # torch's own words advise weights_only=False: never
-            first = ("its pickle weights hold objects other than tensors, which are never unpickled "
-                     "(weights_only=True); convert them to safetensors where you trust them"
-                     if "GLOBAL" in str(err) else "its pickle weights are truncated or corrupt")
+            first = (
+                "its pickle weights hold objects other than tensors, which are never unpickled "
+                "(weights_only=True); convert them to safetensors where you trust them"
+                if "GLOBAL" in str(err)
+                else "its pickle weights are truncated or corrupt"
+            )
         raise AdapterFileError(f"could not load the base model from {path!r}: {first}") from None
 
 
@@ -149,8 +164,7 @@ def _pad_token(model: nn.Module, path: str) -> None:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError, TypeError):
         return
-    model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
-        else tokenizer.eos_token_id
+    model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 def _check_initialised(model: nn.Module, missing: list[str], path: str) -> None:
@@ -168,9 +182,15 @@ def _check_initialised(model: nn.Module, missing: list[str], path: str) -> None:
         )
 
 
-def export_merged(adapter: Union[str, Path], base: Union[None, str, Path], out: Union[str, Path],
-                  dtype: Union[None, str, torch.dtype] = None, name: str = "default",
-                  overwrite: bool = False, allow_pickle: bool = False) -> Path:
+def export_merged(
+    adapter: Union[str, Path],
+    base: Union[None, str, Path],
+    out: Union[str, Path],
+    dtype: Union[None, str, torch.dtype] = None,
+    name: str = "default",
+    overwrite: bool = False,
+    allow_pickle: bool = False,
+) -> Path:
     """Merge adapter ``name`` of folder ``adapter`` into its base model; write folder ``out``.
 
     ``base``: a model folder, a hub name or an offline alias (None: the one the adapter records).

@@ -1,4 +1,5 @@
 """load_adapter: an adapter folder (adapterkit's or PEFT's) into a model, checked key by key."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,8 +38,9 @@ def _shape(t) -> tuple:
     return tuple(t.shape)
 
 
-def _check_state(model: nn.Module, found: list[Entry], tensors: dict[str, torch.Tensor], folder: Path,
-                 data: dict, prefix: str) -> list[base_layers.BaseTensor]:
+def _check_state(
+    model: nn.Module, found: list[Entry], tensors: dict[str, torch.Tensor], folder: Path, data: dict, prefix: str
+) -> list[base_layers.BaseTensor]:
     """Shapes first (an adapter for another base model), then missing / unexpected keys; returns
     the base-layer weights PEFT saved beside the adapter (``base_layers.py``)."""
     file = str(folder / WEIGHTS_NAME)
@@ -78,8 +80,9 @@ def _fill(found: list[Entry], tensors: dict[str, torch.Tensor]) -> None:
             live.copy_(mine[key])
 
 
-def load_adapter(model: nn.Module, path: Union[str, Path], name: str = "default",
-                 trainable: bool = False, allow_pickle: bool = False) -> nn.Module:
+def load_adapter(
+    model: nn.Module, path: Union[str, Path], name: str = "default", trainable: bool = False, allow_pickle: bool = False
+) -> nn.Module:
     """Attach the adapter saved in ``path`` (by adapterkit or PEFT) as ``name``; returns ``model``.
 
     ``path`` is the adapter's folder; for a ``name`` other than "default", ``path/name`` is read

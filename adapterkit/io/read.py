@@ -4,6 +4,7 @@ Nothing here touches a model. A folder holds ``adapter_config.json`` and
 ``adapter_model.safetensors``; a folder written with several adapters holds the ``default`` one at
 its root and each other one in a sub-folder named after it (PEFT's layout).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,16 +44,17 @@ def find_folder(path: Union[str, Path], name: str = "default") -> Path:
     if not path.exists():
         raise AdapterFileMissing(f"adapter folder {str(path)!r} does not exist; check the path.")
     if not path.is_dir():
-        raise AdapterFileError(
-            f"{str(path)!r} is a file; give the folder that holds {CONFIG_NAME} and {WEIGHTS_NAME}."
-        )
+        raise AdapterFileError(f"{str(path)!r} is a file; give the folder that holds {CONFIG_NAME} and {WEIGHTS_NAME}.")
     if name != "default" and (path / name / CONFIG_NAME).is_file():
         return path / name  # where save_adapter (and PEFT) put a non-default adapter
     if (path / CONFIG_NAME).is_file():
         return path
     subs = [n for n in adapter_folders(path) if n != "default"]
-    hint = (f" It holds adapters in sub-folders: {', '.join(subs)}; pass the sub-folder, or "
-            f"name=<one of them>." if subs else "")
+    hint = (
+        f" It holds adapters in sub-folders: {', '.join(subs)}; pass the sub-folder, or name=<one of them>."
+        if subs
+        else ""
+    )
     raise AdapterFileMissing(f"no {CONFIG_NAME} in {str(path)!r}.{hint}")
 
 
@@ -122,13 +124,21 @@ def _load_safetensors(file: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(file), device="cpu")
     except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
-        raise AdapterFileError(
-            f"{str(file)!r} is truncated or corrupt ({err}); re-save or re-download it."
-        ) from None
+        raise AdapterFileError(f"{str(file)!r} is truncated or corrupt ({err}); re-save or re-download it.") from None
 
 
-_DTYPE_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
-                "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+_DTYPE_NAMES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
+}
 
 
 def tensor_header(file: Path) -> dict[str, tuple[tuple[int, ...], str]]:

@@ -1,4 +1,5 @@
 """save_adapter: adapters to disk in PEFT's layout, atomically."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,9 +20,16 @@ from .read import CARD_NAME, CONFIG_NAME, PICKLE_NAME, WEIGHTS_NAME
 from .serving import vllm_summary
 from .state import entries, state_to_save
 
-DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
-          "float16": torch.float16, "half": torch.float16, "fp32": torch.float32,
-          "float32": torch.float32, "float": torch.float32}
+DTYPES = {
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "half": torch.float16,
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "float": torch.float32,
+}
 
 
 def as_dtype(dtype: Union[None, str, torch.dtype]) -> Optional[torch.dtype]:
@@ -72,8 +80,12 @@ def file_config(model: nn.Module, name: str) -> dict[str, Any]:
     method = method_for(config)
     if method.files is None:
         raise AdapterFileError(f"adapter {name!r} is a {config.method} adapter, which has no file format yet.")
-    data: dict[str, Any] = {"peft_type": method.files.peft_type, "base_model_name_or_path": base_model_name(model),
-                            "task_type": _task(model, name), "inference_mode": True}
+    data: dict[str, Any] = {
+        "peft_type": method.files.peft_type,
+        "base_model_name_or_path": base_model_name(model),
+        "task_type": _task(model, name),
+        "inference_mode": True,
+    }
     if "train_modules" in {f.name for f in dataclasses.fields(config)}:
         data["modules_to_save"] = list(config.train_modules) + list(_heads(model, name)) or None
     data.update(method.files.config_to_file(config, model))
@@ -88,10 +100,16 @@ def _base_tensors(model: nn.Module, name: str, dtype: Optional[torch.dtype]) -> 
     for module_name, module in _heads(model, name).items():
         found.update({f"{prefix}{module_name}.{k}": t for k, t in module.state_dict().items()})
     _, layers = entries(model, name)
-    found.update(base_layers.resized_embeddings(model, [e.module for e in layers if not e.trained],
-                                                [e.module for e in layers if e.trained], prefix))
-    return {k: t.detach().to("cpu", dtype or t.dtype).contiguous().clone()
-            for k, t in found.items() if t.is_floating_point()}
+    found.update(
+        base_layers.resized_embeddings(
+            model, [e.module for e in layers if not e.trained], [e.module for e in layers if e.trained], prefix
+        )
+    )
+    return {
+        k: t.detach().to("cpu", dtype or t.dtype).contiguous().clone()
+        for k, t in found.items()
+        if t.is_floating_point()
+    }
 
 
 def _folders(model: nn.Module, path: Path, name: Optional[str]) -> dict[str, Path]:
@@ -118,9 +136,14 @@ def _check_target(path: Path, folders: dict[str, Path], overwrite: bool) -> None
                 )
 
 
-def save_adapter(model: nn.Module, path: Union[str, Path], name: Optional[str] = None,
-                 overwrite: bool = False, dtype: Union[None, str, torch.dtype] = None,
-                 state_dict: Optional[Mapping[str, torch.Tensor]] = None) -> Path:
+def save_adapter(
+    model: nn.Module,
+    path: Union[str, Path],
+    name: Optional[str] = None,
+    overwrite: bool = False,
+    dtype: Union[None, str, torch.dtype] = None,
+    state_dict: Optional[Mapping[str, torch.Tensor]] = None,
+) -> Path:
     """Write adapter ``name`` (default: every adapter) to folder ``path``; returns ``path``.
 
     PEFT's layout: ``adapter_config.json`` + ``adapter_model.safetensors``; the ``default`` adapter
@@ -147,8 +170,7 @@ def save_adapter(model: nn.Module, path: Union[str, Path], name: Optional[str] =
             tensors = {**state_to_save(model, adapter, dtype, state_dict), **_base_tensors(model, adapter, dtype)}
             text = json.dumps(data, indent=2, sort_keys=True) + "\n"
             stage(folder / CONFIG_NAME, lambda tmp, text=text: tmp.write_text(text, encoding="utf-8"))
-            stage(folder / WEIGHTS_NAME,
-                  lambda tmp, t=tensors: save_file(t, str(tmp), metadata={"format": "pt"}))
+            stage(folder / WEIGHTS_NAME, lambda tmp, t=tensors: save_file(t, str(tmp), metadata={"format": "pt"}))
             rel = "." if folder == path else folder.name
             count = sum(1 for e in entries(model, adapter)[1] if not e.trained)
             vllm = vllm_summary(data, {k: tuple(t.shape) for k, t in tensors.items()})

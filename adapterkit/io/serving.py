@@ -4,6 +4,7 @@
 ``adapter_config.json`` and ``{tensor key: shape}``), so ``save_adapter`` (the model card) and
 ``adapterkit inspect`` give the same answer.
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -38,9 +39,11 @@ def vllm_reasons(config: Mapping[str, Any], shapes: Mapping[str, tuple]) -> list
     (default 16; ``vllm_notes`` says so), and the base architecture must support LoRA in vLLM.
     """
     if config.get("peft_type") != "LORA":
-        instead = ("merge it into the model (adapterkit merge) and serve the merged model"
-                   if _mergeable(config.get("peft_type")) else
-                   "it cannot be merged into the weights either: serve it with transformers and adapterkit or PEFT")
+        instead = (
+            "merge it into the model (adapterkit merge) and serve the merged model"
+            if _mergeable(config.get("peft_type"))
+            else "it cannot be merged into the weights either: serve it with transformers and adapterkit or PEFT"
+        )
         return [f"vLLM's loader reads LoRA adapters only; this one is peft_type {config.get('peft_type')!r}; {instead}"]
     reasons = []
     missing = [k for k in ("r", "lora_alpha", "target_modules") if config.get(k) in (None, "", [])]
@@ -49,8 +52,10 @@ def vllm_reasons(config: Mapping[str, Any], shapes: Mapping[str, tuple]) -> list
     if config.get("use_dora"):
         reasons.append("it is a DoRA adapter (use_dora); vLLM does not support DoRA: merge it instead")
     if config.get("modules_to_save"):
-        reasons.append(f"it trains whole modules (modules_to_save={list(config['modules_to_save'])}); vLLM "
-                       "only supports modules_to_save being None: merge it, or train without train_modules")
+        reasons.append(
+            f"it trains whole modules (modules_to_save={list(config['modules_to_save'])}); vLLM "
+            "only supports modules_to_save being None: merge it, or train without train_modules"
+        )
     if config.get("bias", "none") not in ("none", None):
         reasons.append(f"bias={config['bias']!r}: vLLM supports adapter bias 'none' only")
     return reasons + _tensor_reasons(shapes, config.get("modules_to_save") or [])
@@ -75,8 +80,10 @@ def _tensor_problem(key: str, shape: tuple) -> str | None:
     if parts[-1] in ("lora_embedding_A", "lora_embedding_B"):
         module = parts[-2] if len(parts) > 1 else ""
         if module not in ("embed_tokens", "lm_head"):
-            return (f"LoRA on the embedding {'.'.join(parts[2:-1])!r}: vLLM adapts only the token "
-                    "embedding (embed_tokens) and lm_head")
+            return (
+                f"LoRA on the embedding {'.'.join(parts[2:-1])!r}: vLLM adapts only the token "
+                "embedding (embed_tokens) and lm_head"
+            )
         return None
     if len(parts) >= 2 and parts[-2] in ("lora_A", "lora_B") and parts[-1] == "weight":
         if len(shape) == 4:
@@ -93,11 +100,15 @@ def vllm_notes(config: Mapping[str, Any]) -> list[str]:
     """Server settings the adapter needs (not refusals)."""
     rank, notes = config.get("r"), []
     if isinstance(rank, int) and rank > MAX_LORA_RANK_DEFAULT:
-        notes.append(f"rank {rank} is above vLLM's default --max-lora-rank {MAX_LORA_RANK_DEFAULT}: start vLLM with "
-                     f"--max-lora-rank {rank} or more")
+        notes.append(
+            f"rank {rank} is above vLLM's default --max-lora-rank {MAX_LORA_RANK_DEFAULT}: start vLLM with "
+            f"--max-lora-rank {rank} or more"
+        )
     if config.get("target_parameters"):  # PEFT's ParamWrapper layout (methods/lora/params.py)
-        notes.append("it puts LoRA on fused expert parameters (target_parameters), which only vLLM versions that "
-                     "read PEFT's ParamWrapper layout for fused MoE layers load: check the vLLM version you serve with")
+        notes.append(
+            "it puts LoRA on fused expert parameters (target_parameters), which only vLLM versions that "
+            "read PEFT's ParamWrapper layout for fused MoE layers load: check the vLLM version you serve with"
+        )
     return notes
 
 
@@ -116,5 +127,6 @@ def _mergeable(peft_type) -> bool:
 
     from .. import methods  # noqa: F401  (registers the built-in methods)
 
-    return any(m.files is not None and m.files.peft_type == peft_type and hasattr(m.layer, "merged")
-               for m in METHODS.values())
+    return any(
+        m.files is not None and m.files.peft_type == peft_type and hasattr(m.layer, "merged") for m in METHODS.values()
+    )

@@ -6,6 +6,7 @@ Each adapter layer that holds adapter ``name`` contributes the tensors its metho
 PEFT's key for a module to save. Layers nested by several methods are named after the module
 the user sees (``...q_proj``, not ``...q_proj.base``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -80,13 +81,16 @@ def _from_state(state_dict, names: dict[int, list[str]], tensor: Tensor, key: st
         if name in state_dict:
             return state_dict[name].detach()
     if id(tensor) in names:
-        raise AdapterFileError(f"the state_dict given to save has no {names[id(tensor)][0]!r} (file key {key!r}); "
-                               "pass the model's whole state dict, e.g. accelerator.get_state_dict(model).")
+        raise AdapterFileError(
+            f"the state_dict given to save has no {names[id(tensor)][0]!r} (file key {key!r}); "
+            "pass the model's whole state dict, e.g. accelerator.get_state_dict(model)."
+        )
     return tensor.detach()  # a tensor computed from the parameters (prompt encoders): read live
 
 
-def state_to_save(model: nn.Module, name: str, dtype: Optional[torch.dtype] = None,
-                  state_dict: Optional[Mapping[str, Tensor]] = None) -> dict[str, Tensor]:
+def state_to_save(
+    model: nn.Module, name: str, dtype: Optional[torch.dtype] = None, state_dict: Optional[Mapping[str, Tensor]] = None
+) -> dict[str, Tensor]:
     """Detached CPU copies of adapter ``name``'s tensors, cast to ``dtype`` (floats only).
 
     ``state_dict`` (the model's tensors by name, whole: e.g. ``accelerator.get_state_dict(model)``

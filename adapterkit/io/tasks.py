@@ -23,6 +23,7 @@ PEFT's classification wrappers wrap every module whose name ends with one of the
 and then require its tensors in the file (``KeyError`` otherwise), so ``save_adapter`` saves the
 weights of such heads even when the adapter did not train them (``heads_to_save``).
 """
+
 from __future__ import annotations
 
 import sys
@@ -32,25 +33,38 @@ from torch import nn
 
 TASK_TYPES = ("CAUSAL_LM", "SEQ_2_SEQ_LM", "SEQ_CLS", "TOKEN_CLS", "QUESTION_ANS", "FEATURE_EXTRACTION")
 AUTO_CLASS = {
-    "CAUSAL_LM": "AutoModelForCausalLM", "SEQ_2_SEQ_LM": "AutoModelForSeq2SeqLM",
-    "SEQ_CLS": "AutoModelForSequenceClassification", "TOKEN_CLS": "AutoModelForTokenClassification",
-    "QUESTION_ANS": "AutoModelForQuestionAnswering", "FEATURE_EXTRACTION": "AutoModel",
+    "CAUSAL_LM": "AutoModelForCausalLM",
+    "SEQ_2_SEQ_LM": "AutoModelForSeq2SeqLM",
+    "SEQ_CLS": "AutoModelForSequenceClassification",
+    "TOKEN_CLS": "AutoModelForTokenClassification",
+    "QUESTION_ANS": "AutoModelForQuestionAnswering",
+    "FEATURE_EXTRACTION": "AutoModel",
 }
 WHAT = {
-    "CAUSAL_LM": "a causal language model", "SEQ_2_SEQ_LM": "an encoder-decoder (seq2seq) model",
-    "SEQ_CLS": "a model with a sequence-classification head", "TOKEN_CLS": "a model with a token-classification head",
-    "QUESTION_ANS": "a model with a question-answering head", "FEATURE_EXTRACTION": "a bare model without a head",
+    "CAUSAL_LM": "a causal language model",
+    "SEQ_2_SEQ_LM": "an encoder-decoder (seq2seq) model",
+    "SEQ_CLS": "a model with a sequence-classification head",
+    "TOKEN_CLS": "a model with a token-classification head",
+    "QUESTION_ANS": "a model with a question-answering head",
+    "FEATURE_EXTRACTION": "a bare model without a head",
 }
 # PeftModelForSequenceClassification / ...TokenClassification / ...QuestionAnswering (peft_model.py)
 PEFT_HEADS = {"SEQ_CLS": ("classifier", "score"), "TOKEN_CLS": ("classifier", "score"), "QUESTION_ANS": ("qa_outputs",)}
 _TABLES = {
-    "CAUSAL_LM": "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", "SEQ_2_SEQ_LM": "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES",
+    "CAUSAL_LM": "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES",
+    "SEQ_2_SEQ_LM": "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES",
     "SEQ_CLS": "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
     "TOKEN_CLS": "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES",
-    "QUESTION_ANS": "MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES", "FEATURE_EXTRACTION": "MODEL_MAPPING_NAMES",
+    "QUESTION_ANS": "MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES",
+    "FEATURE_EXTRACTION": "MODEL_MAPPING_NAMES",
 }
-_ENDINGS = (("ForCausalLM", "CAUSAL_LM"), ("LMHeadModel", "CAUSAL_LM"), ("ForSequenceClassification", "SEQ_CLS"),
-            ("ForTokenClassification", "TOKEN_CLS"), ("ForQuestionAnswering", "QUESTION_ANS"))
+_ENDINGS = (
+    ("ForCausalLM", "CAUSAL_LM"),
+    ("LMHeadModel", "CAUSAL_LM"),
+    ("ForSequenceClassification", "SEQ_CLS"),
+    ("ForTokenClassification", "TOKEN_CLS"),
+    ("ForQuestionAnswering", "QUESTION_ANS"),
+)
 
 
 def _table_names(task: str) -> set[str]:
@@ -123,7 +137,9 @@ def mismatch(file_task: Optional[str], model: nn.Module) -> Optional[str]:
     mine = task_type(model)
     if file_task not in TASK_TYPES or mine is None or file_task == mine:
         return None
-    return (f"the file's task_type is {file_task} (an adapter for {WHAT[file_task]}), but this model is a "
-            f"{type(model).__name__} ({mine}: {WHAT[mine]}). Load the base with transformers' "
-            f"{AUTO_CLASS[file_task]}.from_pretrained(...) (with num_labels as trained, for a classifier) "
-            f"and load the adapter into that model")
+    return (
+        f"the file's task_type is {file_task} (an adapter for {WHAT[file_task]}), but this model is a "
+        f"{type(model).__name__} ({mine}: {WHAT[mine]}). Load the base with transformers' "
+        f"{AUTO_CLASS[file_task]}.from_pretrained(...) (with num_labels as trained, for a classifier) "
+        f"and load the adapter into that model"
+    )

@@ -36,6 +36,7 @@ half-written checkpoint (as the Trainer does without adapters), and the hook arm
 ``state_dict()`` is then adapter-only, until ``train()`` runs again. ``trainer.save_model()`` writes
 the whole model, as without the callback; write the final adapter with ``ak.save_adapter``.
 """
+
 from __future__ import annotations
 
 import json
@@ -99,8 +100,9 @@ class AdapterLoads:
         entry = self.pending.pop() if self.pending else None
         if entry is not None:
             prefix, keep = entry
-            incompatible.missing_keys[:] = [k for k in incompatible.missing_keys
-                                            if k.startswith(keep) or not k.startswith(prefix)]
+            incompatible.missing_keys[:] = [
+                k for k in incompatible.missing_keys if k.startswith(keep) or not k.startswith(prefix)
+            ]
 
 
 def _adapter_weights_only(folder: Path, model: nn.Module) -> None:
@@ -123,8 +125,11 @@ def _adapter_weights_only(folder: Path, model: nn.Module) -> None:
 def finish_checkpoint(folder: Path, model: nn.Module) -> None:
     """A checkpoint the Trainer just wrote: its config.json out, adapter-only weights, the adapter files in."""
     if not folder.is_dir():
-        warnings.warn(f"adapterkit: no checkpoint folder {str(folder)!r} to write the adapter into "
-                      f"(hyperparameter search runs keep theirs elsewhere); it holds what the Trainer wrote.")
+        warnings.warn(
+            f"adapterkit: no checkpoint folder {str(folder)!r} to write the adapter into "
+            f"(hyperparameter search runs keep theirs elsewhere); it holds what the Trainer wrote.",
+            stacklevel=2,
+        )
         return
     (folder / CONFIG_NAME).unlink(missing_ok=True)  # first: from here on no loader reads it as a model
     _adapter_weights_only(folder, model)
@@ -146,8 +151,10 @@ class AdapterCheckpoints(TrainerCallback):
     def _hook_loads(self, model: nn.Module) -> None:
         if not self.loads_hooked:
             loads = AdapterLoads()
-            self.handles += [model.register_load_state_dict_pre_hook(loads.before),
-                             model.register_load_state_dict_post_hook(loads.after)]
+            self.handles += [
+                model.register_load_state_dict_pre_hook(loads.before),
+                model.register_load_state_dict_post_hook(loads.after),
+            ]
             self.loads_hooked = True
 
     def _arm(self, args, control, evaluated: bool = False) -> None:

@@ -4,6 +4,7 @@ written to / read from PEFT's ``target_modules`` / ``exclude_modules`` / ``layer
 "all-linear" (and a regex with ``layers``) is written as the full names of the modules picked, as
 PEFT writes them; suffix lists and regexes stay as given.
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -46,15 +47,23 @@ def targets_to_file(config, model: nn.Module, names: list[str]) -> dict[str, Any
         targets = targets if isinstance(targets, str) else list(targets)
     exclude = config.exclude if isinstance(config.exclude, str) else (list(config.exclude) or None)
     conv1d = any(bases.base_kind(logical(model, n)) == "conv1d" for n in names)
-    return {"target_modules": targets, "exclude_modules": exclude, "layers_to_transform": layers,
-            "layers_pattern": None, "fan_in_fan_out": conv1d}
+    return {
+        "target_modules": targets,
+        "exclude_modules": exclude,
+        "layers_to_transform": layers,
+        "layers_pattern": None,
+        "fan_in_fan_out": conv1d,
+    }
 
 
 def targets_from_file(data: Mapping[str, Any]) -> dict[str, Any]:
     """The config fields targets / exclude / layers from a PEFT config dict (absent keys left out)."""
     fields: dict[str, Any] = {}
-    for field, key in (("targets", "target_modules"), ("exclude", "exclude_modules"),
-                       ("layers", "layers_to_transform")):
+    for field, key in (
+        ("targets", "target_modules"),
+        ("exclude", "exclude_modules"),
+        ("layers", "layers_to_transform"),
+    ):
         value = data.get(key)
         if value is not None and value != []:
             fields[field] = value

@@ -5,6 +5,7 @@ The first active adapter that has a copy computes the output; otherwise the base
 In a mixed-adapter batch (adapterkit/rows.py) row i goes through the copy of its adapter k(i), or
 through the base when k(i) has none:  y_i = copy_k(i)(x_i)  |  base(x_i).
 """
+
 from __future__ import annotations
 
 import copy
@@ -29,8 +30,10 @@ class TrainedModule(AdapterLayer):
     def _per_row(self, x, *args, **kwargs):
         # x (B, ...) -> (B, ...): each adapter's copy on its rows, the base on the others
         if not isinstance(x, Tensor):
-            raise InputError(f"adapter_names: {type(self.base).__name__} takes a {type(x).__name__}, "
-                             f"not a tensor whose rows can be split among adapters.")
+            raise InputError(
+                f"adapter_names: {type(self.base).__name__} takes a {type(x).__name__}, "
+                f"not a tensor whose rows can be split among adapters."
+            )
         groups = {} if self.disabled else self.rows.groups(x.shape[0], x.device)
         groups = {name: rows for name, rows in groups.items() if name in self.adapters}
         covered = sum(rows.numel() for rows in groups.values())

@@ -18,6 +18,7 @@ uses on a CPU (``measure.py``, ``benchmarks/bench_plan.py``, ``benchmarks/plan.m
     p.estimate.total         # bytes
     p.to_dict()              # the same as `adapterkit plan ... --json`
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -55,8 +56,10 @@ class Plan:
             return text + "\n\n" + options_table(self.options, self.budget)
         if self.closest is not None:
             keys = " ".join(f"--set {k}={v}" for k, v in self.closest.changes.items())
-            text += (f"\nno searched setting fits; the smallest needs {fmt(self.closest.estimate.total)}: {keys}"
-                     "\n(shorten data.max_length, or train on a larger GPU)")
+            text += (
+                f"\nno searched setting fits; the smallest needs {fmt(self.closest.estimate.total)}: {keys}"
+                "\n(shorten data.max_length, or train on a larger GPU)"
+            )
         return text
 
     def to_dict(self) -> dict:
@@ -66,27 +69,35 @@ class Plan:
         if self.budget is not None:
             out["budget"] = self.budget
             out["fits"] = self.fits
-            out["options"] = [{"speed": o.speed / self.options[0].speed, "total": o.estimate.total,
-                               "peak_allocated": o.estimate.peak, "set": o.changes,
-                               "settings": o.settings.yaml_keys()} for o in self.options]
+            out["options"] = [
+                {
+                    "speed": o.speed / self.options[0].speed,
+                    "total": o.estimate.total,
+                    "peak_allocated": o.estimate.peak,
+                    "set": o.changes,
+                    "settings": o.settings.yaml_keys(),
+                }
+                for o in self.options
+            ]
         return out
 
 
-def resolve(model: Any, overrides: Sequence[str] = (), device: str = "cuda",
-            **changes) -> tuple[ModelShape, Settings]:
+def resolve(model: Any, overrides: Sequence[str] = (), device: str = "cuda", **changes) -> tuple[ModelShape, Settings]:
     """(shape, settings) for a model or training YAML with ``section.key=value`` overrides."""
     from .source import full_config, is_yaml, model_config, train_config
 
     config = train_config(model, overrides)
     source = config.model.name if is_yaml(model) else model
     shape = model_shape(full_config(model_config(source)))
-    task = config.model.task or ("classification" if config.data.format == "classification"
-                                 or shape.family == "encoder" else "causal-lm")
+    task = config.model.task or (
+        "classification" if config.data.format == "classification" or shape.family == "encoder" else "causal-lm"
+    )
     return shape, Settings.from_train_config(config, task, device).replace(**changes)
 
 
-def plan(model: Any, overrides: Sequence[str] = (), gpu_memory: Any = None, device: str = "cuda",
-         limit: int = 10, **changes) -> Plan:
+def plan(
+    model: Any, overrides: Sequence[str] = (), gpu_memory: Any = None, device: str = "cuda", limit: int = 10, **changes
+) -> Plan:
     """Predict the peak memory of fine-tuning ``model``: a transformers config, a config dict, a
     folder with config.json, an alias (smollm2-135m, minilm-l6) or a training YAML.
 
@@ -103,5 +114,15 @@ def plan(model: Any, overrides: Sequence[str] = (), gpu_memory: Any = None, devi
     return Plan(est, budget, tuple(options), closest)
 
 
-__all__ = ["Plan", "Settings", "Quant", "ModelShape", "Estimate", "plan", "estimate", "model_shape",
-           "parse_memory", "resolve"]
+__all__ = [
+    "Plan",
+    "Settings",
+    "Quant",
+    "ModelShape",
+    "Estimate",
+    "plan",
+    "estimate",
+    "model_shape",
+    "parse_memory",
+    "resolve",
+]

@@ -30,6 +30,7 @@ Gradient checkpointing (non-reentrant, per block) keeps only each block's input,
 (and, as transformers then makes the embeddings' output need a gradient, a BERT-style model's
 embedding LayerNorm and dropout keep theirs).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -76,8 +77,14 @@ def _adapter_items(adapted: dict[str, Target], s: Settings, n: int, shared_out: 
             dora += 0 if role in shared_out else n * t.n_out * b
         if t.quantized and not fused and adapter_dtype_bytes(t, s) != b:
             const += a.rank * (t.n_in + t.n_out) * b  # A and B cast to the compute dtype, kept
-    items.update({"LoRA h = x A^T (N, r)": h, "dropout masks, 1 bit each": bits,
-                  "DoRA outputs kept": dora, "per-layer constants": const})
+    items.update(
+        {
+            "LoRA h = x A^T (N, r)": h,
+            "dropout masks, 1 bit each": bits,
+            "DoRA outputs kept": dora,
+            "per-layer constants": const,
+        }
+    )
     return items
 
 
@@ -95,9 +102,10 @@ def decoder_layer(shape: ModelShape, s: Settings, index: int, adapted: dict, rg_
         "input RMSNorm (fp32 input, 1/rms)": n * (4 * d + 4) if rg_in else 0,
         "normed input (q/k/v adapters)": n * d * b if any(r in adapted for r in ATTN) else 0,
         "q/k norms (fp32)": (n * (4 * q + 4 * heads) * rg["q"] + n * (4 * kv + 4 * shape.kv_heads) * rg["k"])
-        if shape.qk_norm else 0,
+        if shape.qk_norm
+        else 0,
         "attention q, k, v, out, logsumexp": n * (b * (2 * q + 2 * kv_kept) + 4 * heads) if attn else 0,
-        "attention mask as a float bias (padded)": s.batch_size * s.seq_len ** 2 * b if attn and s.padded else 0,
+        "attention mask as a float bias (padded)": s.batch_size * s.seq_len**2 * b if attn and s.padded else 0,
         "o_proj input": n * q * b if "o" in adapted and not attn else 0,
         "post-attention RMSNorm": n * (4 * d + 4) if rg_h1 else 0,
         "normed input (gate/up adapters)": n * d * b if ("gate" in adapted or "up" in adapted) else 0,
@@ -157,8 +165,9 @@ def model_items(shape: ModelShape, s: Settings, inv: Inventory, any_grad: bool) 
         # then it keeps its input and x A^T
         head = any(t.role == "other" and t.name.split(".")[0] in ("classifier", "score") for t in inv.targets)
         labels = int(shape.config.get("num_labels") or 2)  # pooler in/out, dropout, head; fp32 loss
-        items["classification head"] = s.batch_size * ((2 + head) * shape.hidden * b + s.adapter.rank * b * head
-                                                         + 4 * labels + 8) + 36
+        items["classification head"] = (
+            s.batch_size * ((2 + head) * shape.hidden * b + s.adapter.rank * b * head + 4 * labels + 8) + 36
+        )
         # checkpointing makes the embeddings' output need a gradient (transformers'
         # enable_input_require_grads): their LayerNorm and dropout then keep their inputs too
         mask = (1 if s.device == "cuda" else b) if shape.hidden_dropout > 0 else 0

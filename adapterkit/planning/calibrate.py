@@ -7,6 +7,7 @@ For each case, the errors (predicted / measured - 1) of:
     peak      the predicted peak                 vs the highest sample during the second step
 All on a CPU (``device="cpu"`` estimates), where the heap counts every byte (see measure.py).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,16 +25,29 @@ COMPONENTS = ("weights", "states", "held", "peak")
 def case(config: dict, s: Settings, threads: int = 1) -> dict:
     """The measurement case (measure.py) that runs what ``s`` describes."""
     q = None if s.quant is None else dataclasses.asdict(s.quant)
-    return {"config": dict(config), "task": s.task, "dtype": s.dtype, "adapter": s.adapter.to_dict(),
-            "quantization": q, "gradient_checkpointing": s.checkpointing, "optimizer": s.optimizer,
-            "batch_size": s.batch_size, "seq_len": s.seq_len, "padded": s.padded, "threads": threads}
+    return {
+        "config": dict(config),
+        "task": s.task,
+        "dtype": s.dtype,
+        "adapter": s.adapter.to_dict(),
+        "quantization": q,
+        "gradient_checkpointing": s.checkpointing,
+        "optimizer": s.optimizer,
+        "batch_size": s.batch_size,
+        "seq_len": s.seq_len,
+        "padded": s.padded,
+        "threads": threads,
+    }
 
 
 def predicted(est: Estimate) -> dict:
     c = est.components
-    return {"weights": c["weights"] + c["adapter parameters"],
-            "states": c["optimizer states"] + c["optimizer objects (CPU only)"],
-            "held": est.held, "peak": est.peak}
+    return {
+        "weights": c["weights"] + c["adapter parameters"],
+        "states": c["optimizer states"] + c["optimizer objects (CPU only)"],
+        "held": est.held,
+        "peak": est.peak,
+    }
 
 
 def run(pairs: Sequence[tuple[dict, Settings]], threads: int = 1) -> list[dict]:

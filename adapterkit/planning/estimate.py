@@ -29,6 +29,7 @@ context, kernels, cuBLAS workspaces) and the caching allocator's rounding and fr
 (``FRAGMENTATION`` of the peak): both are assumptions, not measured here (no GPU in this
 project's CI). On a CPU they are 0: the calibration counts glibc's bytes in use.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,7 +40,7 @@ from .shape import ModelShape, encoder_config_check
 from .weights import Inventory, inventory, optimizer_bytes, trainable_tensors
 
 CONTEXT = 600 * 2**20  # CUDA context + kernels + cuBLAS workspace, typical for torch 2.x on H100
-FRAGMENTATION = 0.05   # caching allocator: reserved beyond allocated at the peak
+FRAGMENTATION = 0.05  # caching allocator: reserved beyond allocated at the peak
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,13 +100,13 @@ def _backward_buffers(shape: ModelShape, s: Settings, last: act.Layer) -> int:
     """The last block's own backward buffers on top of what it keeps (see the module docstring)."""
     n, b = s.tokens, s.b
     kept_product = last.items.get("MLP product (down adapter input)", 0) or last.items.get(
-        "GELU output (down adapter input)", 0)
+        "GELU output (down adapter input)", 0
+    )
     buffers = 3 if shape.family == "decoder" else 2  # gated MLP: d(input), d(act), d(up); GELU: two
     return n * shape.hidden * b + buffers * n * shape.intermediate * b - kept_product
 
 
-def phases(shape: ModelShape, s: Settings, inv: Inventory, blocks: list, model: dict,
-           grads: int) -> tuple[dict, int]:
+def phases(shape: ModelShape, s: Settings, inv: Inventory, blocks: list, model: dict, grads: int) -> tuple[dict, int]:
     """({phase: {part: bytes}}, bytes held after the forward). Parts: activations, logits and loss,
     backward buffers, gradients (from the blocks' backward on; all of them from the start with
     grad_accum > 1, as they add up across micro-batches; at the last block, that block's share)."""
@@ -148,8 +149,11 @@ def estimate(shape: ModelShape, settings: Settings, inv: Inventory = None) -> Es
     static = inv.weights + adapter + optimizer_bytes(tensors, settings.optimizer) + host
     gpu = settings.device == "cuda"
     components = {
-        "weights": inv.weights, "quantization constants": inv.quant_constants, "adapter parameters": adapter,
-        "optimizer states": optimizer_bytes(tensors, settings.optimizer), "optimizer objects (CPU only)": host,
+        "weights": inv.weights,
+        "quantization constants": inv.quant_constants,
+        "adapter parameters": adapter,
+        "optimizer states": optimizer_bytes(tensors, settings.optimizer),
+        "optimizer objects (CPU only)": host,
         "gradients": at_peak.get("gradients", 0),
         "activations kept for backward": at_peak.get("activations", 0),
         "logits and loss": at_peak.get("logits and loss", 0),

@@ -20,6 +20,7 @@ Returned (bytes, relative to the heap before the model was built):
     held        in use after the forward and the loss minus before them: what backward keeps
     peak        the highest sample during step 2
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -34,9 +35,21 @@ import torch
 
 
 class _Mallinfo2(ctypes.Structure):
-    _fields_ = [(f, ctypes.c_size_t) for f in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
-        "fordblks", "keepcost")]
+    _fields_ = [
+        (f, ctypes.c_size_t)
+        for f in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
 
 
 _LIBC: Any = None
@@ -90,13 +103,21 @@ def _build(case: dict):
 
     config = transformers.AutoConfig.for_model(**case["config"])
     torch.manual_seed(case.get("seed", 0))
-    auto = (transformers.AutoModelForSequenceClassification if case["task"] == "classification"
-            else transformers.AutoModelForCausalLM)
+    auto = (
+        transformers.AutoModelForSequenceClassification
+        if case["task"] == "classification"
+        else transformers.AutoModelForCausalLM
+    )
     model = auto.from_config(config, dtype=getattr(torch, case["dtype"]))
     if case.get("quantization"):
         q = case["quantization"]
-        ak.quantize(model, bits=q["bits"], quant_type=q.get("quant_type", "nf4"),
-                    double_quant=q.get("double_quant", True), block=q.get("block", 64))
+        ak.quantize(
+            model,
+            bits=q["bits"],
+            quant_type=q.get("quant_type", "nf4"),
+            double_quant=q.get("double_quant", True),
+            block=q.get("block", 64),
+        )
     adapter = build_adapter(case["adapter"])
     ak.attach(model, adapter)
     if case.get("gradient_checkpointing"):
@@ -210,8 +231,13 @@ def _serve() -> None:
         print(result or json.dumps({"error": "the measuring process died"}), flush=True)
 
 
-ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1",
-       "TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false"}
+ENV = {
+    "MALLOC_MMAP_THRESHOLD_": "65536",
+    "OMP_WAIT_POLICY": "PASSIVE",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TOKENIZERS_PARALLELISM": "false",
+}
 
 
 def measure_many(cases: list, timeout: float = 900.0) -> list:

@@ -14,6 +14,7 @@ Estimated throughput (relative, higher is better; a model, not a measurement):
     dequantize = 1.15 (4-bit), 1.10 (8-bit)   unpacking weights inside the matmul kernels
     precision  = 2 for float32    TF32 tensor cores run at half the bf16 rate
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -65,8 +66,16 @@ def candidates(base: Settings) -> list[Settings]:
             for quant in quants:
                 for dtype in dtypes:
                     for opt in optimizers:
-                        out.append(base.replace(batch_size=micro, grad_accum=total // micro, checkpointing=ckpt,
-                                                quant=quant, dtype=dtype, optimizer=opt))
+                        out.append(
+                            base.replace(
+                                batch_size=micro,
+                                grad_accum=total // micro,
+                                checkpointing=ckpt,
+                                quant=quant,
+                                dtype=dtype,
+                                optimizer=opt,
+                            )
+                        )
     return out
 
 

@@ -6,6 +6,7 @@ that, so ``adapterkit plan run.yaml`` plans exactly what ``adapterkit train run.
 The fields after ``device`` are not training-config keys: they describe setups of other tools, so
 that published memory figures can be reproduced (see tests/test_plan_published.py).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -63,17 +64,22 @@ class Settings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"plan setting {name} must be a positive integer; got {value!r}.")
-        for name, value, choices in (("dtype", self.dtype, tuple(DTYPE_BYTES)), ("optimizer", self.optimizer, OPTIMIZERS),
-                                     ("device", self.device, DEVICES)):
+        for name, value, choices in (
+            ("dtype", self.dtype, tuple(DTYPE_BYTES)),
+            ("optimizer", self.optimizer, OPTIMIZERS),
+            ("device", self.device, DEVICES),
+        ):
             if value not in choices:
                 raise ConfigError(f"plan setting {name} must be one of {', '.join(choices)}; got {value!r}.")
         if self.adapter_dtype is not None and self.adapter_dtype not in DTYPE_BYTES:
-            raise ConfigError(f"plan setting adapter_dtype must be one of {', '.join(DTYPE_BYTES)}; "
-                              f"got {self.adapter_dtype!r}.")
+            raise ConfigError(
+                f"plan setting adapter_dtype must be one of {', '.join(DTYPE_BYTES)}; got {self.adapter_dtype!r}."
+            )
         if not isinstance(self.adapter, LoRAConfig):
             method = getattr(self.adapter, "method", type(self.adapter).__name__)
-            raise ConfigError(f"plan estimates LoRA and DoRA adapters (adapter.method: lora); "
-                              f"method {method!r} is not modelled.")
+            raise ConfigError(
+                f"plan estimates LoRA and DoRA adapters (adapter.method: lora); method {method!r} is not modelled."
+            )
 
     @property
     def b(self) -> int:
@@ -99,22 +105,36 @@ class Settings:
             raise ConfigError(
                 f"plan models model.dtype runs, not optim.mixed_precision {config.optim.mixed_precision!r} "
                 "(autocast keeps a cast copy of each frozen weight for backward); set model.dtype=bfloat16 "
-                "and optim.mixed_precision=no to plan a bf16 run.")
+                "and optim.mixed_precision=no to plan a bf16 run."
+            )
         if config.adapter is None:
             raise ConfigError("plan estimates adapter training; the config has no adapter (adapter: null).")
         q = config.quantization
         quant = None if q is None else Quant(q.bits, q.quant_type, q.double_quant, q.block, tuple(q.skip))
-        return cls(batch_size=config.optim.batch_size, seq_len=config.data.max_length,
-                   grad_accum=config.optim.grad_accum, dtype=config.model.dtype,
-                   checkpointing=config.model.gradient_checkpointing, optimizer=config.optim.optimizer,
-                   quant=quant, adapter=config.adapter, task=task, padded=not config.data.packing,
-                   device=device)
+        return cls(
+            batch_size=config.optim.batch_size,
+            seq_len=config.data.max_length,
+            grad_accum=config.optim.grad_accum,
+            dtype=config.model.dtype,
+            checkpointing=config.model.gradient_checkpointing,
+            optimizer=config.optim.optimizer,
+            quant=quant,
+            adapter=config.adapter,
+            task=task,
+            padded=not config.data.packing,
+            device=device,
+        )
 
     def yaml_keys(self) -> dict:
         """The training-config keys that give these settings."""
-        keys = {"optim.batch_size": self.batch_size, "optim.grad_accum": self.grad_accum,
-                "data.max_length": self.seq_len, "model.dtype": self.dtype,
-                "model.gradient_checkpointing": self.checkpointing, "optim.optimizer": self.optimizer}
+        keys = {
+            "optim.batch_size": self.batch_size,
+            "optim.grad_accum": self.grad_accum,
+            "data.max_length": self.seq_len,
+            "model.dtype": self.dtype,
+            "model.gradient_checkpointing": self.checkpointing,
+            "optim.optimizer": self.optimizer,
+        }
         if self.quant is not None:
             keys["quantization.bits"] = self.quant.bits
         return keys

@@ -8,6 +8,7 @@ Families the activation formulas know (others are refused with the list):
 - ``encoder``: BERT-style (bert, roberta, xlm-roberta): post-LayerNorm, GELU MLP, dropout,
   used for classification.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,10 +23,23 @@ QK_NORM = ("qwen3",)
 
 # the last part(s) of a module name -> its role in a block
 ROLES = {
-    "decoder": {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o",
-                "gate_proj": "gate", "up_proj": "up", "down_proj": "down"},
-    "encoder": {"self.query": "q", "self.key": "k", "self.value": "v", "attention.output.dense": "o",
-                "intermediate.dense": "up", "output.dense": "down"},
+    "decoder": {
+        "q_proj": "q",
+        "k_proj": "k",
+        "v_proj": "v",
+        "o_proj": "o",
+        "gate_proj": "gate",
+        "up_proj": "up",
+        "down_proj": "down",
+    },
+    "encoder": {
+        "self.query": "q",
+        "self.key": "k",
+        "self.value": "v",
+        "attention.output.dense": "o",
+        "intermediate.dense": "up",
+        "output.dense": "down",
+    },
 }
 
 
@@ -59,8 +73,9 @@ class ModelShape:
 def _need(config: dict, key: str, model_type: str) -> int:
     value = config.get(key)
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(f"the {model_type} config has no positive integer {key!r} (got {value!r}); "
-                          "plan needs it to size the model.")
+        raise ConfigError(
+            f"the {model_type} config has no positive integer {key!r} (got {value!r}); plan needs it to size the model."
+        )
     return value
 
 
@@ -70,7 +85,8 @@ def check_family(config: dict) -> str:
     if mt not in DECODERS + ENCODERS:
         raise ConfigError(
             f"plan reads Llama-style decoders ({', '.join(DECODERS)}) and BERT-style encoders "
-            f"({', '.join(ENCODERS)}); this config is model_type {mt!r}, which it cannot size.")
+            f"({', '.join(ENCODERS)}); this config is model_type {mt!r}, which it cannot size."
+        )
     return mt
 
 
@@ -83,12 +99,20 @@ def model_shape(config: dict) -> ModelShape:
     kv = config.get("num_key_value_heads") or heads
     head_dim = config.get("head_dim") or d // heads
     return ModelShape(
-        model_type=mt, family=family, hidden=d, intermediate=_need(config, "intermediate_size", mt),
-        layers=_need(config, "num_hidden_layers", mt), heads=heads, kv_heads=kv, head_dim=head_dim,
-        vocab=_need(config, "vocab_size", mt), qk_norm=mt in QK_NORM,
+        model_type=mt,
+        family=family,
+        hidden=d,
+        intermediate=_need(config, "intermediate_size", mt),
+        layers=_need(config, "num_hidden_layers", mt),
+        heads=heads,
+        kv_heads=kv,
+        head_dim=head_dim,
+        vocab=_need(config, "vocab_size", mt),
+        qk_norm=mt in QK_NORM,
         hidden_dropout=float(config.get("hidden_dropout_prob") or 0.0),
         attention_dropout=float(config.get("attention_probs_dropout_prob") or config.get("attention_dropout") or 0.0),
-        config=dict(config))
+        config=dict(config),
+    )
 
 
 def role_of(name: str, family: str) -> Optional[str]:
@@ -106,8 +130,11 @@ def _meta_model_cached(config_json: str, task: str):
     import transformers
 
     config = transformers.AutoConfig.for_model(**json.loads(config_json))
-    auto = (transformers.AutoModelForSequenceClassification if task == "classification"
-            else transformers.AutoModelForCausalLM)
+    auto = (
+        transformers.AutoModelForSequenceClassification
+        if task == "classification"
+        else transformers.AutoModelForCausalLM
+    )
     with torch.device("meta"):
         return auto.from_config(config)
 
@@ -120,22 +147,27 @@ def meta_model(shape: ModelShape, task: str):
     try:
         return _meta_model_cached(json.dumps(config, sort_keys=True, default=str), task)
     except ValueError as err:
-        raise ConfigError(f"transformers cannot build a {task} model from this "
-                          f"{shape.model_type} config: {err}") from None
+        raise ConfigError(
+            f"transformers cannot build a {task} model from this {shape.model_type} config: {err}"
+        ) from None
 
 
 def encoder_config_check(shape: ModelShape, task: str) -> None:
     if shape.family == "encoder" and task != "classification":
-        raise ConfigError(f"{shape.model_type} is an encoder: plan sizes it for task 'classification' "
-                          f"(set model.task=classification); got task {task!r}.")
+        raise ConfigError(
+            f"{shape.model_type} is an encoder: plan sizes it for task 'classification' "
+            f"(set model.task=classification); got task {task!r}."
+        )
     if shape.family == "decoder" and task not in ("causal-lm", "classification"):
         raise ConfigError(f"plan sizes decoders for tasks causal-lm and classification; got {task!r}.")
 
 
 def describe(shape: ModelShape, params: Optional[int] = None) -> str:
     size = f"{params / 1e9:.2f}B parameters, " if params else ""
-    return (f"{shape.model_type} ({size}{shape.layers} layers, hidden {shape.hidden}, intermediate "
-            f"{shape.intermediate}, {shape.heads} heads / {shape.kv_heads} KV, vocab {shape.vocab})")
+    return (
+        f"{shape.model_type} ({size}{shape.layers} layers, hidden {shape.hidden}, intermediate "
+        f"{shape.intermediate}, {shape.heads} heads / {shape.kv_heads} KV, vocab {shape.vocab})"
+    )
 
 
 def config_value(shape: ModelShape, key: str, default: Any = None) -> Any:

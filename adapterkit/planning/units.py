@@ -4,6 +4,7 @@ Decimal units are decimal and binary units binary: 1 GB = 10^9 bytes, 1 GiB = 2^
 sold as "24 GB" usually holds 24 GiB; write GiB to say so). A bare number in a string is GiB. ``G``, ``M``,
 ``T`` alone are read as GiB, MiB, TiB (as ``nvidia-smi`` and torch print them).
 """
+
 from __future__ import annotations
 
 import math
@@ -12,9 +13,20 @@ import re
 from ..errors import ConfigError
 
 UNITS = {
-    "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
-    "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40, "": 2**30,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+    "k": 2**10,
+    "m": 2**20,
+    "g": 2**30,
+    "t": 2**40,
+    "": 2**30,
 }
 _PATTERN = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([a-zA-Z]*)\s*$")
 GIB = 2**30

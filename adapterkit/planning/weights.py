@@ -18,6 +18,7 @@ exactly (tied weights once). With ``b`` the model dtype's bytes and n = out * in
                            memory the driver may move to the CPU under pressure
     paged_adamw32bit       2 fp32 states (QLoRA's optimizer)
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -47,10 +48,10 @@ class Target:
 
 @dataclasses.dataclass(frozen=True)
 class Inventory:
-    params: int                       # parameters of the base model
-    weights: int                      # bytes of the base model as stored (quantized where asked)
-    quant_constants: int              # of which: absmax and nested constants of quantized weights
-    largest_linear: int               # elements of the largest quantized weight (CPU dequantizes it)
+    params: int  # parameters of the base model
+    weights: int  # bytes of the base model as stored (quantized where asked)
+    quant_constants: int  # of which: absmax and nested constants of quantized weights
+    largest_linear: int  # elements of the largest quantized weight (CPU dequantizes it)
     targets: tuple[Target, ...]
     trained_modules: tuple[int, ...]  # element counts of whole trained module copies (heads)
 
@@ -72,8 +73,11 @@ def _quantized_names(model: nn.Module, settings: Settings) -> set[str]:
         return set()
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     skip = settings.quant.skip
-    return {n for n, m in model.named_modules() if type(m) is nn.Linear and m is not head
-            and not any(n == s or n.endswith("." + s) for s in skip)}
+    return {
+        n
+        for n, m in model.named_modules()
+        if type(m) is nn.Linear and m is not head and not any(n == s or n.endswith("." + s) for s in skip)
+    }
 
 
 def inventory(shape: ModelShape, settings: Settings) -> Inventory:
@@ -104,10 +108,18 @@ def inventory(shape: ModelShape, settings: Settings) -> Inventory:
     for name in names:
         m = model.get_submodule(name)
         layer = targets_mod.block_index(model, name)
-        found.append(Target(name, role_of(name, shape.family) or "other", -1 if layer is None else layer,
-                            m.in_features, m.out_features, name in quantized, m.bias is not None))
-    trained = tuple(p.numel() for s in _trained_modules(model, settings)
-                    for p in model.get_submodule(s).parameters())
+        found.append(
+            Target(
+                name,
+                role_of(name, shape.family) or "other",
+                -1 if layer is None else layer,
+                m.in_features,
+                m.out_features,
+                name in quantized,
+                m.bias is not None,
+            )
+        )
+    trained = tuple(p.numel() for s in _trained_modules(model, settings) for p in model.get_submodule(s).parameters())
     return Inventory(total, weights, constants, largest, tuple(found), trained)
 
 

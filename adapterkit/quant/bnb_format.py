@@ -29,6 +29,7 @@ Not covered: transformers keeps some modules of some classes dense whatever the 
 ``wo``); ``from_pretrained`` of a save with those quantized stops with a size-mismatch error (it does
 not load random weights). ``ak.quantize(model, skip=["wo"])`` avoids it.
 """
+
 from __future__ import annotations
 
 import json
@@ -55,8 +56,11 @@ def saved(layer: nn.Module, state: dict, prefix: str, local_metadata: dict) -> N
     if prefix + "codes" not in state:
         return
     bias = state.pop(prefix + "bias", None)
-    stored = {name: state.pop(prefix + name) for name in ("codes", "absmax", "nested_absmax", "nested_offset",
-                                                           "nested_levels") if prefix + name in state}
+    stored = {
+        name: state.pop(prefix + name)
+        for name in ("codes", "absmax", "nested_absmax", "nested_offset", "nested_levels")
+        if prefix + name in state
+    }
     if layer.bits == 8:
         with torch.no_grad():
             state[prefix + PACKED] = layer.dequantize()
@@ -67,16 +71,21 @@ def saved(layer: nn.Module, state: dict, prefix: str, local_metadata: dict) -> N
     state[prefix + PACKED] = stored["codes"].reshape(-1, 1)
     if bias is not None:
         state[prefix + "bias"] = bias
-    about = {"quant_type": layer.quant_type, "blocksize": layer.block, "dtype": _dtype_name(layer.compute_dtype),
-             "shape": [layer.out_features, layer.in_features]}
+    about = {
+        "quant_type": layer.quant_type,
+        "blocksize": layer.block,
+        "dtype": _dtype_name(layer.compute_dtype),
+        "shape": [layer.out_features, layer.in_features],
+    }
     state[prefix + "weight.absmax"] = stored["absmax"]
     # copies: tables shared between layers would be dropped as shared tensors by save_pretrained
     state[prefix + "weight.quant_map"] = formats.code_table(layer.quant_type, layer.codes.device).clone()
     if layer.double_quant:
         state[prefix + "weight.nested_absmax"] = stored["nested_absmax"]
         state[prefix + "weight.nested_quant_map"] = stored["nested_levels"].clone()
-        about.update(nested_blocksize=formats.NESTED_BLOCK, nested_dtype="float32",
-                     nested_offset=stored["nested_offset"].item())
+        about.update(
+            nested_blocksize=formats.NESTED_BLOCK, nested_dtype="float32", nested_offset=stored["nested_offset"].item()
+        )
     text = json.dumps(about).encode("utf-8")
     state[prefix + QUANT_STATE + layer.quant_type] = torch.tensor(list(text), dtype=torch.uint8)
 
@@ -94,7 +103,8 @@ def _mismatch(layer: nn.Module, prefix: str, what: str, saved_value, own) -> Ada
     return AdapterFileError(
         f"{prefix}weight was saved with {what} {saved_value!r} but this layer has {own!r}; quantize the model "
         f"the way it was saved (ak.quantize(model, bits=4, quant_type=..., double_quant=..., block=...)) "
-        f"before loading it")
+        f"before loading it"
+    )
 
 
 def before_load(layer: nn.Module, state: dict, prefix: str, *_) -> None:
@@ -110,18 +120,22 @@ def before_load(layer: nn.Module, state: dict, prefix: str, *_) -> None:
     if about is None:
         return  # a dense weight: torch reports it as unexpected and the buffers as missing
     shape = (layer.out_features, layer.in_features)
-    for what, value, own in (("quant_type", about.get("quant_type"), layer.quant_type),
-                             ("blocksize", about.get("blocksize"), layer.block),
-                             ("shape", tuple(about.get("shape") or ()), shape),
-                             ("double quantization", "nested_offset" in about, layer.double_quant)):
+    for what, value, own in (
+        ("quant_type", about.get("quant_type"), layer.quant_type),
+        ("blocksize", about.get("blocksize"), layer.block),
+        ("shape", tuple(about.get("shape") or ()), shape),
+        ("double quantization", "nested_offset" in about, layer.double_quant),
+    ):
         if value != own:
             raise _mismatch(layer, prefix, what, value, own)
     if layer.double_quant and about.get("nested_blocksize") != formats.NESTED_BLOCK:
         raise _mismatch(layer, prefix, "nested_blocksize", about.get("nested_blocksize"), formats.NESTED_BLOCK)
     levels = state.pop(prefix + "weight.quant_map", None)
     if levels is not None and not torch.equal(levels.float().cpu(), formats.code_table(layer.quant_type)):
-        raise AdapterFileError(f"{prefix}weight.quant_map is not the standard {layer.quant_type} table; "
-                               f"QuantLinear reads only bitsandbytes' own NF4 / FP4 levels")
+        raise AdapterFileError(
+            f"{prefix}weight.quant_map is not the standard {layer.quant_type} table; "
+            f"QuantLinear reads only bitsandbytes' own NF4 / FP4 levels"
+        )
     state[prefix + "codes"] = state.pop(prefix + PACKED).reshape(-1)
     state[prefix + "absmax"] = state.pop(prefix + "weight.absmax")
     if layer.double_quant:
@@ -180,7 +194,11 @@ def record_quantization(model: nn.Module) -> None:
 
     first = four[0][1]
     record = BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type=first.quant_type, bnb_4bit_use_double_quant=first.double_quant,
-        bnb_4bit_compute_dtype=first.compute_dtype, llm_int8_skip_modules=[name for name, _ in dense]).to_dict()
+        load_in_4bit=True,
+        bnb_4bit_quant_type=first.quant_type,
+        bnb_4bit_use_double_quant=first.double_quant,
+        bnb_4bit_compute_dtype=first.compute_dtype,
+        llm_int8_skip_modules=[name for name, _ in dense],
+    ).to_dict()
     # transformers reads quant_type and the scales of each layer from its quant_state; the rest is shared
     config.quantization_config = record

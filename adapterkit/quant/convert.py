@@ -7,6 +7,7 @@ transformers loaded with ``BitsAndBytesConfig``) becomes a QuantLinear holding t
 A transformers model gets the matching ``quantization_config`` in its config (``bnb_format``), so
 ``save_pretrained`` writes a folder that ``from_pretrained`` loads as the same 4-bit model.
 """
+
 from __future__ import annotations
 
 import copy
@@ -52,8 +53,10 @@ def from_bnb_linear4bit(module: nn.Module, compute_dtype: Optional[torch.dtype] 
     weight = module.weight
     state = weight.quant_state
     if state is None:
-        raise UnsupportedModuleError("this Linear4bit holds no quantized weight yet (quant_state is None); "
-                                     "move it to its device or load its state first")
+        raise UnsupportedModuleError(
+            "this Linear4bit holds no quantized weight yet (quant_state is None); "
+            "move it to its device or load its state first"
+        )
     data = weight.data
     if getattr(state, "packing_format_for_cpu", False):
         # bitsandbytes repacked it for its AVX512-BF16 CPU inference kernel (codes reordered, scales
@@ -64,12 +67,22 @@ def from_bnb_linear4bit(module: nn.Module, compute_dtype: Optional[torch.dtype] 
     nested = {}
     if state.nested:
         if state.state2.blocksize != formats.NESTED_BLOCK:
-            raise UnsupportedModuleError(f"nested block size {state.state2.blocksize} is not supported; "
-                                         f"expected {formats.NESTED_BLOCK}")
-        nested = {"nested_absmax": state.state2.absmax.float(), "nested_offset": state.offset.float().reshape(()),
-                  "nested_levels": state.state2.code.float()}
-    qw = QuantWeight(data.view(torch.uint8).reshape(-1), state.absmax.float(), tuple(state.shape),
-                     state.quant_type, state.blocksize, **nested)
+            raise UnsupportedModuleError(
+                f"nested block size {state.state2.blocksize} is not supported; expected {formats.NESTED_BLOCK}"
+            )
+        nested = {
+            "nested_absmax": state.state2.absmax.float(),
+            "nested_offset": state.offset.float().reshape(()),
+            "nested_levels": state.state2.code.float(),
+        }
+    qw = QuantWeight(
+        data.view(torch.uint8).reshape(-1),
+        state.absmax.float(),
+        tuple(state.shape),
+        state.quant_type,
+        state.blocksize,
+        **nested,
+    )
     dtype = compute_dtype or getattr(module, "compute_dtype", None) or state.dtype
     return QuantLinear.from_weight(qw, module.bias, dtype)
 
@@ -93,9 +106,16 @@ def _matches(name: str, patterns: Sequence[str]) -> bool:
     return any(name == p or name.endswith("." + p) for p in patterns)
 
 
-def quantize(model: nn.Module, bits: int = 4, quant_type: str = "nf4", double_quant: bool = True,
-             compute_dtype: Optional[torch.dtype] = None, skip: Iterable[str] = (), block: int = 64,
-             keep_head: bool = True) -> nn.Module:
+def quantize(
+    model: nn.Module,
+    bits: int = 4,
+    quant_type: str = "nf4",
+    double_quant: bool = True,
+    compute_dtype: Optional[torch.dtype] = None,
+    skip: Iterable[str] = (),
+    block: int = 64,
+    keep_head: bool = True,
+) -> nn.Module:
     """Replace ``nn.Linear`` (and transformers ``Conv1D``) layers by QuantLinear, in place.
 
     Returns the model. Subclasses of ``nn.Linear`` that other code reads the weight of directly
@@ -115,23 +135,33 @@ def quantize(model: nn.Module, bits: int = 4, quant_type: str = "nf4", double_qu
             continue
         kind = _bnb_kind(child)
         if kind == "8bit":
-            raise UnsupportedModuleError(f"{name} is a bitsandbytes Linear8bitLt (LLM.int8 format), which "
-                                         "QuantLinear does not read; load the model in 4-bit or unquantized")
+            raise UnsupportedModuleError(
+                f"{name} is a bitsandbytes Linear8bitLt (LLM.int8 format), which "
+                "QuantLinear does not read; load the model in 4-bit or unquantized"
+            )
         if kind == "4bit":
             swaps.append((parent, name, from_bnb_linear4bit(child, compute_dtype)))
         elif type(child) is nn.Linear:
-            swaps.append((parent, name, QuantLinear.from_linear(
-                child, bits, quant_type, block, double_quant, compute_dtype)))
+            swaps.append(
+                (parent, name, QuantLinear.from_linear(child, bits, quant_type, block, double_quant, compute_dtype))
+            )
         elif bases.base_kind(child) == "conv1d":
-            swaps.append((parent, name, QuantLinear.from_conv1d(
-                child, bits, quant_type, block, double_quant, compute_dtype)))
+            swaps.append(
+                (parent, name, QuantLinear.from_conv1d(child, bits, quant_type, block, double_quant, compute_dtype))
+            )
     for parent, name, new in swaps:
         setattr(parent, name.rsplit(".", 1)[-1], new)
     record_quantization(model)  # model.config.quantization_config: save_pretrained writes bitsandbytes' format
     return model
 
 
-def requantize(model: nn.Module, bits: int = 4, quant_type: str = "nf4", double_quant: bool = True,
-               skip: Iterable[str] = (), block: int = 64) -> nn.Module:
+def requantize(
+    model: nn.Module,
+    bits: int = 4,
+    quant_type: str = "nf4",
+    double_quant: bool = True,
+    skip: Iterable[str] = (),
+    block: int = 64,
+) -> nn.Module:
     """Quantize a merged (dense) model again: an explicit, lossy step (see tests for its error)."""
     return quantize(model, bits, quant_type, double_quant, None, skip, block)

@@ -8,6 +8,7 @@ What it does (PEFT's ``prepare_model_for_kbit_training`` without its surprises):
   to fp32 (twice their memory, and fp32 activations downstream); here only ``upcast_norms=True``
   casts normalisation weights, and nothing else.
 """
+
 from __future__ import annotations
 
 import torch
@@ -20,8 +21,9 @@ def _is_norm(module: nn.Module) -> bool:
     return isinstance(module, (nn.LayerNorm, nn.GroupNorm)) or type(module).__name__.endswith("RMSNorm")
 
 
-def prepare_for_kbit_training(model: nn.Module, gradient_checkpointing: bool = True,
-                              upcast_norms: bool = False) -> nn.Module:
+def prepare_for_kbit_training(
+    model: nn.Module, gradient_checkpointing: bool = True, upcast_norms: bool = False
+) -> nn.Module:
     """Freeze, checkpoint, keep dtypes; returns the model (changed in place)."""
     for param in model.parameters():
         param.requires_grad_(False)
@@ -30,7 +32,8 @@ def prepare_for_kbit_training(model: nn.Module, gradient_checkpointing: bool = T
         if enable is None:
             raise ConfigError(
                 f"{type(model).__name__} has no gradient_checkpointing_enable() (not a transformers model); "
-                "pass gradient_checkpointing=False and wrap blocks in torch.utils.checkpoint yourself")
+                "pass gradient_checkpointing=False and wrap blocks in torch.utils.checkpoint yourself"
+            )
         enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         config = getattr(model, "config", None)
         if config is not None and hasattr(config, "use_cache"):

@@ -10,6 +10,7 @@ does (``bnb_format``: ``weight``, ``weight.absmax``, ...) and ``load_state_dict`
 the buffers' own names. ``.to(device)`` moves them, and ``.to(dtype)`` / ``.half()`` change only the compute dtype
 (and the bias): the codes stay integers and the scales fp32.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -30,9 +31,18 @@ class QuantLinear(nn.Module):
 
     is_quantized_base = True  # adapterkit.bases: LoRA, DoRA and merge treat it as a linear base
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, bits: int = 4,
-                 quant_type: str = "nf4", block: int = formats.DEFAULT_BLOCK, double_quant: bool = True,
-                 compute_dtype: torch.dtype = torch.float32, device=None):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        bits: int = 4,
+        quant_type: str = "nf4",
+        block: int = formats.DEFAULT_BLOCK,
+        double_quant: bool = True,
+        compute_dtype: torch.dtype = torch.float32,
+        device=None,
+    ):
         super().__init__()
         if bits == 8:
             quant_type, double_quant = formats.QUANT_TYPE_8BIT, False
@@ -52,12 +62,22 @@ class QuantLinear(nn.Module):
 
     # -- building -----------------------------------------------------------------------------
     @classmethod
-    def from_weight(cls, qw: QuantWeight, bias: Optional[Tensor] = None,
-                    compute_dtype: torch.dtype = torch.float32) -> "QuantLinear":
+    def from_weight(
+        cls, qw: QuantWeight, bias: Optional[Tensor] = None, compute_dtype: torch.dtype = torch.float32
+    ) -> "QuantLinear":
         """A layer holding an already quantized weight (no re-quantizing)."""
         out_features, in_features = qw.shape
-        layer = cls(in_features, out_features, bias is not None, qw.bits, qw.quant_type, qw.block,
-                    qw.double_quant, compute_dtype, device="meta")
+        layer = cls(
+            in_features,
+            out_features,
+            bias is not None,
+            qw.bits,
+            qw.quant_type,
+            qw.block,
+            qw.double_quant,
+            compute_dtype,
+            device="meta",
+        )
         for name in STORED:
             tensor = getattr(qw, name)
             if tensor is not None:
@@ -67,16 +87,29 @@ class QuantLinear(nn.Module):
         return layer
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, bits: int = 4, quant_type: str = "nf4",
-                    block: int = formats.DEFAULT_BLOCK, double_quant: bool = True,
-                    compute_dtype: Optional[torch.dtype] = None) -> "QuantLinear":
+    def from_linear(
+        cls,
+        linear: nn.Linear,
+        bits: int = 4,
+        quant_type: str = "nf4",
+        block: int = formats.DEFAULT_BLOCK,
+        double_quant: bool = True,
+        compute_dtype: Optional[torch.dtype] = None,
+    ) -> "QuantLinear":
         """Quantize an ``nn.Linear``'s weight (out, in); compute dtype defaults to the weight's."""
         qw = ops.quantize(linear.weight, bits, quant_type, block, double_quant and bits == 4)
         return cls.from_weight(qw, linear.bias, compute_dtype or linear.weight.dtype)
 
     @classmethod
-    def from_conv1d(cls, conv, bits: int = 4, quant_type: str = "nf4", block: int = formats.DEFAULT_BLOCK,
-                    double_quant: bool = True, compute_dtype: Optional[torch.dtype] = None) -> "QuantLinear":
+    def from_conv1d(
+        cls,
+        conv,
+        bits: int = 4,
+        quant_type: str = "nf4",
+        block: int = formats.DEFAULT_BLOCK,
+        double_quant: bool = True,
+        compute_dtype: Optional[torch.dtype] = None,
+    ) -> "QuantLinear":
         """Quantize a transformers ``Conv1D`` (GPT-2: y = x @ W + b, W stored (in, out))."""
         weight = conv.weight.detach().t().contiguous()  # (out, in)
         qw = ops.quantize(weight, bits, quant_type, block, double_quant and bits == 4)
@@ -85,8 +118,9 @@ class QuantLinear(nn.Module):
     # -- reading ------------------------------------------------------------------------------
     def quant_weight(self) -> QuantWeight:
         nested = {name: getattr(self, name) for name in STORED[2:]} if self.double_quant else {}
-        return QuantWeight(self.codes, self.absmax, (self.out_features, self.in_features),
-                           self.quant_type, self.block, **nested)
+        return QuantWeight(
+            self.codes, self.absmax, (self.out_features, self.in_features), self.quant_type, self.block, **nested
+        )
 
     def dequantize(self) -> Tensor:
         """The dense (out, in) weight in the compute dtype."""
@@ -107,8 +141,10 @@ class QuantLinear(nn.Module):
 
     def extra_repr(self) -> str:
         kind = f"{self.quant_type}, block={self.block}" + (", double_quant" if self.double_quant else "")
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, {kind}, compute_dtype={self.compute_dtype}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, {kind}, compute_dtype={self.compute_dtype}"
+        )
 
     # -- moving -------------------------------------------------------------------------------
     def _apply(self, fn, recurse=True):

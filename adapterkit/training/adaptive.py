@@ -8,6 +8,7 @@ masks; with ``total_step`` = the run's steps and ``tfinal = 0`` the final budget
 step. Its schedule is the adapter config's (``adapter:`` in the YAML: init_r, target_r, tinit,
 tfinal, deltaT, beta1, beta2, orth_reg_weight, total_step).
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -29,8 +30,9 @@ class AdaptiveHooks:
         names: dict[str, None] = {}
         for _, layer in adapter_layers(model):
             if isinstance(layer, AdaLoRALayer):
-                names.update({n: None for n, a in layer.adapters.items()
-                              if any(p.requires_grad for p in a.parameters())})
+                names.update(
+                    {n: None for n, a in layer.adapters.items() if any(p.requires_grad for p in a.parameters())}
+                )
         self.allocators = {name: RankAllocator(model, name) for name in names}
         for name, allocator in self.allocators.items():
             c = allocator.config
@@ -64,6 +66,8 @@ def hooks_for(model: nn.Module, total: int) -> Optional[AdaptiveHooks]:
     if not hooks.allocators:
         return None
     if sharding.requested() or sharding.deepspeed_requested():
-        raise ConfigError("AdaLoRA trains on one process or under DDP; FSDP and DeepSpeed shard its tensors, "
-                          "which its rank allocator needs whole. Launch without FSDP / DeepSpeed.")
+        raise ConfigError(
+            "AdaLoRA trains on one process or under DDP; FSDP and DeepSpeed shard its tensors, "
+            "which its rank allocator needs whole. Launch without FSDP / DeepSpeed."
+        )
     return hooks

@@ -7,6 +7,7 @@ dropped); micro-step k of process r gets the slice
 ``grad_accum = P`` sees the same global batches as P processes with ``grad_accum = 1``, and
 resuming needs only the step number.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -46,15 +47,15 @@ class BatchPlan:
     def micro_batches(self, step: int, rank: int) -> list[list[int]]:
         """Example indices of this process's ``grad_accum`` micro-batches at optimizer step ``step``."""
         epoch, j = divmod(step, self.steps_per_epoch)
-        batch = self.order(epoch)[j * self.global_batch: (j + 1) * self.global_batch].tolist()
+        batch = self.order(epoch)[j * self.global_batch : (j + 1) * self.global_batch].tolist()
         out = []
         for k in range(self.grad_accum):
             start = (k * self.processes + rank) * self.batch_size
-            out.append(batch[start: start + self.batch_size])
+            out.append(batch[start : start + self.batch_size])
         return out
 
 
 def eval_shards(n: int, batch_size: int, processes: int, rank: int) -> list[list[int]]:
     """This process's evaluation batches: examples rank, rank + P, ... in order."""
     mine = list(range(rank, n, processes))
-    return [mine[i: i + batch_size] for i in range(0, len(mine), batch_size)]
+    return [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]

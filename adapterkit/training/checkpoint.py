@@ -13,6 +13,7 @@ number (see batches.py). A sharded (FSDP) model's weights and optimizer state ar
 by all processes first (the optimizer's then keyed by parameter names: ``"optimizer": "names"``
 in state.json), so a checkpoint holds whole tensors however the run was sharded.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,12 +36,12 @@ _STEP = re.compile(r"step-(\d+)\Z")
 def trainable_state(model, names=None) -> dict[str, torch.Tensor]:
     """Whole CPU copies of the parameters that train (or those named: with stages, all that train in
     any stage). A sharded model's are gathered: every process calls."""
-    return sharding.gather(model, [n for n, p in model.named_parameters()
-                                   if (p.requires_grad if names is None else n in names)])
+    return sharding.gather(
+        model, [n for n, p in model.named_parameters() if (p.requires_grad if names is None else n in names)]
+    )
 
 
-def save(accelerator, folder: Path, step: int, model, optimizer, scheduler, state: dict, keep: int,
-         names=None) -> Path:
+def save(accelerator, folder: Path, step: int, model, optimizer, scheduler, state: dict, keep: int, names=None) -> Path:
     final = folder / f"step-{step:07d}"
     tmp = folder / f".step-{step:07d}.partial"
     rank, unwrapped = accelerator.process_index, accelerator.unwrap_model(model)
@@ -102,14 +103,20 @@ def restore(saved, accelerator, model, optimizer, scheduler) -> dict:
     if optimizer is not None:
         try:
             if sharded:
-                sharding.load_optimizer_state(model, optimizer, saved.optimizer if by_names else
-                                              sharding.state_by_names(model, optimizer, saved.optimizer))
+                sharding.load_optimizer_state(
+                    model,
+                    optimizer,
+                    saved.optimizer if by_names else sharding.state_by_names(model, optimizer, saved.optimizer),
+                )
             else:
-                optimizer.load_state_dict(sharding.state_by_indices(model, optimizer, saved.optimizer)
-                                          if by_names else saved.optimizer)
+                optimizer.load_state_dict(
+                    sharding.state_by_indices(model, optimizer, saved.optimizer) if by_names else saved.optimizer
+                )
         except (ValueError, KeyError, TypeError, RuntimeError) as err:
-            raise AdapterFileError(f"checkpoint file {str(saved.path / 'optimizer.pt')!r} does not fit this "
-                                   f"run's optimizer ({err}); resume with the config it was written with.") from None
+            raise AdapterFileError(
+                f"checkpoint file {str(saved.path / 'optimizer.pt')!r} does not fit this "
+                f"run's optimizer ({err}); resume with the config it was written with."
+            ) from None
         scheduler.load_state_dict(saved.scheduler)
     if sharded:
         sharding.load_whole(model, saved.weights)

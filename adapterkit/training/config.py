@@ -6,6 +6,7 @@ config fields, e.g. LoRAConfig's; ``null`` or ``method: none`` for no adapter), 
 frozen dataclass; values are checked against the field types, and an unknown key is an error
 that names it, the section, and the valid keys. ``--set optim.lr=1e-4`` overrides one value.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,8 +19,7 @@ from typing import Any, Mapping, Optional, Union
 from ..config import AdapterConfig, check_known
 from ..errors import ConfigError, close_matches
 from .stages import StageConfig, build_stages
-from .sections import (DataConfig, EvalConfig, ModelConfig, OptimConfig, OutputConfig,
-                       QuantConfig)
+from .sections import DataConfig, EvalConfig, ModelConfig, OptimConfig, OutputConfig, QuantConfig
 
 
 def _fail(where: str, value: Any, expected: str) -> ConfigError:
@@ -120,8 +120,14 @@ def build_adapter(data: Any) -> Optional[AdapterConfig]:
         raise ConfigError(f"config section 'adapter': a value does not fit {method}'s fields ({err}).") from None
 
 
-SECTIONS = {"model": ModelConfig, "quantization": QuantConfig, "data": DataConfig,
-            "optim": OptimConfig, "eval": EvalConfig, "output": OutputConfig}
+SECTIONS = {
+    "model": ModelConfig,
+    "quantization": QuantConfig,
+    "data": DataConfig,
+    "optim": OptimConfig,
+    "eval": EvalConfig,
+    "output": OutputConfig,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,8 +145,10 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.adapter is None and not self.stages:
-            raise ConfigError("train config: with no adapter (adapter: null or method: none), give stages: "
-                              "naming what trains, e.g. stages: [{train: [all]}] for full fine-tuning.")
+            raise ConfigError(
+                "train config: with no adapter (adapter: null or method: none), give stages: "
+                "naming what trains, e.g. stages: [{train: [all]}] for full fine-tuning."
+            )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
@@ -150,8 +158,9 @@ class TrainConfig:
         _names(data, "train config")
         check_known(cls, data, "train config")
         if "adapter" not in data:
-            raise ConfigError("train config: section 'adapter' is missing (null for no adapter). "
-                              f"Sections: {', '.join(valid)}.")
+            raise ConfigError(
+                f"train config: section 'adapter' is missing (null for no adapter). Sections: {', '.join(valid)}."
+            )
         for required in ("model", "data"):
             if data.get(required) is None:
                 raise ConfigError(f"train config: section {required!r} is missing. Sections: {', '.join(valid)}.")
@@ -171,8 +180,10 @@ class TrainConfig:
         if data is None:
             data = {}
         if not isinstance(data, Mapping):
-            raise ConfigError(f"config file {str(path)!r} holds {_kind(data)}; a train config is a mapping of "
-                              f"sections ({', '.join(f.name for f in dataclasses.fields(cls))}).")
+            raise ConfigError(
+                f"config file {str(path)!r} holds {_kind(data)}; a train config is a mapping of "
+                f"sections ({', '.join(f.name for f in dataclasses.fields(cls))})."
+            )
         data = apply_overrides(data, overrides)
         try:
             return cls.from_dict(data)
@@ -238,14 +249,17 @@ def read_yaml(path: Path, what: str) -> Any:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
-        raise ConfigError(f"{path}:{line}: {what} is not UTF-8 text (byte {raw[err.start]:#04x}); "
-                          f"save it as UTF-8.") from None
+        raise ConfigError(
+            f"{path}:{line}: {what} is not UTF-8 text (byte {raw[err.start]:#04x}); save it as UTF-8."
+        ) from None
     try:
         return yaml.safe_load(text)
     except yaml.reader.ReaderError as err:  # a character YAML does not accept: no mark, a position
         line = text[: err.position].count("\n") + 1
-        raise ConfigError(f"{path}:{line}: {what} is not valid YAML: {err.reason} character "
-                          f"{chr(err.character)!r} ({err.character:#x}); remove it.") from None
+        raise ConfigError(
+            f"{path}:{line}: {what} is not valid YAML: {err.reason} character "
+            f"{chr(err.character)!r} ({err.character:#x}); remove it."
+        ) from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}{_mark(err)}: {what} is not valid YAML: {yaml_problem(err)}.") from None
     except RecursionError:
@@ -264,8 +278,10 @@ def _override_value(item: str, raw: str) -> Any:
     try:
         return yaml.safe_load(raw)
     except yaml.YAMLError as err:
-        raise ConfigError(f"--set {item!r}: the value {raw!r} is not valid YAML ({yaml_problem(err)}); "
-                          f"quote a string that starts with [, {{, ', \" or has ': ' in it.") from None
+        raise ConfigError(
+            f"--set {item!r}: the value {raw!r} is not valid YAML ({yaml_problem(err)}); "
+            f"quote a string that starts with [, {{, ', \" or has ': ' in it."
+        ) from None
 
 
 def apply_overrides(data: Mapping[str, Any], overrides: tuple[str, ...]) -> dict[str, Any]:
@@ -277,9 +293,7 @@ def apply_overrides(data: Mapping[str, Any], overrides: tuple[str, ...]) -> dict
         key, eq, raw = item.partition("=")
         section, dot, field = key.strip().partition(".")
         if not eq or not dot or not section or not field or "." in field:
-            raise ConfigError(
-                f"--set {item!r} is not of the form section.key=value (e.g. optim.lr=1e-4)."
-            )
+            raise ConfigError(f"--set {item!r} is not of the form section.key=value (e.g. optim.lr=1e-4).")
         if section not in out or out[section] is None:
             out[section] = {}
         if not isinstance(out[section], dict):

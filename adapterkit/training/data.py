@@ -15,6 +15,7 @@ Formats (``data.format``):
 Files: ``.jsonl`` / ``.json`` (one object per line, or a list), ``.csv`` (a header row), or
 ``.txt`` (documents separated by blank lines; text format only).
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -61,8 +62,10 @@ def _messages(record: dict, cfg: DataConfig, path: str, index: int) -> list[dict
         raise ConfigError(f"{where}: field {cfg.messages_field!r} must be a list of messages; got {messages!r:.60}.")
     for k, m in enumerate(messages):
         if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
-            raise ConfigError(f"{where}: {cfg.messages_field}[{k}] must be an object with 'role' and 'content' "
-                              f"strings; got {m!r:.60}.")
+            raise ConfigError(
+                f"{where}: {cfg.messages_field}[{k}] must be an object with 'role' and 'content' "
+                f"strings; got {m!r:.60}."
+            )
     return messages
 
 
@@ -117,9 +120,11 @@ def _chat_example(tokenizer, messages: list[dict]) -> dict:
         before = _templated(tokenizer, messages[:i], True)
         upto = _templated(tokenizer, messages[: i + 1], False)
         if upto[: len(ids)] != ids or before[: len(ids)] != ids:
-            raise ConfigError("the chat template does not render conversations by appending turns; "
-                              "use data.format 'instruction' with chat_template: false.")
-        labels += [IGNORE] * (len(before) - len(ids)) + upto[len(before):]
+            raise ConfigError(
+                "the chat template does not render conversations by appending turns; "
+                "use data.format 'instruction' with chat_template: false."
+            )
+        labels += [IGNORE] * (len(before) - len(ids)) + upto[len(before) :]
         ids = upto
     return {"input_ids": ids, "labels": labels}
 
@@ -140,7 +145,7 @@ def _cut(example: dict, max_length: int) -> dict:
 def _pack(docs: list[list[int]], length: int) -> list[dict]:
     """Concatenate the documents and cut blocks of ``length`` tokens (the last may be shorter)."""
     stream = [t for doc in docs for t in doc]
-    blocks = [stream[i: i + length] for i in range(0, len(stream), length)]
+    blocks = [stream[i : i + length] for i in range(0, len(stream), length)]
     return [{"input_ids": b, "labels": list(b)} for b in blocks if len(b) > 1]
 
 
@@ -154,8 +159,10 @@ def label_ids(records: list[dict], cfg: DataConfig, path: str) -> list[int]:
     for i, r in enumerate(records):
         raw = _field(r, cfg.label_field, path, i, "label_field")
         if isinstance(raw, bool) or not _is_int(raw) or int(raw) < 0:
-            raise ConfigError(f"{_where(r, path, i)}: label {raw!r:.60} is not a class number (0, 1, ...) like "
-                              f"the training labels; use numbers in every file, or names in every file.")
+            raise ConfigError(
+                f"{_where(r, path, i)}: label {raw!r:.60} is not a class number (0, 1, ...) like "
+                f"the training labels; use numbers in every file, or names in every file."
+            )
         out.append(int(raw))
     return out
 
@@ -171,8 +178,9 @@ def label_names(records: list[dict], cfg: DataConfig, path: str) -> Optional[lis
     return sorted({str(v) for v in labels})
 
 
-def tokenize(records: list[dict], tokenizer, cfg: DataConfig, path: str,
-             names: Optional[list[str]] = None) -> list[dict]:
+def tokenize(
+    records: list[dict], tokenizer, cfg: DataConfig, path: str, names: Optional[list[str]] = None
+) -> list[dict]:
     """Examples: ``{"input_ids": [...], "labels": [...] or int}``."""
     if cfg.format == "classification":
         out = []
@@ -192,8 +200,10 @@ def tokenize(records: list[dict], tokenizer, cfg: DataConfig, path: str,
     if cfg.format == "seq2seq":
         return _seq2seq(records, tokenizer, cfg, path)
     if cfg.format == "text":
-        docs = [_encode(tokenizer, _text_field(r, cfg.text_field, path, i, "text_field")) + _eos(tokenizer)
-                for i, r in enumerate(records)]
+        docs = [
+            _encode(tokenizer, _text_field(r, cfg.text_field, path, i, "text_field")) + _eos(tokenizer)
+            for i, r in enumerate(records)
+        ]
         if cfg.packing:
             return _pack(docs, cfg.max_length)
         return [_cut({"input_ids": d, "labels": list(d)}, cfg.max_length) for d in docs if len(d) > 1]

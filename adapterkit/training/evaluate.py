@@ -5,6 +5,7 @@ Classification: cross-entropy of the head's logits; predictions are their argmax
 Seq2seq: the encoder reads input_ids; decoder position t predicts labels[t] (the model builds
 its decoder inputs by shifting the labels right); nll summed over the target tokens.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -41,8 +42,9 @@ def causal_nll(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     if not kwargs:
         logits = logits[:, :-1]
     logits = logits.float()  # (B, K, V)
-    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                          ignore_index=IGNORE, reduction="sum")
+    nll = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE, reduction="sum"
+    )
     return nll, (targets != IGNORE).sum()
 
 
@@ -51,8 +53,9 @@ def seq2seq_nll(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     targets = batch["labels"]  # (B, L)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=targets).logits
     logits = logits.float()  # (B, L, V)
-    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                          ignore_index=IGNORE, reduction="sum")
+    nll = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE, reduction="sum"
+    )
     return nll, (targets != IGNORE).sum()
 
 
@@ -83,13 +86,20 @@ def batch_loss_sum(model, batch: dict, task: str) -> torch.Tensor:
 
 def batch_loss(model, batch: dict, task: str) -> tuple[torch.Tensor, int]:
     """(mean loss of the batch, the tokens it holds) for training."""
-    return (batch_loss_sum(model, batch, task) / max(targets_in(batch, task), 1),
-            int(batch["attention_mask"].sum()))
+    return (batch_loss_sum(model, batch, task) / max(targets_in(batch, task), 1), int(batch["attention_mask"].sum()))
 
 
 @torch.no_grad()
-def evaluate(accelerator, model, task: str, examples: list[dict], batch_size: int, pad_id: int,
-             max_batches: Optional[int] = None, generation: Optional[dict] = None) -> dict:
+def evaluate(
+    accelerator,
+    model,
+    task: str,
+    examples: list[dict],
+    batch_size: int,
+    pad_id: int,
+    max_batches: Optional[int] = None,
+    generation: Optional[dict] = None,
+) -> dict:
     """Metrics over ``examples``, each process taking its share; every process gets the result."""
     from accelerate.utils import gather_object
 
@@ -101,8 +111,9 @@ def evaluate(accelerator, model, task: str, examples: list[dict], batch_size: in
         shards = shards[:max_batches]
     total = torch.zeros(2, dtype=torch.float64, device=device)  # nll sum, count
     preds, refs = [], []
-    for j in range(sharding.eval_passes(model, shards, len(examples), batch_size, accelerator.num_processes,
-                                        max_batches)):
+    for j in range(
+        sharding.eval_passes(model, shards, len(examples), batch_size, accelerator.num_processes, max_batches)
+    ):
         idx = shards[j] if j < len(shards) else None  # None: a forward all processes join, result dropped
         batch = {k: v.to(device) for k, v in collate([examples[i] for i in idx or [0]], pad_id).items()}
         if idx is None:
@@ -134,8 +145,13 @@ def generate_texts(model, tokenizer, prompts: list[list[int]], max_new_tokens: i
     texts = []
     for ids in prompts:
         x = torch.tensor([ids], device=device)
-        y = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens,
-                           do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        y = model.generate(
+            input_ids=x,
+            attention_mask=torch.ones_like(x),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
         start = 0 if getattr(model.config, "is_encoder_decoder", False) else len(ids)  # decoders echo the prompt
         texts.append(tokenizer.decode(y[0, start:], skip_special_tokens=True).strip())
     return texts

@@ -8,6 +8,7 @@ for DDP (``--multi_gpu``); on a CPU-only machine it runs DDP over gloo
 ``--config-file`` passes an Accelerate config (FSDP, DeepSpeed, ...) through (with a free port on
 one machine); the loop then runs what it asks (sharding.py: FSDP2, on a CPU too) or says why not.
 """
+
 from __future__ import annotations
 
 import os
@@ -44,14 +45,17 @@ def _accelerate_config(path: str, num_processes: Optional[int]) -> dict:
         raise ConfigError(f"--config-file {path!r} is not an Accelerate config (a YAML mapping).")
     processes = num_processes or data.get("num_processes", 1)
     if data.get("use_cpu") and processes > 1:
-        raise ConfigError(f"--config-file {path!r} sets use_cpu: true, with which `accelerate launch` starts one "
-                          f"process, not {processes} (it needs MPI); remove use_cpu: adapterkit trains on the CPU "
-                          "when there is no GPU.")
+        raise ConfigError(
+            f"--config-file {path!r} sets use_cpu: true, with which `accelerate launch` starts one "
+            f"process, not {processes} (it needs MPI); remove use_cpu: adapterkit trains on the CPU "
+            "when there is no GPU."
+        )
     return data
 
 
-def launch_command(target: Sequence[str], num_processes: Optional[int],
-                   config_file: Optional[str], cuda: bool) -> tuple[list[str], dict]:
+def launch_command(
+    target: Sequence[str], num_processes: Optional[int], config_file: Optional[str], cuda: bool
+) -> tuple[list[str], dict]:
     """(argv, environment) for ``accelerate launch`` running ``target`` (a script and its
     arguments, or ``["-m", module, ...]``) in each process."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch"]
@@ -65,8 +69,17 @@ def launch_command(target: Sequence[str], num_processes: Optional[int],
         if not cuda:
             env.setdefault("OMP_NUM_THREADS", "1")
     else:
-        cmd += ["--multi_gpu", "--num_processes", str(num_processes or 1), "--num_machines", "1",
-                "--dynamo_backend", "no", "--main_process_port", str(_free_port())]
+        cmd += [
+            "--multi_gpu",
+            "--num_processes",
+            str(num_processes or 1),
+            "--num_machines",
+            "1",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(_free_port()),
+        ]
         if not cuda:
             cmd += ["--mixed_precision", "no"]
             env["ACCELERATE_USE_CPU"] = "true"

@@ -9,6 +9,7 @@ stopping on ``eval.metric``; the adapter is saved by the main process at the end
 curves.png of the loss and learning rate. With ``stages`` (stages.py) each stage sets what
 trains and gets a new optimizer and schedule when its first step comes (also after --resume).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -61,8 +62,12 @@ def _accelerator(config: TrainConfig):
     cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true"
     if cpu and config.optim.mixed_precision == "fp16":
         raise ConfigError("optim.mixed_precision 'fp16' needs a GPU; on a CPU use 'bf16' or 'no'.")
-    return Accelerator(cpu=cpu, mixed_precision=config.optim.mixed_precision,
-                       log_with=None if trackers == "none" else trackers, project_dir=config.output.dir)
+    return Accelerator(
+        cpu=cpu,
+        mixed_precision=config.optim.mixed_precision,
+        log_with=None if trackers == "none" else trackers,
+        project_dir=config.output.dir,
+    )
 
 
 class _Log:
@@ -87,8 +92,9 @@ def _improved(value: float, best: Optional[float], metric: str, min_delta: float
     return value > best + min_delta if HIGHER_IS_BETTER[metric] else value < best - min_delta
 
 
-def _step(accelerator, model, optimizer, scheduler, batches: list[dict], task: str, max_norm,
-          hooks=None, step: int = 0) -> tuple[float, int]:
+def _step(
+    accelerator, model, optimizer, scheduler, batches: list[dict], task: str, max_norm, hooks=None, step: int = 0
+) -> tuple[float, int]:
     """One optimizer step over this process's micro-batches; (mean loss, tokens) of the global batch.
 
     The loss is the mean over every target token of the global batch (every example for
@@ -99,8 +105,11 @@ def _step(accelerator, model, optimizer, scheduler, batches: list[dict], task: s
     logged) and a call after the optimizer step (AdaLoRA's orthogonality term and rank allocator).
     """
     device = accelerator.device
-    counts = torch.tensor([sum(targets_in(b, task) for b in batches),
-                           sum(int(b["attention_mask"].sum()) for b in batches)], dtype=torch.float64, device=device)
+    counts = torch.tensor(
+        [sum(targets_in(b, task) for b in batches), sum(int(b["attention_mask"].sum()) for b in batches)],
+        dtype=torch.float64,
+        device=device,
+    )
     if accelerator.num_processes > 1:
         counts = accelerator.reduce(counts, reduction="sum")
     targets, tokens = max(float(counts[0]), 1.0), int(counts[1])
@@ -149,8 +158,11 @@ def _prepare(config: TrainConfig, accelerator):
     return task, model, tokenizer, train_set, eval_set, plan, gen, names
 
 
-def train(config: Union[TrainConfig, dict, str], resume: Union[bool, str] = False,
-          callbacks: Sequence[Callable[[int, dict], None]] = ()) -> TrainResult:
+def train(
+    config: Union[TrainConfig, dict, str],
+    resume: Union[bool, str] = False,
+    callbacks: Sequence[Callable[[int, dict], None]] = (),
+) -> TrainResult:
     """Train an adapter as ``config`` says; returns a TrainResult (the adapter is saved too).
 
     ``config``: a TrainConfig, a dict of sections, or a YAML path. ``resume``: True continues from
@@ -191,8 +203,9 @@ class _Run:
 
     def __init__(self, config: TrainConfig, accelerator):
         self.config, self.acc, self.out = config, accelerator, Path(config.output.dir)
-        (self.task, model, self.tokenizer, self.train_set, self.eval_set, self.plan, self.gen,
-         self.names) = _prepare(config, accelerator)
+        (self.task, model, self.tokenizer, self.train_set, self.eval_set, self.plan, self.gen, self.names) = _prepare(
+            config, accelerator
+        )
         o = config.optim
         self.adapter_params = {n for n, p in model.named_parameters() if p.requires_grad}
         self.stage, self.saved_names = -1, None
@@ -262,8 +275,10 @@ class _Run:
     def resume(self, saved) -> None:
         """Continue from checkpoint ``saved`` (read and checked against the config already)."""
         if self.hooks is not None:
-            raise ConfigError("--resume: this run trains an AdaLoRA adapter, and checkpoints do not hold its rank "
-                              "allocator (sensitivity averages, masks); train again without --resume.")
+            raise ConfigError(
+                "--resume: this run trains an AdaLoRA adapter, and checkpoints do not hold its rank "
+                "allocator (sensitivity averages, masks); train again without --resume."
+            )
         same = True
         if self.config.stages:  # a checkpoint at a stage's end: the next stage starts afresh
             k = stages.stage_at(saved.step, self.stage_ends)
@@ -280,8 +295,16 @@ class _Run:
 
     def evaluate(self) -> dict:
         e = self.config.eval
-        result = evaluate(self.acc, self.model, self.task, self.eval_set, e.batch_size or self.config.optim.batch_size,
-                          self.tokenizer.pad_token_id, e.max_batches, self.gen)
+        result = evaluate(
+            self.acc,
+            self.model,
+            self.task,
+            self.eval_set,
+            e.batch_size or self.config.optim.batch_size,
+            self.tokenizer.pad_token_id,
+            e.max_batches,
+            self.gen,
+        )
         self.log(self.step, {f"eval_{k}": v for k, v in result.items()})
         return result
 
@@ -296,14 +319,23 @@ class _Run:
 
     def batches(self) -> list[dict]:
         pad, device = self.tokenizer.pad_token_id, self.acc.device
-        return [{k: v.to(device) for k, v in collate([self.train_set[i] for i in idx], pad).items()}
-                for idx in self.plan.micro_batches(self.step, self.acc.process_index)]
+        return [
+            {k: v.to(device) for k, v in collate([self.train_set[i] for i in idx], pad).items()}
+            for idx in self.plan.micro_batches(self.step, self.acc.process_index)
+        ]
 
     def checkpoint(self) -> None:
-        checkpoint.save(self.acc, self.out / "checkpoints", self.step, self.model, self.optimizer,
-                        self.scheduler, dict(self.state, history=self.history, stage=self.stage,
-                                             config=self.config.to_dict()),
-                        self.config.output.keep, self.saved_names)
+        checkpoint.save(
+            self.acc,
+            self.out / "checkpoints",
+            self.step,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            dict(self.state, history=self.history, stage=self.stage, config=self.config.to_dict()),
+            self.config.output.keep,
+            self.saved_names,
+        )
 
 
 def _open_checkpoint(config: TrainConfig, accelerator, resume):
@@ -332,12 +364,25 @@ def _run(config: TrainConfig, accelerator, resume, callbacks) -> TrainResult:
     while run.step < run.total:
         if config.stages and stages.stage_at(run.step, run.stage_ends) != run.stage:
             run.enter_stage(stages.stage_at(run.step, run.stage_ends))
-        loss, tokens = _step(accelerator, run.model, run.optimizer, run.scheduler, run.batches(), run.task,
-                             config.optim.max_grad_norm, run.hooks, run.step + 1)
+        loss, tokens = _step(
+            accelerator,
+            run.model,
+            run.optimizer,
+            run.scheduler,
+            run.batches(),
+            run.task,
+            config.optim.max_grad_norm,
+            run.hooks,
+            run.step + 1,
+        )
         run.step += 1
         tokens_run += tokens
-        logs = {"loss": loss, "lr": run.scheduler.get_last_lr()[0], "tokens": tokens_run,
-                "tokens_per_s": tokens_run / max(1e-9, time.perf_counter() - started)}
+        logs = {
+            "loss": loss,
+            "lr": run.scheduler.get_last_lr()[0],
+            "tokens": tokens_run,
+            "tokens_per_s": tokens_run / max(1e-9, time.perf_counter() - started),
+        }
         if config.stages:
             logs["stage"] = run.stage
         bar.update(1)
@@ -359,8 +404,18 @@ def _run(config: TrainConfig, accelerator, resume, callbacks) -> TrainResult:
         last_eval = run.evaluate()
     model = accelerator.unwrap_model(run.model)
     _save_final(accelerator, model, config, run.out, run.names, run.saved_names, run.adapter_params)
-    return TrainResult(model, run.tokenizer, run.out, run.step, run.state["first_eval"], last_eval,
-                       run.history, stopped, tokens_run, seconds)
+    return TrainResult(
+        model,
+        run.tokenizer,
+        run.out,
+        run.step,
+        run.state["first_eval"],
+        last_eval,
+        run.history,
+        stopped,
+        tokens_run,
+        seconds,
+    )
 
 
 def _save_final(accelerator, model, config: TrainConfig, out: Path, names, staged=None, adapter_params=()) -> None:
@@ -382,8 +437,9 @@ def _save_final(accelerator, model, config: TrainConfig, out: Path, names, stage
         if staged:  # weights the stages trained outside the adapter
             from safetensors.torch import save_file
 
-            save_file(checkpoint.trainable_state(model, set(staged) - set(adapter_params)),
-                      str(out / "trained.safetensors"))
+            save_file(
+                checkpoint.trainable_state(model, set(staged) - set(adapter_params)), str(out / "trained.safetensors")
+            )
         (out / "train_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         if names:
             (out / "labels.json").write_text(json.dumps(names))

@@ -8,6 +8,7 @@ macro F1: the unweighted mean over classes of F1_c = 2 TP_c / (2 TP_c + FP_c + F
     as scikit-learn's ``f1_score(average="macro")`` does).
 BLEU (Papineni et al. 2002) and chrF (Popovic 2015): corpus scores from sacrebleu, 0-100.
 """
+
 from __future__ import annotations
 
 import math
@@ -59,5 +60,4 @@ def chrf(hypotheses: Sequence[str], references: Sequence[str]) -> float:
     return float(_sacrebleu().corpus_chrf(list(hypotheses), [list(references)]).score)
 
 
-HIGHER_IS_BETTER = {"loss": False, "perplexity": False, "accuracy": True, "macro_f1": True,
-                    "bleu": True, "chrf": True}
+HIGHER_IS_BETTER = {"loss": False, "perplexity": False, "accuracy": True, "macro_f1": True, "bleu": True, "chrf": True}

@@ -7,6 +7,7 @@
   optimizer steps, then decay d over the rest: constant 1, linear (1 - p), cosine
   (1 + cos(pi p)) / 2, with p the fraction of the decay phase done.
 """
+
 from __future__ import annotations
 
 import math
@@ -40,8 +41,10 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
         return [{"params": params, "lr": cfg.lr}]
     b_ids = _loraplus_b_params(model)
     if not b_ids:
-        raise ConfigError("optim.loraplus_ratio is set but the adapter has no LoRA B factors; "
-                          "remove loraplus_ratio or use a LoRA adapter.")
+        raise ConfigError(
+            "optim.loraplus_ratio is set but the adapter has no LoRA B factors; "
+            "remove loraplus_ratio or use a LoRA adapter."
+        )
     rest = [p for p in params if id(p) not in b_ids]
     b = [p for p in params if id(p) in b_ids]
     return [{"params": rest, "lr": cfg.lr}, {"params": b, "lr": cfg.lr * cfg.loraplus_ratio}]
@@ -57,8 +60,9 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, groups=None) -> torch.op
     try:
         import bitsandbytes as bnb
     except ImportError:
-        raise ConfigError(f"optim.optimizer {cfg.optimizer!r} needs bitsandbytes: pip install bitsandbytes; "
-                          "or use 'adamw'.") from None
+        raise ConfigError(
+            f"optim.optimizer {cfg.optimizer!r} needs bitsandbytes: pip install bitsandbytes; or use 'adamw'."
+        ) from None
     cls = bnb.optim.PagedAdamW8bit if cfg.optimizer == "paged_adamw8bit" else bnb.optim.AdamW8bit
     return cls(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
 
@@ -81,6 +85,4 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
 
 def build_schedule(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total: int):
     warmup = warmup_steps(cfg, total)
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total, warmup, cfg.schedule)
-    )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, warmup, cfg.schedule))

@@ -5,6 +5,7 @@ learning rate per logged step (left) and the training loss (right, log scale; fa
 step, bold its trailing mean over ``width`` points), plus eval loss where it was measured, and
 dotted vertical lines where a new stage starts (runs with ``stages:``).
 """
+
 from __future__ import annotations
 
 import json
@@ -40,17 +41,22 @@ def plot_curves(runs: Sequence[dict], path: Path, title: str) -> None:
     width = max(1, max(len(r["loss"]) for r in runs) // 20)
     for r in runs:
         ax_lr.plot(r["steps"], r["lr"], label=r["label"])
-        line, = ax_loss.plot(r["steps"], smooth(r["loss"], width), label=r["label"])
+        (line,) = ax_loss.plot(r["steps"], smooth(r["loss"], width), label=r["label"])
         ax_loss.plot(r["steps"], r["loss"], color=line.get_color(), alpha=0.2, linewidth=0.8)
         if r.get("eval_steps"):
-            ax_loss.plot(r["eval_steps"], r["eval_loss"], "o--", color=line.get_color(),
-                         label=f"{r['label']}: eval loss")
+            ax_loss.plot(
+                r["eval_steps"], r["eval_loss"], "o--", color=line.get_color(), label=f"{r['label']}: eval loss"
+            )
     for start in runs[0].get("stage_starts", ()):
         for ax in (ax_lr, ax_loss):
             ax.axvline(start, color="gray", linestyle=":", linewidth=1)
     ax_lr.set(xlabel="optimizer step", ylabel="learning rate", title="learning rate")
-    ax_loss.set(xlabel="optimizer step", ylabel="loss", yscale="log",
-                title=f"training loss (faint: per logged step; bold: mean of {width})")
+    ax_loss.set(
+        xlabel="optimizer step",
+        ylabel="loss",
+        yscale="log",
+        title=f"training loss (faint: per logged step; bold: mean of {width})",
+    )
     for ax in (ax_lr, ax_loss):
         ax.grid(alpha=0.3)
         ax.legend()

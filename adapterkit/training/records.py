@@ -8,6 +8,7 @@ is allowed).
 Each record is a ``Record``: a plain dict that also knows where it came from (``record.where``,
 e.g. ``"train.jsonl:12"``), so that a missing or ill-typed field is reported at its line.
 """
+
 from __future__ import annotations
 
 import csv
@@ -26,16 +27,25 @@ class Record(dict):
 
 
 def _kind(value: Any) -> str:
-    names = {list: "a list", str: "a string", int: "a number", float: "a number", bool: "true or false",
-             type(None): "null", dict: "an object"}
+    names = {
+        list: "a list",
+        str: "a string",
+        int: "a number",
+        float: "a number",
+        bool: "true or false",
+        type(None): "null",
+        dict: "an object",
+    }
     return names.get(type(value), type(value).__name__)
 
 
 def record(value: Any, where: str) -> Record:
     """``value`` as a Record found at ``where``; an error unless it is a mapping of fields."""
     if not isinstance(value, dict):
-        raise ConfigError(f"{where}: a record must be a JSON object of fields (like "
-                          f'{{"prompt": ..., "response": ...}}); got {_kind(value)}.')
+        raise ConfigError(
+            f"{where}: a record must be a JSON object of fields (like "
+            f'{{"prompt": ..., "response": ...}}); got {_kind(value)}.'
+        )
     out = Record(value)
     out.where = where
     return out
@@ -47,8 +57,9 @@ def _text(path: Path) -> str:
         return raw.decode("utf-8-sig")  # a byte-order mark (spreadsheets write one) is dropped
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
-        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {raw[err.start]:#04x}); save the data file "
-                          f"as UTF-8.") from None
+        raise ConfigError(
+            f"{path}:{line}: not UTF-8 text (byte {raw[err.start]:#04x}); save the data file as UTF-8."
+        ) from None
 
 
 def _json_error(path: Path, err: json.JSONDecodeError, line: int = 0) -> ConfigError:

@@ -10,6 +10,7 @@ changed ``adapter.rank`` is named as such); ``check_fit`` checks each tensor aga
 and the optimizer. Each error names the file and says what to do; the model, the optimizer and
 the files on disk are untouched until all of them pass.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,8 +28,15 @@ from . import checkpoint
 
 MODES = (False, True, "auto")
 # settings a checkpoint's tensors depend on: changing one between runs makes it unusable
-_FIXED = ("adapter", "quantization", "stages", "model.task", "model.num_labels", "optim.optimizer",
-          "optim.loraplus_ratio")
+_FIXED = (
+    "adapter",
+    "quantization",
+    "stages",
+    "model.task",
+    "model.num_labels",
+    "optim.optimizer",
+    "optim.loraplus_ratio",
+)
 # optimizer state tensors shaped like their parameter (torch's Adam/AdamW/SGD, bitsandbytes')
 _SHAPED = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer", "state1", "state2")
 
@@ -77,12 +85,17 @@ def find(out: Path, resume, save_every: int, main_process: bool = True) -> Optio
         return found
     if resume == "auto":
         if main_process:
-            print(f"adapterkit: no checkpoint in {str(folder)!r}; --resume auto starts a fresh run.",
-                  file=sys.stderr, flush=True)
+            print(
+                f"adapterkit: no checkpoint in {str(folder)!r}; --resume auto starts a fresh run.",
+                file=sys.stderr,
+                flush=True,
+            )
         return None
     why = " (output.save_every is 0: this config writes none)" if not save_every else ""
-    raise ConfigError(f"--resume: no checkpoint in {str(folder)!r} to resume from{why}. Train without --resume "
-                      f"to start a fresh run, or with --resume auto to resume only when there is one.")
+    raise ConfigError(
+        f"--resume: no checkpoint in {str(folder)!r} to resume from{why}. Train without --resume "
+        f"to start a fresh run, or with --resume auto to resume only when there is one."
+    )
 
 
 def _json(path: Path, file: str) -> Any:
@@ -138,23 +151,33 @@ def _optimizer(path: Path) -> dict:
     except Exception as err:  # noqa: BLE001 - truncated, garbage, or objects weights_only refuses
         if isinstance(err, pickle.UnpicklingError) and "GLOBAL" in str(err):  # a class or function
             # torch's own message suggests weights_only=False: never, here
-            raise _bad(path, "optimizer.pt", "holds objects other than tensors and plain values, which "
-                       "adapterkit never unpickles") from None
+            raise _bad(
+                path,
+                "optimizer.pt",
+                "holds objects other than tensors and plain values, which adapterkit never unpickles",
+            ) from None
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if isinstance(err, pickle.UnpicklingError):
             reason = "not data that torch.save wrote"  # torch's own words advise unsafe loading
         raise _bad(path, "optimizer.pt", f"is truncated or corrupt ({reason})") from None
     groups = data.get("param_groups") if isinstance(data, dict) else None
-    if not (isinstance(data.get("state") if isinstance(data, dict) else None, dict) and isinstance(groups, list)
-            and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups)):
+    if not (
+        isinstance(data.get("state") if isinstance(data, dict) else None, dict)
+        and isinstance(groups, list)
+        and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups)
+    ):
         raise _bad(path, "optimizer.pt", "is not an optimizer state (no 'state' and 'param_groups')")
     return data
 
 
 def _scheduler(path: Path) -> dict:
     data = _json(path, "scheduler.json")
-    if not (isinstance(data, dict) and _int(data.get("last_epoch"), -1) and isinstance(data.get("base_lrs"), list)
-            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in data["base_lrs"])):
+    if not (
+        isinstance(data, dict)
+        and _int(data.get("last_epoch"), -1)
+        and isinstance(data.get("base_lrs"), list)
+        and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in data["base_lrs"])
+    ):
         raise _bad(path, "scheduler.json", "is not a learning-rate schedule's state (last_epoch, base_lrs)")
     return data
 
@@ -179,8 +202,9 @@ def _rng(path: Path, rank: int) -> Optional[tuple[dict, tuple]]:
 def read(path: Path, rank: int = 0) -> Saved:
     """Every file of checkpoint ``path`` parsed and type-checked; nothing applied."""
     state = _state(path)
-    return Saved(path, state, _tensors(path, "trainable.safetensors"), _optimizer(path), _scheduler(path),
-                 _rng(path, rank))
+    return Saved(
+        path, state, _tensors(path, "trainable.safetensors"), _optimizer(path), _scheduler(path), _rng(path, rank)
+    )
 
 
 def _value(data: dict, key: str) -> Any:
@@ -219,15 +243,23 @@ def check_fit(saved: Saved, model, optimizer, scheduler, names=None) -> None:
     missing = [n for n in wanted if n not in saved.weights]
     extra = [n for n in saved.weights if n not in params]
     if missing or extra:
-        parts = [f"{label} {', '.join(names[:3])}" for label, names in (("missing", missing), ("unexpected", extra))
-                 if names]
-        raise _bad(saved.path, "trainable.safetensors", f"does not fit this model ({'; '.join(parts)}): resume "
-                   f"with the config it was written with")
+        parts = [
+            f"{label} {', '.join(names[:3])}" for label, names in (("missing", missing), ("unexpected", extra)) if names
+        ]
+        raise _bad(
+            saved.path,
+            "trainable.safetensors",
+            f"does not fit this model ({'; '.join(parts)}): resume with the config it was written with",
+        )
     for name, tensor in saved.weights.items():
         if tuple(tensor.shape) != tuple(params[name].shape):
-            raise _bad(saved.path, "trainable.safetensors", f"holds {name!r} with shape {tuple(tensor.shape)}, "
-                       f"but this model's is {tuple(params[name].shape)} (the adapter's rank or the model "
-                       f"changed since it was written)")
+            raise _bad(
+                saved.path,
+                "trainable.safetensors",
+                f"holds {name!r} with shape {tuple(tensor.shape)}, "
+                f"but this model's is {tuple(params[name].shape)} (the adapter's rank or the model "
+                f"changed since it was written)",
+            )
     if optimizer is not None and saved.state.get("optimizer") != "names":  # FSDP's is keyed by names
         _check_optimizer(saved, optimizer, scheduler)
 
@@ -236,16 +268,23 @@ def _check_optimizer(saved: Saved, optimizer, scheduler) -> None:
     groups, mine = saved.optimizer["param_groups"], optimizer.param_groups
     sizes, my_sizes = [len(g["params"]) for g in groups], [len(g["params"]) for g in mine]
     if sizes != my_sizes:
-        raise _bad(saved.path, "optimizer.pt", f"has parameter groups of sizes {sizes}, this run's optimizer "
-                   f"{my_sizes} (optim.loraplus_ratio, the stages or the adapter changed since it was written)")
+        raise _bad(
+            saved.path,
+            "optimizer.pt",
+            f"has parameter groups of sizes {sizes}, this run's optimizer "
+            f"{my_sizes} (optim.loraplus_ratio, the stages or the adapter changed since it was written)",
+        )
     by_id = dict(zip([i for g in groups for i in g["params"]], [p for g in mine for p in g["params"]]))
     for key, entry in saved.optimizer["state"].items():
         if key not in by_id or not isinstance(entry, dict):
             raise _bad(saved.path, "optimizer.pt", f"holds state for a parameter {key!r} it has no group for")
         _check_shapes(saved, entry, tuple(by_id[key].shape))
     if len(saved.scheduler["base_lrs"]) != len(mine):
-        raise _bad(saved.path, "scheduler.json", f"has {len(saved.scheduler['base_lrs'])} learning rates for "
-                   f"{len(mine)} parameter groups")
+        raise _bad(
+            saved.path,
+            "scheduler.json",
+            f"has {len(saved.scheduler['base_lrs'])} learning rates for {len(mine)} parameter groups",
+        )
 
 
 def _check_shapes(saved: Saved, entry: dict, shape: tuple) -> None:
@@ -253,5 +292,8 @@ def _check_shapes(saved: Saved, entry: dict, shape: tuple) -> None:
         if isinstance(value, dict):  # bitsandbytes nests its state
             _check_shapes(saved, value, shape)
         elif name in _SHAPED and isinstance(value, torch.Tensor) and tuple(value.shape) != shape:
-            raise _bad(saved.path, "optimizer.pt", f"holds {name} of shape {tuple(value.shape)} for a "
-                       f"parameter of shape {shape}")
+            raise _bad(
+                saved.path,
+                "optimizer.pt",
+                f"holds {name} of shape {tuple(value.shape)} for a parameter of shape {shape}",
+            )

@@ -3,6 +3,7 @@
 Types are checked (and YAML strings like ``1e-4`` read as numbers) by ``config.build_section``;
 here each section checks choices and ranges.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -138,8 +139,14 @@ class OptimConfig:
             raise ConfigError(f"optim.lr must be a positive number; got {self.lr!r}.")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"optim.betas must be two numbers in [0, 1); got {list(self.betas)!r}.")
-        for name, low in (("batch_size", 1), ("grad_accum", 1), ("epochs", 1), ("warmup_steps", 0),
-                          ("weight_decay", 0), ("warmup_ratio", 0)):
+        for name, low in (
+            ("batch_size", 1),
+            ("grad_accum", 1),
+            ("epochs", 1),
+            ("warmup_steps", 0),
+            ("weight_decay", 0),
+            ("warmup_ratio", 0),
+        ):
             _at_least("optim", name, getattr(self, name), low)
         _at_least("optim", "max_steps", self.max_steps, 1, allow_none=True)
         _at_least("optim", "max_grad_norm", self.max_grad_norm, 0, allow_none=True)

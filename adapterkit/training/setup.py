@@ -1,4 +1,5 @@
 """Everything a run needs before its first step: the model with its adapter, and the data."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,8 +28,9 @@ def build_model(config: TrainConfig, task: str, num_labels: Optional[int]):
     model, tokenizer = load_model(m.name, task=task, num_labels=num_labels, dtype=m.dtype)
     if config.quantization is not None:
         q = config.quantization
-        ak.quantize(model, bits=q.bits, quant_type=q.quant_type, double_quant=q.double_quant,
-                    block=q.block, skip=q.skip)
+        ak.quantize(
+            model, bits=q.bits, quant_type=q.quant_type, double_quant=q.double_quant, block=q.block, skip=q.skip
+        )
     adapter = config.adapter
     if adapter is None:  # no adapter: the stages choose which weights train
         for p in model.parameters():
@@ -76,8 +78,10 @@ def read_data(config: TrainConfig) -> tuple[list[dict], list[dict], Optional[lis
         raise ConfigError(f"data.train {d.train!r} holds no records{held_out}.")
     e = config.eval
     if not held and (e.every or e.patience or e.generate):
-        raise ConfigError("the eval section asks for evaluations (every, patience or generate) but there is "
-                          "no held-out data; set data.eval to a file or data.eval_split to a fraction.")
+        raise ConfigError(
+            "the eval section asks for evaluations (every, patience or generate) but there is "
+            "no held-out data; set data.eval to a file or data.eval_split to a fraction."
+        )
     names, num_labels = None, 0
     if d.format == "classification":
         names = data_mod.label_names(train, d, d.train)
@@ -95,8 +99,10 @@ def _check_label_range(records: list[dict], path: str, d, num_labels: int) -> No
     for i, (r, label) in enumerate(zip(records, data_mod.label_ids(records, d, path))):
         if label >= num_labels:
             where = getattr(r, "where", "") or f"{path}: record {i + 1}"
-            raise ConfigError(f"{where}: label {label} is out of range for {num_labels} classes (0 to "
-                              f"{num_labels - 1}); raise model.num_labels or fix the label.")
+            raise ConfigError(
+                f"{where}: label {label} is out of range for {num_labels} classes (0 to "
+                f"{num_labels - 1}); raise model.num_labels or fix the label."
+            )
 
 
 def generation_set(config: TrainConfig, tokenizer, records: list[dict]) -> Optional[dict]:
@@ -112,5 +118,9 @@ def generation_set(config: TrainConfig, tokenizer, records: list[dict]) -> Optio
         refs = [str(r[d.response_field]) for r in records]
     else:
         raise ConfigError(f"eval.generate needs data.format 'instruction' or 'seq2seq'; got {d.format!r}.")
-    return {"tokenizer": tokenizer, "prompts": prompts, "references": refs,
-            "max_new_tokens": config.eval.max_new_tokens}
+    return {
+        "tokenizer": tokenizer,
+        "prompts": prompts,
+        "references": refs,
+        "max_new_tokens": config.eval.max_new_tokens,
+    }

@@ -20,6 +20,7 @@ leaves whole on every process (so a 4-bit base is replicated, its float weights 
 After ``train`` the model is still sharded over a process group that is gone: read the adapter
 from the saved files.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -70,20 +71,27 @@ def check(config, accelerator) -> None:
             "gradients and clips them itself and saves the optimizer state from the main process, which DeepSpeed "
             "does inside its engine and per partition (on a CPU, Accelerate 1.15 cannot run it either: "
             f"it set up {accelerator.distributed_type.value}). Shard with an FSDP config (fsdp_version: 2) instead, "
-            "or train on N processes with --num-processes N (DDP).")
+            "or train on N processes with --num-processes N (DDP)."
+        )
     if not requested():
         return
     p = plugin(accelerator)
     if p.fsdp_version != 2:
-        raise ConfigError(f"the Accelerate config asks for FSDP version {p.fsdp_version}; adapterkit trains "
-                          "with FSDP2 (torch's fully_shard): set fsdp_version: 2 in its fsdp_config.")
+        raise ConfigError(
+            f"the Accelerate config asks for FSDP version {p.fsdp_version}; adapterkit trains "
+            "with FSDP2 (torch's fully_shard): set fsdp_version: 2 in its fsdp_config."
+        )
     if config.stages:
-        raise ConfigError("stages: with FSDP are not supported (a sharded model cannot change what trains "
-                          "between stages); run the stages with DDP (--num-processes N) or one process.")
+        raise ConfigError(
+            "stages: with FSDP are not supported (a sharded model cannot change what trains "
+            "between stages); run the stages with DDP (--num-processes N) or one process."
+        )
     if config.eval.generate:
-        raise ConfigError("eval.generate with FSDP is not supported (generation lengths differ between "
-                          "processes, while each forward of a sharded model needs them all); set "
-                          "eval.generate: false and run `adapterkit generate` on the saved adapter.")
+        raise ConfigError(
+            "eval.generate with FSDP is not supported (generation lengths differ between "
+            "processes, while each forward of a sharded model needs them all); set "
+            "eval.generate: false and run `adapterkit generate` on the saved adapter."
+        )
     if not accelerate_runs_fsdp(accelerator):
         _check_cpu(p, accelerator)
 
@@ -97,8 +105,10 @@ def _check_cpu(p, accelerator) -> None:
     if accelerator.mixed_precision != "no":
         unsupported.append(f"mixed_precision {accelerator.mixed_precision!r} (use 'no')")
     if unsupported:
-        raise ConfigError(f"FSDP on a CPU (adapterkit's fully_shard path) does not run: {'; '.join(unsupported)}. "
-                          "Turn these off in the Accelerate config, or train on a GPU machine.")
+        raise ConfigError(
+            f"FSDP on a CPU (adapterkit's fully_shard path) does not run: {'; '.join(unsupported)}. "
+            "Turn these off in the Accelerate config, or train on a GPU machine."
+        )
 
 
 def _units(model: nn.Module, names: Optional[Iterable[str]]) -> list[nn.Module]:
@@ -107,8 +117,10 @@ def _units(model: nn.Module, names: Optional[Iterable[str]]) -> list[nn.Module]:
         names = set(names)
         found = [m for m in model.modules() if type(m).__name__ in names]
         if not found:
-            raise ConfigError(f"fsdp_transformer_layer_cls_to_wrap {sorted(names)} names no module class of "
-                              f"{type(model).__name__}; name its decoder layer class (e.g. LlamaDecoderLayer).")
+            raise ConfigError(
+                f"fsdp_transformer_layer_cls_to_wrap {sorted(names)} names no module class of "
+                f"{type(model).__name__}; name its decoder layer class (e.g. LlamaDecoderLayer)."
+            )
         return found
     from ..methods.bottleneck.roles import blocks
 
@@ -234,8 +246,9 @@ def load_whole(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
     set_model_state_dict(model, tensors, options=_options(strict=False))
 
 
-def eval_passes(model: nn.Module, shards: list, n: int, batch_size: int, processes: int,
-                max_batches: Optional[int]) -> int:
+def eval_passes(
+    model: nn.Module, shards: list, n: int, batch_size: int, processes: int, max_batches: Optional[int]
+) -> int:
     """How many evaluation forwards this process runs: its shards, or, for a sharded model (each
     forward gathers parameters from every process), as many as the process with the most (rank 0)."""
     if not is_sharded(model):
@@ -253,15 +266,21 @@ def _pairs(model: nn.Module, optimizer, saved: dict):
     names = {id(p): n for n, p in model.named_parameters()}
     groups = _inner(optimizer).param_groups
     if [len(g["params"]) for g in groups] != [len(g["params"]) for g in saved["param_groups"]]:
-        raise AdapterFileError("the checkpoint's optimizer state holds other parameter groups than this run's "
-                               "optimizer; resume with the config it was written with, or start without --resume.")
-    return [(key, names[id(p)]) for g, s in zip(groups, saved["param_groups"]) for p, key in zip(g["params"], s["params"])]
+        raise AdapterFileError(
+            "the checkpoint's optimizer state holds other parameter groups than this run's "
+            "optimizer; resume with the config it was written with, or start without --resume."
+        )
+    return [
+        (key, names[id(p)]) for g, s in zip(groups, saved["param_groups"]) for p, key in zip(g["params"], s["params"])
+    ]
 
 
 def _rekeyed(saved: dict, pairs: list) -> dict:
     key = dict(pairs)
-    return {"state": {key[k]: v for k, v in saved["state"].items()},
-            "param_groups": [dict(g, params=[key[k] for k in g["params"]]) for g in saved["param_groups"]]}
+    return {
+        "state": {key[k]: v for k, v in saved["state"].items()},
+        "param_groups": [dict(g, params=[key[k] for k in g["params"]]) for g in saved["param_groups"]],
+    }
 
 
 def state_by_names(model: nn.Module, optimizer, saved: dict) -> dict:

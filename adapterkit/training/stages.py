@@ -11,6 +11,7 @@ Layer-wise decay (``layer_decay`` = d; Clark et al. 2020, ELECTRA; Bao et al. 20
 stack of L blocks, block i (0 = bottom) trains at lr * d^(L - i); the embeddings at lr * d^(L + 1);
 everything else (head, final norm, adapters outside blocks) at lr.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -47,8 +48,9 @@ class StageConfig:
             _choice("stage", "train", item, TRAIN_ITEMS)
         _at_least("stage", "top_blocks", self.top_blocks, 0)
         if not (self.train or self.top_blocks or self.modules):
-            raise ConfigError("stage trains nothing; give train: [adapters | head | all], top_blocks: N "
-                              "or modules: [...].")
+            raise ConfigError(
+                "stage trains nothing; give train: [adapters | head | all], top_blocks: N or modules: [...]."
+            )
         if self.lr is not None and not self.lr > 0:
             raise ConfigError(f"stage.lr must be a positive number; got {self.lr!r}.")
         if self.schedule is not None:

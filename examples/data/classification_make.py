@@ -8,6 +8,7 @@ not seen. Deterministic: running it again writes the same files.
 
     python examples/data/classification_make.py
 """
+
 from __future__ import annotations
 
 import json
@@ -20,9 +21,24 @@ PER_TEMPLATE = 14  # variants drawn per template (duplicates dropped)
 TEST_TEMPLATES = 4  # templates per class held out for the test file
 
 SLOTS = {
-    "product": ["blender", "phone case", "desk lamp", "pair of running shoes", "coffee grinder",
-                "winter jacket", "laptop stand", "set of kitchen knives", "yoga mat", "Bluetooth speaker",
-                "backpack", "electric kettle", "office chair", "rain coat", "baby monitor", "garden hose"],
+    "product": [
+        "blender",
+        "phone case",
+        "desk lamp",
+        "pair of running shoes",
+        "coffee grinder",
+        "winter jacket",
+        "laptop stand",
+        "set of kitchen knives",
+        "yoga mat",
+        "Bluetooth speaker",
+        "backpack",
+        "electric kettle",
+        "office chair",
+        "rain coat",
+        "baby monitor",
+        "garden hose",
+    ],
     "days": ["three days", "five days", "a week", "ten days", "two weeks", "almost a month"],
     "amount": ["$12.99", "$45", "$89.50", "$120", "$7.49", "$230", "$18", "$64.20"],
     "order": ["#48213", "#50977", "#31402", "#77015", "#62389", "#90544"],

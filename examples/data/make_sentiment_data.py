@@ -3,17 +3,50 @@
 Reviews are built from templates; the eval file uses products and phrases that never appear
 in the training file. Run: ``python examples/data/make_sentiment_data.py`` (deterministic).
 """
+
 import csv
 import random
 from pathlib import Path
 
-PRODUCTS = ["phone", "laptop", "kettle", "chair", "lamp", "backpack", "camera", "blender", "jacket",
-            "headset", "keyboard", "toaster", "watch", "tent", "bike", "printer"]
+PRODUCTS = [
+    "phone",
+    "laptop",
+    "kettle",
+    "chair",
+    "lamp",
+    "backpack",
+    "camera",
+    "blender",
+    "jacket",
+    "headset",
+    "keyboard",
+    "toaster",
+    "watch",
+    "tent",
+    "bike",
+    "printer",
+]
 HELD_PRODUCTS = ["speaker", "mattress", "drill", "scarf"]
-GOOD = ["works perfectly", "is excellent", "exceeded my expectations", "is worth every penny",
-        "feels very well made", "arrived quickly and works great", "is a joy to use", "is sturdy and reliable"]
-BAD = ["broke after a week", "is a waste of money", "stopped working quickly", "feels cheap and flimsy",
-       "arrived damaged", "is very disappointing", "never worked properly", "is noisy and unreliable"]
+GOOD = [
+    "works perfectly",
+    "is excellent",
+    "exceeded my expectations",
+    "is worth every penny",
+    "feels very well made",
+    "arrived quickly and works great",
+    "is a joy to use",
+    "is sturdy and reliable",
+]
+BAD = [
+    "broke after a week",
+    "is a waste of money",
+    "stopped working quickly",
+    "feels cheap and flimsy",
+    "arrived damaged",
+    "is very disappointing",
+    "never worked properly",
+    "is noisy and unreliable",
+]
 HELD_GOOD = ["is simply wonderful", "does everything I hoped"]
 HELD_BAD = ["fell apart immediately", "is the worst purchase I made"]
 OPENERS = ["The {}", "This {}", "My new {}", "Honestly, the {}"]

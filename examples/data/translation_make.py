@@ -9,15 +9,37 @@ pair as ``prompt`` / ``response`` (instruction tuning). Deterministic.
 
     python examples/data/translation_make.py
 """
+
 from __future__ import annotations
 
 import json
 import random
 from pathlib import Path
 
-from translation_vocab import (ACTIONS, ADJECTIVES, ANIMALS, CITIES, DAYS, DRINKS, FIXED, FOODS, HOURS,
-                               ITEMS, NUMBERS, OBJECTS, PLACES, PROFESSIONS, RELATIVES, SHOPS, SIGHTS,
-                               SURFACES, WEATHER, WEATHER_TIMES, WHEN, Noun)
+from translation_vocab import (
+    ACTIONS,
+    ADJECTIVES,
+    ANIMALS,
+    CITIES,
+    DAYS,
+    DRINKS,
+    FIXED,
+    FOODS,
+    HOURS,
+    ITEMS,
+    NUMBERS,
+    OBJECTS,
+    PLACES,
+    PROFESSIONS,
+    RELATIVES,
+    SHOPS,
+    SIGHTS,
+    SURFACES,
+    WEATHER,
+    WEATHER_TIMES,
+    WHEN,
+    Noun,
+)
 
 HERE = Path(__file__).resolve().parent
 SEED = 20261124
@@ -133,8 +155,10 @@ def t_animals(r):
 def t_on(r):
     o, under = pick(r, OBJECTS), r.random() < 0.3
     s = pick(r, [x for x in SURFACES if not under or x.en not in ("shelf", "fridge")])
-    return (f"The {o.en} is {'under' if under else 'on'} the {s.en}.",
-            f"{cap(le(o))} est {'sous' if under else 'sur'} {le(s)}.")
+    return (
+        f"The {o.en} is {'under' if under else 'on'} the {s.en}.",
+        f"{cap(le(o))} est {'sous' if under else 'sur'} {le(s)}.",
+    )
 
 
 def t_cant_find(r):
@@ -169,8 +193,7 @@ def t_near(r):
 
 def t_meet(r):
     p, h = pick(r, PLACES), pick(r, HOURS)
-    return (f"Let's meet in front of the {p.en} at {h[0]} o'clock.",
-            f"Retrouvons-nous devant {le(p)} à {h[1]} heures.")
+    return (f"Let's meet in front of the {p.en} at {h[0]} o'clock.", f"Retrouvons-nous devant {le(p)} à {h[1]} heures.")
 
 
 def t_bought(r):
@@ -183,9 +206,32 @@ def t_coming(r):
     return f"My {p.en} is coming to {c[0]} {w[0]}.", f"{cap(mon(p))} vient à {c[1]} {w[1]}."
 
 
-TEMPLATES = [t_meet, t_bought, t_coming, t_where, t_how_get, t_far, t_open, t_closed, t_would_like, t_dislike, t_lives, t_job,
-             t_feels, t_going, t_train, t_weather, t_animals, t_on, t_cant_find, t_could_you, t_cost,
-             t_looking, t_visited, t_near]
+TEMPLATES = [
+    t_meet,
+    t_bought,
+    t_coming,
+    t_where,
+    t_how_get,
+    t_far,
+    t_open,
+    t_closed,
+    t_would_like,
+    t_dislike,
+    t_lives,
+    t_job,
+    t_feels,
+    t_going,
+    t_train,
+    t_weather,
+    t_animals,
+    t_on,
+    t_cant_find,
+    t_could_you,
+    t_cost,
+    t_looking,
+    t_visited,
+    t_near,
+]
 
 
 def build() -> tuple[list[dict], list[dict]]:

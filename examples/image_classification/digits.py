@@ -4,6 +4,7 @@ Data: scikit-learn's bundled 8x8 handwritten digits (``load_digits``: 1,797 grey
 classes; no download). Classes 0-4 pretrain a small model; classes 5-9 are the new task, split once
 (fixed seed) into a labelled pool, from which k images per class are drawn, and a test set.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -100,9 +101,18 @@ class DigitsViT(nn.Module):
         super().__init__()
         from transformers import ViTConfig, ViTForImageClassification
 
-        config = ViTConfig(image_size=8, patch_size=2, num_channels=1, hidden_size=48, num_hidden_layers=2,
-                           num_attention_heads=4, intermediate_size=96, num_labels=classes,
-                           hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+        config = ViTConfig(
+            image_size=8,
+            patch_size=2,
+            num_channels=1,
+            hidden_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=96,
+            num_labels=classes,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        )
         self.vit = ViTForImageClassification(config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -115,12 +125,13 @@ def shift(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     out = torch.empty_like(x)
     offsets = torch.randint(0, 3, (len(x), 2), generator=gen)
     for i, (dy, dx) in enumerate(offsets.tolist()):
-        out[i] = padded[i, :, dy:dy + 8, dx:dx + 8]
+        out[i] = padded[i, :, dy : dy + 8, dx : dx + 8]
     return out
 
 
-def fit(model: nn.Module, data: Split, steps: int, lr: float, seed: int, batch: int = 64,
-        weight_decay: float = 1e-4) -> float:
+def fit(
+    model: nn.Module, data: Split, steps: int, lr: float, seed: int, batch: int = 64, weight_decay: float = 1e-4
+) -> float:
     """AdamW on the trainable parameters, cross-entropy, shifted mini-batches; returns last loss."""
     gen = torch.Generator().manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -13,6 +13,7 @@ safetensors checkpoint. For each k and seed, from the same k labelled images per
 - ``full``:      the pretrained model with a new head, every parameter trained (for reference).
 Each LoRA model is then folded back with ``ak.merge`` and must give the same logits.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,13 +53,29 @@ class Backbone:
 
 
 BACKBONES = {
-    "cnn": Backbone("cnn", D.DigitsCNN, "head",
-                    ak.LoRAConfig(rank=4, alpha=8, targets=("conv1", "conv2", "conv3", "fc"), train_modules=("head",)),
-                    {"scratch": 3e-3, "head": 1e-2, "lora+head": 1e-2, "full": 1e-3}, 3e-3, 1500),
-    "vit": Backbone("vit", D.DigitsViT, "vit.classifier",
-                    ak.LoRAConfig(rank=8, alpha=16, targets=("projection", "q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2"),
-                                  train_modules=("classifier",)),
-                    {"scratch": 1e-3, "head": 1e-2, "lora+head": 3e-3, "full": 3e-4}, 1e-3, 800),
+    "cnn": Backbone(
+        "cnn",
+        D.DigitsCNN,
+        "head",
+        ak.LoRAConfig(rank=4, alpha=8, targets=("conv1", "conv2", "conv3", "fc"), train_modules=("head",)),
+        {"scratch": 3e-3, "head": 1e-2, "lora+head": 1e-2, "full": 1e-3},
+        3e-3,
+        1500,
+    ),
+    "vit": Backbone(
+        "vit",
+        D.DigitsViT,
+        "vit.classifier",
+        ak.LoRAConfig(
+            rank=8,
+            alpha=16,
+            targets=("projection", "q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2"),
+            train_modules=("classifier",),
+        ),
+        {"scratch": 1e-3, "head": 1e-2, "lora+head": 3e-3, "full": 3e-4},
+        1e-3,
+        800,
+    ),
 }
 
 
@@ -140,6 +157,7 @@ def mean_sd(values: list[float]) -> str:
 
 def table(rows: list[dict], shots: list[int]) -> str:
     """One row per k, one column per method: test accuracy (%), mean ± sd over seeds."""
+
     def accs(k, m):
         return [100 * r["accuracy"] for r in rows if r["k"] == k and r["method"] == m]
 
@@ -155,11 +173,19 @@ def run_backbone(bb: Backbone, args, data) -> dict:
     pre_acc = pretrain(bb, data, args.pretrain_scale, path)
     print(f"[{bb.name}] pretrained on digits 0-4: test accuracy {100 * pre_acc:.1f}% -> {path}")
     checkpoint = load_file(str(path))
-    rows = [run_one(bb, m, k, seed, checkpoint, data, args.steps)
-            for k in args.shots for seed in range(args.seeds) for m in METHODS]
+    rows = [
+        run_one(bb, m, k, seed, checkpoint, data, args.steps)
+        for k in args.shots
+        for seed in range(args.seeds)
+        for m in METHODS
+    ]
     print(next(r["summary"] for r in rows if "summary" in r))
-    out = {"pretrain_accuracy": pre_acc, "rows": rows, "table": table(rows, args.shots),
-           "max_merge_gap": max(r["merge_gap"] for r in rows if "merge_gap" in r)}
+    out = {
+        "pretrain_accuracy": pre_acc,
+        "rows": rows,
+        "table": table(rows, args.shots),
+        "max_merge_gap": max(r["merge_gap"] for r in rows if "merge_gap" in r),
+    }
     print(f"[{bb.name}] test accuracy (%) on digits 5-9:\n{out['table']}")
     return out
 
@@ -169,8 +195,12 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     data = D.load()
     result = {"backbones": {name: run_backbone(BACKBONES[name], args, data) for name in args.backbones}}
-    result.update(seconds=time.perf_counter() - t0, machine=machine(), n_test=len(data[3]),
-                  command=" ".join(["python examples/image_classification/run.py"] + list(argv or sys.argv[1:])))
+    result.update(
+        seconds=time.perf_counter() - t0,
+        machine=machine(),
+        n_test=len(data[3]),
+        command=" ".join(["python examples/image_classification/run.py"] + list(argv or sys.argv[1:])),
+    )
     gap = max(b["max_merge_gap"] for b in result["backbones"].values())
     print(f"ak.merge: largest logit change over all LoRA runs {gap:.1e}; total {result['seconds']:.0f} s")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -181,13 +211,21 @@ def main(argv=None) -> dict:
 
 
 def report(result: dict, args) -> str:
-    lines = [f"Command: `{result['command']}`  ",
-             f"Machine: {result['machine']}; the whole command took {result['seconds']:.0f} s.", "",
-             f"Test accuracy (%) on the {result['n_test']} held-out images of digits 5-9, mean ± standard "
-             f"deviation over {args.seeds} seeds (each seed draws its own k images per class and its own new head)."]
+    lines = [
+        f"Command: `{result['command']}`  ",
+        f"Machine: {result['machine']}; the whole command took {result['seconds']:.0f} s.",
+        "",
+        f"Test accuracy (%) on the {result['n_test']} held-out images of digits 5-9, mean ± standard "
+        f"deviation over {args.seeds} seeds (each seed draws its own k images per class and its own new head).",
+    ]
     for name, b in result["backbones"].items():
-        lines += ["", f"**{name}** (pretrained on digits 0-4: {100 * b['pretrain_accuracy']:.1f}% test accuracy; "
-                  f"`ak.merge` changed no logit by more than {b['max_merge_gap']:.1e})", "", b["table"]]
+        lines += [
+            "",
+            f"**{name}** (pretrained on digits 0-4: {100 * b['pretrain_accuracy']:.1f}% test accuracy; "
+            f"`ak.merge` changed no logit by more than {b['max_merge_gap']:.1e})",
+            "",
+            b["table"],
+        ]
     return "\n".join(lines)
 
 

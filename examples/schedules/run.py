@@ -10,6 +10,7 @@ optimizer step t of T, with W warmup steps and p = (t - W) / (T - W):
     lr(t) = lr * (t + 1) / W                    while t < W, then
     constant: lr;   linear: lr * (1 - p);   cosine: lr * (1 + cos(pi p)) / 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,10 +42,16 @@ def parse(argv=None) -> argparse.Namespace:
 
 
 def config_for(schedule: str, args) -> TrainConfig:
-    changes = {"data.train": str(ROOT / "examples/data/classification_train.jsonl"),
-               "data.eval": str(ROOT / "examples/data/classification_test.jsonl"),
-               "model.name": args.model, "output.dir": str(args.out / schedule), "output.progress": False,
-               "optim.schedule": schedule, "optim.warmup_ratio": args.warmup_ratio, "optim.warmup_steps": 0}
+    changes = {
+        "data.train": str(ROOT / "examples/data/classification_train.jsonl"),
+        "data.eval": str(ROOT / "examples/data/classification_test.jsonl"),
+        "model.name": args.model,
+        "output.dir": str(args.out / schedule),
+        "output.progress": False,
+        "optim.schedule": schedule,
+        "optim.warmup_ratio": args.warmup_ratio,
+        "optim.warmup_steps": 0,
+    }
     if args.epochs:
         changes["optim.epochs"] = args.epochs
     if args.smoke:
@@ -56,26 +63,39 @@ def run_schedule(schedule: str, args) -> dict:
     """Train once; every step's loss and learning rate come back through a callback."""
     curve: list[tuple[int, float, float]] = []
     started = time.perf_counter()
-    result = ak.train(config_for(schedule, args), callbacks=[lambda step, logs: curve.append(
-        (step, logs["loss"], logs["lr"]))])
-    tail = [loss for _, loss, _ in curve[-max(1, len(curve) // 10):]]
-    return {"schedule": schedule, "steps": [c[0] for c in curve], "loss": [c[1] for c in curve],
-            "lr": [c[2] for c in curve], "final_loss": sum(tail) / len(tail),
-            "accuracy": result.last_eval["accuracy"], "macro_f1": result.last_eval["macro_f1"],
-            "seconds": time.perf_counter() - started}
+    result = ak.train(
+        config_for(schedule, args), callbacks=[lambda step, logs: curve.append((step, logs["loss"], logs["lr"]))]
+    )
+    tail = [loss for _, loss, _ in curve[-max(1, len(curve) // 10) :]]
+    return {
+        "schedule": schedule,
+        "steps": [c[0] for c in curve],
+        "loss": [c[1] for c in curve],
+        "lr": [c[2] for c in curve],
+        "final_loss": sum(tail) / len(tail),
+        "accuracy": result.last_eval["accuracy"],
+        "macro_f1": result.last_eval["macro_f1"],
+        "seconds": time.perf_counter() - started,
+    }
 
 
 def plot(runs: list[dict], path: Path, title: str) -> None:
     """The runs' learning-rate and loss curves (adapterkit.training.plot), labelled with their accuracy."""
-    plot_curves([dict(r, label=f"{r['schedule']} (test accuracy {100 * r['accuracy']:.1f}%)") for r in runs],
-                path, title)
+    plot_curves(
+        [dict(r, label=f"{r['schedule']} (test accuracy {100 * r['accuracy']:.1f}%)") for r in runs], path, title
+    )
 
 
 def table(runs: list[dict]) -> str:
-    lines = ["| schedule | training loss, last 10% of steps | test accuracy (%) | macro F1 (%) | wall time |",
-             "|---|---:|---:|---:|---:|"]
-    lines += [f"| {r['schedule']} | {r['final_loss']:.4f} | {100 * r['accuracy']:.1f} | {100 * r['macro_f1']:.1f} | "
-              f"{r['seconds']:.0f} s |" for r in runs]
+    lines = [
+        "| schedule | training loss, last 10% of steps | test accuracy (%) | macro F1 (%) | wall time |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r['schedule']} | {r['final_loss']:.4f} | {100 * r['accuracy']:.1f} | {100 * r['macro_f1']:.1f} | "
+        f"{r['seconds']:.0f} s |"
+        for r in runs
+    ]
     return "\n".join(lines)
 
 
@@ -85,11 +105,20 @@ def main(argv=None) -> dict:
     runs = [run_schedule(s, args) for s in SCHEDULES]
     args.out.mkdir(parents=True, exist_ok=True)
     png = args.out / "schedules.png"
-    plot(runs, png, f"LoRA on {Path(args.model).name}: {len(runs[0]['steps'])} steps, "
-                    f"{int(100 * args.warmup_ratio)}% warmup, peak lr {max(runs[0]['lr']):g}")
-    result = {"runs": runs, "table": table(runs), "png": str(png), "seconds": time.perf_counter() - started,
-              "machine": machine(),
-              "command": " ".join(["python examples/schedules/run.py", *(argv or sys.argv[1:])])}
+    plot(
+        runs,
+        png,
+        f"LoRA on {Path(args.model).name}: {len(runs[0]['steps'])} steps, "
+        f"{int(100 * args.warmup_ratio)}% warmup, peak lr {max(runs[0]['lr']):g}",
+    )
+    result = {
+        "runs": runs,
+        "table": table(runs),
+        "png": str(png),
+        "seconds": time.perf_counter() - started,
+        "machine": machine(),
+        "command": " ".join(["python examples/schedules/run.py", *(argv or sys.argv[1:])]),
+    }
     print(result["table"])
     print(f"curves: {png}")
     (args.out / "results.json").write_text(json.dumps(result, indent=1))
@@ -100,8 +129,10 @@ def main(argv=None) -> dict:
 
 
 def write_readme(result: dict) -> None:
-    text = (f"Command: `{result['command']}`  \nMachine: {result['machine']}; the whole command took "
-            f"{result['seconds']:.0f} s.\n\n{result['table']}\n\n![learning rate and loss curves](schedules.png)")
+    text = (
+        f"Command: `{result['command']}`  \nMachine: {result['machine']}; the whole command took "
+        f"{result['seconds']:.0f} s.\n\n{result['table']}\n\n![learning rate and loss curves](schedules.png)"
+    )
     write_results(HERE / "README.md", text)
 
 

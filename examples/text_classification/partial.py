@@ -5,6 +5,7 @@ blocks, or everything), with the same data, batches, optimizer, schedule and met
 Each optimizer step: mean cross-entropy over a batch, backward, clip the gradient norm, AdamW
 step, schedule step (warmup then decay, as ``optim.schedule`` says).
 """
+
 from __future__ import annotations
 
 import time
@@ -36,15 +37,16 @@ def evaluate(model, examples: list[dict], batch_size: int, pad_id: int) -> dict:
     preds, refs = [], []
     with torch.no_grad():
         for i in range(0, len(examples), batch_size):
-            batch = collate(examples[i: i + batch_size], pad_id)
+            batch = collate(examples[i : i + batch_size], pad_id)
             preds += classify(model, batch)[1].tolist()
             refs += batch["labels"].tolist()
     model.train()
     return {"accuracy": accuracy(preds, refs), "macro_f1": macro_f1(preds, refs)}
 
 
-def train_partial(config: TrainConfig, trains: Callable[[torch.nn.Module], Callable[[str], bool]],
-                  out: Path) -> tuple[dict, torch.nn.Module]:
+def train_partial(
+    config: TrainConfig, trains: Callable[[torch.nn.Module], Callable[[str], bool]], out: Path
+) -> tuple[dict, torch.nn.Module]:
     """Train the parameters ``trains(model)(name)`` picks; returns (metrics, counts, file size and
     time; the trained model)."""
     from accelerate.utils import set_seed
@@ -69,8 +71,7 @@ def train_partial(config: TrainConfig, trains: Callable[[torch.nn.Module], Calla
     for step in range(total):
         micro = plan.micro_batches(step, 0)
         for idx in micro:
-            loss, _ = batch_loss(model, collate([train_set[i] for i in idx], tokenizer.pad_token_id),
-                                 "classification")
+            loss, _ = batch_loss(model, collate([train_set[i] for i in idx], tokenizer.pad_token_id), "classification")
             (loss / len(micro)).backward()
         if o.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(params, o.max_grad_norm)
@@ -81,7 +82,12 @@ def train_partial(config: TrainConfig, trains: Callable[[torch.nn.Module], Calla
     out.mkdir(parents=True, exist_ok=True)
     file = out / "trained.safetensors"  # what this variant has to ship: the tensors it changed
     save_file({n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}, str(file))
-    row = dict(metrics, steps=total, trainable=sum(p.numel() for p in params),
-               total=sum(p.numel() for p in model.parameters()), file_bytes=file.stat().st_size,
-               seconds=time.perf_counter() - started)
+    row = dict(
+        metrics,
+        steps=total,
+        trainable=sum(p.numel() for p in params),
+        total=sum(p.numel() for p in model.parameters()),
+        file_bytes=file.stat().st_size,
+        seconds=time.perf_counter() - started,
+    )
     return row, model

@@ -12,6 +12,7 @@ classification head and learns the four topics of examples/data/classification_*
 - ``full``:            every parameter trains.
 Same data, batches, epochs, schedule and seed for all; learning rates per method (below).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,10 +53,13 @@ def parse(argv=None) -> argparse.Namespace:
 
 def config_for(name: str, args) -> TrainConfig:
     yaml_name, lr, _ = VARIANTS[name]
-    data = {"data.train": str(ROOT / "examples/data/classification_train.jsonl"),
-            "data.eval": str(ROOT / "examples/data/classification_test.jsonl"),
-            "model.name": args.model, "output.dir": str(args.out / name.replace("+", "_")),
-            "output.progress": False}
+    data = {
+        "data.train": str(ROOT / "examples/data/classification_train.jsonl"),
+        "data.eval": str(ROOT / "examples/data/classification_test.jsonl"),
+        "model.name": args.model,
+        "output.dir": str(args.out / name.replace("+", "_")),
+        "output.progress": False,
+    }
     if lr is not None:
         data["optim.lr"] = lr
     if args.smoke:
@@ -70,10 +74,16 @@ def run_adapter(config: TrainConfig) -> dict:
     model = result.model
     adapter_params = sum(p.numel() for _, layer in ak.inject.adapter_layers(model) for p in layer.adapters.parameters())
     file = result.output_dir / "adapter_model.safetensors"
-    return dict(accuracy=result.last_eval["accuracy"], macro_f1=result.last_eval["macro_f1"], steps=result.steps,
-                trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
-                total=sum(p.numel() for p in model.parameters()) - adapter_params,
-                file_bytes=file.stat().st_size, seconds=seconds, summary=str(ak.summary(model)))
+    return dict(
+        accuracy=result.last_eval["accuracy"],
+        macro_f1=result.last_eval["macro_f1"],
+        steps=result.steps,
+        trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        total=sum(p.numel() for p in model.parameters()) - adapter_params,
+        file_bytes=file.stat().st_size,
+        seconds=seconds,
+        summary=str(ak.summary(model)),
+    )
 
 
 def run_variant(name: str, args) -> dict:
@@ -81,8 +91,11 @@ def run_variant(name: str, args) -> dict:
     trains = VARIANTS[name][2]
     row = run_adapter(config) if trains is None else train_partial(config, trains, Path(config.output.dir))[0]
     row.update(name=name, lr=config.optim.lr)
-    print(f"{name}: accuracy {100 * row['accuracy']:.1f}%, macro F1 {100 * row['macro_f1']:.1f}, "
-          f"{row['trainable']:,} trained, {row['seconds']:.0f} s", flush=True)
+    print(
+        f"{name}: accuracy {100 * row['accuracy']:.1f}%, macro F1 {100 * row['macro_f1']:.1f}, "
+        f"{row['trainable']:,} trained, {row['seconds']:.0f} s",
+        flush=True,
+    )
     return row
 
 
@@ -91,12 +104,17 @@ def size(n: int) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| method | accuracy (%) | macro F1 (%) | trained parameters | % of model | file to ship | "
-             "learning rate | wall time |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| method | accuracy (%) | macro F1 (%) | trained parameters | % of model | file to ship | "
+        "learning rate | wall time |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r['name']} | {100 * r['accuracy']:.1f} | {100 * r['macro_f1']:.1f} | {r['trainable']:,} | "
-                     f"{100 * r['trainable'] / r['total']:.2f} | {size(r['file_bytes'])} | {r['lr']:g} | "
-                     f"{r['seconds']:.0f} s |")
+        lines.append(
+            f"| {r['name']} | {100 * r['accuracy']:.1f} | {100 * r['macro_f1']:.1f} | {r['trainable']:,} | "
+            f"{100 * r['trainable'] / r['total']:.2f} | {size(r['file_bytes'])} | {r['lr']:g} | "
+            f"{r['seconds']:.0f} s |"
+        )
     return "\n".join(lines)
 
 
@@ -104,8 +122,13 @@ def main(argv=None) -> dict:
     args = parse(argv)
     started = time.perf_counter()
     rows = [run_variant(name, args) for name in args.variants]
-    result = {"rows": rows, "table": table(rows), "machine": machine(), "seconds": time.perf_counter() - started,
-              "command": " ".join(["python examples/text_classification/run.py", *(argv or sys.argv[1:])])}
+    result = {
+        "rows": rows,
+        "table": table(rows),
+        "machine": machine(),
+        "seconds": time.perf_counter() - started,
+        "command": " ".join(["python examples/text_classification/run.py", *(argv or sys.argv[1:])]),
+    }
     lora = next((r for r in rows if "summary" in r), None)
     if lora:
         print(lora["summary"])
@@ -118,8 +141,10 @@ def main(argv=None) -> dict:
 
 
 def write_readme(result: dict) -> None:
-    text = (f"Command: `{result['command']}`  \nMachine: {result['machine']}; the whole command took "
-            f"{result['seconds']:.0f} s (wall time per method includes loading the model).\n\n{result['table']}")
+    text = (
+        f"Command: `{result['command']}`  \nMachine: {result['machine']}; the whole command took "
+        f"{result['seconds']:.0f} s (wall time per method includes loading the model).\n\n{result['table']}"
+    )
     write_results(HERE / "README.md", text)
 
 

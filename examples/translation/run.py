@@ -9,6 +9,7 @@ response only. Before and after training it scores the 120 held-out pairs: BLEU 
 (sacrebleu) of greedy translations against the references, and the mean loss per reference token
 and its perplexity exp(loss). LoRA starts with B = 0, so "before" is the base model itself.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,12 +40,16 @@ def parse(argv=None) -> argparse.Namespace:
 
 
 def config_for(args) -> TrainConfig:
-    changes = {"data.train": str(ROOT / "examples/data/translation_train.jsonl"),
-               "data.eval": str(ROOT / "examples/data/translation_test.jsonl"),
-               "model.name": args.model, "output.dir": str(args.out / "adapter")}
+    changes = {
+        "data.train": str(ROOT / "examples/data/translation_train.jsonl"),
+        "data.eval": str(ROOT / "examples/data/translation_test.jsonl"),
+        "model.name": args.model,
+        "output.dir": str(args.out / "adapter"),
+    }
     if args.smoke:
-        changes.update({"optim.max_steps": 2, "optim.batch_size": 4, "eval.max_new_tokens": 4,
-                        "output.progress": False})
+        changes.update(
+            {"optim.max_steps": 2, "optim.batch_size": 4, "eval.max_new_tokens": 4, "output.progress": False}
+        )
     return TrainConfig.from_yaml(HERE / "translate.yaml").replace(changes)
 
 
@@ -58,13 +63,19 @@ def samples(result, config: TrainConfig, n: int) -> list[dict]:
     with ak.disabled(model):
         before = generate_texts(model, result.tokenizer, prompts, k, "cpu")
     after = generate_texts(model, result.tokenizer, prompts, k, "cpu")
-    return [{"source": r["source"], "reference": r["target"], "before": b, "after": a}
-            for r, b, a in zip(records, before, after)]
+    return [
+        {"source": r["source"], "reference": r["target"], "before": b, "after": a}
+        for r, b, a in zip(records, before, after)
+    ]
 
 
 def scores_table(first: dict, last: dict) -> str:
-    rows = [("BLEU", "bleu", "{:.1f}"), ("chrF", "chrf", "{:.1f}"),
-            ("loss per reference token", "loss", "{:.3f}"), ("perplexity", "perplexity", "{:.2f}")]
+    rows = [
+        ("BLEU", "bleu", "{:.1f}"),
+        ("chrF", "chrf", "{:.1f}"),
+        ("loss per reference token", "loss", "{:.3f}"),
+        ("perplexity", "perplexity", "{:.2f}"),
+    ]
     lines = ["| on the 120 held-out pairs | base model | after LoRA |", "|---|---:|---:|"]
     lines += [f"| {label} | {fmt.format(first[key])} | {fmt.format(last[key])} |" for label, key, fmt in rows]
     return "\n".join(lines)
@@ -75,8 +86,9 @@ def samples_table(rows: list[dict]) -> str:
         return s.replace("|", "\\|").replace("\n", " ")
 
     lines = ["| English | reference | base model | after LoRA |", "|---|---|---|---|"]
-    lines += [f"| {cell(r['source'])} | {cell(r['reference'])} | {cell(r['before'])} | {cell(r['after'])} |"
-              for r in rows]
+    lines += [
+        f"| {cell(r['source'])} | {cell(r['reference'])} | {cell(r['before'])} | {cell(r['after'])} |" for r in rows
+    ]
     return "\n".join(lines)
 
 
@@ -89,11 +101,19 @@ def main(argv=None) -> dict:
     model = result.model
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     file = result.output_dir / "adapter_model.safetensors"
-    out = {"first_eval": result.first_eval, "last_eval": result.last_eval, "samples": shown,
-           "steps": result.steps, "train_seconds": result.train_seconds, "seconds": time.perf_counter() - started,
-           "trained": trained, "total": sum(p.numel() for p in model.parameters()) - trained,
-           "adapter_bytes": file.stat().st_size, "machine": machine(),
-           "command": " ".join(["python examples/translation/run.py", *(argv or sys.argv[1:])])}
+    out = {
+        "first_eval": result.first_eval,
+        "last_eval": result.last_eval,
+        "samples": shown,
+        "steps": result.steps,
+        "train_seconds": result.train_seconds,
+        "seconds": time.perf_counter() - started,
+        "trained": trained,
+        "total": sum(p.numel() for p in model.parameters()) - trained,
+        "adapter_bytes": file.stat().st_size,
+        "machine": machine(),
+        "command": " ".join(["python examples/translation/run.py", *(argv or sys.argv[1:])]),
+    }
     out["scores"] = scores_table(result.first_eval, result.last_eval)
     out["examples"] = samples_table(shown)
     print(out["scores"])
@@ -105,13 +125,21 @@ def main(argv=None) -> dict:
 
 
 def write_readme(out: dict) -> None:
-    text = "\n".join([
-        f"Command: `{out['command']}`  ",
-        f"Machine: {out['machine']}. {out['steps']} optimizer steps in {out['train_seconds']:.0f} s; the whole "
-        f"command (loading, two scored evaluations with generation, samples) took {out['seconds']:.0f} s.  ",
-        f"Trained: {out['trained']:,} LoRA parameters ({100 * out['trained'] / out['total']:.2f}% of "
-        f"{out['total']:,}); adapter file {out['adapter_bytes'] / 2**20:.1f} MiB.", "",
-        out["scores"], "", "Greedy translations of the first held-out sentences:", "", out["examples"]])
+    text = "\n".join(
+        [
+            f"Command: `{out['command']}`  ",
+            f"Machine: {out['machine']}. {out['steps']} optimizer steps in {out['train_seconds']:.0f} s; the whole "
+            f"command (loading, two scored evaluations with generation, samples) took {out['seconds']:.0f} s.  ",
+            f"Trained: {out['trained']:,} LoRA parameters ({100 * out['trained'] / out['total']:.2f}% of "
+            f"{out['total']:,}); adapter file {out['adapter_bytes'] / 2**20:.1f} MiB.",
+            "",
+            out["scores"],
+            "",
+            "Greedy translations of the first held-out sentences:",
+            "",
+            out["examples"],
+        ]
+    )
     write_results(HERE / "README.md", text)
 
 

@@ -1,6 +1,7 @@
 """A small world for command-line tests: a tiny model folder, data, a train config and a finished
 run with checkpoints; each test works in its own copy (as the current folder) and checks that a
 failed call left every file of that copy byte for byte as it was."""
+
 from __future__ import annotations
 
 import hashlib
@@ -146,8 +147,16 @@ def both(*setups: Callable[[Path], None]) -> Callable[[Path], None]:
     return setup
 
 
-def check_case(world: Path, tmp_path: Path, monkeypatch, capsys, argv: list[str], setup: Setup,
-               expected: Iterable[str], status: int = 2) -> str:
+def check_case(
+    world: Path,
+    tmp_path: Path,
+    monkeypatch,
+    capsys,
+    argv: list[str],
+    setup: Setup,
+    expected: Iterable[str],
+    status: int = 2,
+) -> str:
     """Copy the world, apply ``setup``, run ``adapterkit ARGV`` in the copy; the call must fail with
     one clear line and leave every file of the copy as it was. Returns the line."""
     w = tmp_path / "w"

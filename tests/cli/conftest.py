@@ -1,4 +1,5 @@
 """The world the command-line tests copy (see cli_world.py): built once per session."""
+
 import pytest
 
 from tests.cli.cli_world import build

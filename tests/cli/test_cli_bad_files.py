@@ -1,5 +1,6 @@
 """Broken adapter folders and models for ``generate``, ``merge`` and ``inspect``; a full disk during
 ``merge``: one clear line naming the file, exit 2, and the files on disk as they were."""
+
 import errno
 import io
 import json
@@ -8,8 +9,18 @@ import sys
 
 import pytest
 
-from tests.cli.cli_world import (both, check_case, evil_pickle, remove, run_cli, tree, truncate, write,
-                                 assert_one_line_error, assert_same_tree)
+from tests.cli.cli_world import (
+    both,
+    check_case,
+    evil_pickle,
+    remove,
+    run_cli,
+    tree,
+    truncate,
+    write,
+    assert_one_line_error,
+    assert_same_tree,
+)
 
 GENERATE = ["generate", "run", "hi", "--max-new-tokens", "2"]
 MERGE = ["merge", "run", "--base", "model", "--out", "merged"]
@@ -65,67 +76,130 @@ BROKEN_ADAPTER = [  # (setup, expected) for every command that reads the adapter
     (remove("run/adapter_config.json"), ["'run'", "adapter_config.json"]),
     (truncate("run/adapter_model.safetensors"), ["run/adapter_model.safetensors", "truncated or corrupt"]),
 ]
-BROKEN_IDS = ["config-broken-json", "config-list", "config-not-utf8", "config-peft-type", "config-missing",
-              "weights-truncated"]
+BROKEN_IDS = [
+    "config-broken-json",
+    "config-list",
+    "config-not-utf8",
+    "config-peft-type",
+    "config-missing",
+    "weights-truncated",
+]
 
-GENERATE_CASES = [
-    pytest.param(GENERATE, s, e, id=f"generate-{i}") for (s, e), i in zip(BROKEN_ADAPTER, BROKEN_IDS)
-] + [
+GENERATE_CASES = [pytest.param(GENERATE, s, e, id=f"generate-{i}") for (s, e), i in zip(BROKEN_ADAPTER, BROKEN_IDS)] + [
     pytest.param(["generate", "nowhere", "hi"], None, ["'nowhere'", "does not exist"], id="generate-no-folder"),
     pytest.param(["generate", "train.jsonl", "hi"], None, ["'train.jsonl'", "is a file"], id="generate-file"),
-    pytest.param(GENERATE, write("run/train_config.yaml", "model: [\n"), ["run/train_config.yaml:2:1", "YAML"],
-                 id="generate-train-config-syntax"),
-    pytest.param(GENERATE, write("run/train_config.yaml", "- 1\n"), ["run/train_config.yaml", "a list"],
-                 id="generate-train-config-list"),
-    pytest.param(GENERATE, write("run/train_config.yaml", "model: {name: m}\nadapter: null\ndata: {train: x}\n"
-                                 "optim: {lr: fast}\n"), ["run/train_config.yaml", "optim.lr"],
-                 id="generate-train-config-value"),
-    pytest.param(GENERATE, both(remove("run/train_config.yaml"),
-                                edit_json("run/adapter_config.json", base_model_name_or_path=None)),
-                 ["'run'", "--base"], id="generate-no-base-recorded"),
-    pytest.param([*GENERATE, "--base", "./nowhere"], None, ["'./nowhere'", "not a folder"],
-                 id="generate-base-missing"),
-    pytest.param([*GENERATE, "--base", "./big"], other_base, ["adapter_model.safetensors", "does not fit"],
-                 id="generate-other-base"),
-    pytest.param(GENERATE, both(remove("run/adapter_model.safetensors"), evil_pickle("run/adapter_model.bin")),
-                 ["adapter_model.bin", "pickle"], id="generate-pickle-adapter"),
+    pytest.param(
+        GENERATE,
+        write("run/train_config.yaml", "model: [\n"),
+        ["run/train_config.yaml:2:1", "YAML"],
+        id="generate-train-config-syntax",
+    ),
+    pytest.param(
+        GENERATE,
+        write("run/train_config.yaml", "- 1\n"),
+        ["run/train_config.yaml", "a list"],
+        id="generate-train-config-list",
+    ),
+    pytest.param(
+        GENERATE,
+        write("run/train_config.yaml", "model: {name: m}\nadapter: null\ndata: {train: x}\noptim: {lr: fast}\n"),
+        ["run/train_config.yaml", "optim.lr"],
+        id="generate-train-config-value",
+    ),
+    pytest.param(
+        GENERATE,
+        both(remove("run/train_config.yaml"), edit_json("run/adapter_config.json", base_model_name_or_path=None)),
+        ["'run'", "--base"],
+        id="generate-no-base-recorded",
+    ),
+    pytest.param([*GENERATE, "--base", "./nowhere"], None, ["'./nowhere'", "not a folder"], id="generate-base-missing"),
+    pytest.param(
+        [*GENERATE, "--base", "./big"],
+        other_base,
+        ["adapter_model.safetensors", "does not fit"],
+        id="generate-other-base",
+    ),
+    pytest.param(
+        GENERATE,
+        both(remove("run/adapter_model.safetensors"), evil_pickle("run/adapter_model.bin")),
+        ["adapter_model.bin", "pickle"],
+        id="generate-pickle-adapter",
+    ),
 ]
 
-MERGE_CASES = [
-    pytest.param(MERGE, s, e, id=f"merge-{i}") for (s, e), i in zip(BROKEN_ADAPTER, BROKEN_IDS)
-] + [
+MERGE_CASES = [pytest.param(MERGE, s, e, id=f"merge-{i}") for (s, e), i in zip(BROKEN_ADAPTER, BROKEN_IDS)] + [
     pytest.param([*MERGE, "--name", "X"], None, ["no adapter named 'X'", "it holds: default"], id="merge-name"),
-    pytest.param(["merge", "multi", "--base", "model", "--out", "m", "--name", "othr"], two_adapters,
-                 ["'othr'", "did you mean 'other'", "default, other"], id="merge-name-typo"),
-    pytest.param(["merge", "run", "--base", "pbase", "--out", "m"], only_pickle_base,
-                 ["'pbase'", "pickle", "--allow-pickle"], id="merge-pickle-base"),
-    pytest.param(["merge", "run", "--base", "pbase", "--out", "m", "--allow-pickle"], only_pickle_base,
-                 ["'pbase'", "could not load the base model", "never unpickled"], id="merge-pickle-base-allowed-but-evil"),
-    pytest.param(["merge", "run", "--base", "pbase", "--out", "m", "--allow-pickle"], garbage_pickle_base,
-                 ["'pbase'", "truncated or corrupt"], id="merge-pickle-base-allowed-garbage"),
-    pytest.param([*MERGE[:-1], "train.jsonl", "--overwrite"], None, ["'train.jsonl'", "is a file"],
-                 id="merge-out-is-file"),
+    pytest.param(
+        ["merge", "multi", "--base", "model", "--out", "m", "--name", "othr"],
+        two_adapters,
+        ["'othr'", "did you mean 'other'", "default, other"],
+        id="merge-name-typo",
+    ),
+    pytest.param(
+        ["merge", "run", "--base", "pbase", "--out", "m"],
+        only_pickle_base,
+        ["'pbase'", "pickle", "--allow-pickle"],
+        id="merge-pickle-base",
+    ),
+    pytest.param(
+        ["merge", "run", "--base", "pbase", "--out", "m", "--allow-pickle"],
+        only_pickle_base,
+        ["'pbase'", "could not load the base model", "never unpickled"],
+        id="merge-pickle-base-allowed-but-evil",
+    ),
+    pytest.param(
+        ["merge", "run", "--base", "pbase", "--out", "m", "--allow-pickle"],
+        garbage_pickle_base,
+        ["'pbase'", "truncated or corrupt"],
+        id="merge-pickle-base-allowed-garbage",
+    ),
+    pytest.param(
+        [*MERGE[:-1], "train.jsonl", "--overwrite"], None, ["'train.jsonl'", "is a file"], id="merge-out-is-file"
+    ),
     pytest.param([*MERGE[:-1], "train.jsonl/m"], None, ["'train.jsonl' is a file"], id="merge-out-under-file"),
     pytest.param([*MERGE[:-1], "model"], None, ["'model' already exists", "--overwrite"], id="merge-out-exists"),
-    pytest.param(["merge", "run", "--base", "./nowhere", "--out", "m"], None, ["'./nowhere'", "is not a folder"],
-                 id="merge-base-missing"),
-    pytest.param(["merge", "run", "--base", "nowhere", "--out", "m"], None, ["'nowhere'", "could not load"],
-                 id="merge-base-unknown-hub-name"),
-    pytest.param(["merge", "run", "--base", "run", "--out", "m"], None, ["'run'", "no config.json"],
-                 id="merge-base-not-a-model"),
-    pytest.param(MERGE, truncate("model/model.safetensors"), ["could not load the base model", "'model'"],
-                 id="merge-base-truncated"),
-    pytest.param(["merge", "run", "--base", "big", "--out", "m"], other_base,
-                 ["adapter_model.safetensors", "does not fit"], id="merge-other-base"),
+    pytest.param(
+        ["merge", "run", "--base", "./nowhere", "--out", "m"],
+        None,
+        ["'./nowhere'", "is not a folder"],
+        id="merge-base-missing",
+    ),
+    pytest.param(
+        ["merge", "run", "--base", "nowhere", "--out", "m"],
+        None,
+        ["'nowhere'", "could not load"],
+        id="merge-base-unknown-hub-name",
+    ),
+    pytest.param(
+        ["merge", "run", "--base", "run", "--out", "m"], None, ["'run'", "no config.json"], id="merge-base-not-a-model"
+    ),
+    pytest.param(
+        MERGE,
+        truncate("model/model.safetensors"),
+        ["could not load the base model", "'model'"],
+        id="merge-base-truncated",
+    ),
+    pytest.param(
+        ["merge", "run", "--base", "big", "--out", "m"],
+        other_base,
+        ["adapter_model.safetensors", "does not fit"],
+        id="merge-other-base",
+    ),
 ]
 
-INSPECT_CASES = [
-    pytest.param(INSPECT, s, e, id=f"inspect-{i}") for (s, e), i in zip(BROKEN_ADAPTER, BROKEN_IDS)
-] + [
-    pytest.param([*INSPECT, "--json"], truncate("run/adapter_model.safetensors"), ["adapter_model.safetensors"],
-                 id="inspect-json-truncated"),
-    pytest.param(INSPECT, both(remove("run/adapter_model.safetensors"), evil_pickle("run/adapter_model.bin")),
-                 ["adapter_model.bin", "pickle"], id="inspect-pickle"),
+INSPECT_CASES = [pytest.param(INSPECT, s, e, id=f"inspect-{i}") for (s, e), i in zip(BROKEN_ADAPTER, BROKEN_IDS)] + [
+    pytest.param(
+        [*INSPECT, "--json"],
+        truncate("run/adapter_model.safetensors"),
+        ["adapter_model.safetensors"],
+        id="inspect-json-truncated",
+    ),
+    pytest.param(
+        INSPECT,
+        both(remove("run/adapter_model.safetensors"), evil_pickle("run/adapter_model.bin")),
+        ["adapter_model.bin", "pickle"],
+        id="inspect-pickle",
+    ),
     pytest.param(["inspect", "train.jsonl"], None, ["'train.jsonl' is a file"], id="inspect-file"),
     pytest.param(["inspect", "model"], None, ["no adapter_config.json in 'model'"], id="inspect-not-adapter"),
 ]
@@ -139,8 +213,9 @@ def test_bad_files_give_one_clear_line(world, tmp_path, monkeypatch, capsys, arg
 
 def test_generate_stdin_that_is_not_utf8(world, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"hello\n\xff\xfe\n"), encoding="utf-8"))
-    check_case(world, tmp_path, monkeypatch, capsys, ["generate", "run", "--max-new-tokens", "1"], None,
-               ["stdin is not UTF-8"])
+    check_case(
+        world, tmp_path, monkeypatch, capsys, ["generate", "run", "--max-new-tokens", "1"], None, ["stdin is not UTF-8"]
+    )
 
 
 def _full_disk_in_save(monkeypatch):

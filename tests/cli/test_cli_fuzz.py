@@ -6,6 +6,7 @@ database on disk; about 10-20 s in all on the project's 2-core machine. The trai
 replaced by a stand-in that reads the data (the checks that need no model) and returns: a valid
 config ends with exit 0 in milliseconds instead of training.
 """
+
 import contextlib
 import dataclasses
 import io
@@ -38,12 +39,47 @@ KEYS["adapter"] = _adapter_fields()
 KEYS["stages"] = ["train", "top_blocks", "modules", "lr", "steps", "layer_decay"]
 
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-3, 40), st.integers(-10**12, 10**12), st.floats(0, 1),
-    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12),
-    st.sampled_from(["lora", "ia3", "bottleneck", "none", "adamw", "sgd", "cosine", "chat", "text", "instruction",
-                     "classification", "seq2seq", "all-linear", "q_proj", "1e-4", "no", "bf16", "./model",
-                     "train.jsonl", "run", "out/x", "-1", "auto", "loss", "bleu", "a\x00b", "x" * 300, "cfg.yaml",
-                     "model/config.json", "line\nbreak"]),
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 40),
+    st.integers(-(10**12), 10**12),
+    st.floats(0, 1),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+    st.sampled_from(
+        [
+            "lora",
+            "ia3",
+            "bottleneck",
+            "none",
+            "adamw",
+            "sgd",
+            "cosine",
+            "chat",
+            "text",
+            "instruction",
+            "classification",
+            "seq2seq",
+            "all-linear",
+            "q_proj",
+            "1e-4",
+            "no",
+            "bf16",
+            "./model",
+            "train.jsonl",
+            "run",
+            "out/x",
+            "-1",
+            "auto",
+            "loss",
+            "bleu",
+            "a\x00b",
+            "x" * 300,
+            "cfg.yaml",
+            "model/config.json",
+            "line\nbreak",
+        ]
+    ),
 )
 values = st.one_of(scalars, st.lists(scalars, max_size=3), st.dictionaries(st.text(max_size=6), scalars, max_size=2))
 SECTION_NAMES = [*KEYS, "stages"]
@@ -161,9 +197,28 @@ def test_random_configs_end_cleanly(fuzz_world, data):
 
 yaml_text = st.one_of(
     st.text(alphabet=string.printable, max_size=80),
-    st.lists(st.sampled_from(["model:", "  name: ./model", "adapter: {method: lora", "- x", "\t", "data:", ": :",
-                              "  train: [", "'", "!!python/object:x", "&a", "*a", "{", "}", "optim: {lr: 1e-4}"]),
-             max_size=8).map("\n".join),
+    st.lists(
+        st.sampled_from(
+            [
+                "model:",
+                "  name: ./model",
+                "adapter: {method: lora",
+                "- x",
+                "\t",
+                "data:",
+                ": :",
+                "  train: [",
+                "'",
+                "!!python/object:x",
+                "&a",
+                "*a",
+                "{",
+                "}",
+                "optim: {lr: 1e-4}",
+            ]
+        ),
+        max_size=8,
+    ).map("\n".join),
     st.binary(max_size=40).map(lambda b: b.decode("latin-1")),
 )
 
@@ -184,8 +239,13 @@ def override(draw) -> str:
     keys = KEYS.get(section, ["x"])
     key = draw(st.text(max_size=5)) if draw(rare) else draw(st.sampled_from(keys))
     sep = draw(st.sampled_from(["", ".."])) if draw(rare) else "."
-    value = draw(st.one_of(st.text(max_size=10), scalars.map(lambda v: yaml.safe_dump(v).split("\n...")[0].strip()),
-                           st.sampled_from(["[1", "{a: ", "null", "1e-4", "true", "'x", "- a", "[]", ""])))
+    value = draw(
+        st.one_of(
+            st.text(max_size=10),
+            scalars.map(lambda v: yaml.safe_dump(v).split("\n...")[0].strip()),
+            st.sampled_from(["[1", "{a: ", "null", "1e-4", "true", "'x", "- a", "[]", ""]),
+        )
+    )
     return f"{section}{sep}{key}={value}"
 
 

@@ -1,5 +1,6 @@
 """The real command line (``python -m adapterkit`` in a fresh process): one line on stderr and exit 2
 for bad inputs, no traceback, no library noise; a closed pipe on stdout ends quietly (exit 141)."""
+
 import os
 import shutil
 import subprocess
@@ -10,23 +11,39 @@ import pytest
 from tests.cli.cli_world import assert_same_tree, tree
 
 CASES = {  # name: (argv, setup, expected status, texts the stderr line holds)
-    "yaml-list": (["train", "list.yaml"], lambda w: (w / "list.yaml").write_text("- a\n- b\n"), 2,
-                  ["list.yaml", "a list"]),
+    "yaml-list": (
+        ["train", "list.yaml"],
+        lambda w: (w / "list.yaml").write_text("- a\n- b\n"),
+        2,
+        ["list.yaml", "a list"],
+    ),
     "max-new-tokens": (["generate", "run", "--max-new-tokens", "-1", "hi"], None, 2, ["--max-new-tokens"]),
-    "merge-name": (["merge", "run", "--base", "model", "--out", "m", "--name", "X"], None, 2,
-                   ["no adapter named 'X'", "default"]),
-    "resume-none": (["train", "cfg.yaml", "--resume", "--set", "output.dir=fresh"], None, 2,
-                    ["no checkpoint in 'fresh/checkpoints'"]),
-    "generate-broken-config": (["generate", "run", "hi"],
-                               lambda w: (w / "run" / "adapter_config.json").write_text("{"), 2,
-                               ["run/adapter_config.json", "not valid JSON"]),
+    "merge-name": (
+        ["merge", "run", "--base", "model", "--out", "m", "--name", "X"],
+        None,
+        2,
+        ["no adapter named 'X'", "default"],
+    ),
+    "resume-none": (
+        ["train", "cfg.yaml", "--resume", "--set", "output.dir=fresh"],
+        None,
+        2,
+        ["no checkpoint in 'fresh/checkpoints'"],
+    ),
+    "generate-broken-config": (
+        ["generate", "run", "hi"],
+        lambda w: (w / "run" / "adapter_config.json").write_text("{"),
+        2,
+        ["run/adapter_config.json", "not valid JSON"],
+    ),
 }
 
 
 def _start(argv, cwd, stdout=subprocess.PIPE):
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    return subprocess.Popen([sys.executable, "-m", "adapterkit", *argv], cwd=cwd, env=env, stdout=stdout,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "adapterkit", *argv], cwd=cwd, env=env, stdout=stdout, stderr=subprocess.PIPE, text=True
+    )
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ A case gives a config factory, a model factory and inputs. Adapters are perturbe
 (noise on their trainable tensors) so that they change the output; "identity at init" is checked
 before that, for the methods whose init promises it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,18 +44,27 @@ CASES = [
     Case("adalora-gpt2", lambda: ak.AdaLoRAConfig(init_r=3, target_r=2, total_step=10), tiny_gpt2, True, True),
     Case("ia3-llama", ak.IA3Config, tiny_llama, True, True),
     Case("loha-llama", lambda: ak.LoHaConfig(rank=4), tiny_llama, True, True),
-    Case("loha-conv-vit", lambda: ak.LoHaConfig(rank=2, targets=["q_proj", "projection"], use_effective_conv2d=True),
-         tiny_vit, True, True),
+    Case(
+        "loha-conv-vit",
+        lambda: ak.LoHaConfig(rank=2, targets=["q_proj", "projection"], use_effective_conv2d=True),
+        tiny_vit,
+        True,
+        True,
+    ),
     Case("lokr-llama", lambda: ak.LoKrConfig(rank=2, decompose_both=True, decompose_factor=4), tiny_llama, True, True),
     Case("lokr-conv-gpt2", lambda: ak.LoKrConfig(rank=4, init="lycoris"), tiny_gpt2, True, True),
     Case("ia3-gpt2", ak.IA3Config, tiny_gpt2, True, True),
     Case("ia3-bert", ak.IA3Config, tiny_bert, True, True),
-    Case("vera-llama", lambda: ak.VeRAConfig(rank=4, targets=["q_proj", "v_proj", "down_proj"]), tiny_llama, True, True),
+    Case(
+        "vera-llama", lambda: ak.VeRAConfig(rank=4, targets=["q_proj", "v_proj", "down_proj"]), tiny_llama, True, True
+    ),
     Case("vera-gpt2", lambda: ak.VeRAConfig(rank=4, save_projection=False), tiny_gpt2, True, True),
     Case("ln-tuning-llama", ak.LNTuningConfig, tiny_llama, True, True),
     Case("ln-tuning-bert", lambda: ak.LNTuningConfig(targets=["attention.output.LayerNorm"]), tiny_bert, True, True),
     Case("oft-llama", lambda: ak.OFTConfig(block_size=8), tiny_llama, True, True),
-    Case("oft-cayley-bert", lambda: ak.OFTConfig(rank=4, block_size=0, use_cayley_neumann=False), tiny_bert, True, True),
+    Case(
+        "oft-cayley-bert", lambda: ak.OFTConfig(rank=4, block_size=0, use_cayley_neumann=False), tiny_bert, True, True
+    ),
     Case("boft-llama", lambda: ak.BOFTConfig(block_size=4), tiny_llama, True, True),
     Case("boft-butterfly-bert", lambda: ak.BOFTConfig(block_size=4, butterfly_factor=2), tiny_bert, True, True),
     Case("houlsby-llama", lambda: ak.BottleneckConfig(preset="houlsby", reduction_factor=4), tiny_llama, True, False),
@@ -62,17 +72,43 @@ CASES = [
     Case("parallel-gpt2", lambda: ak.BottleneckConfig(preset="parallel", scale=2.0), tiny_gpt2, True, False),
     Case("parallel-vit", lambda: ak.BottleneckConfig(preset="parallel", activation="gelu"), tiny_vit, True, False),
     Case("compacter-llama", lambda: ak.CompacterConfig(bottleneck_dim=8, phm_init_range=0.2), tiny_llama, False, False),
-    Case("compacterpp-bert", lambda: ak.CompacterConfig(preset="pfeiffer", reduction_factor=4, phm_init_range=0.2), tiny_bert, False, False),
-    Case("compacter-parallel-gpt2", lambda: ak.CompacterConfig(preset="parallel", bottleneck_dim=8, phm_init_range=0.2), tiny_gpt2, False, False),
+    Case(
+        "compacterpp-bert",
+        lambda: ak.CompacterConfig(preset="pfeiffer", reduction_factor=4, phm_init_range=0.2),
+        tiny_bert,
+        False,
+        False,
+    ),
+    Case(
+        "compacter-parallel-gpt2",
+        lambda: ak.CompacterConfig(preset="parallel", bottleneck_dim=8, phm_init_range=0.2),
+        tiny_gpt2,
+        False,
+        False,
+    ),
     Case("loreft-llama", lambda: ak.LoReFTConfig(rank=2), tiny_llama, False, False),
-    Case("loreft-tied-gpt2", lambda: ak.LoReFTConfig(rank=2, positions="f2+l2", tied_weights=True), tiny_gpt2, False, False),
+    Case(
+        "loreft-tied-gpt2",
+        lambda: ak.LoReFTConfig(rank=2, positions="f2+l2", tied_weights=True),
+        tiny_gpt2,
+        False,
+        False,
+    ),
     Case("loreft-bert", lambda: ak.LoReFTConfig(rank=1, positions="f3", layers=[1]), tiny_bert, False, False),
     Case("prompt-llama", lambda: ak.PromptTuningConfig(num_virtual_tokens=3), tiny_llama, False, False),
     Case("prompt-bert", lambda: ak.PromptTuningConfig(num_virtual_tokens=3, init="vocab"), tiny_bert, False, False),
     Case("ptuning-mlp-gpt2", lambda: ak.PromptEncoderConfig(num_virtual_tokens=3), tiny_gpt2, False, False),
-    Case("ptuning-lstm-llama", lambda: ak.PromptEncoderConfig(num_virtual_tokens=3, encoder="lstm"), tiny_llama, False, False),
+    Case(
+        "ptuning-lstm-llama",
+        lambda: ak.PromptEncoderConfig(num_virtual_tokens=3, encoder="lstm"),
+        tiny_llama,
+        False,
+        False,
+    ),
     Case("prefix-llama", lambda: ak.PrefixTuningConfig(num_virtual_tokens=3), tiny_llama, False, False),
-    Case("prefix-mlp-gpt2", lambda: ak.PrefixTuningConfig(num_virtual_tokens=3, projection=True), tiny_gpt2, False, False),
+    Case(
+        "prefix-mlp-gpt2", lambda: ak.PrefixTuningConfig(num_virtual_tokens=3, projection=True), tiny_gpt2, False, False
+    ),
 ]
 
 
@@ -128,10 +164,10 @@ def test_identity_at_init_where_promised(case):
 def test_disabled_gives_the_base_output(case):
     base_out = _out(case.model(), case.inputs())
     model = _attached(case)
-    assert not _close(_out(model, case.inputs())[..., -base_out.shape[-1]:], base_out)
+    assert not _close(_out(model, case.inputs())[..., -base_out.shape[-1] :], base_out)
     with ak.disabled(model):
         assert _close(_out(model, case.inputs()), base_out, atol=1e-6)
-    assert not _close(_out(model, case.inputs())[..., -base_out.shape[-1]:], base_out)
+    assert not _close(_out(model, case.inputs())[..., -base_out.shape[-1] :], base_out)
 
 
 @cases

@@ -1,4 +1,5 @@
 """Import an example script (a file under examples/) as a module, for the smoke tests."""
+
 from __future__ import annotations
 
 import importlib.util

@@ -1,4 +1,5 @@
 """examples/data: the committed files are exactly what their generators write; basic properties."""
+
 from __future__ import annotations
 
 import collections
@@ -45,8 +46,8 @@ def test_classification_set_is_balanced_and_split_by_template():
         def used(rows):
             found = set()
             for r in rows:
-                if r["label"] == label:
-                    hits = [i for i, p in enumerate(patterns) if p.fullmatch(r["text"])]
+                if r["label"] == label:  # noqa: B023  (used in this iteration)
+                    hits = [i for i, p in enumerate(patterns) if p.fullmatch(r["text"])]  # noqa: B023
                     assert len(hits) == 1, (r["text"], hits)
                     found.add(hits[0])
             return found

@@ -1,4 +1,5 @@
 """examples/image_classification: the whole command in tiny settings, and its pieces."""
+
 from __future__ import annotations
 
 import torch

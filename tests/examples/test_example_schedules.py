@@ -1,4 +1,5 @@
 """examples/schedules: three schedules on a tiny BERT; the logged learning rates are the schedule's."""
+
 from __future__ import annotations
 
 import math

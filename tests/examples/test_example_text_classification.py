@@ -1,4 +1,5 @@
 """examples/text_classification: the five-way comparison on a tiny BERT, and the partial trainer."""
+
 from __future__ import annotations
 
 import json
@@ -30,7 +31,11 @@ def test_smoke_run_compares_all_methods(bert, tmp_path):
     assert [rows[n]["trainable"] for n in order] == sorted(rows[n]["trainable"] for n in order)
     assert (tmp_path / "lora_head" / "adapter_model.safetensors").is_file()
     assert json.loads((tmp_path / "lora_head" / "labels.json").read_text()) == [
-        "account", "billing", "delivery", "technical"]
+        "account",
+        "billing",
+        "delivery",
+        "technical",
+    ]
     assert json.loads((tmp_path / "results.json").read_text())["table"] == result["table"]
     assert (ROOT / "examples/text_classification/README.md").read_text() == readme
 

@@ -1,4 +1,5 @@
 """examples/translation: the whole command on a tiny Llama with a character tokenizer."""
+
 from __future__ import annotations
 
 import json

@@ -11,6 +11,7 @@ the peak of the process it was forked from, so under a big pytest process every 
 least the parent's size.
 ``malloc_in_use`` (glibc ``mallinfo2``: uordblks + hblkhd) is the heap held after training, for information.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -25,8 +26,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 def _malloc_in_use():
     class Info(ctypes.Structure):
-        _fields_ = [(f, ctypes.c_size_t) for f in
-                    "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+        _fields_ = [
+            (f, ctypes.c_size_t)
+            for f in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()
+        ]
 
     try:
         libc = ctypes.CDLL("libc.so.6")
@@ -59,15 +62,31 @@ def main(folder: str, which: str) -> None:
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     ak.attach(model, ak.LoRAConfig(rank=4, alpha=8, targets="all-linear"))
     pairs = Dataset.from_list([{"prompt": f"q{i}?", "chosen": f" yes{i}", "rejected": f" no{i}"} for i in range(4)])
-    args = trl.DPOConfig(os.path.join(folder, f"out-{which}"), per_device_train_batch_size=2, max_steps=2,
-                         report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True, logging_steps=1)
+    args = trl.DPOConfig(
+        os.path.join(folder, f"out-{which}"),
+        per_device_train_batch_size=2,
+        max_steps=2,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        logging_steps=1,
+    )
     trainer_cls = DPOTrainer if which == "adapterkit" else trl.DPOTrainer
     trainer = trainer_cls(model, args=args, train_dataset=pairs, processing_class=tok)
     trainer.train()
     peak = _peak_rss()
-    print(json.dumps({"which": which, "peak_rss": peak, "weight_bytes": weight_bytes,
-                      "malloc_in_use": _malloc_in_use(),
-                      "separate_ref_model": trainer.ref_model is not None}))
+    print(
+        json.dumps(
+            {
+                "which": which,
+                "peak_rss": peak,
+                "weight_bytes": weight_bytes,
+                "malloc_in_use": _malloc_in_use(),
+                "separate_ref_model": trainer.ref_model is not None,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

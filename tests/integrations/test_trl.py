@@ -4,6 +4,7 @@ Tiny Llama models from configs, a character tokenizer, CPU, offline. Reference l
 against a plain forward under ``ak.disabled(model)`` computed here; the vLLM weight sync against a
 fresh model's names and ``ak.merge`` of a copy.
 """
+
 import copy
 from types import SimpleNamespace
 
@@ -49,8 +50,9 @@ def test_dpo_reference_is_the_disabled_adapter_model_and_loss_falls(tmp_path):
     tok = char_tokenizer(template=False)
     model = _policy(tok)
     pairs = Dataset.from_list([{"prompt": f"q{i}?", "chosen": f" yes{i}", "rejected": f" no{i}"} for i in range(8)])
-    args = trl.DPOConfig(str(tmp_path), per_device_train_batch_size=4, max_steps=10, learning_rate=1e-2,
-                         beta=0.1, **COMMON)
+    args = trl.DPOConfig(
+        str(tmp_path), per_device_train_batch_size=4, max_steps=10, learning_rate=1e-2, beta=0.1, **COMMON
+    )
     trainer = DPOTrainer(model, args=args, train_dataset=pairs, processing_class=tok)
     assert trainer.ref_model is None and not args.precompute_ref_log_probs  # the caller's args untouched
     adapter_before, base_before = _split(model)
@@ -78,8 +80,9 @@ class _Recording(GRPOTrainer):
     """Keeps the batches the loss saw (public compute_loss), to read the reference log-probs used."""
 
     def compute_loss(self, model, inputs, *args, **kwargs):
-        self.seen = getattr(self, "seen", []) + [{k: v.detach().clone() for k, v in inputs.items()
-                                                  if torch.is_tensor(v)}]
+        self.seen = getattr(self, "seen", []) + [
+            {k: v.detach().clone() for k, v in inputs.items() if torch.is_tensor(v)}
+        ]
         return super().compute_loss(model, inputs, *args, **kwargs)
 
 
@@ -91,8 +94,17 @@ def test_grpo_trains_the_adapter_against_the_disabled_adapter_reference(tmp_path
     def reward(completions, **kwargs):  # varies between completions, so advantages are not all zero
         return [sum(map(ord, text)) / (128.0 * max(len(text), 1)) for text in completions]
 
-    args = trl.GRPOConfig(str(tmp_path), per_device_train_batch_size=4, num_generations=4, max_completion_length=6,
-                          max_steps=2, learning_rate=1e-2, beta=0.1, temperature=0.7, **COMMON)
+    args = trl.GRPOConfig(
+        str(tmp_path),
+        per_device_train_batch_size=4,
+        num_generations=4,
+        max_completion_length=6,
+        max_steps=2,
+        learning_rate=1e-2,
+        beta=0.1,
+        temperature=0.7,
+        **COMMON,
+    )
     trainer = _Recording(model, reward_funcs=reward, args=args, train_dataset=prompts, processing_class=tok)
     assert isinstance(trainer.ref_model, DisabledAdapters) and trainer.ref_model.model is model
     assert trainer.beta == args.beta == 0.1
@@ -135,9 +147,15 @@ def test_vllm_sync_sends_the_base_models_names_with_adapters_merged_server_mode(
     calls = []
     client = SimpleNamespace(
         update_named_params=lambda meta, pairs: calls.append((meta, [(n, t.clone()) for n, t in pairs])),
-        reset_prefix_cache=lambda: calls.append("reset"))
-    generation = SimpleNamespace(mode="server", accelerator=SimpleNamespace(is_main_process=True),
-                                 vllm_client=client, enable_sleep_mode=False, generate=lambda *a: "completions")
+        reset_prefix_cache=lambda: calls.append("reset"),
+    )
+    generation = SimpleNamespace(
+        mode="server",
+        accelerator=SimpleNamespace(is_main_process=True),
+        vllm_client=client,
+        enable_sleep_mode=False,
+        generate=lambda *a: "completions",
+    )
     sync = VLLMWeightSync(generation, model)
     assert sync.generate() == "completions" and sync.vllm_client is client  # the rest is TRL's object
 
@@ -159,8 +177,10 @@ def test_vllm_sync_colocated_loads_the_same_pairs_into_the_engine():
     loaded = []
     engine_model = SimpleNamespace(load_weights=lambda pairs: loaded.extend((n, t.clone()) for n, t in pairs))
     runner = SimpleNamespace(model_runner=SimpleNamespace(model=engine_model))
-    llm = SimpleNamespace(llm_engine=SimpleNamespace(model_executor=SimpleNamespace(driver_worker=runner)),
-                          reset_prefix_cache=lambda: loaded.append(("reset", None)))
+    llm = SimpleNamespace(
+        llm_engine=SimpleNamespace(model_executor=SimpleNamespace(driver_worker=runner)),
+        reset_prefix_cache=lambda: loaded.append(("reset", None)),
+    )
     sync = VLLMWeightSync(SimpleNamespace(mode="colocate", llm=llm, enable_sleep_mode=False), model)
     sync.sync_weights()
     assert loaded.pop() == ("reset", None)

@@ -1,5 +1,6 @@
 """adapterkit's TRL trainers checkpoint the adapters (ak.checkpoint_callback() by default): a tiny DPO
 run resumes exactly from a middle checkpoint, and the checkpoint's adapter loads in PEFT."""
+
 import json
 
 import pytest
@@ -35,9 +36,22 @@ def _pairs():
 
 
 def _args(out, **kw):
-    return trl.DPOConfig(str(out), per_device_train_batch_size=4, max_steps=4, learning_rate=1e-2, beta=0.1,
-                         save_strategy="steps", save_steps=2, report_to=[], use_cpu=True, disable_tqdm=True,
-                         logging_strategy="no", seed=0, bf16=False, **kw)
+    return trl.DPOConfig(
+        str(out),
+        per_device_train_batch_size=4,
+        max_steps=4,
+        learning_rate=1e-2,
+        beta=0.1,
+        save_strategy="steps",
+        save_steps=2,
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        logging_strategy="no",
+        seed=0,
+        bf16=False,
+        **kw,
+    )
 
 
 def _logits(model, tok):
@@ -67,14 +81,16 @@ def test_dpo_checkpoints_hold_the_adapter_resume_exactly_and_load_in_peft(tmp_pa
         for p in resumed.parameters():
             if p.requires_grad:
                 p.fill_(0.5)
-    DPOTrainer(resumed, args=_args(tmp_path / "resumed"), train_dataset=_pairs(),
-               processing_class=tok).train(resume_from_checkpoint=str(middle))
+    DPOTrainer(resumed, args=_args(tmp_path / "resumed"), train_dataset=_pairs(), processing_class=tok).train(
+        resume_from_checkpoint=str(middle)
+    )
     got, want = state_to_save(resumed, "default"), state_to_save(whole, "default")
     assert got.keys() == want.keys()
     for key, value in want.items():
         torch.testing.assert_close(got[key], value, rtol=0, atol=1e-6 * float(value.abs().max()) + 1e-12)
-    assert any(not torch.equal(value, load_file(middle / "adapter_model.safetensors")[key])
-               for key, value in want.items())  # the last two steps did change the adapter
+    assert any(
+        not torch.equal(value, load_file(middle / "adapter_model.safetensors")[key]) for key, value in want.items()
+    )  # the last two steps did change the adapter
 
     theirs = PeftModel.from_pretrained(_base(tok), last)
     torch.testing.assert_close(_logits(theirs, tok), _logits(whole, tok), rtol=1e-5, atol=1e-5)

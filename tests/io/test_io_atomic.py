@@ -1,4 +1,5 @@
 """Atomic saves: a save that fails part way leaves the previous files byte for byte."""
+
 import pytest
 import safetensors.torch
 import torch

@@ -1,6 +1,7 @@
 """Broken adapter folders: each gives one AdapterKitError naming the file and the problem, leaves
 the model exactly as it was and the folder byte-identical, and never unpickles. Hypothesis fuzzes
 config fields, truncations and bit flips of real adapter files: only adapterkit errors come out."""
+
 from __future__ import annotations
 
 import hashlib
@@ -47,18 +48,21 @@ def _edit_config(**changes):
             else:
                 data[key] = value
         (folder / CONFIG).write_text(json.dumps(data))
+
     return edit
 
 
 def _edit_tensors(fn):
     def edit(folder: Path):
         save_file(fn(load_file(str(folder / WEIGHTS))), str(folder / WEIGHTS))
+
     return edit
 
 
 def _write(name: str, content: bytes):
     def edit(folder: Path):
         (folder / name).write_bytes(content)
+
     return edit
 
 
@@ -112,25 +116,59 @@ CASES = [
     ("weights-garbage", "lora", _write(WEIGHTS, b"\x00" * 64), ak.AdapterFileError, "corrupt"),
     ("weights-truncated", "lora", _truncate, ak.AdapterFileError, "corrupt"),
     ("weights-pickled", "lora", _pickle_only, ak.AdapterFileError, "pickle"),
-    ("tensors-int", "lora", _edit_tensors(lambda w: {k: v.to(torch.int32) for k, v in w.items()}),
-     ak.AdapterFileError, "int32"),
-    ("tensors-bool", "lora", _edit_tensors(lambda w: {k: v > 0 for k, v in w.items()}), ak.AdapterFileError,
-     "bool"),
-    ("tensor-shape", "lora", _edit_tensors(lambda w: {**w, A_KEY: w[A_KEY][:, :5].contiguous()}), ak.AdapterFileError,
-     "shape"),
-    ("tensor-missing", "lora", _edit_tensors(lambda w: {k: v for k, v in w.items() if k != A_KEY}),
-     ak.AdapterFileError, "missing"),
-    ("tensor-extra", "lora", _edit_tensors(lambda w: {**w, "base_model.model.x.lora_A.weight": torch.zeros(4, 2)}),
-     ak.AdapterFileError, "unexpected"),
+    (
+        "tensors-int",
+        "lora",
+        _edit_tensors(lambda w: {k: v.to(torch.int32) for k, v in w.items()}),
+        ak.AdapterFileError,
+        "int32",
+    ),
+    ("tensors-bool", "lora", _edit_tensors(lambda w: {k: v > 0 for k, v in w.items()}), ak.AdapterFileError, "bool"),
+    (
+        "tensor-shape",
+        "lora",
+        _edit_tensors(lambda w: {**w, A_KEY: w[A_KEY][:, :5].contiguous()}),
+        ak.AdapterFileError,
+        "shape",
+    ),
+    (
+        "tensor-missing",
+        "lora",
+        _edit_tensors(lambda w: {k: v for k, v in w.items() if k != A_KEY}),
+        ak.AdapterFileError,
+        "missing",
+    ),
+    (
+        "tensor-extra",
+        "lora",
+        _edit_tensors(lambda w: {**w, "base_model.model.x.lora_A.weight": torch.zeros(4, 2)}),
+        ak.AdapterFileError,
+        "unexpected",
+    ),
     ("prefix-n", "prefix", _edit_config(num_virtual_tokens=10**12), ak.AdapterFileError, "num_virtual_tokens"),
     ("prefix-n-str", "prefix", _edit_config(num_virtual_tokens="3"), ak.ConfigError, "num_virtual_tokens"),
     ("prompt-n", "prompt", _edit_config(num_virtual_tokens=7), ak.AdapterFileError, "num_virtual_tokens"),
-    ("prompt-shape", "prompt", _edit_tensors(lambda w: {k: v[:, :5].contiguous() for k, v in w.items()}), ak.AdapterFileError,
-     "shape"),
-    ("ia3-ff-typo", "ia3", _edit_config(feedforward_modules=["down_projj"], target_modules=["k_proj", "down_proj"]),
-     ak.AdapterFileError, "down_projj"),
-    ("ia3-int", "ia3", _edit_tensors(lambda w: {k: v.to(torch.int64) for k, v in w.items()}), ak.AdapterFileError,
-     "int64"),
+    (
+        "prompt-shape",
+        "prompt",
+        _edit_tensors(lambda w: {k: v[:, :5].contiguous() for k, v in w.items()}),
+        ak.AdapterFileError,
+        "shape",
+    ),
+    (
+        "ia3-ff-typo",
+        "ia3",
+        _edit_config(feedforward_modules=["down_projj"], target_modules=["k_proj", "down_proj"]),
+        ak.AdapterFileError,
+        "down_projj",
+    ),
+    (
+        "ia3-int",
+        "ia3",
+        _edit_tensors(lambda w: {k: v.to(torch.int64) for k, v in w.items()}),
+        ak.AdapterFileError,
+        "int64",
+    ),
     ("bottleneck-reduction", "bottleneck", _edit_config(reduction_factor=1), ak.AdapterFileError, "bottleneck"),
     ("bottleneck-dim-huge", "bottleneck", _edit_config(bottleneck_dim=10**14), ak.AdapterFileError, "bottleneck"),
     ("bottleneck-unknown-field", "bottleneck", _edit_config(preset="nope"), ak.ConfigError, "preset"),
@@ -162,12 +200,33 @@ def test_broken_folders_raise_clearly_and_change_nothing(saved, tmp_path, kind, 
 # -- Hypothesis: random damage to real adapter files -----------------------------------------
 hypothesis = pytest.importorskip("hypothesis")
 st = hypothesis.strategies
-_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-10**16, 10**16), st.floats(),
-                    st.text(max_size=8), st.lists(st.one_of(st.text(max_size=8), st.integers()), max_size=3),
-                    st.sampled_from(["LORA", "IA3", "PREFIX_TUNING", "PROMPT_TUNING", "CAUSAL_LM", "q_proj", "(["]))
-_KEYS = ["r", "lora_alpha", "target_modules", "modules_to_save", "num_virtual_tokens", "peft_type", "use_dora",
-         "feedforward_modules", "reduction_factor", "bottleneck_dim", "layers_to_transform", "task_type",
-         "token_dim", "num_layers", "encoder_hidden_size", "prefix_projection"]
+_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**16), 10**16),
+    st.floats(),
+    st.text(max_size=8),
+    st.lists(st.one_of(st.text(max_size=8), st.integers()), max_size=3),
+    st.sampled_from(["LORA", "IA3", "PREFIX_TUNING", "PROMPT_TUNING", "CAUSAL_LM", "q_proj", "(["]),
+)
+_KEYS = [
+    "r",
+    "lora_alpha",
+    "target_modules",
+    "modules_to_save",
+    "num_virtual_tokens",
+    "peft_type",
+    "use_dora",
+    "feedforward_modules",
+    "reduction_factor",
+    "bottleneck_dim",
+    "layers_to_transform",
+    "task_type",
+    "token_dim",
+    "num_layers",
+    "encoder_hidden_size",
+    "prefix_projection",
+]
 
 
 def _load_only_adapterkit_errors(folder: Path) -> None:
@@ -180,8 +239,10 @@ def _load_only_adapterkit_errors(folder: Path) -> None:
 
 
 @hypothesis.settings(max_examples=150, deadline=None, derandomize=True)
-@hypothesis.given(kind=st.sampled_from(sorted(METHODS)), changes=st.dictionaries(st.sampled_from(_KEYS), _VALUES,
-                                                                                 min_size=1, max_size=3))
+@hypothesis.given(
+    kind=st.sampled_from(sorted(METHODS)),
+    changes=st.dictionaries(st.sampled_from(_KEYS), _VALUES, min_size=1, max_size=3),
+)
 def test_random_config_fields(saved, tmp_path_factory, kind, changes):
     folder = tmp_path_factory.mktemp("fuzz")
     shutil.copytree(saved[kind], folder, dirs_exist_ok=True)
@@ -190,8 +251,11 @@ def test_random_config_fields(saved, tmp_path_factory, kind, changes):
 
 
 @hypothesis.settings(max_examples=150, deadline=None, derandomize=True)
-@hypothesis.given(kind=st.sampled_from(sorted(METHODS)), cut=st.floats(0, 1),
-                  flips=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 7)), max_size=6))
+@hypothesis.given(
+    kind=st.sampled_from(sorted(METHODS)),
+    cut=st.floats(0, 1),
+    flips=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 7)), max_size=6),
+)
 def test_truncated_and_bit_flipped_weights(saved, tmp_path_factory, kind, cut, flips):
     folder = tmp_path_factory.mktemp("fuzz")
     shutil.copytree(saved[kind], folder, dirs_exist_ok=True)

@@ -1,4 +1,5 @@
 """The model card written beside saved adapters, and the config fields PEFT uses to pick its class."""
+
 import json
 
 import adapterkit as ak

@@ -2,6 +2,7 @@
 ak.checkpoint_callback() they hold the adapter in PEFT's layout plus the trainer's state, resume
 exactly, and load with PEFT, ak.load_adapter and from_pretrained; without it they hold the whole
 model under the base's own key names and still resume exactly."""
+
 import json
 from pathlib import Path
 
@@ -18,8 +19,10 @@ ADAPTER_FILES = {"adapter_config.json", "adapter_model.safetensors"}
 
 
 def _adapted(model=None):
-    return ak.attach(model if model is not None else tiny_llama(),
-                     ak.LoRAConfig(rank=4, alpha=8, dropout=0.1, targets=["q_proj", "v_proj", "up_proj"]))
+    return ak.attach(
+        model if model is not None else tiny_llama(),
+        ak.LoRAConfig(rank=4, alpha=8, dropout=0.1, targets=["q_proj", "v_proj", "up_proj"]),
+    )
 
 
 def _data(n=16):
@@ -30,9 +33,18 @@ def _data(n=16):
 def _args(out, **kw):
     from transformers import TrainingArguments
 
-    base = dict(output_dir=str(out), per_device_train_batch_size=4, max_steps=4, learning_rate=1e-2,
-                report_to=[], save_strategy="steps", save_steps=2, use_cpu=True, logging_strategy="no",
-                disable_tqdm=True)
+    base = dict(
+        output_dir=str(out),
+        per_device_train_batch_size=4,
+        max_steps=4,
+        learning_rate=1e-2,
+        report_to=[],
+        save_strategy="steps",
+        save_steps=2,
+        use_cpu=True,
+        logging_strategy="no",
+        disable_tqdm=True,
+    )
     return TrainingArguments(**{**base, **kw})
 
 
@@ -40,8 +52,9 @@ def _train(model, out, callback=True, extra=(), resume=None, trainer_kw=None, **
     from transformers import Trainer
 
     callbacks = ([ak.checkpoint_callback()] if callback else []) + list(extra)
-    trainer = Trainer(model=model, args=_args(out, **kw), train_dataset=_data(), callbacks=callbacks,
-                      **(trainer_kw or {}))
+    trainer = Trainer(
+        model=model, args=_args(out, **kw), train_dataset=_data(), callbacks=callbacks, **(trainer_kw or {})
+    )
     trainer.train(resume_from_checkpoint=resume)
     return trainer
 
@@ -97,8 +110,9 @@ def test_checkpoints_hold_the_adapter_and_the_trainer_state_not_the_model(tmp_pa
         weights = load_file(folder / "model.safetensors")  # what resume_from_checkpoint reads
         assert set(weights) == {k for k in model.state_dict() if ".adapters." in k}
         assert json.loads((folder / "adapter_config.json").read_text())["peft_type"] == "LORA"
-    _assert_same_adapter(load_file(tmp_path / "checkpoint-4" / "adapter_model.safetensors"),
-                         state_to_save(model, "default"))
+    _assert_same_adapter(
+        load_file(tmp_path / "checkpoint-4" / "adapter_model.safetensors"), state_to_save(model, "default")
+    )
     base_bytes = sum(t.numel() * t.element_size() for t in tiny_llama().state_dict().values())
     assert (tmp_path / "checkpoint-4" / "model.safetensors").stat().st_size < base_bytes / 5
     # training is over: the model's state dict is whole again
@@ -170,10 +184,20 @@ def test_load_best_model_at_end_loads_the_best_adapter(tmp_path, strategy):
     scores = iter([3.0, 1.0, 2.0])  # evaluated after steps 1, 2, 3: the best checkpoint is the middle one
     sizes = []
     model = _adapted()
-    trainer = _train(model, tmp_path, extra=[_state_dict_spy(sizes)], max_steps=3, save_steps=1,
-                     save_strategy=strategy, eval_strategy="steps", eval_steps=1, load_best_model_at_end=True,
-                     metric_for_best_model="score", greater_is_better=False,
-                     trainer_kw=dict(eval_dataset=_data(4), compute_metrics=lambda _: {"score": next(scores)}))
+    trainer = _train(
+        model,
+        tmp_path,
+        extra=[_state_dict_spy(sizes)],
+        max_steps=3,
+        save_steps=1,
+        save_strategy=strategy,
+        eval_strategy="steps",
+        eval_steps=1,
+        load_best_model_at_end=True,
+        metric_for_best_model="score",
+        greater_is_better=False,
+        trainer_kw=dict(eval_dataset=_data(4), compute_metrics=lambda _: {"score": next(scores)}),
+    )
     saved = sorted(p.name for p in tmp_path.iterdir())
     assert saved == ["checkpoint-1", "checkpoint-2"] + (["checkpoint-3"] if strategy == "steps" else [])
     assert sizes == [len(state_to_save(model, "default"))] * len(saved)
@@ -237,8 +261,13 @@ def test_a_failed_evaluation_at_a_save_step_leaves_the_state_dict_whole(tmp_path
 
     model = _adapted()
     with pytest.raises(RuntimeError, match="evaluation failed"):
-        _train(model, tmp_path, eval_strategy="steps", eval_steps=2,
-               trainer_kw=dict(eval_dataset=_data(4), compute_metrics=fail))
+        _train(
+            model,
+            tmp_path,
+            eval_strategy="steps",
+            eval_steps=2,
+            trainer_kw=dict(eval_dataset=_data(4), compute_metrics=fail),
+        )
     assert set(tiny_llama().state_dict()) < set(model.state_dict())
 
 
@@ -259,11 +288,25 @@ def test_sft_trainer_checkpoints_hold_the_adapter(tmp_path):
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, pad_token="t0", eos_token="t1")
     rows = torch.randint(2, VOCAB, (16, 8), generator=torch.Generator().manual_seed(3)).tolist()
     model = _adapted()
-    args = SFTConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=2, save_steps=1,
-                     learning_rate=1e-2, report_to=[], use_cpu=True, logging_strategy="no", disable_tqdm=True,
-                     bf16=False)  # SFTConfig turns bf16 autocast on where it can; compare in fp32
-    SFTTrainer(model=model, args=args, train_dataset=Dataset.from_dict({"input_ids": rows}),
-               processing_class=tokenizer, callbacks=[ak.checkpoint_callback()]).train()
+    args = SFTConfig(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        max_steps=2,
+        save_steps=1,
+        learning_rate=1e-2,
+        report_to=[],
+        use_cpu=True,
+        logging_strategy="no",
+        disable_tqdm=True,
+        bf16=False,
+    )  # SFTConfig turns bf16 autocast on where it can; compare in fp32
+    SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_dict({"input_ids": rows}),
+        processing_class=tokenizer,
+        callbacks=[ak.checkpoint_callback()],
+    ).train()
     for step in (1, 2):
         files = {p.name for p in (tmp_path / f"checkpoint-{step}").iterdir()}
         assert ADAPTER_FILES | TRAINER_FILES <= files and "config.json" not in files

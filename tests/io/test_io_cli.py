@@ -1,8 +1,8 @@
 """`adapterkit inspect` and `adapterkit merge`: facts read from files; a merged folder transformers loads."""
+
 import json
 import re
 import os
-import re
 import subprocess
 import sys
 
@@ -33,9 +33,17 @@ def peft_adapter(tmp_path):
     base = tmp_path / "base"
     tiny_llama().save_pretrained(base)
     _tokenizer().save_pretrained(base)
-    theirs = get_peft_model(tiny_llama(), LoraConfig(
-        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], use_dora=True,
-        init_lora_weights=False, modules_to_save=["lm_head"]))
+    theirs = get_peft_model(
+        tiny_llama(),
+        LoraConfig(
+            r=4,
+            lora_alpha=8,
+            target_modules=["q_proj", "v_proj", "down_proj"],
+            use_dora=True,
+            init_lora_weights=False,
+            modules_to_save=["lm_head"],
+        ),
+    )
     with torch.no_grad():
         theirs.base_model.model.lm_head.modules_to_save["default"].weight.mul_(1.5)
     theirs.save_pretrained(tmp_path / "adapter")
@@ -70,16 +78,19 @@ def test_inspect_lists_every_adapter_of_a_folder(tmp_path, capsys):
     assert [(i["name"], i["config"]["rank"]) for i in infos] == [("default", 4), ("other", 2)]
 
 
-@pytest.mark.parametrize("argv, expected", [
-    (["inspect", "{tmp}/missing"], "does not exist"),
-    (["merge", "{tmp}/missing", "--base", "{tmp}", "--out", "{tmp}/out"], "does not exist"),
-    (["merge", "{adapter}", "--base", "{tmp}/nobase", "--out", "{tmp}/out"], "--base"),
-    (["merge", "{adapter}", "--base", "{adapter}", "--out", "{tmp}/out"], "no config.json"),
-    (["merge", "{adapter}", "--base", "{base}", "--out", "{base}"], "already exists"),
-    (["merge", "{adapter}", "--base", "{tmp}/noweights", "--out", "{tmp}/out"], "could not load the base model"),
-    (["merge", "{adapter}", "--out", "{tmp}/out"], "does not record its base model"),
-    (["merge", "{adapter}", "--base", "{base}", "--out", "{tmp}/out", "--dtype", "fp8"], "invalid choice"),
-])
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["inspect", "{tmp}/missing"], "does not exist"),
+        (["merge", "{tmp}/missing", "--base", "{tmp}", "--out", "{tmp}/out"], "does not exist"),
+        (["merge", "{adapter}", "--base", "{tmp}/nobase", "--out", "{tmp}/out"], "--base"),
+        (["merge", "{adapter}", "--base", "{adapter}", "--out", "{tmp}/out"], "no config.json"),
+        (["merge", "{adapter}", "--base", "{base}", "--out", "{base}"], "already exists"),
+        (["merge", "{adapter}", "--base", "{tmp}/noweights", "--out", "{tmp}/out"], "could not load the base model"),
+        (["merge", "{adapter}", "--out", "{tmp}/out"], "does not record its base model"),
+        (["merge", "{adapter}", "--base", "{base}", "--out", "{tmp}/out", "--dtype", "fp8"], "invalid choice"),
+    ],
+)
 def test_bad_arguments_give_one_line(peft_adapter, capsys, argv, expected):
     base, adapter, _ = peft_adapter
     (base.parent / "noweights").mkdir()
@@ -127,7 +138,6 @@ def test_merge_dtype_and_overwrite(peft_adapter, tmp_path):
     weights = load_file(out / "model.safetensors")
     assert {t.dtype for t in weights.values()} == {torch.bfloat16}
     assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
-    assert main(["merge", str(adapter), "--base", str(base), "--out", str(out), "--dtype", "fp32",
-                 "--overwrite"]) == 0
+    assert main(["merge", str(adapter), "--base", str(base), "--out", str(out), "--dtype", "fp32", "--overwrite"]) == 0
     assert {t.dtype for t in load_file(out / "model.safetensors").values()} == {torch.float32}
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left

@@ -1,5 +1,6 @@
 """One specific reason when a file's tensors do not match its config on a model: the PEFT feature a
 tensor belongs to, a task-type mismatch, a module the config does not select; the model unchanged."""
+
 import json
 import warnings
 
@@ -63,8 +64,11 @@ def test_dora_magnitude_without_use_dora(tmp_path):
 
 def test_base_layer_of_a_module_the_adapter_does_not_wrap(tmp_path):
     folder = _peft_save(tmp_path, tiny_llama(), target_modules=["q_proj", "embed_tokens"])
-    _edit(folder, config={"target_modules": ["q_proj"]},
-          tensors=lambda t: {k: v for k, v in t.items() if "lora_embedding" not in k})
+    _edit(
+        folder,
+        config={"target_modules": ["q_proj"]},
+        tensors=lambda t: {k: v for k, v in t.items() if "lora_embedding" not in k},
+    )
     _refused(folder, tiny_llama(), "embed_tokens.base_layer.weight", "save_embedding_layers")
 
 
@@ -97,11 +101,13 @@ def test_classifier_adapter_on_a_bare_encoder_names_both_tasks(tmp_path):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        peft.get_peft_model(tiny_bert(), peft.LoraConfig(task_type="SEQ_CLS", r=2, target_modules=["query"])) \
-            .save_pretrained(tmp_path)
+        peft.get_peft_model(
+            tiny_bert(), peft.LoraConfig(task_type="SEQ_CLS", r=2, target_modules=["query"])
+        ).save_pretrained(tmp_path)
     bare = BertModel(tiny_bert().config).eval()
-    _refused(tmp_path, bare, "task_type is SEQ_CLS", "BertModel (FEATURE_EXTRACTION",
-             "AutoModelForSequenceClassification")
+    _refused(
+        tmp_path, bare, "task_type is SEQ_CLS", "BertModel (FEATURE_EXTRACTION", "AutoModelForSequenceClassification"
+    )
 
 
 def test_causal_lm_adapter_on_the_bare_decoder(tmp_path):

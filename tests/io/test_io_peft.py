@@ -1,4 +1,5 @@
 """Adapter files against PEFT 0.21 in both directions: PEFT saves / adapterkit loads, and back."""
+
 import json
 
 import pytest
@@ -23,9 +24,16 @@ def _peft_config(variant: dict, **extra):
     from peft import LoraConfig
 
     train = list(variant.get("train_modules", ())) or None
-    return LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False,
-                      use_rslora=variant.get("rslora", False), use_dora=variant.get("dora", False),
-                      modules_to_save=train, **extra)
+    return LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules="all-linear",
+        init_lora_weights=False,
+        use_rslora=variant.get("rslora", False),
+        use_dora=variant.get("dora", False),
+        modules_to_save=train,
+        **extra,
+    )
 
 
 @torch.no_grad()
@@ -110,12 +118,15 @@ def test_lora_only_export_holds_only_lora_tensors(tmp_path):
     assert not any(k.removeprefix("base_model.model.") in base_keys for k in keys)
 
 
-@pytest.mark.parametrize("spec", [
-    dict(targets=("q_proj", "v_proj"), layers=(1,)),
-    dict(targets=r".*\.(k|o)_proj"),
-    dict(targets=r"model\.layers\.\d+\.mlp\.(up|down)_proj", layers=(0,)),
-    dict(targets="all-linear", exclude=("gate_proj", "o_proj")),
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        dict(targets=("q_proj", "v_proj"), layers=(1,)),
+        dict(targets=r".*\.(k|o)_proj"),
+        dict(targets=r"model\.layers\.\d+\.mlp\.(up|down)_proj", layers=(0,)),
+        dict(targets="all-linear", exclude=("gate_proj", "o_proj")),
+    ],
+)
 def test_target_specs_select_the_same_modules_in_peft(tmp_path, spec):
     from peft import PeftModel
     from peft.tuners.lora import LoraLayer
@@ -188,8 +199,9 @@ def test_sequence_classification_heads_both_ways(tmp_path):
 
     from tests.models import tiny_bert
 
-    theirs = get_peft_model(tiny_bert(), LoraConfig(r=4, target_modules=["query", "value"], task_type="SEQ_CLS",
-                                                   init_lora_weights=False))
+    theirs = get_peft_model(
+        tiny_bert(), LoraConfig(r=4, target_modules=["query", "value"], task_type="SEQ_CLS", init_lora_weights=False)
+    )
     _perturb_peft_copies(theirs)  # PEFT trains the head ("classifier"; it also lists "score")
     theirs.save_pretrained(tmp_path / "peft")
     ours = ak.load_adapter(tiny_bert(), tmp_path / "peft")
@@ -200,12 +212,15 @@ def test_sequence_classification_heads_both_ways(tmp_path):
     torch.testing.assert_close(_logits(again), _logits(ours), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("extra", [
-    dict(target_modules=["q_proj", "v_proj"], layers_to_transform=[1], layers_pattern="layers"),
-    dict(target_modules=["q_proj", "v_proj"], layers_to_transform=[0]),
-    dict(target_modules="all-linear", exclude_modules=["o_proj", "up_proj"]),
-    dict(target_modules=r".*\.mlp\.(gate|down)_proj"),
-])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        dict(target_modules=["q_proj", "v_proj"], layers_to_transform=[1], layers_pattern="layers"),
+        dict(target_modules=["q_proj", "v_proj"], layers_to_transform=[0]),
+        dict(target_modules="all-linear", exclude_modules=["o_proj", "up_proj"]),
+        dict(target_modules=r".*\.mlp\.(gate|down)_proj"),
+    ],
+)
 def test_peft_target_specs_load_on_the_same_modules(tmp_path, extra):
     from peft import LoraConfig, get_peft_model
     from peft.tuners.lora import LoraLayer

@@ -1,5 +1,6 @@
 """LoRA on embed_tokens / lm_head against PEFT 0.21, both ways: the base-layer weights PEFT saves
 beside them, tied embeddings (with and without ensure_weight_tying), a resized vocabulary."""
+
 import warnings
 
 import pytest
@@ -20,13 +21,18 @@ CASES = {  # name: (model overrides, PEFT LoraConfig fields)
     "tied-lm_head": (dict(tie_word_embeddings=True), dict(target_modules=["lm_head"])),
     "tied-both": (dict(tie_word_embeddings=True), dict(target_modules=["embed_tokens", "lm_head"])),
     "tied-ensure": (dict(tie_word_embeddings=True), dict(target_modules=["embed_tokens"], ensure_weight_tying=True)),
-    "tied-ensure-both": (dict(tie_word_embeddings=True),
-                         dict(target_modules=["embed_tokens", "lm_head"], ensure_weight_tying=True)),
-    "tied-save-embed": (dict(tie_word_embeddings=True),
-                        dict(target_modules=["q_proj"], modules_to_save=["embed_tokens"])),
-    "tied-save-embed-ensure": (dict(tie_word_embeddings=True), dict(target_modules=["q_proj"],
-                                                                  modules_to_save=["embed_tokens"],
-                                                                  ensure_weight_tying=True)),
+    "tied-ensure-both": (
+        dict(tie_word_embeddings=True),
+        dict(target_modules=["embed_tokens", "lm_head"], ensure_weight_tying=True),
+    ),
+    "tied-save-embed": (
+        dict(tie_word_embeddings=True),
+        dict(target_modules=["q_proj"], modules_to_save=["embed_tokens"]),
+    ),
+    "tied-save-embed-ensure": (
+        dict(tie_word_embeddings=True),
+        dict(target_modules=["q_proj"], modules_to_save=["embed_tokens"], ensure_weight_tying=True),
+    ),
 }
 
 
@@ -76,10 +82,12 @@ def test_peft_saves_adapterkit_loads(tmp_path, case):
 def test_adapterkit_saves_peft_loads(tmp_path, case):
     overrides, fields = CASES[case]
     targets = [t for t in fields["target_modules"]]
-    ours = ak.attach(tiny_llama(**overrides), ak.LoRAConfig(rank=2, targets=targets, init="random",
-                                                             train_modules=fields.get("modules_to_save", ())))
+    ours = ak.attach(
+        tiny_llama(**overrides),
+        ak.LoRAConfig(rank=2, targets=targets, init="random", train_modules=fields.get("modules_to_save", ())),
+    )
     with torch.no_grad():
-        for name, p in ours.named_parameters():
+        for _name, p in ours.named_parameters():
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.1)
     ak.save_adapter(ours, tmp_path)
@@ -128,8 +136,9 @@ def test_resized_vocabulary(tmp_path):
     model.resize_token_embeddings(101)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        theirs = peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=["q_proj"],
-                                                            init_lora_weights=False)).eval()
+        theirs = peft.get_peft_model(
+            model, peft.LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False)
+        ).eval()
         theirs.save_pretrained(tmp_path / "adapter")  # PEFT adds the resized embeddings whole
     keys = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
     assert keys["base_model.model.model.embed_tokens.weight"].shape == (101, 32)
@@ -171,7 +180,10 @@ def test_adapterkit_saves_a_resized_vocabulary_as_peft_does(tmp_path, targets):
             fresh.lm_head.weight[97:].normal_()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            loaded = ak.load_adapter(fresh, tmp_path / "adapter") if loader == "adapterkit" else \
-                peft.PeftModel.from_pretrained(fresh, tmp_path / "adapter").eval()
+            loaded = (
+                ak.load_adapter(fresh, tmp_path / "adapter")
+                if loader == "adapterkit"
+                else peft.PeftModel.from_pretrained(fresh, tmp_path / "adapter").eval()
+            )
         with torch.no_grad():
             _close(loaded(input_ids=ids).logits, expected)

@@ -1,5 +1,6 @@
 """Every PEFT task type, both ways: PEFT saves / adapterkit loads and adapterkit saves / PEFT loads
 (with the PeftModel class the task type asks for), with equal outputs."""
+
 import json
 
 import pytest
@@ -11,8 +12,14 @@ from tests.peft_twin import peft_reference
 
 peft = pytest.importorskip("peft")
 
-BERT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=VOCAB,
-            max_position_embeddings=64)
+BERT = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    vocab_size=VOCAB,
+    max_position_embeddings=64,
+)
 
 
 def _bert(cls_name, **extra):
@@ -21,6 +28,7 @@ def _bert(cls_name, **extra):
 
         torch.manual_seed(0)
         return getattr(transformers, cls_name)(transformers.BertConfig(**BERT, **extra)).eval()
+
     return make
 
 
@@ -28,26 +36,39 @@ MODELS = {  # task_type: (factory, LoRA targets, PeftModel class)
     "CAUSAL_LM": (tiny_llama, ["q_proj", "v_proj"], "PeftModelForCausalLM"),
     "SEQ_2_SEQ_LM": (tiny_t5, ["q", "v"], "PeftModelForSeq2SeqLM"),
     "SEQ_CLS": (tiny_bert, ["query", "value"], "PeftModelForSequenceClassification"),
-    "TOKEN_CLS": (_bert("BertForTokenClassification", num_labels=4), ["query", "value"],
-                  "PeftModelForTokenClassification"),
+    "TOKEN_CLS": (
+        _bert("BertForTokenClassification", num_labels=4),
+        ["query", "value"],
+        "PeftModelForTokenClassification",
+    ),
     "QUESTION_ANS": (_bert("BertForQuestionAnswering"), ["query", "value"], "PeftModelForQuestionAnswering"),
     "FEATURE_EXTRACTION": (_bert("BertModel"), ["query", "value"], "PeftModelForFeatureExtraction"),
     "FEATURE_EXTRACTION-llama": (lambda: tiny_llama().model, ["q_proj", "v_proj"], "PeftModelForFeatureExtraction"),
 }
 METHODS = {  # name: (adapterkit config, PEFT config for a task)
-    "lora": (lambda targets: ak.LoRAConfig(rank=2, targets=targets, init="random"),
-             lambda task, targets: peft.LoraConfig(task_type=task, r=2, target_modules=targets,
-                                                   init_lora_weights=False)),
-    "prompt": (lambda targets: ak.PromptTuningConfig(num_virtual_tokens=3),
-               lambda task, targets: peft.PromptTuningConfig(task_type=task, num_virtual_tokens=3)),
-    "p-tuning": (lambda targets: ak.PromptEncoderConfig(num_virtual_tokens=3, encoder_hidden_size=16),
-                 lambda task, targets: peft.PromptEncoderConfig(task_type=task, num_virtual_tokens=3,
-                                                                encoder_hidden_size=16)),
-    "prefix": (lambda targets: ak.PrefixTuningConfig(num_virtual_tokens=3),
-               lambda task, targets: peft.PrefixTuningConfig(task_type=task, num_virtual_tokens=3)),
+    "lora": (
+        lambda targets: ak.LoRAConfig(rank=2, targets=targets, init="random"),
+        lambda task, targets: peft.LoraConfig(task_type=task, r=2, target_modules=targets, init_lora_weights=False),
+    ),
+    "prompt": (
+        lambda targets: ak.PromptTuningConfig(num_virtual_tokens=3),
+        lambda task, targets: peft.PromptTuningConfig(task_type=task, num_virtual_tokens=3),
+    ),
+    "p-tuning": (
+        lambda targets: ak.PromptEncoderConfig(num_virtual_tokens=3, encoder_hidden_size=16),
+        lambda task, targets: peft.PromptEncoderConfig(task_type=task, num_virtual_tokens=3, encoder_hidden_size=16),
+    ),
+    "prefix": (
+        lambda targets: ak.PrefixTuningConfig(num_virtual_tokens=3),
+        lambda task, targets: peft.PrefixTuningConfig(task_type=task, num_virtual_tokens=3),
+    ),
 }
-GRID = [(t, m) for t in MODELS for m in METHODS
-        if m == "lora" or (t != "SEQ_2_SEQ_LM" and (m == "prompt" or t.startswith("FEATURE")))]
+GRID = [
+    (t, m)
+    for t in MODELS
+    for m in METHODS
+    if m == "lora" or (t != "SEQ_2_SEQ_LM" and (m == "prompt" or t.startswith("FEATURE")))
+]
 
 
 def _output(model):
@@ -94,8 +115,9 @@ def test_adapterkit_saves_peft_loads(tmp_path, case, method):
     theirs = peft.PeftModel.from_pretrained(make(), tmp_path).eval()
     assert type(theirs).__name__ == peft_class
     expected = _output(ours)
-    torch.testing.assert_close(peft_reference(lambda: _output(theirs), f"{method} on {case}"), expected,
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        peft_reference(lambda: _output(theirs), f"{method} on {case}"), expected, atol=1e-5, rtol=1e-5
+    )
 
 
 @pytest.mark.parametrize("case", ["SEQ_CLS", "TOKEN_CLS", "QUESTION_ANS"])

@@ -1,5 +1,6 @@
 """save_adapter(state_dict=...): the adapter's tensors read from a given state dict (a sharded
 model's, gathered whole: ``accelerator.get_state_dict(model)``), as PEFT's save_pretrained does."""
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -32,7 +33,9 @@ def test_only_what_the_adapter_saves_is_needed_and_a_missing_tensor_is_named(tmp
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     state = model.state_dict()
     ak.save_adapter(model, tmp_path / "part", state_dict={n: state[n] for n in names}, dtype="bf16")
-    assert all(v.dtype == torch.bfloat16 for v in load_file(str(tmp_path / "part" / "adapter_model.safetensors")).values())
+    assert all(
+        v.dtype == torch.bfloat16 for v in load_file(str(tmp_path / "part" / "adapter_model.safetensors")).values()
+    )
     with pytest.raises(AdapterFileError, match=r"has no 'model\.layers\.0\.self_attn\.q_proj\.adapters\.default\.a'"):
         ak.save_adapter(model, tmp_path / "bad", state_dict={n: state[n] for n in names[1:]})
     assert not (tmp_path / "bad").exists()  # nothing half-written

@@ -1,5 +1,6 @@
 """vLLM's LoRA loader rules (adapterkit/io/serving.py): each rule alone, then what save_adapter's
 model card and `adapterkit inspect` say about real folders."""
+
 import json
 import re
 
@@ -10,8 +11,15 @@ from adapterkit.cli import main
 from adapterkit.io.serving import vllm_notes, vllm_reasons
 from tests.models import TinyCNN, tiny_bert, tiny_llama
 
-LORA = {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj"], "bias": "none",
-        "use_dora": False, "modules_to_save": None}
+LORA = {
+    "peft_type": "LORA",
+    "r": 8,
+    "lora_alpha": 16,
+    "target_modules": ["q_proj"],
+    "bias": "none",
+    "use_dora": False,
+    "modules_to_save": None,
+}
 Q = "base_model.model.model.layers.0.self_attn.q_proj"
 TENSORS = {f"{Q}.lora_A.weight": (8, 32), f"{Q}.lora_B.weight": (32, 8)}
 
@@ -33,8 +41,9 @@ def test_required_config_fields(key):
 
 def test_dora_is_refused():
     tensors = {**TENSORS, f"{Q}.lora_magnitude_vector": (32,)}
-    assert [r for r in _reasons(tensors=tensors, use_dora=True) if "DoRA" in r] and len(_reasons(
-        tensors=tensors, use_dora=True)) == 1
+    assert [r for r in _reasons(tensors=tensors, use_dora=True) if "DoRA" in r] and len(
+        _reasons(tensors=tensors, use_dora=True)
+    ) == 1
 
 
 @pytest.mark.parametrize("saved", [["lm_head"], ["classifier"], ["embed_tokens"]])
@@ -55,8 +64,13 @@ def test_other_methods_are_refused(peft_type):
 
 def test_module_kinds():
     emb = "base_model.model.model.embed_tokens"
-    ok = {f"{emb}.lora_embedding_A": (8, 97), f"{emb}.lora_embedding_B": (32, 8), f"{emb}.base_layer.weight": (97, 32),
-          "base_model.model.lm_head.lora_A.weight": (8, 32), "base_model.model.lm_head.lora_B.weight": (97, 8)}
+    ok = {
+        f"{emb}.lora_embedding_A": (8, 97),
+        f"{emb}.lora_embedding_B": (32, 8),
+        f"{emb}.base_layer.weight": (97, 32),
+        "base_model.model.lm_head.lora_A.weight": (8, 32),
+        "base_model.model.lm_head.lora_B.weight": (97, 8),
+    }
     assert _reasons(tensors=ok) == []  # PEFT's saved base embeddings are skipped by vLLM
     conv = {"base_model.model.conv.lora_A.weight": (8, 3, 3, 3), "base_model.model.conv.lora_B.weight": (6, 8, 1, 1)}
     assert any("convolution 'conv'" in r for r in _reasons(tensors=conv))
@@ -68,7 +82,8 @@ def test_module_kinds():
 def test_rank_above_the_server_default_is_a_note_not_a_refusal():
     assert _reasons(r=64) == []
     assert vllm_notes({**LORA, "r": 64}) == [
-        "rank 64 is above vLLM's default --max-lora-rank 16: start vLLM with --max-lora-rank 64 or more"]
+        "rank 64 is above vLLM's default --max-lora-rank 16: start vLLM with --max-lora-rank 64 or more"
+    ]
     assert vllm_notes(LORA) == []
 
 
@@ -81,8 +96,11 @@ CASES = {  # what save_adapter / inspect say for real adapters
     "conv": (TinyCNN, ak.LoRAConfig(rank=2, targets=["conv", "fc"]), "no: LoRA on the convolution 'conv'"),
     "prompt": (tiny_llama, ak.PromptTuningConfig(num_virtual_tokens=3), "no: vLLM's loader reads LoRA adapters only"),
     "prefix": (tiny_llama, ak.PrefixTuningConfig(num_virtual_tokens=3), "no: vLLM's loader reads LoRA adapters only"),
-    "ia3": (tiny_llama, ak.IA3Config(), "no: vLLM's loader reads LoRA adapters only; this one is peft_type 'IA3'; "
-            "merge it"),
+    "ia3": (
+        tiny_llama,
+        ak.IA3Config(),
+        "no: vLLM's loader reads LoRA adapters only; this one is peft_type 'IA3'; merge it",
+    ),
     "bottleneck": (tiny_llama, ak.BottleneckConfig(), "no: vLLM's loader reads LoRA"),
 }
 

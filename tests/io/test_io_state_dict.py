@@ -1,5 +1,6 @@
 """An adapted model's state_dict keeps the base's own key names: save_pretrained / from_pretrained
 load the real base weights, and load_state_dict(state_dict()) restores base and adapters."""
+
 import pytest
 import torch
 
@@ -16,7 +17,7 @@ def _two_methods_llama():
     model = _lora_llama()
     ak.attach(model, ak.IA3Config(targets=["q_proj", "v_proj"]), name="ia3")
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for _name, p in model.named_parameters():
             if p.requires_grad:
                 p.add_(0.1 * torch.randn_like(p))
     ak.set_active(model, ["default", "ia3"])
@@ -26,10 +27,16 @@ def _two_methods_llama():
 CASES = {
     "llama-lora": (tiny_llama, _lora_llama),
     "llama-lora-ia3": (tiny_llama, _two_methods_llama),
-    "gpt2-lora": (tiny_gpt2, lambda: ak.attach(tiny_gpt2(), ak.LoRAConfig(rank=4, init="random",
-                                                                              targets=["c_attn", "c_fc"]))),
-    "bert-lora-head": (tiny_bert, lambda: ak.attach(tiny_bert(), ak.LoRAConfig(
-        rank=4, init="random", targets=["query", "value"], train_modules=("classifier",)))),
+    "gpt2-lora": (
+        tiny_gpt2,
+        lambda: ak.attach(tiny_gpt2(), ak.LoRAConfig(rank=4, init="random", targets=["c_attn", "c_fc"])),
+    ),
+    "bert-lora-head": (
+        tiny_bert,
+        lambda: ak.attach(
+            tiny_bert(), ak.LoRAConfig(rank=4, init="random", targets=["query", "value"], train_modules=("classifier",))
+        ),
+    ),
 }
 
 
@@ -57,7 +64,7 @@ def test_save_pretrained_reloads_the_real_base_and_load_adapter_the_rest(case, t
     base = plain().state_dict()
     for key, value in fresh.state_dict().items():
         torch.testing.assert_close(value, base[key], rtol=0, atol=0, msg=key)
-    for name in ("default", "ia3")[:len(ak.adapter_names(model))]:  # in the order they were attached
+    for name in ("default", "ia3")[: len(ak.adapter_names(model))]:  # in the order they were attached
         ak.load_adapter(fresh, tmp_path / "adapter", name=name)
     ak.set_active(fresh, ak.active_names(model))
     fresh.eval()
@@ -99,8 +106,10 @@ def test_missing_and_unexpected_keys_are_named_as_state_dict_names_them():
     del state["model.layers.0.self_attn.q_proj.adapters.default.a"]
     state["model.layers.0.self_attn.q_proj.extra"] = torch.zeros(1)
     result = _lora_llama().load_state_dict(state, strict=False)
-    assert sorted(result.missing_keys) == ["model.layers.0.self_attn.q_proj.adapters.default.a",
-                                           "model.layers.0.self_attn.q_proj.weight"]
+    assert sorted(result.missing_keys) == [
+        "model.layers.0.self_attn.q_proj.adapters.default.a",
+        "model.layers.0.self_attn.q_proj.weight",
+    ]
     assert result.unexpected_keys == ["model.layers.0.self_attn.q_proj.extra"]
     with pytest.raises(RuntimeError, match=r"q_proj\.weight"):
         _lora_llama().load_state_dict(state)
@@ -109,4 +118,3 @@ def test_missing_and_unexpected_keys_are_named_as_state_dict_names_them():
 def test_detach_gives_back_the_plain_state_dict():
     model = ak.detach(_two_methods_llama())
     assert list(model.state_dict()) == list(tiny_llama().state_dict())
-

@@ -2,6 +2,7 @@
 inside them, as in PEFT: RoBERTa's ``classifier`` (a module with ``dense`` and ``out_proj`` inside),
 BERT's and DeBERTa-v2's ``classifier`` (a Linear). All-linear files go both ways with PEFT's
 SEQ_CLS wrapper, with equal logits; a PEFT file saved without a task (LoRA in the head) too."""
+
 from __future__ import annotations
 
 import copy
@@ -18,8 +19,15 @@ from tests.checks import assert_close_scaled
 peft = pytest.importorskip("peft")
 
 V = 53
-TEXT = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4, vocab_size=V,
-            max_position_embeddings=40, num_labels=3)
+TEXT = dict(
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=1,
+    num_attention_heads=4,
+    vocab_size=V,
+    max_position_embeddings=40,
+    num_labels=3,
+)
 MODELS = {
     "roberta": ("RobertaConfig", "RobertaForSequenceClassification", dict(pad_token_id=1)),
     "bert": ("BertConfig", "BertForSequenceClassification", {}),
@@ -44,7 +52,7 @@ def _logits(model):
 @torch.no_grad()
 def _perturb(model):
     gen = torch.Generator().manual_seed(2)
-    for name, p in model.named_parameters():
+    for _name, p in model.named_parameters():
         if p.requires_grad:
             p.add_(0.3 * torch.randn(p.shape, generator=gen))
 
@@ -56,8 +64,10 @@ def _lora_inside_head(model) -> list[str]:
 @pytest.mark.parametrize("family", sorted(MODELS))
 def test_peft_saves_adapterkit_loads(family, tmp_path):
     base = _make(family)
-    theirs = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(
-        task_type="SEQ_CLS", r=2, lora_alpha=4, target_modules="all-linear", init_lora_weights=False)).eval()
+    theirs = peft.get_peft_model(
+        copy.deepcopy(base),
+        peft.LoraConfig(task_type="SEQ_CLS", r=2, lora_alpha=4, target_modules="all-linear", init_lora_weights=False),
+    ).eval()
     _perturb(theirs)  # LoRA and the trained copy of the head
     theirs.save_pretrained(tmp_path)
     ours = ak.load_adapter(copy.deepcopy(base), tmp_path)
@@ -69,8 +79,9 @@ def test_peft_saves_adapterkit_loads(family, tmp_path):
 @pytest.mark.parametrize("train_head", [True, False])
 def test_adapterkit_saves_peft_and_adapterkit_load(family, train_head, tmp_path):
     base = _make(family)
-    config = ak.LoRAConfig(rank=2, alpha=4, targets="all-linear", init="random",
-                           train_modules=("classifier",) if train_head else ())
+    config = ak.LoRAConfig(
+        rank=2, alpha=4, targets="all-linear", init="random", train_modules=("classifier",) if train_head else ()
+    )
     ours = ak.attach(copy.deepcopy(base), config).eval()
     assert not _lora_inside_head(ours)
     _perturb(ours)
@@ -94,8 +105,9 @@ def test_a_peft_file_saved_without_a_task_keeps_lora_in_the_head(family, tmp_pat
     """PEFT without task_type adapts the head like any module; adapterkit reads the file as PEFT does,
     and saves it back without a task (so that both read it again the same way)."""
     base = _make(family)
-    theirs = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(
-        r=2, lora_alpha=4, target_modules="all-linear", init_lora_weights=False)).eval()
+    theirs = peft.get_peft_model(
+        copy.deepcopy(base), peft.LoraConfig(r=2, lora_alpha=4, target_modules="all-linear", init_lora_weights=False)
+    ).eval()
     theirs.save_pretrained(tmp_path / "peft")
     expected = _logits(theirs)
     ours = ak.load_adapter(copy.deepcopy(base), tmp_path / "peft")

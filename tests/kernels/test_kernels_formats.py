@@ -1,4 +1,5 @@
 """The 4-bit layout against bitsandbytes: same bytes, same dequantized values; int8 round trip."""
+
 import pytest
 import torch
 
@@ -12,8 +13,9 @@ def _bnb_default_dequantize(packed, state, dtype):
     """bitsandbytes' own pure-PyTorch dequantize (its CPU C kernel is wrong when blocks span rows)."""
     from bitsandbytes.backends.default.ops import _dequantize_4bit_compute
 
-    return _dequantize_4bit_compute(packed.view(-1), state.absmax, F.get_4bit_type(state.quant_type, "cpu"),
-                                    state.blocksize, state.shape, dtype)
+    return _dequantize_4bit_compute(
+        packed.view(-1), state.absmax, F.get_4bit_type(state.quant_type, "cpu"), state.blocksize, state.shape, dtype
+    )
 
 
 def test_code_tables_are_bitsandbytes():
@@ -68,12 +70,15 @@ def test_double_quant_matches_bitsandbytes(quant_type, block):
     scaled = raw / state.state2.absmax.repeat_interleave(256)[: raw.numel()]
     levels = state.state2.code.clone()
     levels[0] = -1.0  # the level bitsandbytes searches with
-    lo, hi = levels[torch.minimum(qw.absmax, state.absmax)[differ].long()], \
-        levels[torch.maximum(qw.absmax, state.absmax)[differ].long()]
+    lo, hi = (
+        levels[torch.minimum(qw.absmax, state.absmax)[differ].long()],
+        levels[torch.maximum(qw.absmax, state.absmax)[differ].long()],
+    )
     assert ((scaled[differ] - (lo + hi) / 2).abs() <= 2e-5).all()
     # and with bitsandbytes' codes, the dequantized weight is bitsandbytes' own, bit for bit
-    same = formats.QuantWeight(qw.codes, state.absmax, qw.shape, quant_type, block,
-                               qw.nested_absmax, qw.nested_offset, qw.nested_levels)
+    same = formats.QuantWeight(
+        qw.codes, state.absmax, qw.shape, quant_type, block, qw.nested_absmax, qw.nested_offset, qw.nested_levels
+    )
     assert torch.equal(reference.dequantize(same), F.dequantize_4bit(packed, state))
 
 

@@ -1,4 +1,5 @@
 """The dispatch point: ADAPTERKIT_BACKEND read at call time, the context manager, loud failures."""
+
 import sys
 
 import pytest
@@ -19,6 +20,7 @@ def counted(monkeypatch):
         def wrapped(*args, **kwargs):
             calls[name] += 1
             return fn(*args, **kwargs)
+
         return wrapped
 
     monkeypatch.setattr(qmatmul, "qmatmul_triton", spy("triton", qmatmul.qmatmul_triton))
@@ -85,7 +87,9 @@ def test_import_is_light():
     """adapterkit and the kernels' formats/reference/ops never import triton or bitsandbytes."""
     import subprocess
 
-    code = ("import sys, adapterkit, adapterkit_kernels.ops, adapterkit.quant; "
-            "bad = [m for m in ('triton', 'bitsandbytes') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
+    code = (
+        "import sys, adapterkit, adapterkit_kernels.ops, adapterkit.quant; "
+        "bad = [m for m in ('triton', 'bitsandbytes') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr

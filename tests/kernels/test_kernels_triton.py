@@ -4,6 +4,7 @@ On CPU they run under the Triton interpreter (TRITON_INTERPRET=1, set in conftes
 only (the interpreter's bf16 is wrong); small shapes, large blocks. Marked ``gpu``: the same at
 realistic shapes in fp16/bf16 on CUDA.
 """
+
 import pytest
 import torch
 
@@ -18,7 +19,7 @@ SHAPES = [(5, 70, 96), (37, 33, 130)]  # (M, N, K): nothing a multiple of the bl
 
 
 def _weight(n, k, quant_type, double_quant, device="cpu"):
-    w = torch.randn(n, k, device=device) / k ** 0.5
+    w = torch.randn(n, k, device=device) / k**0.5
     bits = 8 if quant_type == "int8" else 4
     return ops.quantize(w, bits, quant_type, 64, double_quant)
 
@@ -62,8 +63,8 @@ def test_qlora_forward_backward(quant_type, double_quant, dtype):
     m, n, k, r = 37, 70, 130, 5  # rank below the 16 tl.dot needs: padded inside
     qw = _weight(n, k, quant_type, double_quant)
     x = torch.randn(m, k, dtype=dtype, requires_grad=True)
-    a = (torch.randn(r, k) / k ** 0.5).to(dtype).requires_grad_()
-    b = (torch.randn(n, r) / r ** 0.5).to(dtype).requires_grad_()
+    a = (torch.randn(r, k) / k**0.5).to(dtype).requires_grad_()
+    b = (torch.randn(n, r) / r**0.5).to(dtype).requires_grad_()
     dy = torch.randn(m, n, dtype=dtype)
     with ops.use_backend("triton"):
         y = ops.qlora_matmul(x, qw, a, b, scale=2.0)
@@ -108,8 +109,8 @@ def test_cuda_realistic_shapes(m, dtype):
     n, k, r = 4096, 4096, 16
     qw = _weight(n, k, "nf4", True, device="cuda")
     x = torch.randn(m, k, device="cuda", dtype=dtype, requires_grad=True)
-    a = (torch.randn(r, k, device="cuda") / k ** 0.5).to(dtype).requires_grad_()
-    b = (torch.randn(n, r, device="cuda") / r ** 0.5).to(dtype).requires_grad_()
+    a = (torch.randn(r, k, device="cuda") / k**0.5).to(dtype).requires_grad_()
+    b = (torch.randn(n, r, device="cuda") / r**0.5).to(dtype).requires_grad_()
     dy = torch.randn(m, n, device="cuda", dtype=dtype)
     with ops.use_backend("triton"):
         y = ops.qlora_matmul(x, qw, a, b, 2.0)

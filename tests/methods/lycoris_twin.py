@@ -1,5 +1,6 @@
 """The same model with the same LoHa / LoKr weights in adapterkit and PEFT, and the checks both test
 files run on them: forward and gradients, training-mode dropout, files both ways, merging."""
+
 from __future__ import annotations
 
 import copy
@@ -116,8 +117,9 @@ def check_tools(config, peft_type: str, folder) -> None:
     info = describe(folder, "default")
     assert (info["method"], info["peft_type"], info["parameters"]) == (config.method, peft_type, trainable)
     assert not info["vllm"]["loads"] and "merge it into the model" in info["vllm"]["summary"]
-    assert build_adapter({"method": config.method, "rank": 4, "targets": ["q_proj"]}) == \
-        type(config)(rank=4, targets=("q_proj",))
+    assert build_adapter({"method": config.method, "rank": 4, "targets": ["q_proj"]}) == type(config)(
+        rank=4, targets=("q_proj",)
+    )
 
 
 def check_refused_file_options(config, folder) -> None:
@@ -159,8 +161,7 @@ def check_sequence_classification(ours_cfg, peft_cfg, folder) -> None:
     theirs = peft.get_peft_model(tiny_bert(), peft_cfg).eval()
     _perturb(theirs)
     theirs.save_pretrained(folder / "peft")
-    torch.testing.assert_close(logits(ak.load_adapter(tiny_bert(), folder / "peft")), logits(theirs),
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits(ak.load_adapter(tiny_bert(), folder / "peft")), logits(theirs), atol=1e-5, rtol=0)
     ours = ak.attach(tiny_bert(), ours_cfg)
     _perturb(ours)
     ak.save_adapter(ours, folder / "ours")
@@ -184,7 +185,6 @@ def check_quantized_base(config) -> None:
         merged = ak.merge(model)
         assert type(merged.model.layers[0].self_attn.q_proj) is torch.nn.Linear
         torch.testing.assert_close(run(merged, "llama"), expected, atol=1e-5, rtol=1e-5)
-
 
 
 def check_two_active(config) -> None:
@@ -220,7 +220,8 @@ def check_trains_from_yaml(method: str, folder) -> None:
         f"model: {{name: {model_dir}}}\nadapter: {{method: {method}, rank: 4, alpha: 8, init: random}}\n"
         f"data: {{train: {data}, eval: {data}}}\n"
         "optim: {lr: 0.01, batch_size: 4, max_steps: 8, schedule: constant, seed: 0}\n"
-        f"eval: {{every: 0}}\noutput: {{dir: {folder / 'out'}, progress: false}}\n")
+        f"eval: {{every: 0}}\noutput: {{dir: {folder / 'out'}, progress: false}}\n"
+    )
     result = ak.train(str(folder / "run.yaml"))
     assert result.last_eval["loss"] < result.first_eval["loss"]
     ids = torch.randint(3, 99, (2, 11), generator=torch.Generator().manual_seed(0))

@@ -1,4 +1,5 @@
 """AdaLoRA against PEFT 0.21.2: forward, gradients, penalty, rank allocation, files; the loop; bad configs."""
+
 import json
 
 import pytest
@@ -21,23 +22,38 @@ def _config(**changes):
 def _peft_config(cfg: ak.AdaLoRAConfig):
     from peft import AdaLoraConfig
 
-    return AdaLoraConfig(init_r=cfg.init_r, target_r=cfg.target_r, tinit=cfg.tinit, tfinal=cfg.tfinal,
-                         deltaT=cfg.deltaT, beta1=cfg.beta1, beta2=cfg.beta2, orth_reg_weight=cfg.orth_reg_weight,
-                         total_step=cfg.total_step, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                         target_modules=cfg.targets if isinstance(cfg.targets, str) else list(cfg.targets),
-                         init_lora_weights=False, task_type="CAUSAL_LM")
+    return AdaLoraConfig(
+        init_r=cfg.init_r,
+        target_r=cfg.target_r,
+        tinit=cfg.tinit,
+        tfinal=cfg.tfinal,
+        deltaT=cfg.deltaT,
+        beta1=cfg.beta1,
+        beta2=cfg.beta2,
+        orth_reg_weight=cfg.orth_reg_weight,
+        total_step=cfg.total_step,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=cfg.targets if isinstance(cfg.targets, str) else list(cfg.targets),
+        init_lora_weights=False,
+        task_type="CAUSAL_LM",
+    )
 
 
 def _ours(model):
     """{module: (a, e, b)} of the default adapter."""
-    return {n: (l.adapters["default"].a, l.adapters["default"].e, l.adapters["default"].b)
-            for n, l in adapter_layers(model) if isinstance(l, AdaLoRALayer)}
+    return {
+        n: (l.adapters["default"].a, l.adapters["default"].e, l.adapters["default"].b)
+        for n, l in adapter_layers(model)
+        if isinstance(l, AdaLoRALayer)
+    }
 
 
 def _theirs(peft_model, names):
     inner = peft_model.base_model.model
-    return {n: tuple(getattr(inner.get_submodule(n), k)["default"] for k in ("lora_A", "lora_E", "lora_B"))
-            for n in names}
+    return {
+        n: tuple(getattr(inner.get_submodule(n), k)["default"] for k in ("lora_A", "lora_E", "lora_B")) for n in names
+    }
 
 
 def _twins(cfg):
@@ -155,8 +171,9 @@ def test_files_both_ways_with_a_rank_pattern(trained, tmp_path):
         loaded_by_peft = PeftModel.from_pretrained(tiny_llama(), str(tmp_path / "ours")).eval()
         torch.testing.assert_close(loaded_by_peft(input_ids=ids).logits, want, atol=1e-5, rtol=1e-5)
         loaded_by_us = ak.load_adapter(tiny_llama(), tmp_path / "theirs").eval()
-        torch.testing.assert_close(loaded_by_us(input_ids=ids).logits, theirs(input_ids=ids).logits,
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            loaded_by_us(input_ids=ids).logits, theirs(input_ids=ids).logits, atol=1e-5, rtol=1e-5
+        )
     small = {n: a.shape[0] for n, (a, _, _) in _ours(loaded_by_us).items()}
     assert small == {n: sum(v) for n, v in data_pattern(data).items()}  # only the kept triplets
     ak.save_adapter(loaded_by_us, tmp_path / "again")  # saved again: the same file
@@ -209,11 +226,23 @@ def test_train_command_runs_the_allocator_to_the_final_budget(tmp_path, capsys, 
 
     model_dir = tiny_folder(tmp_path / "model")
     data = write_jsonl(tmp_path / "train.jsonl", memorise_records(8))
-    cfg = {"model": {"name": model_dir},
-           "adapter": {"method": "adalora", "init_r": 4, "target_r": 2, "tinit": 1, "tfinal": 1, "total_step": 6,
-                       "targets": ["q_proj", "v_proj"], "alpha": 8},
-           "data": {"train": data}, "optim": {"lr": 1e-2, "batch_size": 4, "max_steps": 6, "seed": 0},
-           "eval": {"every": 0}, "output": {"dir": str(tmp_path / "out"), "progress": False, "plot": False}}
+    cfg = {
+        "model": {"name": model_dir},
+        "adapter": {
+            "method": "adalora",
+            "init_r": 4,
+            "target_r": 2,
+            "tinit": 1,
+            "tfinal": 1,
+            "total_step": 6,
+            "targets": ["q_proj", "v_proj"],
+            "alpha": 8,
+        },
+        "data": {"train": data},
+        "optim": {"lr": 1e-2, "batch_size": 4, "max_steps": 6, "seed": 0},
+        "eval": {"every": 0},
+        "output": {"dir": str(tmp_path / "out"), "progress": False, "plot": False},
+    }
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
     import adapterkit.methods.adalora as package
 
@@ -260,19 +289,22 @@ def test_summary_counts_the_triplets():
     assert "adalora" in str(s)
 
 
-@pytest.mark.parametrize("fields, match", [
-    (dict(tinit=5, tfinal=5, total_step=10), "tinit"),
-    (dict(total_step=None), "total_step is required"),
-    (dict(total_step=0), "total_step"),
-    (dict(target_r=5, init_r=4), "target_r"),
-    (dict(beta1=1.0), "beta1"),
-    (dict(orth_reg_weight=-0.1), "orth_reg_weight"),
-    (dict(dropout=1.0), "dropout"),
-    (dict(deltaT=0), "deltaT"),
-    (dict(rank_pattern={"model.layers.0.self_attn.q_proj": [True]}), "rank_pattern"),
-    (dict(init="pissa"), "init"),
-    (dict(rank=4), "unknown field"),
-])
+@pytest.mark.parametrize(
+    "fields, match",
+    [
+        (dict(tinit=5, tfinal=5, total_step=10), "tinit"),
+        (dict(total_step=None), "total_step is required"),
+        (dict(total_step=0), "total_step"),
+        (dict(target_r=5, init_r=4), "target_r"),
+        (dict(beta1=1.0), "beta1"),
+        (dict(orth_reg_weight=-0.1), "orth_reg_weight"),
+        (dict(dropout=1.0), "dropout"),
+        (dict(deltaT=0), "deltaT"),
+        (dict(rank_pattern={"model.layers.0.self_attn.q_proj": [True]}), "rank_pattern"),
+        (dict(init="pissa"), "init"),
+        (dict(rank=4), "unknown field"),
+    ],
+)
 def test_bad_configs_raise_config_error(fields, match):
     with pytest.raises(ak.ConfigError, match=match):
         ak.AdaLoRAConfig(**{**SCHEDULE, **fields})

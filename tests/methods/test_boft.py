@@ -2,6 +2,7 @@
 gradients, the same merge, files both ways; bad configs refused. PEFT runs several butterfly factors
 only through its CUDA extension; a stand-in for that extension (plain torch.block_diag) lets it run
 them here."""
+
 from __future__ import annotations
 
 import copy
@@ -31,7 +32,9 @@ class _BlockDiag:
     @staticmethod
     def backward(grad, x):
         _, d, h, _ = x.shape
-        return [torch.stack([torch.stack([g[i * h:(i + 1) * h, i * h:(i + 1) * h] for i in range(d)]) for g in grad])]
+        return [
+            torch.stack([torch.stack([g[i * h : (i + 1) * h, i * h : (i + 1) * h] for i in range(d)]) for g in grad])
+        ]
 
 
 @pytest.fixture
@@ -45,9 +48,15 @@ def _pair(make=tiny_llama, targets=TARGETS, **fields):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ours = ak.attach(copy.deepcopy(base), cfg)
-        theirs = peft.get_peft_model(copy.deepcopy(base), peft.BOFTConfig(
-            boft_block_size=cfg.block_size, boft_block_num=cfg.block_num, target_modules=targets,
-            boft_n_butterfly_factor=cfg.butterfly_factor))
+        theirs = peft.get_peft_model(
+            copy.deepcopy(base),
+            peft.BOFTConfig(
+                boft_block_size=cfg.block_size,
+                boft_block_num=cfg.block_num,
+                target_modules=targets,
+                boft_n_butterfly_factor=cfg.butterfly_factor,
+            ),
+        )
     gen = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for name, layer in adapter_layers(ours):
@@ -86,8 +95,14 @@ def test_bias_is_not_rescaled_as_in_peft():
 @pytest.mark.parametrize("factors", [2, 3])
 def test_butterfly_factors_match_peft(peft_factors, factors):
     n, blocks, size = 32, 8, 4
-    theirs = torch.stack([boft_layer.BOFTLayer.perm2mat(None, boft_layer.BOFTLayer.block_butterfly_perm(
-        None, n, blocks // 2**i, size // 2, factors - 1)) for i in range(factors)])
+    theirs = torch.stack(
+        [
+            boft_layer.BOFTLayer.perm2mat(
+                None, boft_layer.BOFTLayer.block_butterfly_perm(None, n, blocks // 2**i, size // 2, factors - 1)
+            )
+            for i in range(factors)
+        ]
+    )
     assert torch.equal(permutation_matrices(n, blocks, size, factors), theirs)
     _, ours, theirs = _pair(block_size=size, butterfly_factor=factors)
     _check(ours, theirs, tokens())
@@ -134,10 +149,20 @@ def test_dropout_replaces_blocks_by_identity_in_training_only():
     assert sum(torch.equal(q, eye) for q in adapter.blocks()[0]) == 4  # half of the 8 blocks
 
 
-@pytest.mark.parametrize("bad", [
-    {"block_size": 0}, {"block_num": 4}, {"block_size": -4}, {"butterfly_factor": 0}, {"dropout": 1.0},
-    {"block_size": 3, "butterfly_factor": 2}, {"init": "zeros"}, {"targets": []}, {"boft_block_size": 4},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"block_size": 0},
+        {"block_num": 4},
+        {"block_size": -4},
+        {"butterfly_factor": 0},
+        {"dropout": 1.0},
+        {"block_size": 3, "butterfly_factor": 2},
+        {"init": "zeros"},
+        {"targets": []},
+        {"boft_block_size": 4},
+    ],
+)
 def test_bad_configs_raise(bad):
     with pytest.raises(ak.ConfigError):
         ak.BOFTConfig(**bad)

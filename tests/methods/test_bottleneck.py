@@ -1,5 +1,6 @@
 """Bottleneck adapters: placement on Llama, GPT-2, BERT and ViT from names and types, the
 equations against plain torch, identity at init, sizes, files, and combining with LoRA."""
+
 from __future__ import annotations
 
 import json
@@ -42,7 +43,7 @@ EXPECTED = {
 @pytest.mark.parametrize("make", [tiny_llama, tiny_gpt2, tiny_bert], ids=lambda f: f.__name__)
 def test_presets_place_adapters_by_names_and_types(make):
     prefix, attn_out, ffn_out, ffn_in = EXPECTED[make.__name__]
-    block0 = lambda placed: {k[len(prefix):]: v for k, v in placed.items() if k.startswith(prefix)}  # noqa: E731
+    block0 = lambda placed: {k[len(prefix) :]: v for k, v in placed.items() if k.startswith(prefix)}  # noqa: E731
     houlsby = ak.attach(make(), ak.BottleneckConfig(preset="houlsby"))
     assert block0(_placed(houlsby)) == {attn_out: "serial", ffn_out: "serial"}
     pfeiffer = ak.attach(make(), ak.BottleneckConfig(preset="pfeiffer"))
@@ -160,12 +161,28 @@ def test_config_errors_name_the_problem():
 
 
 OTHER = {  # architecture -> (config, model class, (attention out, key/value, ffn in, ffn out) in block 0)
-    "OPT": (dict(hidden_size=32, num_attention_heads=4, num_hidden_layers=2, vocab_size=97, ffn_dim=64,
-                 word_embed_proj_dim=32), "OPTForCausalLM", ("self_attn.out_proj", "k_proj v_proj", "fc1", "fc2")),
-    "GPTNeoX": (dict(hidden_size=32, num_attention_heads=4, num_hidden_layers=2, vocab_size=97, intermediate_size=64),
-                "GPTNeoXForCausalLM", ("attention.dense", "query_key_value", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h")),
-    "DistilBert": (dict(dim=32, n_heads=4, n_layers=2, hidden_dim=64, vocab_size=97),
-                   "DistilBertForSequenceClassification", ("attention.out_lin", "k_lin v_lin", "ffn.lin1", "ffn.lin2")),
+    "OPT": (
+        dict(
+            hidden_size=32,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            vocab_size=97,
+            ffn_dim=64,
+            word_embed_proj_dim=32,
+        ),
+        "OPTForCausalLM",
+        ("self_attn.out_proj", "k_proj v_proj", "fc1", "fc2"),
+    ),
+    "GPTNeoX": (
+        dict(hidden_size=32, num_attention_heads=4, num_hidden_layers=2, vocab_size=97, intermediate_size=64),
+        "GPTNeoXForCausalLM",
+        ("attention.dense", "query_key_value", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h"),
+    ),
+    "DistilBert": (
+        dict(dim=32, n_heads=4, n_layers=2, hidden_dim=64, vocab_size=97),
+        "DistilBertForSequenceClassification",
+        ("attention.out_lin", "k_lin v_lin", "ffn.lin1", "ffn.lin2"),
+    ),
 }
 
 

@@ -1,5 +1,6 @@
 """Compacter: the PHM equation against plain torch (torch.kron), gradients, the paper's parameter
 count, shared rules, files, merging refused, bad configs; AdapterHub as oracle where installed."""
+
 from __future__ import annotations
 
 import pytest
@@ -45,11 +46,15 @@ def _reference(adapter: Compacter, o: torch.Tensor) -> torch.Tensor:
     return o + h @ _H(up) + (up.b if up.b is not None else 0)
 
 
-@pytest.mark.parametrize("make,fields", [
-    (tiny_llama, {}),
-    (tiny_gpt2, {"preset": "pfeiffer", "factorized_phm_rule": True, "phm_rank": 2}),
-    (tiny_bert, {"shared_phm_rule": False, "factorized_phm_W": False, "activation": "relu"}),
-], ids=["llama-houlsby", "gpt2-pfeiffer-factorized-rank2", "bert-own-rules-full-W"])
+@pytest.mark.parametrize(
+    "make,fields",
+    [
+        (tiny_llama, {}),
+        (tiny_gpt2, {"preset": "pfeiffer", "factorized_phm_rule": True, "phm_rank": 2}),
+        (tiny_bert, {"shared_phm_rule": False, "factorized_phm_W": False, "activation": "relu"}),
+    ],
+    ids=["llama-houlsby", "gpt2-pfeiffer-factorized-rank2", "bert-own-rules-full-W"],
+)
 def test_forward_and_gradients_match_the_paper_equation(make, fields):
     model = _attached(make, **fields)
     reference = make()  # the same base, with o -> o + A(o) after each adapted module by hooks
@@ -76,8 +81,9 @@ def test_rules_are_shared_by_every_phm_layer_or_owned():
     assert len({id(l.adapters["default"].down.phm_rules()) for _, l in adapter_layers(own)}) == 4
 
 
-@pytest.mark.parametrize("fields", [{}, {"phm_rank": 3, "factorized_phm_rule": True},
-                                    {"factorized_phm_W": False, "shared_phm_rule": False}])
+@pytest.mark.parametrize(
+    "fields", [{}, {"phm_rank": 3, "factorized_phm_rule": True}, {"factorized_phm_W": False, "shared_phm_rule": False}]
+)
 def test_trainable_parameters_follow_the_paper_count(fields):
     config = ak.CompacterConfig(bottleneck_dim=8, **fields)
     model = ak.attach(tiny_llama(), config)  # houlsby: 2 adapters in each of 2 blocks
@@ -85,7 +91,7 @@ def test_trainable_parameters_follow_the_paper_count(fields):
     # Mahabadi et al. 2021, sec. 3: 2 r (k + d) per adapter with low-rank B_i (2 k d / n without),
     # plus biases d + k, plus the rules: n^3 (2 n^2 factorised), once when shared
     weights = 2 * r * (k + d) if config.factorized_phm_W else 2 * k * d // n
-    rule = 2 * n * n if config.factorized_phm_rule else n ** 3
+    rule = 2 * n * n if config.factorized_phm_rule else n**3
     rules = rule if config.shared_phm_rule else 2 * adapters * rule
     expected = adapters * (weights + d + k) + rules
     assert ak.summary(model).trainable == expected
@@ -131,11 +137,18 @@ def test_merge_is_refused_and_the_model_left_as_it_was():
     assert torch.equal(model(input_ids=tokens()).logits, before)
 
 
-@pytest.mark.parametrize("fields,match", [
-    ({"phm_dim": 0}, "phm_dim"), ({"phm_rank": -1}, "phm_rank"), ({"bottleneck_dim": 6}, "multiple of phm_dim"),
-    ({"preset": "houlsbi"}, "houlsby"), ({"shared_phm_rule": "yes"}, "True or False"),
-    ({"phm_init_range": 0}, "phm_init_range"), ({"phm_dims": 4}, "phm_dim"),
-])
+@pytest.mark.parametrize(
+    "fields,match",
+    [
+        ({"phm_dim": 0}, "phm_dim"),
+        ({"phm_rank": -1}, "phm_rank"),
+        ({"bottleneck_dim": 6}, "multiple of phm_dim"),
+        ({"preset": "houlsbi"}, "houlsby"),
+        ({"shared_phm_rule": "yes"}, "True or False"),
+        ({"phm_init_range": 0}, "phm_init_range"),
+        ({"phm_dims": 4}, "phm_dim"),
+    ],
+)
 def test_bad_configs_raise_config_error(fields, match):
     with pytest.raises(ak.ConfigError, match=match):
         ak.CompacterConfig(**fields)
@@ -154,10 +167,12 @@ def test_config_json_round_trip_and_yaml_method_name():
     from adapterkit.training.config import build_adapter  # the `adapter:` section of a train YAML
 
     assert build_adapter({"method": "compacter", "phm_dim": 2, "bottleneck_dim": 8}) == ak.CompacterConfig(
-        phm_dim=2, bottleneck_dim=8)
+        phm_dim=2, bottleneck_dim=8
+    )
 
 
 # -- AdapterHub (`adapters`) as oracle: it needs transformers 4.x, so this runs only where it installs --
+
 
 def _adapterhub_bert(reduction_factor: int):
     adapters = pytest.importorskip("adapters")
@@ -176,8 +191,10 @@ def test_adapterhub_counts_and_numerics():
     rule = hub.base_model.shared_parameters["c"]["phm_rule"]
     x = torch.randn(2, 5, 32)
     for i, block in enumerate(hub.bert.encoder.layer):
-        for hub_adapter, name in ((block.attention.output.adapters["c"], "attention.output.dense"),
-                                  (block.output.adapters["c"], "output.dense")):
+        for hub_adapter, name in (
+            (block.attention.output.adapters["c"], "attention.output.dense"),
+            (block.output.adapters["c"], "output.dense"),
+        ):
             mine = model.get_submodule(f"bert.encoder.layer.{i}.{name}").adapters["default"]
             with torch.no_grad():
                 mine.down.phm_rules().phm_rule.copy_(rule)

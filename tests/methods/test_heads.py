@@ -1,4 +1,5 @@
 """Task heads over a frozen backbone and partial fine-tuning."""
+
 from __future__ import annotations
 
 import pytest
@@ -9,8 +10,7 @@ from adapterkit.inject import adapter_layers
 from tests.models import tiny_bert, tiny_llama, tiny_vit, tokens
 
 
-@pytest.mark.parametrize("make,head", [(tiny_bert, "classifier"), (tiny_vit, "classifier")],
-                         ids=["bert", "vit"])
+@pytest.mark.parametrize("make,head", [(tiny_bert, "classifier"), (tiny_vit, "classifier")], ids=["bert", "vit"])
 def test_replace_head_changes_the_number_of_labels(make, head):
     model = make()
     old = model.get_submodule(head)
@@ -59,8 +59,9 @@ def test_unfreeze_last_blocks_alongside_an_adapter():
     trainable = {n for n, p in model.named_parameters() if p.requires_grad and id(p) not in lora}
     assert trainable == set(names)
     assert all(n.startswith("model.layers.2.") or n == "model.norm.weight" for n in trainable)
-    expected_block = {n for n, _ in model.named_parameters() if n.startswith("model.layers.2.")
-                      and ".adapters." not in n}
+    expected_block = {
+        n for n, _ in model.named_parameters() if n.startswith("model.layers.2.") and ".adapters." not in n
+    }
     assert expected_block <= trainable and "model.norm.weight" in trainable
     assert all(p.requires_grad for p in model.parameters() if id(p) in lora)
 

@@ -1,4 +1,5 @@
 """IA3 against PEFT 0.21: same math (weights copied structurally), same merge, files both ways."""
+
 from __future__ import annotations
 
 import copy
@@ -18,8 +19,12 @@ peft = pytest.importorskip("peft")
 MODELS = [
     (tiny_llama, "CAUSAL_LM", ["k_proj", "v_proj", "down_proj"], ["down_proj"]),
     (tiny_gpt2, "CAUSAL_LM", ["c_attn", "mlp.c_proj"], ["mlp.c_proj"]),
-    (tiny_bert, "SEQ_CLS", ["key", "value", "layer.0.output.dense", "layer.1.output.dense"],
-     ["layer.0.output.dense", "layer.1.output.dense"]),
+    (
+        tiny_bert,
+        "SEQ_CLS",
+        ["key", "value", "layer.0.output.dense", "layer.1.output.dense"],
+        ["layer.0.output.dense", "layer.1.output.dense"],
+    ),
 ]
 IDS = [m[0].__name__ for m in MODELS]
 
@@ -35,8 +40,9 @@ def _randomise(model, seed=3):
 def _pair(make, task, targets, feedforward):
     base = make()
     ours = ak.attach(copy.deepcopy(base), ak.IA3Config(targets=targets, feedforward=feedforward))
-    theirs = peft.get_peft_model(copy.deepcopy(base), peft.IA3Config(
-        task_type=task, target_modules=targets, feedforward_modules=feedforward))
+    theirs = peft.get_peft_model(
+        copy.deepcopy(base), peft.IA3Config(task_type=task, target_modules=targets, feedforward_modules=feedforward)
+    )
     _randomise(ours)
     mine = {n: layer.adapters["default"].ia3_l for n, layer in adapter_layers(ours)}
     with torch.no_grad():
@@ -66,8 +72,10 @@ def test_merge_matches_peft_merge(make, task, targets, feedforward):
 @pytest.mark.parametrize("make", [tiny_llama, tiny_gpt2, tiny_bert], ids=lambda f: f.__name__)
 def test_auto_placement_scales_keys_values_and_ffn_input(make):
     model = ak.attach(make(), ak.IA3Config())
-    kinds = {n.rsplit(".", 2)[-2] + "." + n.rsplit(".", 1)[-1]: layer.adapters["default"].feedforward
-             for n, layer in adapter_layers(model)}
+    kinds = {
+        n.rsplit(".", 2)[-2] + "." + n.rsplit(".", 1)[-1]: layer.adapters["default"].feedforward
+        for n, layer in adapter_layers(model)
+    }
     expected = {
         "tiny_llama": {"self_attn.k_proj": False, "self_attn.v_proj": False, "mlp.down_proj": True},
         "tiny_gpt2": {"attn.c_attn": False, "mlp.c_proj": True},

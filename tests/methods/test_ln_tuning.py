@@ -1,5 +1,6 @@
 """LN tuning against PEFT 0.21: the same copies (logits and gradients), the same merge, files both
 ways; one adapter at a time; bad configs refused."""
+
 from __future__ import annotations
 
 import copy
@@ -13,8 +14,10 @@ from tests.models import tiny_bert, tiny_gpt2, tiny_llama, tokens
 
 peft = pytest.importorskip("peft")
 
-MODELS = [(tiny_llama, "CAUSAL_LM", ["input_layernorm", "post_attention_layernorm", "norm"]),
-          (tiny_gpt2, "CAUSAL_LM", ["ln_1", "ln_2", "ln_f"])]
+MODELS = [
+    (tiny_llama, "CAUSAL_LM", ["input_layernorm", "post_attention_layernorm", "norm"]),
+    (tiny_gpt2, "CAUSAL_LM", ["ln_1", "ln_2", "ln_f"]),
+]
 
 
 def _pair(make, task, targets, config=None):
@@ -25,7 +28,7 @@ def _pair(make, task, targets, config=None):
     with torch.no_grad():
         for name, layer in adapter_layers(ours):
             twin = theirs.base_model.model.get_submodule(name).ln_tuning_layers["default"]
-            for (key, p), (_, q) in zip(layer.adapters["default"].norm.named_parameters(), twin.named_parameters()):
+            for (_key, p), (_, q) in zip(layer.adapters["default"].norm.named_parameters(), twin.named_parameters()):
                 p.add_(0.3 * torch.randn(p.shape, generator=gen))
                 q.copy_(p)
     return base, ours, theirs
@@ -86,8 +89,9 @@ def test_bert_layer_norms_and_one_adapter_at_a_time():
         model(input_ids=tokens())
 
 
-@pytest.mark.parametrize("bad", [{"targets": []}, {"targets": "("}, {"exclude": "auto"}, {"layers": [0]},
-                                 {"train_modules": [1]}])
+@pytest.mark.parametrize(
+    "bad", [{"targets": []}, {"targets": "("}, {"exclude": "auto"}, {"layers": [0]}, {"train_modules": [1]}]
+)
 def test_bad_configs_raise(bad):
     with pytest.raises(ak.ConfigError):
         ak.LNTuningConfig(**bad)
@@ -103,7 +107,9 @@ def test_safe_merge_refuses_nan_and_changes_nothing():
     ak.attach(model, ak.LNTuningConfig(), name="ln")
     ak.set_active(model, ["ia3", "ln"])
     with torch.no_grad():
-        next(layer for _, layer in adapter_layers(model) if "ln" in layer.adapters).adapters["ln"].norm.weight[0] = float("nan")
+        next(layer for _, layer in adapter_layers(model) if "ln" in layer.adapters).adapters["ln"].norm.weight[0] = (
+            float("nan")
+        )
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(ak.MergeError, match="NaN"):
         ak.merge_adapter(model, safe=True)

@@ -1,5 +1,6 @@
 """LoHa against PEFT 0.21: forward and gradients with the same weights, training-mode dropout, files
 both ways, merging; bad configs."""
+
 from __future__ import annotations
 
 import pytest
@@ -12,15 +13,26 @@ peft = pytest.importorskip("peft")
 
 # id -> (model kind, adapterkit config, PEFT config); dense and factored linear paths, Conv2d both ways
 CASES = {
-    "llama-all-linear": ("llama", ak.LoHaConfig(rank=4, alpha=6, init="random"),
-                         dict(r=4, alpha=6, target_modules="all-linear")),
-    "llama-layer1": ("llama", ak.LoHaConfig(rank=2, alpha=3, targets=["q_proj", "down_proj"], layers=[1], init="random"),
-                     dict(r=2, alpha=3, target_modules=["q_proj", "down_proj"], layers_to_transform=[1])),
-    "cnn": ("cnn", ak.LoHaConfig(rank=2, alpha=4, targets=["conv", "fc"], init="random"),
-            dict(r=2, alpha=4, target_modules=["conv", "fc"])),
-    "cnn-effective": ("cnn", ak.LoHaConfig(rank=2, alpha=4, targets=["conv", "fc"], use_effective_conv2d=True,
-                                           init="random"),
-                      dict(r=2, alpha=4, target_modules=["conv", "fc"], use_effective_conv2d=True)),
+    "llama-all-linear": (
+        "llama",
+        ak.LoHaConfig(rank=4, alpha=6, init="random"),
+        dict(r=4, alpha=6, target_modules="all-linear"),
+    ),
+    "llama-layer1": (
+        "llama",
+        ak.LoHaConfig(rank=2, alpha=3, targets=["q_proj", "down_proj"], layers=[1], init="random"),
+        dict(r=2, alpha=3, target_modules=["q_proj", "down_proj"], layers_to_transform=[1]),
+    ),
+    "cnn": (
+        "cnn",
+        ak.LoHaConfig(rank=2, alpha=4, targets=["conv", "fc"], init="random"),
+        dict(r=2, alpha=4, target_modules=["conv", "fc"]),
+    ),
+    "cnn-effective": (
+        "cnn",
+        ak.LoHaConfig(rank=2, alpha=4, targets=["conv", "fc"], use_effective_conv2d=True, init="random"),
+        dict(r=2, alpha=4, target_modules=["conv", "fc"], use_effective_conv2d=True),
+    ),
 }
 cases = pytest.mark.parametrize("case", list(CASES))
 
@@ -65,8 +77,9 @@ def test_effective_conv2d_gradients_match_finite_differences():
 
 def test_rank_and_module_dropout_equal_peft_in_training():
     cfg = ak.LoHaConfig(rank=4, alpha=6, rank_dropout=0.3, module_dropout=0.2, init="random")
-    peft_cfg = peft.LoHaConfig(r=4, alpha=6, rank_dropout=0.3, module_dropout=0.2, target_modules="all-linear",
-                               init_weights=False)
+    peft_cfg = peft.LoHaConfig(
+        r=4, alpha=6, rank_dropout=0.3, module_dropout=0.2, target_modules="all-linear", init_weights=False
+    )
     _, ours, theirs, _ = twin.twins(tiny_llama, cfg, peft_cfg, "hada_")
     twin.check_training_dropout("llama", ours, theirs)
 
@@ -101,7 +114,9 @@ def test_starts_unchanged_and_shows_in_the_tools(tmp_path):
 def test_sequence_classification_files_both_ways(tmp_path):
     twin.check_sequence_classification(
         ak.LoHaConfig(rank=2, targets=["query", "value"], train_modules=["classifier"]),
-        peft.LoHaConfig(task_type="SEQ_CLS", r=2, target_modules=["query", "value"]), tmp_path)
+        peft.LoHaConfig(task_type="SEQ_CLS", r=2, target_modules=["query", "value"]),
+        tmp_path,
+    )
 
 
 def test_trains_from_a_yaml_config(tmp_path):
@@ -116,12 +131,21 @@ def test_on_a_4bit_base_merging_dequantizes():
     twin.check_quantized_base(ak.LoHaConfig(rank=4))
 
 
-@pytest.mark.parametrize("fields,match", [
-    (dict(rank=0), "rank"), (dict(alpha=-1.0), "alpha"), (dict(rank_dropout=1.0), "rank_dropout"),
-    (dict(module_dropout="0.1"), "module_dropout"), (dict(init="zeros"), "init"), (dict(targets=[]), "targets"),
-    (dict(exclude="all-linear"), "exclude"), (dict(use_effective_conv2d="yes"), "use_effective_conv2d"),
-    (dict(layers=[-1]), "layers"), (dict(decompose_both=True), "unknown field"),
-])
+@pytest.mark.parametrize(
+    "fields,match",
+    [
+        (dict(rank=0), "rank"),
+        (dict(alpha=-1.0), "alpha"),
+        (dict(rank_dropout=1.0), "rank_dropout"),
+        (dict(module_dropout="0.1"), "module_dropout"),
+        (dict(init="zeros"), "init"),
+        (dict(targets=[]), "targets"),
+        (dict(exclude="all-linear"), "exclude"),
+        (dict(use_effective_conv2d="yes"), "use_effective_conv2d"),
+        (dict(layers=[-1]), "layers"),
+        (dict(decompose_both=True), "unknown field"),
+    ],
+)
 def test_bad_configs_raise_config_error(fields, match):
     with pytest.raises(ak.ConfigError, match=match):
         ak.LoHaConfig(**fields)

@@ -1,5 +1,6 @@
 """LoKr against PEFT 0.21: forward and gradients with the same weights, training-mode dropout, files
 both ways, merging; the factorization PEFT uses; bad configs."""
+
 from __future__ import annotations
 
 import pytest
@@ -12,19 +13,46 @@ peft = pytest.importorskip("peft")
 
 # id -> (model kind, adapterkit config, PEFT config): full and rank-r w1 / w2, Conv2d three ways
 CASES = {
-    "llama-all-linear": ("llama", ak.LoKrConfig(rank=4, alpha=6, init="random"),
-                         dict(r=4, alpha=6, target_modules="all-linear")),
-    "llama-decompose-both": ("llama", ak.LoKrConfig(rank=1, alpha=3, decompose_both=True, decompose_factor=4,
-                                                    targets=["q_proj", "down_proj"], layers=[1], init="random"),
-                             dict(r=1, alpha=3, decompose_both=True, decompose_factor=4,
-                                  target_modules=["q_proj", "down_proj"], layers_to_transform=[1])),
-    "cnn-full": ("cnn", ak.LoKrConfig(rank=4, alpha=4, targets=["conv", "fc"], init="random"),
-                 dict(r=4, alpha=4, target_modules=["conv", "fc"])),
-    "cnn-low-rank": ("cnn", ak.LoKrConfig(rank=1, alpha=2, targets=["conv", "fc"], init="random"),
-                     dict(r=1, alpha=2, target_modules=["conv", "fc"])),
-    "cnn-effective": ("cnn", ak.LoKrConfig(rank=1, alpha=2, targets=["conv", "fc"], use_effective_conv2d=True,
-                                           init="random"),
-                      dict(r=1, alpha=2, target_modules=["conv", "fc"], use_effective_conv2d=True)),
+    "llama-all-linear": (
+        "llama",
+        ak.LoKrConfig(rank=4, alpha=6, init="random"),
+        dict(r=4, alpha=6, target_modules="all-linear"),
+    ),
+    "llama-decompose-both": (
+        "llama",
+        ak.LoKrConfig(
+            rank=1,
+            alpha=3,
+            decompose_both=True,
+            decompose_factor=4,
+            targets=["q_proj", "down_proj"],
+            layers=[1],
+            init="random",
+        ),
+        dict(
+            r=1,
+            alpha=3,
+            decompose_both=True,
+            decompose_factor=4,
+            target_modules=["q_proj", "down_proj"],
+            layers_to_transform=[1],
+        ),
+    ),
+    "cnn-full": (
+        "cnn",
+        ak.LoKrConfig(rank=4, alpha=4, targets=["conv", "fc"], init="random"),
+        dict(r=4, alpha=4, target_modules=["conv", "fc"]),
+    ),
+    "cnn-low-rank": (
+        "cnn",
+        ak.LoKrConfig(rank=1, alpha=2, targets=["conv", "fc"], init="random"),
+        dict(r=1, alpha=2, target_modules=["conv", "fc"]),
+    ),
+    "cnn-effective": (
+        "cnn",
+        ak.LoKrConfig(rank=1, alpha=2, targets=["conv", "fc"], use_effective_conv2d=True, init="random"),
+        dict(r=1, alpha=2, target_modules=["conv", "fc"], use_effective_conv2d=True),
+    ),
 }
 cases = pytest.mark.parametrize("case", list(CASES))
 
@@ -53,10 +81,18 @@ def test_the_factors_have_peft_shapes():
 
 @pytest.mark.parametrize("rank_dropout_scale", [False, True])
 def test_rank_and_module_dropout_equal_peft_in_training(rank_dropout_scale):
-    cfg = ak.LoKrConfig(rank=4, alpha=6, rank_dropout=0.3, module_dropout=0.2, rank_dropout_scale=rank_dropout_scale,
-                        init="random")
-    peft_cfg = peft.LoKrConfig(r=4, alpha=6, rank_dropout=0.3, module_dropout=0.2, target_modules="all-linear",
-                               rank_dropout_scale=rank_dropout_scale, init_weights=False)
+    cfg = ak.LoKrConfig(
+        rank=4, alpha=6, rank_dropout=0.3, module_dropout=0.2, rank_dropout_scale=rank_dropout_scale, init="random"
+    )
+    peft_cfg = peft.LoKrConfig(
+        r=4,
+        alpha=6,
+        rank_dropout=0.3,
+        module_dropout=0.2,
+        target_modules="all-linear",
+        rank_dropout_scale=rank_dropout_scale,
+        init_weights=False,
+    )
     _, ours, theirs, _ = twin.twins(tiny_llama, cfg, peft_cfg, "lokr_")
     twin.check_training_dropout("llama", ours, theirs)
 
@@ -95,7 +131,9 @@ def test_shows_in_the_tools(tmp_path):
 def test_sequence_classification_files_both_ways(tmp_path):
     twin.check_sequence_classification(
         ak.LoKrConfig(rank=2, targets=["query", "value"], train_modules=["classifier"]),
-        peft.LoKrConfig(task_type="SEQ_CLS", r=2, target_modules=["query", "value"]), tmp_path)
+        peft.LoKrConfig(task_type="SEQ_CLS", r=2, target_modules=["query", "value"]),
+        tmp_path,
+    )
 
 
 def test_trains_from_a_yaml_config(tmp_path):
@@ -110,13 +148,22 @@ def test_on_a_4bit_base_merging_dequantizes():
     twin.check_quantized_base(ak.LoKrConfig(rank=4))
 
 
-@pytest.mark.parametrize("fields,match", [
-    (dict(rank=0), "rank"), (dict(alpha=0), "alpha"), (dict(rank_dropout=-0.1), "rank_dropout"),
-    (dict(module_dropout=1), "module_dropout"), (dict(init="zeros"), "init"), (dict(targets=""), "targets"),
-    (dict(decompose_both=1), "decompose_both"), (dict(decompose_factor=0), "decompose_factor"),
-    (dict(decompose_factor=2.0), "decompose_factor"), (dict(rank_dropout_scale=None), "rank_dropout_scale"),
-    (dict(rank_pattern={}), "unknown field"),
-])
+@pytest.mark.parametrize(
+    "fields,match",
+    [
+        (dict(rank=0), "rank"),
+        (dict(alpha=0), "alpha"),
+        (dict(rank_dropout=-0.1), "rank_dropout"),
+        (dict(module_dropout=1), "module_dropout"),
+        (dict(init="zeros"), "init"),
+        (dict(targets=""), "targets"),
+        (dict(decompose_both=1), "decompose_both"),
+        (dict(decompose_factor=0), "decompose_factor"),
+        (dict(decompose_factor=2.0), "decompose_factor"),
+        (dict(rank_dropout_scale=None), "rank_dropout_scale"),
+        (dict(rank_pattern={}), "unknown field"),
+    ],
+)
 def test_bad_configs_raise_config_error(fields, match):
     with pytest.raises(ak.ConfigError, match=match):
         ak.LoKrConfig(**fields)

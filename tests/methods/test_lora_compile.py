@@ -1,7 +1,6 @@
 """``torch.compile(fullgraph=True)`` traces a Llama block with LoRA, LoRA + dropout and DoRA (+ dropout)
 without a graph break, forward and backward; the plain forward (what the compiler traces under
 dropout) equals the autograd Functions of the eager path."""
-import os
 
 import pytest
 import torch
@@ -11,8 +10,12 @@ from adapterkit.layer import AdapterLayer
 from tests.checks import assert_close_scaled
 from tests.models import tiny_llama
 
-VARIANTS = {"lora": {}, "lora_dropout": {"dropout": 0.1}, "dora": {"dora": True},
-            "dora_dropout": {"dora": True, "dropout": 0.1}}
+VARIANTS = {
+    "lora": {},
+    "lora_dropout": {"dropout": 0.1},
+    "dora": {"dora": True},
+    "dora_dropout": {"dora": True, "dropout": 0.1},
+}
 
 
 @pytest.fixture(autouse=True)

@@ -1,5 +1,6 @@
 """LoRA initialisations that read the base weight (PiSSA, OLoRA, LoftQ) against PEFT 0.21:
 the same A, B and rewritten base for the same weights, then logits, gradients, files both ways."""
+
 import copy
 import inspect
 
@@ -12,8 +13,10 @@ from tests.models import tiny_gpt2, tiny_llama, tokens
 
 CASES = {
     "pissa-llama": (tiny_llama, dict(init="pissa", targets="all-linear")),
-    "pissa-patterns-llama": (tiny_llama, dict(init="pissa", targets="all-linear", rank_pattern={"q_proj": 2},
-                                              alpha_pattern={"down_proj": 3})),
+    "pissa-patterns-llama": (
+        tiny_llama,
+        dict(init="pissa", targets="all-linear", rank_pattern={"q_proj": 2}, alpha_pattern={"down_proj": 3}),
+    ),
     "pissa-gpt2": (tiny_gpt2, dict(init="pissa", targets="all-linear")),
     "olora-llama": (tiny_llama, dict(init="olora", targets="all-linear")),
     "olora-rslora-llama": (tiny_llama, dict(init="olora", targets=["q_proj", "up_proj"], rslora=True)),
@@ -24,10 +27,16 @@ def _peft_config(options):
     from peft import LoraConfig
 
     targets = options["targets"]
-    return LoraConfig(r=4, lora_alpha=8, init_lora_weights=options["init"], use_rslora=options.get("rslora", False),
-                      target_modules=targets if isinstance(targets, str) else list(targets),
-                      rank_pattern=options.get("rank_pattern", {}), alpha_pattern=options.get("alpha_pattern", {}),
-                      fan_in_fan_out=options.get("fan_in_fan_out", False))
+    return LoraConfig(
+        r=4,
+        lora_alpha=8,
+        init_lora_weights=options["init"],
+        use_rslora=options.get("rslora", False),
+        target_modules=targets if isinstance(targets, str) else list(targets),
+        rank_pattern=options.get("rank_pattern", {}),
+        alpha_pattern=options.get("alpha_pattern", {}),
+        fan_in_fan_out=options.get("fan_in_fan_out", False),
+    )
 
 
 def _twins(case):
@@ -121,8 +130,9 @@ def test_loftq_same_as_peft_and_quantizes_to_its_codes(steps):
     # rows of 64: bitsandbytes 0.50.2's CPU dequantize_4bit gives wrong values for rows of 32
     # (the same codes and scales as adapterkit's; its error 0.033 against 0.007 on a 32x32 weight)
     original = _llama64()
-    ours = ak.attach(_llama64(), ak.LoRAConfig(rank=4, alpha=4, init="loftq", loftq_iter=steps,
-                                                 targets=["q_proj", "up_proj"]))
+    ours = ak.attach(
+        _llama64(), ak.LoRAConfig(rank=4, alpha=4, init="loftq", loftq_iter=steps, targets=["q_proj", "up_proj"])
+    )
     for name, layer in adapter_layers(ours):
         w = original.get_submodule(name).weight
         qweight, a, b = peft_loftq(w, num_bits=4, reduced_rank=4, num_iter=steps)
@@ -162,8 +172,9 @@ def test_pissa_niter_is_torchs_randomized_svd_like_peft():
     layer.pissa_init("default", "pissa_niter_2")  # PEFT's own init on the same weight and seed
     torch.testing.assert_close(lora.a, layer.lora_A["default"].weight, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(lora.b, layer.lora_B["default"].weight, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(ours.model.layers[0].self_attn.q_proj.base.weight, layer.base_layer.weight,
-                               atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        ours.model.layers[0].self_attn.q_proj.base.weight, layer.base_layer.weight, atol=1e-5, rtol=1e-4
+    )
 
 
 def _eva_batches(n=4):
@@ -180,9 +191,11 @@ def _eva_batches(n=4):
 
 
 # q / k / v see the same inputs (one shared PCA); whitening only where no layers share one (see eva.py)
-EVA_CASES = [(dict(tau=0.9), ("q_proj", "k_proj", "v_proj", "down_proj")),
-             (dict(rho=1.0, whiten=True, tau=0.9), ("q_proj", "o_proj", "down_proj")),
-             (dict(adjust_scaling=False, tau=0.9), ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj"))]
+EVA_CASES = [
+    (dict(tau=0.9), ("q_proj", "k_proj", "v_proj", "down_proj")),
+    (dict(rho=1.0, whiten=True, tau=0.9), ("q_proj", "o_proj", "down_proj")),
+    (dict(adjust_scaling=False, tau=0.9), ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj")),
+]
 
 
 @pytest.mark.parametrize("options, targets", EVA_CASES)
@@ -193,10 +206,22 @@ def test_eva_same_as_peft(options, targets, tmp_path):
     cfg = ak.LoRAConfig(rank=4, alpha=8, init="eva", targets=targets, rank_pattern={"down_proj": 2})
     ours = ak.attach(tiny_llama(), cfg)
     ak.init_eva(ours, _eva_batches(), **options)
-    theirs = get_peft_model(tiny_llama(), LoraConfig(
-        r=4, lora_alpha=8, init_lora_weights="eva", target_modules=list(targets), rank_pattern={"down_proj": 2},
-        eva_config=EvaConfig(rho=options.get("rho", 2.0), whiten=options.get("whiten", False), tau=options["tau"],
-                             adjust_scaling_factors=options.get("adjust_scaling", True))))
+    theirs = get_peft_model(
+        tiny_llama(),
+        LoraConfig(
+            r=4,
+            lora_alpha=8,
+            init_lora_weights="eva",
+            target_modules=list(targets),
+            rank_pattern={"down_proj": 2},
+            eva_config=EvaConfig(
+                rho=options.get("rho", 2.0),
+                whiten=options.get("whiten", False),
+                tau=options["tau"],
+                adjust_scaling_factors=options.get("adjust_scaling", True),
+            ),
+        ),
+    )
     initialize_lora_eva_weights(theirs, dataloader=_eva_batches(), show_progress_bar=False)
     inner = theirs.base_model.model
     ours_layers = {name: layer.adapters["default"] for name, layer in adapter_layers(ours)}
@@ -219,12 +244,14 @@ def test_eva_same_as_peft(options, targets, tmp_path):
         want = _logits(ours)
     ak.save_adapter(ours, tmp_path / "ak")
     with torch.no_grad():
-        torch.testing.assert_close(_logits(PeftModel.from_pretrained(tiny_llama(), tmp_path / "ak")), want,
-                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            _logits(PeftModel.from_pretrained(tiny_llama(), tmp_path / "ak")), want, atol=1e-5, rtol=0
+        )
         theirs.save_pretrained(tmp_path / "peft")
         back = ak.load_adapter(tiny_llama(), tmp_path / "peft")
-        assert {n: l.adapters["default"].rank for n, l in adapter_layers(back)} == \
-            {n: l.rank for n, l in ours_layers.items()}
+        assert {n: l.adapters["default"].rank for n, l in adapter_layers(back)} == {
+            n: l.rank for n, l in ours_layers.items()
+        }
 
 
 def test_eva_refuses_other_inits():
@@ -253,14 +280,17 @@ def test_save_as_lora_matches_peft_conversion(case, tmp_path):
         want = _logits(ours)
     ak.save_as_lora(ours, tmp_path / "ours")
     theirs.save_pretrained(tmp_path / "peft", path_initial_model_for_weight_conversion=str(tmp_path / "start"))
-    mine, peft = load_file(tmp_path / "ours" / "adapter_model.safetensors"), load_file(
-        tmp_path / "peft" / "adapter_model.safetensors")
+    mine, peft = (
+        load_file(tmp_path / "ours" / "adapter_model.safetensors"),
+        load_file(tmp_path / "peft" / "adapter_model.safetensors"),
+    )
     assert set(mine) == set(peft)
     for key in mine:
         torch.testing.assert_close(mine[key], peft[key], atol=1e-6, rtol=0, msg=key)
     with torch.no_grad():  # a plain LoRA of the original base: PEFT and adapterkit load it there
-        torch.testing.assert_close(_logits(PeftModel.from_pretrained(factory(), tmp_path / "ours")), want,
-                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            _logits(PeftModel.from_pretrained(factory(), tmp_path / "ours")), want, atol=1e-5, rtol=0
+        )
         back = ak.load_adapter(factory(), tmp_path / "ours")
         assert ak.adapter_config(back, "default").init == "kaiming"
         torch.testing.assert_close(_logits(back), want, atol=1e-5, rtol=0)

@@ -1,6 +1,7 @@
 """LoRA options against PEFT 0.21 as the oracle: rank_pattern / alpha_pattern, bias, lora_bias,
 trainable_token_indices. Each case: the same weights in both (through the files, both ways),
 logits and gradients equal, merged equals unmerged."""
+
 import copy
 import warnings
 
@@ -11,21 +12,30 @@ import adapterkit as ak
 from adapterkit.io.state import entries
 from tests.models import tiny_bert, tiny_gpt2, tiny_llama, tokens
 
-PATTERNS = dict(rank_pattern={"q_proj": 2, r"layers\.1\.mlp\.down_proj": 6},
-                alpha_pattern={"v_proj": 3, "o_proj": 5})
+PATTERNS = dict(rank_pattern={"q_proj": 2, r"layers\.1\.mlp\.down_proj": 6}, alpha_pattern={"v_proj": 3, "o_proj": 5})
 CASES = {
     "patterns-llama": (tiny_llama, dict(targets="all-linear", **PATTERNS)),
-    "patterns-rslora-gpt2": (tiny_gpt2, dict(targets="all-linear", rslora=True, rank_pattern={"c_attn": 3},
-                                             alpha_pattern={r"h\.1\..*c_proj": 7})),
-    "patterns-bert": (tiny_bert, dict(targets=["query", "value", "dense"], rank_pattern={"query": 2},
-                                      alpha_pattern={"value": 9, r"attention\.output\.dense": 2})),
+    "patterns-rslora-gpt2": (
+        tiny_gpt2,
+        dict(targets="all-linear", rslora=True, rank_pattern={"c_attn": 3}, alpha_pattern={r"h\.1\..*c_proj": 7}),
+    ),
+    "patterns-bert": (
+        tiny_bert,
+        dict(
+            targets=["query", "value", "dense"],
+            rank_pattern={"query": 2},
+            alpha_pattern={"value": 9, r"attention\.output\.dense": 2},
+        ),
+    ),
     "bias-all-gpt2": (tiny_gpt2, dict(targets=["c_attn"], bias="all")),
     "bias-lora-only-bert": (tiny_bert, dict(targets=["query", "value"], bias="lora_only")),
     "lora-bias-gpt2": (tiny_gpt2, dict(targets="all-linear", lora_bias=True)),
     "lora-bias-llama": (tiny_llama, dict(targets=["q_proj", "down_proj"], lora_bias=True, bias="lora_only")),
     "tokens-llama": (tiny_llama, dict(targets=["q_proj"], trainable_token_indices=[1, 5, 7])),
-    "tokens-tied-llama": (lambda: tiny_llama(tie_word_embeddings=True),
-                          dict(targets=["q_proj"], trainable_token_indices=[3, 0, 9])),
+    "tokens-tied-llama": (
+        lambda: tiny_llama(tie_word_embeddings=True),
+        dict(targets=["q_proj"], trainable_token_indices=[3, 0, 9]),
+    ),
     "tokens-tied-gpt2": (tiny_gpt2, dict(targets=["c_attn"], trainable_token_indices={"wte": [2, 4]})),
 }
 
@@ -81,12 +91,20 @@ def test_trainable_count_equals_peft(case):
     factory, options = CASES[case]
     ours = ak.attach(factory(), ak.LoRAConfig(rank=4, alpha=8, **options))
     targets = options["targets"]
-    theirs = get_peft_model(factory(), LoraConfig(
-        r=4, lora_alpha=8, target_modules=targets if isinstance(targets, str) else list(targets),
-        use_rslora=options.get("rslora", False), rank_pattern=options.get("rank_pattern", {}),
-        alpha_pattern=options.get("alpha_pattern", {}), bias=options.get("bias", "none"),
-        lora_bias=options.get("lora_bias", False),
-        trainable_token_indices=options.get("trainable_token_indices")))
+    theirs = get_peft_model(
+        factory(),
+        LoraConfig(
+            r=4,
+            lora_alpha=8,
+            target_modules=targets if isinstance(targets, str) else list(targets),
+            use_rslora=options.get("rslora", False),
+            rank_pattern=options.get("rank_pattern", {}),
+            alpha_pattern=options.get("alpha_pattern", {}),
+            bias=options.get("bias", "none"),
+            lora_bias=options.get("lora_bias", False),
+            trainable_token_indices=options.get("trainable_token_indices"),
+        ),
+    )
     assert ak.summary(ours).trainable == theirs.get_nb_trainable_parameters()[0]
 
 
@@ -104,8 +122,9 @@ def test_merged_equals_unmerged(case):
 def test_pattern_picks_rank_and_scale_like_peft():
     from adapterkit.methods.lora.patterns import rank_alpha
 
-    cfg = ak.LoRAConfig(rank=8, alpha=16, rank_pattern={"q_proj": 2, r"layers\.[01]\.self_attn\.k_proj": 3},
-                        alpha_pattern={"proj": 1})
+    cfg = ak.LoRAConfig(
+        rank=8, alpha=16, rank_pattern={"q_proj": 2, r"layers\.[01]\.self_attn\.k_proj": 3}, alpha_pattern={"proj": 1}
+    )
     assert rank_alpha(cfg, "model.layers.0.self_attn.q_proj") == (2, 16)
     assert rank_alpha(cfg, "model.layers.1.self_attn.k_proj") == (3, 16)
     assert rank_alpha(cfg, "model.layers.1.mlp.up_proj") == (8, 16)  # "proj" must match a whole dotted suffix
@@ -119,12 +138,24 @@ def test_unmatched_pattern_warns():
         ak.attach(tiny_llama(), ak.LoRAConfig(rank=4, targets=["q_proj"], rank_pattern={"nothing_here": 2}))
 
 
-@pytest.mark.parametrize("bad", [
-    dict(rank_pattern={"q_proj": 0}), dict(rank_pattern={"(": 2}), dict(rank_pattern=[1, 2]),
-    dict(alpha_pattern={"q": -1.0}), dict(bias="some"), dict(lora_bias=1), dict(lora_bias=True, dora=True),
-    dict(trainable_token_indices=[]), dict(trainable_token_indices=[1, 1]), dict(trainable_token_indices=[-1]),
-    dict(trainable_token_indices={"embed_tokens": "1"}), dict(init="pissa_niter_x"), dict(loftq_iter=0),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(rank_pattern={"q_proj": 0}),
+        dict(rank_pattern={"(": 2}),
+        dict(rank_pattern=[1, 2]),
+        dict(alpha_pattern={"q": -1.0}),
+        dict(bias="some"),
+        dict(lora_bias=1),
+        dict(lora_bias=True, dora=True),
+        dict(trainable_token_indices=[]),
+        dict(trainable_token_indices=[1, 1]),
+        dict(trainable_token_indices=[-1]),
+        dict(trainable_token_indices={"embed_tokens": "1"}),
+        dict(init="pissa_niter_x"),
+        dict(loftq_iter=0),
+    ],
+)
 def test_bad_options_raise(bad):
     with pytest.raises(ak.ConfigError):
         ak.LoRAConfig(**bad)
@@ -135,8 +166,14 @@ def test_config_round_trip_and_file_keys():
 
     from adapterkit.methods.lora.files import config_from_file
 
-    cfg = ak.LoRAConfig(rank=4, targets=["q_proj", "v_proj"], bias="lora_only", lora_bias=True,
-                        trainable_token_indices={"embed_tokens": [1, 2]}, **{k: v for k, v in PATTERNS.items()})
+    cfg = ak.LoRAConfig(
+        rank=4,
+        targets=["q_proj", "v_proj"],
+        bias="lora_only",
+        lora_bias=True,
+        trainable_token_indices={"embed_tokens": [1, 2]},
+        **{k: v for k, v in PATTERNS.items()},
+    )
     assert ak.LoRAConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     model = ak.attach(tiny_llama(), cfg)
     data = ak.io.save.file_config(model, "default")
@@ -161,8 +198,9 @@ def test_token_rows_only_train_and_base_untouched():
 
 
 def test_per_module_scale_survives_set_scale_and_calls_that_need_one_rank_refuse():
-    model = ak.attach(tiny_llama(), ak.LoRAConfig(rank=4, alpha=8, targets=["q_proj", "v_proj"],
-                                                  alpha_pattern={"v_proj": 2}))
+    model = ak.attach(
+        tiny_llama(), ak.LoRAConfig(rank=4, alpha=8, targets=["q_proj", "v_proj"], alpha_pattern={"v_proj": 2})
+    )
     v = model.model.layers[0].self_attn.v_proj.adapters["default"]
     assert v.scale == 0.5
     ak.set_scale(model, "default", 3.0)
@@ -182,14 +220,20 @@ def test_layer_replication_same_as_peft(tmp_path):
     ranges = [[0, 2], [1, 2]]  # blocks 0, 1, 1: the last two share their weights
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # each copy's targets share weights with the other copy's
-        ours = ak.attach(tiny_llama(), ak.LoRAConfig(rank=4, alpha=8, init="random", targets=["q_proj", "v_proj"],
-                                                     layer_replication=ranges))
+        ours = ak.attach(
+            tiny_llama(),
+            ak.LoRAConfig(rank=4, alpha=8, init="random", targets=["q_proj", "v_proj"], layer_replication=ranges),
+        )
     blocks = ours.model.layers
     assert len(blocks) == 3 and ours.config.num_hidden_layers == 3
     assert blocks[1].self_attn.q_proj.base.weight is blocks[2].self_attn.q_proj.base.weight
     assert blocks[1].self_attn.q_proj.adapters["default"].a is not blocks[2].self_attn.q_proj.adapters["default"].a
-    theirs = get_peft_model(tiny_llama(), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                                     layer_replication=ranges, init_lora_weights=False))
+    theirs = get_peft_model(
+        tiny_llama(),
+        LoraConfig(
+            r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], layer_replication=ranges, init_lora_weights=False
+        ),
+    )
     assert ak.summary(ours).trainable == theirs.get_nb_trainable_parameters()[0]
     ak.save_adapter(ours, tmp_path / "ak")
     peft_back = PeftModel.from_pretrained(tiny_llama(), tmp_path / "ak", is_trainable=True)
@@ -226,8 +270,9 @@ def test_lora_bias_on_convolutions_same_as_peft(tmp_path):
 
     gen = torch.Generator().manual_seed(4)
     inputs = (torch.randn(2, 3, 4, 4, generator=gen), torch.tensor([1, 5]))
-    ours = ak.attach(TinyCNN(), ak.LoRAConfig(rank=2, targets=["conv", "fc"], init="random", lora_bias=True,
-                                              bias="lora_only"))
+    ours = ak.attach(
+        TinyCNN(), ak.LoRAConfig(rank=2, targets=["conv", "fc"], init="random", lora_bias=True, bias="lora_only")
+    )
     with torch.no_grad():
         for p in ours.parameters():
             if p.requires_grad:
@@ -249,5 +294,8 @@ def test_loaded_adapter_freezes_its_base_biases_unless_trainable(tmp_path):
     frozen = ak.load_adapter(tiny_gpt2(), tmp_path)
     assert not any(p.requires_grad for p in frozen.parameters())
     trained = ak.load_adapter(tiny_gpt2(), tmp_path, trainable=True)
-    assert trained.transformer.h[0].ln_1.bias.requires_grad and trained.transformer.h[0].attn.c_attn.base.bias.requires_grad
+    assert (
+        trained.transformer.h[0].ln_1.bias.requires_grad
+        and trained.transformer.h[0].attn.c_attn.base.bias.requires_grad
+    )
     assert not trained.transformer.h[0].ln_1.weight.requires_grad

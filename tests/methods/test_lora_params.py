@@ -1,6 +1,7 @@
 """LoRA on parameters (target_parameters) against PEFT's ParamWrapper as the oracle: the fused
 experts and router of tiny Mixtral / Qwen2-MoE / Qwen3-MoE models; logits and gradients on the
 same weights, files both ways, merge, init, and bad inputs."""
+
 from __future__ import annotations
 
 import copy
@@ -19,15 +20,27 @@ from tests.peft_twin import copy_by_file_keys
 peft = pytest.importorskip("peft")
 
 V = 61
-TEXT = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
-            vocab_size=V, max_position_embeddings=32)
+TEXT = dict(
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=1,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=V,
+    max_position_embeddings=32,
+)
 MODELS = {
     "mixtral": ("MixtralConfig", "MixtralForCausalLM", dict(num_local_experts=3, num_experts_per_tok=2)),
-    "qwen2-moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM", dict(num_experts=4, num_experts_per_tok=2,
-                                                                moe_intermediate_size=16,
-                                                                shared_expert_intermediate_size=16)),
-    "qwen3-moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM", dict(num_experts=2, num_experts_per_tok=1,
-                                                                moe_intermediate_size=16, head_dim=8)),
+    "qwen2-moe": (
+        "Qwen2MoeConfig",
+        "Qwen2MoeForCausalLM",
+        dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, shared_expert_intermediate_size=16),
+    ),
+    "qwen3-moe": (
+        "Qwen3MoeConfig",
+        "Qwen3MoeForCausalLM",
+        dict(num_experts=2, num_experts_per_tok=1, moe_intermediate_size=16, head_dim=8),
+    ),
 }
 PARAMS = ("experts.gate_up_proj", "experts.down_proj", "mlp.gate.weight")
 CONFIG = ak.LoRAConfig(rank=2, alpha=6, targets=("q_proj",), target_parameters=PARAMS, init="random")
@@ -46,8 +59,13 @@ def _ids():
 
 
 def _peft_config(cfg: ak.LoRAConfig):
-    return peft.LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, target_modules=list(cfg.targets) or None,
-                           target_parameters=list(cfg.target_parameters), init_lora_weights=False)
+    return peft.LoraConfig(
+        r=cfg.rank,
+        lora_alpha=cfg.alpha,
+        target_modules=list(cfg.targets) or None,
+        target_parameters=list(cfg.target_parameters),
+        init_lora_weights=False,
+    )
 
 
 def _twins(family, cfg=CONFIG):
@@ -64,8 +82,9 @@ def _grads_by_key(ours, theirs):
     out = {}
     for entry in entries(ours, "default")[1]:
         for key, tensor in entry.tensors.items():
-            peft_key = key.replace(".lora_A.weight", ".lora_A.default.weight").replace(".lora_B.weight",
-                                                                                       ".lora_B.default.weight")
+            peft_key = key.replace(".lora_A.weight", ".lora_A.default.weight").replace(
+                ".lora_B.weight", ".lora_B.default.weight"
+            )
             out[key] = (tensor.grad, params[peft_key].grad)
     return out
 
@@ -110,8 +129,9 @@ def test_peft_all_linear_file_on_a_transformers_5_moe_goes_both_ways(family, tmp
     """PEFT's all-linear on these models also targets the router and the fused experts, with twice the
     rank (and alpha) on the fused gate_up_proj (rank_pattern / alpha_pattern in the file)."""
     base = _make(family)
-    theirs = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(
-        r=2, lora_alpha=6, target_modules="all-linear", init_lora_weights=False)).eval()
+    theirs = peft.get_peft_model(
+        copy.deepcopy(base), peft.LoraConfig(r=2, lora_alpha=6, target_modules="all-linear", init_lora_weights=False)
+    ).eval()
     ids = _ids()
     with torch.no_grad():
         expected = theirs(input_ids=ids).logits
@@ -163,7 +183,7 @@ def test_default_init_starts_unchanged_with_peft_bounds():
     lora = model.model.layers[0].mlp.experts.adapters["default"]
     for name, n_in in (("gate_up_proj", 32), ("down_proj", 48)):
         assert lora.a[name].shape == (4 * 3, n_in) and not lora.b[name].any()
-        assert lora.a[name].abs().max() <= n_in ** -0.5  # Kaiming-uniform (a=sqrt(5)) over fan-in `in`
+        assert lora.a[name].abs().max() <= n_in**-0.5  # Kaiming-uniform (a=sqrt(5)) over fan-in `in`
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids=ids).logits, base(input_ids=ids).logits, atol=0, rtol=0)
 
@@ -223,12 +243,15 @@ def test_config_round_trip_and_bad_configs():
         ak.LoRAConfig(target_parameters=PARAMS, rank_pattern={"x": 0})
 
 
-@pytest.mark.parametrize("params,error,match", [
-    (("experts.gate_up",), ak.TargetError, "matches no parameter.*experts.gate_up_proj"),
-    (("experts",), ak.TargetError, "names a module, not a parameter.*experts.gate_up_proj"),
-    (("input_layernorm.weight",), ak.UnsupportedModuleError, "1-D"),
-    (("q_proj.weight",), ak.TargetError, "both a module target"),
-])
+@pytest.mark.parametrize(
+    "params,error,match",
+    [
+        (("experts.gate_up",), ak.TargetError, "matches no parameter.*experts.gate_up_proj"),
+        (("experts",), ak.TargetError, "names a module, not a parameter.*experts.gate_up_proj"),
+        (("input_layernorm.weight",), ak.UnsupportedModuleError, "1-D"),
+        (("q_proj.weight",), ak.TargetError, "both a module target"),
+    ],
+)
 def test_bad_targets_are_refused_and_leave_the_model_alone(params, error, match):
     model = _make("mixtral")
     before = [(n, type(m)) for n, m in model.named_modules()]

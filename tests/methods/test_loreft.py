@@ -1,6 +1,7 @@
 """LoReFT: Phi(h) = h + R^T (W h + b - R h) at the first / last real tokens of block outputs,
 against plain torch (forward and gradients), orthonormal R under AdamW weight decay, parameter
 counts, files, generate, merging refused, bad configs; AdapterHub as oracle where installed."""
+
 from __future__ import annotations
 
 import pytest
@@ -15,7 +16,7 @@ def _inputs(padding: bool = True) -> dict:
     ids = tokens(batch=3, length=7)
     mask = torch.ones_like(ids)
     if padding:
-        mask[0, :2] = 0   # left padding
+        mask[0, :2] = 0  # left padding
         mask[1, -3:] = 0  # right padding
     return {"input_ids": ids, "attention_mask": mask}
 
@@ -46,7 +47,9 @@ def _reference_hook(adapter, mask):
         new = h.clone()
         for row in range(h.shape[0]):
             real = [t for t in range(h.shape[1]) if mask[row, t]]
-            spots = [("first", t) for t in real[: config.first]] + [("last", t) for t in real[-config.last:] if config.last]
+            spots = [("first", t) for t in real[: config.first]] + [
+                ("last", t) for t in real[-config.last :] if config.last
+            ]
             for part, t in spots:
                 unit = adapter.parts["both" if config.tied_weights else part]
                 new[row, t] = _edit(unit, h[row, t])
@@ -55,18 +58,23 @@ def _reference_hook(adapter, mask):
     return hook
 
 
-@pytest.mark.parametrize("make,fields", [
-    (tiny_llama, {}),
-    (tiny_gpt2, {"positions": "f2+l3", "tied_weights": True, "layers": [1]}),
-    (tiny_bert, {"positions": "l2", "rank": 3}),
-], ids=["llama-f1+l1", "gpt2-tied-f2+l3-layer1", "bert-l2"])
+@pytest.mark.parametrize(
+    "make,fields",
+    [
+        (tiny_llama, {}),
+        (tiny_gpt2, {"positions": "f2+l3", "tied_weights": True, "layers": [1]}),
+        (tiny_bert, {"positions": "l2", "rank": 3}),
+    ],
+    ids=["llama-f1+l1", "gpt2-tied-f2+l3-layer1", "bert-l2"],
+)
 def test_forward_and_gradients_match_the_paper_equation(make, fields):
     model = _attached(make, **fields)
     reference = make()
     inputs = _inputs()
     for name, layer in adapter_layers(model):
-        reference.get_submodule(name).register_forward_hook(_reference_hook(layer.adapters["default"],
-                                                                            inputs["attention_mask"]))
+        reference.get_submodule(name).register_forward_hook(
+            _reference_hook(layer.adapters["default"], inputs["attention_mask"])
+        )
     got, want = model(**inputs).logits, reference(**inputs).logits
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     with ak.disabled(model):
@@ -107,7 +115,9 @@ def test_save_load_round_trip(tmp_path):
     for name, layer in adapter_layers(model):
         for part, unit in layer.adapters["default"].parts.items():
             other = loaded[name].adapters["default"].parts[part]
-            assert torch.equal(unit.source.weight, other.source.weight) and torch.equal(unit.source.bias, other.source.bias)
+            assert torch.equal(unit.source.weight, other.source.weight) and torch.equal(
+                unit.source.bias, other.source.bias
+            )
             torch.testing.assert_close(other.rotation.weight, unit.rotation.weight, atol=1e-6, rtol=0)
     torch.testing.assert_close(fresh(**_inputs()).logits, model(**_inputs()).logits, atol=1e-5, rtol=1e-5)
 
@@ -166,11 +176,19 @@ def test_merge_is_refused():
         ak.merge_adapter(model)
 
 
-@pytest.mark.parametrize("fields,match", [
-    ({"rank": 0}, "rank"), ({"positions": "x1"}, "positions"), ({"positions": "f0"}, "positions"),
-    ({"positions": "l1+f1"}, "positions"), ({"dropout": 1.5}, "dropout"), ({"tied_weights": 1}, "True or False"),
-    ({"layers": [-1]}, "layers"), ({"low_rank": 2}, "rank"),
-])
+@pytest.mark.parametrize(
+    "fields,match",
+    [
+        ({"rank": 0}, "rank"),
+        ({"positions": "x1"}, "positions"),
+        ({"positions": "f0"}, "positions"),
+        ({"positions": "l1+f1"}, "positions"),
+        ({"dropout": 1.5}, "dropout"),
+        ({"tied_weights": 1}, "True or False"),
+        ({"layers": [-1]}, "layers"),
+        ({"low_rank": 2}, "rank"),
+    ],
+)
 def test_bad_configs_raise_config_error(fields, match):
     with pytest.raises(ak.ConfigError, match=match):
         ak.LoReFTConfig(**fields)
@@ -200,7 +218,9 @@ def test_methods_attached_after_it_find_the_blocks_modules_by_their_names(tmp_pa
     ak.attach(model, ak.LoRAConfig(rank=2, targets=["q_proj"]), name="lora")
     names = {n: type(l).__name__ for n, l in adapter_layers(model)}
     assert names["model.layers.0"] == "LoReFTLayer"
-    assert names["model.layers.0.base.self_attn.o_proj"] == names["model.layers.1.base.mlp.down_proj"] == "CompacterLayer"
+    assert (
+        names["model.layers.0.base.self_attn.o_proj"] == names["model.layers.1.base.mlp.down_proj"] == "CompacterLayer"
+    )
     ak.save_adapter(model, tmp_path, name="lora")
     from safetensors import safe_open
 
@@ -215,10 +235,13 @@ def test_config_json_round_trip_and_yaml_method_name():
     assert ak.LoReFTConfig.from_dict(config.to_dict()) == config
     from adapterkit.training.config import build_adapter
 
-    assert build_adapter({"method": "loreft", "rank": 4, "positions": "f3+l2", "layers": [0], "dropout": 0.05}) == config
+    assert (
+        build_adapter({"method": "loreft", "rank": 4, "positions": "f3+l2", "layers": [0], "dropout": 0.05}) == config
+    )
 
 
 # -- AdapterHub (`adapters`) as oracle: it needs transformers 4.x, so this runs only where it installs --
+
 
 def test_adapterhub_end_to_end():
     adapters = pytest.importorskip("adapters")

@@ -1,5 +1,6 @@
 """VeRA, LN tuning, OFT and BOFT files damaged at random: loading raises an adapterkit error and
 leaves the model as it was, or loads; never another exception, a hang or a huge allocation."""
+
 from __future__ import annotations
 
 import json
@@ -23,13 +24,39 @@ METHODS = {
     "oft": lambda: ak.OFTConfig(block_size=8, targets=("q_proj", "v_proj")),
     "boft": lambda: ak.BOFTConfig(block_size=4, butterfly_factor=2, targets=("q_proj", "down_proj")),
 }
-_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-10**16, 10**16), st.floats(), st.text(max_size=8),
-                    st.lists(st.one_of(st.text(max_size=8), st.integers()), max_size=3),
-                    st.sampled_from(["VERA", "OFT", "BOFT", "LN_TUNING", "LORA", "q_proj", "(["]))
-_KEYS = ["r", "target_modules", "exclude_modules", "layers_to_transform", "peft_type", "projection_prng_key",
-         "save_projection", "d_initial", "vera_dropout", "init_weights", "oft_block_size", "coft", "eps",
-         "block_share", "module_dropout", "use_cayley_neumann", "num_cayley_neumann_terms", "boft_block_size",
-         "boft_block_num", "boft_n_butterfly_factor", "boft_dropout", "bias"]
+_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**16), 10**16),
+    st.floats(),
+    st.text(max_size=8),
+    st.lists(st.one_of(st.text(max_size=8), st.integers()), max_size=3),
+    st.sampled_from(["VERA", "OFT", "BOFT", "LN_TUNING", "LORA", "q_proj", "(["]),
+)
+_KEYS = [
+    "r",
+    "target_modules",
+    "exclude_modules",
+    "layers_to_transform",
+    "peft_type",
+    "projection_prng_key",
+    "save_projection",
+    "d_initial",
+    "vera_dropout",
+    "init_weights",
+    "oft_block_size",
+    "coft",
+    "eps",
+    "block_share",
+    "module_dropout",
+    "use_cayley_neumann",
+    "num_cayley_neumann_terms",
+    "boft_block_size",
+    "boft_block_num",
+    "boft_n_butterfly_factor",
+    "boft_dropout",
+    "bias",
+]
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +77,10 @@ def _load_only_adapterkit_errors(folder: Path) -> None:
 
 
 @hypothesis.settings(max_examples=60, deadline=None, derandomize=True)
-@hypothesis.given(kind=st.sampled_from(sorted(METHODS)),
-                  changes=st.dictionaries(st.sampled_from(_KEYS), _VALUES, min_size=1, max_size=3))
+@hypothesis.given(
+    kind=st.sampled_from(sorted(METHODS)),
+    changes=st.dictionaries(st.sampled_from(_KEYS), _VALUES, min_size=1, max_size=3),
+)
 def test_random_config_fields(saved, tmp_path_factory, kind, changes):
     folder = tmp_path_factory.mktemp("fuzz")
     shutil.copytree(saved[kind], folder, dirs_exist_ok=True)
@@ -62,8 +91,11 @@ def test_random_config_fields(saved, tmp_path_factory, kind, changes):
 
 
 @hypothesis.settings(max_examples=40, deadline=None, derandomize=True)
-@hypothesis.given(kind=st.sampled_from(sorted(METHODS)), cut=st.floats(0, 1),
-                  flips=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 7)), max_size=6))
+@hypothesis.given(
+    kind=st.sampled_from(sorted(METHODS)),
+    cut=st.floats(0, 1),
+    flips=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 7)), max_size=6),
+)
 def test_truncated_and_bit_flipped_weights(saved, tmp_path_factory, kind, cut, flips):
     folder = tmp_path_factory.mktemp("fuzz")
     shutil.copytree(saved[kind], folder, dirs_exist_ok=True)

@@ -1,5 +1,6 @@
 """VeRA, LN tuning, OFT and BOFT through the tools: `adapterkit train` from YAML, `adapterkit
 inspect`, `adapterkit merge`, and ak.summary."""
+
 from __future__ import annotations
 
 import json
@@ -32,10 +33,14 @@ def test_train_from_yaml_then_inspect(tmp_path, llama_dir, capsys, method):
 
     fields, peft_type = METHODS[method]
     data = write_jsonl(tmp_path / "train.jsonl", memorise_records(4))
-    cfg = {"model": {"name": llama_dir}, "adapter": {"method": method, **fields},
-           "data": {"train": data, "eval": data},
-           "optim": {"lr": 1e-2, "batch_size": 4, "max_steps": 3, "schedule": "constant", "seed": 0},
-           "eval": {"every": 0}, "output": {"dir": str(tmp_path / "out"), "progress": False}}
+    cfg = {
+        "model": {"name": llama_dir},
+        "adapter": {"method": method, **fields},
+        "data": {"train": data, "eval": data},
+        "optim": {"lr": 1e-2, "batch_size": 4, "max_steps": 3, "schedule": "constant", "seed": 0},
+        "eval": {"every": 0},
+        "output": {"dir": str(tmp_path / "out"), "progress": False},
+    }
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg))
     assert main(["train", str(path)]) == 0
@@ -55,16 +60,22 @@ def test_train_from_yaml_then_inspect(tmp_path, llama_dir, capsys, method):
         assert_close_scaled(merged(input_ids=ids).logits, adapted(input_ids=ids).logits)  # large logits here
 
 
-@pytest.mark.parametrize("config", [ak.VeRAConfig(rank=4), ak.LNTuningConfig(), ak.OFTConfig(block_size=8),
-                                    ak.BOFTConfig()], ids=lambda c: c.method)
+@pytest.mark.parametrize(
+    "config",
+    [ak.VeRAConfig(rank=4), ak.LNTuningConfig(), ak.OFTConfig(block_size=8), ak.BOFTConfig()],
+    ids=lambda c: c.method,
+)
 def test_summary_shows_the_method(config):
     model = ak.attach(tiny_llama(), config)
     text = str(ak.summary(model))
     assert f"| default * | {config.method} |" in text
 
 
-@pytest.mark.parametrize("config", [ak.VeRAConfig(rank=4), ak.OFTConfig(block_size=8),
-                                    ak.BOFTConfig(block_size=4, butterfly_factor=2)], ids=lambda c: c.method)
+@pytest.mark.parametrize(
+    "config",
+    [ak.VeRAConfig(rank=4), ak.OFTConfig(block_size=8), ak.BOFTConfig(block_size=4, butterfly_factor=2)],
+    ids=lambda c: c.method,
+)
 def test_quantized_base_trains_and_merges(config):
     from adapterkit.inject import adapter_layers
     from tests.models import tokens

@@ -1,5 +1,6 @@
 """OFT against PEFT 0.21: the same rotations (Cayley-Neumann, exact Cayley, COFT, shared blocks,
 adjusted block sizes), logits and gradients, the same merge, files both ways; bad configs refused."""
+
 from __future__ import annotations
 
 import copy
@@ -26,9 +27,15 @@ VARIANTS = {
 
 def _peft_config(cfg: ak.OFTConfig):
     return peft.OFTConfig(
-        r=cfg.rank, oft_block_size=cfg.block_size, target_modules=list(cfg.targets), coft=cfg.coft, eps=cfg.eps,
-        block_share=cfg.block_share, use_cayley_neumann=cfg.use_cayley_neumann,
-        num_cayley_neumann_terms=cfg.num_cayley_neumann_terms)
+        r=cfg.rank,
+        oft_block_size=cfg.block_size,
+        target_modules=list(cfg.targets),
+        coft=cfg.coft,
+        eps=cfg.eps,
+        block_share=cfg.block_share,
+        use_cayley_neumann=cfg.use_cayley_neumann,
+        num_cayley_neumann_terms=cfg.num_cayley_neumann_terms,
+    )
 
 
 def _pair(**fields):
@@ -119,11 +126,22 @@ def test_two_adapters_rotate_in_turn_and_merge_alike():
         torch.testing.assert_close(ak.merge(model)(input_ids=ids).logits, out, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("bad", [
-    {"rank": 4}, {"block_size": 0}, {"rank": -1, "block_size": 0}, {"block_size": 2.0}, {"eps": 0},
-    {"module_dropout": 1.0}, {"num_cayley_neumann_terms": 0}, {"coft": 1}, {"init": "zeros"},
-    {"targets": []}, {"oft_block_size": 8},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"rank": 4},
+        {"block_size": 0},
+        {"rank": -1, "block_size": 0},
+        {"block_size": 2.0},
+        {"eps": 0},
+        {"module_dropout": 1.0},
+        {"num_cayley_neumann_terms": 0},
+        {"coft": 1},
+        {"init": "zeros"},
+        {"targets": []},
+        {"oft_block_size": 8},
+    ],
+)
 def test_bad_configs_raise(bad):
     with pytest.raises(ak.ConfigError):
         ak.OFTConfig(**bad)

@@ -3,6 +3,7 @@ full forward pass (no cache) over the sequence so far: prompt tuning, P-tuning (
 prefix tuning (with and without projection) on tiny Llama, GPT-2, OPT and Qwen2 models. The cache
 reaches the model as ``cache`` (transformers >= 5.24) or ``past_key_values`` (before); both, and
 caches a user builds, must work. PEFT agrees where it can run the same case."""
+
 from __future__ import annotations
 
 import copy
@@ -49,8 +50,15 @@ def _prompt(padded: bool):
 
 def _generate(model, ids, mask):
     """(sequences (B, T + NEW), scores (B, NEW, V)) of greedy decoding."""
-    out = model.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False, pad_token_id=0,
-                         output_scores=True, return_dict_in_generate=True)
+    out = model.generate(
+        ids,
+        attention_mask=mask,
+        max_new_tokens=NEW,
+        do_sample=False,
+        pad_token_id=0,
+        output_scores=True,
+        return_dict_in_generate=True,
+    )
     return out.sequences, torch.stack(out.scores, 1)
 
 
@@ -65,7 +73,7 @@ def _forward_scores(model, sequences, mask, positions: bool = True):
         kw = {}
         if positions:
             kw["position_ids"] = (m.cumsum(-1) - 1).masked_fill(m == 0, 1)
-        scores.append(model(input_ids=sequences[:, :start + k], attention_mask=m, **kw).logits[:, -1])
+        scores.append(model(input_ids=sequences[:, : start + k], attention_mask=m, **kw).logits[:, -1])
     return torch.stack(scores, 1)
 
 
@@ -80,13 +88,17 @@ def test_every_generated_token_is_the_argmax_of_a_full_forward(method, model):
     sequences, scores = _generate(ours, ids, mask)
     full = _forward_scores(ours, sequences, mask)
     _assert_close(scores, full)  # every step: the cached decode equals the uncached forward
-    chosen = sequences[:, ids.shape[1]:]
+    chosen = sequences[:, ids.shape[1] :]
     finished = torch.zeros(chosen.shape[0], dtype=torch.bool)
     eos = ours.generation_config.eos_token_id
     for k in range(NEW):  # each emitted token is the full forward's argmax (rows after EOS emit padding)
         live = ~finished
-        torch.testing.assert_close(full[live, k].gather(-1, chosen[live, k:k + 1]).squeeze(-1),
-                                   full[live, k].max(-1).values, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            full[live, k].gather(-1, chosen[live, k : k + 1]).squeeze(-1),
+            full[live, k].max(-1).values,
+            rtol=1e-5,
+            atol=1e-5,
+        )
         if eos is not None:
             finished |= torch.isin(chosen[:, k], torch.as_tensor(eos))
     # the virtual tokens act at every step, not only the first: no step scores like the base model
@@ -114,8 +126,10 @@ def test_generate_matches_peft_where_peft_can_run_it(method, model):
     own = _forward_scores(theirs, expected, mask, positions=False)
     gap = (expected_scores - own).abs().max().item()
     if gap > 1e-4 * own.abs().max().item():
-        pytest.skip(f"PEFT {peft.__version__}'s generate with {method} on {model} disagrees with PEFT's own "
-                    f"forward under transformers {transformers.__version__} (by {gap:.3g}): no reference here")
+        pytest.skip(
+            f"PEFT {peft.__version__}'s generate with {method} on {model} disagrees with PEFT's own "
+            f"forward under transformers {transformers.__version__} (by {gap:.3g}): no reference here"
+        )
     sequences, scores = _generate(ours, ids, mask)
     assert torch.equal(sequences, expected)
     _assert_close(scores, expected_scores)
@@ -141,8 +155,13 @@ def test_a_hand_written_decoding_loop_with_either_cache_name(method, name):
             token = out.logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
             sequence = torch.cat([sequence, token], 1)
             m = torch.ones_like(sequence)
-            out = ours(input_ids=token, attention_mask=m, position_ids=m.sum(1, keepdim=True) - 1,
-                       use_cache=True, **{name: cache})
+            out = ours(
+                input_ids=token,
+                attention_mask=m,
+                position_ids=m.sum(1, keepdim=True) - 1,
+                use_cache=True,
+                **{name: cache},
+            )
             cache = _returned_cache(out)
             full = ours(input_ids=sequence, attention_mask=m).logits[:, -1]
             _assert_close(out.logits[:, -1], full)
@@ -155,13 +174,21 @@ def test_a_static_cache_works_when_it_has_room_and_is_refused_clearly_when_not(m
     _, ours = _adapted(method, "llama")
     ids, mask = _prompt(padded=False)
     room = ids.shape[1] + NEW + _adapter(ours).num_virtual_tokens
-    out = ours.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False, pad_token_id=0,
-                        output_scores=True, return_dict_in_generate=True,
-                        **{cache_argument(ours): StaticCache(config=ours.config, max_cache_len=room)})
+    out = ours.generate(
+        ids,
+        attention_mask=mask,
+        max_new_tokens=NEW,
+        do_sample=False,
+        pad_token_id=0,
+        output_scores=True,
+        return_dict_in_generate=True,
+        **{cache_argument(ours): StaticCache(config=ours.config, max_cache_len=room)},
+    )
     _assert_close(torch.stack(out.scores, 1), _forward_scores(ours, out.sequences, mask))
     with pytest.raises(ak.InputError, match="virtual tokens"):
-        ours.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False, pad_token_id=0,
-                      cache_implementation="static")
+        ours.generate(
+            ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False, pad_token_id=0, cache_implementation="static"
+        )
 
 
 def test_two_different_caches_in_one_call_are_refused():
@@ -190,15 +217,24 @@ def test_generate_command_with_a_prefix_adapter_equals_uncached_greedy_decoding(
 
     base_dir = tiny_folder(tmp_path / "model")
     data = write_jsonl(tmp_path / "train.jsonl", memorise_records(4))
-    cfg = {"model": {"name": base_dir}, "adapter": {"method": "prefix_tuning", "num_virtual_tokens": 4},
-           "data": {"train": data}, "optim": {"lr": 5e-2, "batch_size": 4, "max_steps": 4, "seed": 0},
-           "eval": {"every": 0}, "output": {"dir": str(tmp_path / "out"), "progress": False}}
+    cfg = {
+        "model": {"name": base_dir},
+        "adapter": {"method": "prefix_tuning", "num_virtual_tokens": 4},
+        "data": {"train": data},
+        "optim": {"lr": 5e-2, "batch_size": 4, "max_steps": 4, "seed": 0},
+        "eval": {"every": 0},
+        "output": {"dir": str(tmp_path / "out"), "progress": False},
+    }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["train", str(tmp_path / "c.yaml")]) == 0
     assert json.loads((tmp_path / "out" / "adapter_config.json").read_text())["peft_type"] == "PREFIX_TUNING"
-    run = subprocess.run([sys.executable, "-m", "adapterkit", "generate", str(tmp_path / "out"),
-                          "--max-new-tokens", "6", "q1?"], capture_output=True, text=True, timeout=300,
-                         env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    run = subprocess.run(
+        [sys.executable, "-m", "adapterkit", "generate", str(tmp_path / "out"), "--max-new-tokens", "6", "q1?"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert run.returncode == 0, run.stderr
     answer = run.stdout.split("### q1?\n", 1)[1].strip()
 

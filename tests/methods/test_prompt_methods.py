@@ -1,5 +1,6 @@
 """Prompt tuning, P-tuning and prefix tuning against PEFT 0.21: logits and loss with weights
 copied structurally, PEFT files both ways, gradients, inits (generation: test_prompt_generate.py)."""
+
 from __future__ import annotations
 
 import copy
@@ -17,18 +18,30 @@ peft = pytest.importorskip("peft")
 
 N = 3
 METHODS = {
-    "prompt": (lambda: ak.PromptTuningConfig(num_virtual_tokens=N),
-               lambda task: peft.PromptTuningConfig(task_type=task, num_virtual_tokens=N)),
-    "ptuning-mlp": (lambda: ak.PromptEncoderConfig(num_virtual_tokens=N, encoder_hidden_size=24),
-                    lambda task: peft.PromptEncoderConfig(task_type=task, num_virtual_tokens=N, encoder_hidden_size=24)),
-    "ptuning-lstm": (lambda: ak.PromptEncoderConfig(num_virtual_tokens=N, encoder="lstm", encoder_hidden_size=12),
-                     lambda task: peft.PromptEncoderConfig(task_type=task, num_virtual_tokens=N, encoder_hidden_size=12,
-                                                           encoder_reparameterization_type="LSTM")),
-    "prefix": (lambda: ak.PrefixTuningConfig(num_virtual_tokens=N),
-               lambda task: peft.PrefixTuningConfig(task_type=task, num_virtual_tokens=N)),
-    "prefix-mlp": (lambda: ak.PrefixTuningConfig(num_virtual_tokens=N, projection=True, encoder_hidden_size=20),
-                   lambda task: peft.PrefixTuningConfig(task_type=task, num_virtual_tokens=N, prefix_projection=True,
-                                                        encoder_hidden_size=20)),
+    "prompt": (
+        lambda: ak.PromptTuningConfig(num_virtual_tokens=N),
+        lambda task: peft.PromptTuningConfig(task_type=task, num_virtual_tokens=N),
+    ),
+    "ptuning-mlp": (
+        lambda: ak.PromptEncoderConfig(num_virtual_tokens=N, encoder_hidden_size=24),
+        lambda task: peft.PromptEncoderConfig(task_type=task, num_virtual_tokens=N, encoder_hidden_size=24),
+    ),
+    "ptuning-lstm": (
+        lambda: ak.PromptEncoderConfig(num_virtual_tokens=N, encoder="lstm", encoder_hidden_size=12),
+        lambda task: peft.PromptEncoderConfig(
+            task_type=task, num_virtual_tokens=N, encoder_hidden_size=12, encoder_reparameterization_type="LSTM"
+        ),
+    ),
+    "prefix": (
+        lambda: ak.PrefixTuningConfig(num_virtual_tokens=N),
+        lambda task: peft.PrefixTuningConfig(task_type=task, num_virtual_tokens=N),
+    ),
+    "prefix-mlp": (
+        lambda: ak.PrefixTuningConfig(num_virtual_tokens=N, projection=True, encoder_hidden_size=20),
+        lambda task: peft.PrefixTuningConfig(
+            task_type=task, num_virtual_tokens=N, prefix_projection=True, encoder_hidden_size=20
+        ),
+    ),
 }
 MODELS = {"llama": (tiny_llama, "CAUSAL_LM"), "gpt2": (tiny_gpt2, "CAUSAL_LM"), "bert": (tiny_bert, "SEQ_CLS")}
 GRID = [(m, k) for m in METHODS for k in MODELS]
@@ -130,11 +143,20 @@ def test_init_from_text_matches_peft(tmp_path):
     PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(tmp_path)
     text = "w5 w17 w3"
     base = tiny_llama()
-    ours = ak.attach(copy.deepcopy(base), ak.PromptTuningConfig(num_virtual_tokens=7, init="text", init_text=text,
-                                                                tokenizer=str(tmp_path)))
-    theirs = peft.get_peft_model(copy.deepcopy(base), peft.PromptTuningConfig(
-        task_type="CAUSAL_LM", num_virtual_tokens=7, prompt_tuning_init="TEXT", prompt_tuning_init_text=text,
-        tokenizer_name_or_path=str(tmp_path)))
+    ours = ak.attach(
+        copy.deepcopy(base),
+        ak.PromptTuningConfig(num_virtual_tokens=7, init="text", init_text=text, tokenizer=str(tmp_path)),
+    )
+    theirs = peft.get_peft_model(
+        copy.deepcopy(base),
+        peft.PromptTuningConfig(
+            task_type="CAUSAL_LM",
+            num_virtual_tokens=7,
+            prompt_tuning_init="TEXT",
+            prompt_tuning_init_text=text,
+            tokenizer_name_or_path=str(tmp_path),
+        ),
+    )
     expected = base.model.embed_tokens.weight[[5, 17, 3, 5, 17, 3, 5]]
     torch.testing.assert_close(_adapter(ours).embedding, expected)
     torch.testing.assert_close(_adapter(ours).embedding, theirs.prompt_encoder["default"].embedding.weight)

@@ -1,5 +1,6 @@
 """VeRA against PEFT 0.21: the same random projections from the same key, the same math (logits and
 gradients), the same merge, files both ways; bad configs refused."""
+
 from __future__ import annotations
 
 import copy
@@ -28,10 +29,17 @@ def _pair(make=tiny_llama, targets=TARGETS, **extra):
     base = make()
     cfg = ak.VeRAConfig(rank=8, targets=targets, **extra)
     ours = ak.attach(copy.deepcopy(base), cfg)
-    theirs = peft.get_peft_model(copy.deepcopy(base), peft.VeraConfig(
-        r=8, target_modules=targets, projection_prng_key=cfg.projection_prng_key, d_initial=cfg.d_initial,
-        save_projection=cfg.save_projection,
-        fan_in_fan_out=make is tiny_gpt2))
+    theirs = peft.get_peft_model(
+        copy.deepcopy(base),
+        peft.VeraConfig(
+            r=8,
+            target_modules=targets,
+            projection_prng_key=cfg.projection_prng_key,
+            d_initial=cfg.d_initial,
+            save_projection=cfg.save_projection,
+            fan_in_fan_out=make is tiny_gpt2,
+        ),
+    )
     _randomise(ours)
     with torch.no_grad():
         for name, layer in adapter_layers(ours):
@@ -51,8 +59,9 @@ def test_projections_are_peft_draws():
     assert len(shared) == 1  # one pair for all layers
 
 
-@pytest.mark.parametrize("make,targets", [(tiny_llama, TARGETS), (tiny_gpt2, ["c_attn", "c_fc"])],
-                         ids=["llama", "gpt2"])
+@pytest.mark.parametrize(
+    "make,targets", [(tiny_llama, TARGETS), (tiny_gpt2, ["c_attn", "c_fc"])], ids=["llama", "gpt2"]
+)
 def test_logits_and_gradients_match_peft(make, targets):
     _, ours, theirs = _pair(make, targets)
     ids = tokens()
@@ -114,15 +123,30 @@ def test_projections_follow_the_model_and_stay_shared():
     model = ak.attach(tiny_llama(), ak.VeRAConfig(rank=4, targets=TARGETS))
     model.to(torch.float64)
     shared = {id(layer.adapters["default"].projections.vera_A) for _, layer in adapter_layers(model)}
-    assert len(shared) == 1 and next(iter(adapter_layers(model)))[1].adapters["default"].projections.vera_A.dtype == torch.float64
+    assert (
+        len(shared) == 1
+        and next(iter(adapter_layers(model)))[1].adapters["default"].projections.vera_A.dtype == torch.float64
+    )
     model(input_ids=tokens())
 
 
-@pytest.mark.parametrize("bad", [
-    {"rank": 0}, {"rank": 2.5}, {"dropout": 1.0}, {"d_initial": 0}, {"projection_prng_key": -1},
-    {"projection_prng_key": True}, {"save_projection": "yes"}, {"init": "gaussian"}, {"targets": []},
-    {"exclude": "all-linear"}, {"layers": [-1]}, {"vera_dropout": 0.1},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"rank": 0},
+        {"rank": 2.5},
+        {"dropout": 1.0},
+        {"d_initial": 0},
+        {"projection_prng_key": -1},
+        {"projection_prng_key": True},
+        {"save_projection": "yes"},
+        {"init": "gaussian"},
+        {"targets": []},
+        {"exclude": "all-linear"},
+        {"layers": [-1]},
+        {"vera_dropout": 0.1},
+    ],
+)
 def test_bad_configs_raise(bad):
     with pytest.raises(ak.ConfigError):
         ak.VeRAConfig(**bad)

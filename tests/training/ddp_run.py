@@ -1,4 +1,5 @@
 """Run under `accelerate launch`: train from a JSON config, then each process saves what it holds."""
+
 import json
 import sys
 

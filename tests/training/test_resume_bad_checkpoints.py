@@ -1,5 +1,6 @@
 """``adapterkit train --resume`` from broken or unfitting checkpoints: one clear line naming the file
 and what to do, exit 2, nothing on disk changed; ``--resume auto``; a full disk while saving one."""
+
 import errno
 import json
 import shutil
@@ -8,8 +9,20 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tests.cli.cli_world import (assert_one_line_error, assert_same_tree, both, build, check_case, config,
-                                 evil_pickle, remove, run_cli, tree, truncate, write)
+from tests.cli.cli_world import (
+    assert_one_line_error,
+    assert_same_tree,
+    both,
+    build,
+    check_case,
+    config,
+    evil_pickle,
+    remove,
+    run_cli,
+    tree,
+    truncate,
+    write,
+)
 
 RESUME = ["train", "cfg.yaml", "--resume"]
 LAST = "run/checkpoints/step-0000004"
@@ -67,73 +80,127 @@ def _extra_key(weights):
 
 
 CASES = [
-    pytest.param(RESUME, remove("run/checkpoints"), ["--resume", "no checkpoint in 'run/checkpoints'",
-                                                     "--resume auto"], id="no-checkpoint"),
-    pytest.param(RESUME, both(remove("run/checkpoints"), config(output__save_every=0)), ["save_every is 0"],
-                 id="no-checkpoint-save-every-0"),
-    pytest.param(RESUME, truncate(f"{LAST}/trainable.safetensors"),
-                 [f"{LAST}/trainable.safetensors", "truncated or corrupt", "Delete", "step-0000002"],
-                 id="weights-truncated"),
-    pytest.param(RESUME, remove(f"{LAST}/trainable.safetensors"), ["trainable.safetensors", "is missing"],
-                 id="weights-missing"),
-    pytest.param(RESUME, write(f"{LAST}/state.json", '{"step": '), [f"{LAST}/state.json", "not valid JSON"],
-                 id="state-broken-json"),
-    pytest.param(RESUME, write(f"{LAST}/state.json", b"\xff{}"), ["state.json", "not valid JSON"],
-                 id="state-not-utf8"),
+    pytest.param(
+        RESUME,
+        remove("run/checkpoints"),
+        ["--resume", "no checkpoint in 'run/checkpoints'", "--resume auto"],
+        id="no-checkpoint",
+    ),
+    pytest.param(
+        RESUME,
+        both(remove("run/checkpoints"), config(output__save_every=0)),
+        ["save_every is 0"],
+        id="no-checkpoint-save-every-0",
+    ),
+    pytest.param(
+        RESUME,
+        truncate(f"{LAST}/trainable.safetensors"),
+        [f"{LAST}/trainable.safetensors", "truncated or corrupt", "Delete", "step-0000002"],
+        id="weights-truncated",
+    ),
+    pytest.param(
+        RESUME, remove(f"{LAST}/trainable.safetensors"), ["trainable.safetensors", "is missing"], id="weights-missing"
+    ),
+    pytest.param(
+        RESUME,
+        write(f"{LAST}/state.json", '{"step": '),
+        [f"{LAST}/state.json", "not valid JSON"],
+        id="state-broken-json",
+    ),
+    pytest.param(RESUME, write(f"{LAST}/state.json", b"\xff{}"), ["state.json", "not valid JSON"], id="state-not-utf8"),
     pytest.param(RESUME, write(f"{LAST}/state.json", "[4]"), ["state.json", "holds a list"], id="state-list"),
     pytest.param(RESUME, edit_state(step="four"), ["state.json", "step 'four'"], id="state-step-text"),
     pytest.param(RESUME, edit_state(step=-2), ["state.json", "step -2"], id="state-step-negative"),
     pytest.param(RESUME, edit_state(history={"a": 1}), ["state.json", "'history'"], id="state-history-object"),
     pytest.param(RESUME, edit_state(best="good"), ["state.json", "best 'good'"], id="state-best-text"),
-    pytest.param(RESUME, write(f"{LAST}/scheduler.json", "{"), [f"{LAST}/scheduler.json", "not valid JSON"],
-                 id="scheduler-broken-json"),
-    pytest.param(RESUME, write(f"{LAST}/scheduler.json", "{}"), ["scheduler.json", "last_epoch"],
-                 id="scheduler-empty"),
-    pytest.param(RESUME, write(f"{LAST}/scheduler.json", '{"last_epoch": 4, "base_lrs": [1, 2]}'),
-                 ["scheduler.json", "2 learning rates for 1"], id="scheduler-groups"),
-    pytest.param(RESUME, remove(f"{LAST}/scheduler.json"), ["scheduler.json", "is missing"],
-                 id="scheduler-missing"),
-    pytest.param(RESUME, write(f"{LAST}/optimizer.pt", b"garbage" * 10), [f"{LAST}/optimizer.pt", "truncated or corrupt"],
-                 id="optimizer-garbage"),
-    pytest.param(RESUME, truncate(f"{LAST}/optimizer.pt"), ["optimizer.pt", "truncated or corrupt"],
-                 id="optimizer-truncated"),
-    pytest.param(RESUME, evil_pickle(f"{LAST}/optimizer.pt"), ["optimizer.pt", "never unpickles"],
-                 id="optimizer-pickled-code"),
-    pytest.param(RESUME, lambda w: torch.save(torch.zeros(3), w / LAST / "optimizer.pt"),
-                 ["optimizer.pt", "not an optimizer state"], id="optimizer-a-tensor"),
+    pytest.param(
+        RESUME,
+        write(f"{LAST}/scheduler.json", "{"),
+        [f"{LAST}/scheduler.json", "not valid JSON"],
+        id="scheduler-broken-json",
+    ),
+    pytest.param(RESUME, write(f"{LAST}/scheduler.json", "{}"), ["scheduler.json", "last_epoch"], id="scheduler-empty"),
+    pytest.param(
+        RESUME,
+        write(f"{LAST}/scheduler.json", '{"last_epoch": 4, "base_lrs": [1, 2]}'),
+        ["scheduler.json", "2 learning rates for 1"],
+        id="scheduler-groups",
+    ),
+    pytest.param(RESUME, remove(f"{LAST}/scheduler.json"), ["scheduler.json", "is missing"], id="scheduler-missing"),
+    pytest.param(
+        RESUME,
+        write(f"{LAST}/optimizer.pt", b"garbage" * 10),
+        [f"{LAST}/optimizer.pt", "truncated or corrupt"],
+        id="optimizer-garbage",
+    ),
+    pytest.param(
+        RESUME, truncate(f"{LAST}/optimizer.pt"), ["optimizer.pt", "truncated or corrupt"], id="optimizer-truncated"
+    ),
+    pytest.param(
+        RESUME, evil_pickle(f"{LAST}/optimizer.pt"), ["optimizer.pt", "never unpickles"], id="optimizer-pickled-code"
+    ),
+    pytest.param(
+        RESUME,
+        lambda w: torch.save(torch.zeros(3), w / LAST / "optimizer.pt"),
+        ["optimizer.pt", "not an optimizer state"],
+        id="optimizer-a-tensor",
+    ),
     pytest.param(RESUME, remove(f"{LAST}/optimizer.pt"), ["optimizer.pt", "is missing"], id="optimizer-missing"),
-    pytest.param(RESUME, edit_optimizer(_wrong_shape), ["optimizer.pt", "exp_avg of shape (3, 3)"],
-                 id="optimizer-wrong-shape"),
-    pytest.param(RESUME, edit_optimizer(_two_groups), ["optimizer.pt", "parameter groups"],
-                 id="optimizer-groups"),
-    pytest.param(RESUME, write(f"{LAST}/rng-0.json", "[1, 2]"), [f"{LAST}/rng-0.json", "random state"],
-                 id="rng-json-wrong"),
-    pytest.param(RESUME, write(f"{LAST}/rng-0.json", "nonsense"), ["rng-0.json", "not valid JSON"],
-                 id="rng-json-broken"),
-    pytest.param(RESUME, truncate(f"{LAST}/rng-0.safetensors"), ["rng-0.safetensors", "truncated"],
-                 id="rng-truncated"),
-    pytest.param([*RESUME, "--set", "adapter.rank=8"], None, ["'run/checkpoints/step-0000004'",
-                                                              "adapter.rank 4 -> 8", "without --resume"],
-                 id="rank-changed"),
+    pytest.param(
+        RESUME, edit_optimizer(_wrong_shape), ["optimizer.pt", "exp_avg of shape (3, 3)"], id="optimizer-wrong-shape"
+    ),
+    pytest.param(RESUME, edit_optimizer(_two_groups), ["optimizer.pt", "parameter groups"], id="optimizer-groups"),
+    pytest.param(
+        RESUME, write(f"{LAST}/rng-0.json", "[1, 2]"), [f"{LAST}/rng-0.json", "random state"], id="rng-json-wrong"
+    ),
+    pytest.param(
+        RESUME, write(f"{LAST}/rng-0.json", "nonsense"), ["rng-0.json", "not valid JSON"], id="rng-json-broken"
+    ),
+    pytest.param(RESUME, truncate(f"{LAST}/rng-0.safetensors"), ["rng-0.safetensors", "truncated"], id="rng-truncated"),
+    pytest.param(
+        [*RESUME, "--set", "adapter.rank=8"],
+        None,
+        ["'run/checkpoints/step-0000004'", "adapter.rank 4 -> 8", "without --resume"],
+        id="rank-changed",
+    ),
     pytest.param([*RESUME, "--set", "adapter.targets=[q_proj]"], None, ["adapter.targets"], id="targets-changed"),
-    pytest.param([*RESUME, "--set", "optim.optimizer=sgd"], None, ["optim.optimizer 'adamw' -> 'sgd'"],
-                 id="optimizer-changed"),
-    pytest.param([*RESUME, "--set", "optim.loraplus_ratio=4"], None, ["optim.loraplus_ratio None -> 4"],
-                 id="loraplus-changed"),
-    pytest.param([*RESUME, "--set", "adapter.rank=8"], edit_state(config=None),
-                 ["trainable.safetensors", "with shape (4, ", "this model's is (8, "], id="rank-changed-unrecorded"),
-    pytest.param(RESUME, both(edit_state(config=None), edit_weights(_extra_key)),
-                 ["trainable.safetensors", "does not fit", "layers.9"], id="weights-extra-key"),
-    pytest.param(RESUME, both(remove("run/checkpoints/step-0000002"), truncate(f"{LAST}/optimizer.pt")),
-                 ["optimizer.pt", "truncated", "Train without --resume"], id="only-checkpoint-broken"),
-    pytest.param([*RESUME, "auto"], truncate(f"{LAST}/trainable.safetensors"), ["trainable.safetensors"],
-                 id="auto-does-not-skip-a-broken-checkpoint"),
+    pytest.param(
+        [*RESUME, "--set", "optim.optimizer=sgd"], None, ["optim.optimizer 'adamw' -> 'sgd'"], id="optimizer-changed"
+    ),
+    pytest.param(
+        [*RESUME, "--set", "optim.loraplus_ratio=4"], None, ["optim.loraplus_ratio None -> 4"], id="loraplus-changed"
+    ),
+    pytest.param(
+        [*RESUME, "--set", "adapter.rank=8"],
+        edit_state(config=None),
+        ["trainable.safetensors", "with shape (4, ", "this model's is (8, "],
+        id="rank-changed-unrecorded",
+    ),
+    pytest.param(
+        RESUME,
+        both(edit_state(config=None), edit_weights(_extra_key)),
+        ["trainable.safetensors", "does not fit", "layers.9"],
+        id="weights-extra-key",
+    ),
+    pytest.param(
+        RESUME,
+        both(remove("run/checkpoints/step-0000002"), truncate(f"{LAST}/optimizer.pt")),
+        ["optimizer.pt", "truncated", "Train without --resume"],
+        id="only-checkpoint-broken",
+    ),
+    pytest.param(
+        [*RESUME, "auto"],
+        truncate(f"{LAST}/trainable.safetensors"),
+        ["trainable.safetensors"],
+        id="auto-does-not-skip-a-broken-checkpoint",
+    ),
 ]
 
 
 @pytest.mark.parametrize("argv, setup, expected", CASES)
-def test_bad_checkpoint_gives_one_clear_line_and_changes_nothing(world, tmp_path, monkeypatch, capsys, argv,
-                                                                 setup, expected):
+def test_bad_checkpoint_gives_one_clear_line_and_changes_nothing(
+    world, tmp_path, monkeypatch, capsys, argv, setup, expected
+):
     check_case(world, tmp_path, monkeypatch, capsys, argv, setup, expected)
     assert not (tmp_path / "w" / "pwned").exists()  # the pickled optimizer file was never unpickled
 
@@ -151,7 +218,8 @@ def test_resume_auto_without_a_checkpoint_says_so_and_starts_fresh(world, tmp_pa
     code, out, err = run_cli(["train", "cfg.yaml", "--resume", "auto"], capsys)
     assert code == 0, err
     assert [line for line in err.splitlines() if line.strip()] == [
-        "adapterkit: no checkpoint in 'run/checkpoints'; --resume auto starts a fresh run."]
+        "adapterkit: no checkpoint in 'run/checkpoints'; --resume auto starts a fresh run."
+    ]
     assert "4 steps" in out and (w / "run" / "adapter_model.safetensors").is_file()
 
 

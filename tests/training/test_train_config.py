@@ -1,12 +1,12 @@
 """Train configs: typed checks, clear errors naming the key and the valid keys, overrides."""
+
 import pytest
 
 import adapterkit as ak
 from adapterkit.errors import ConfigError
 from adapterkit.training.config import TrainConfig, apply_overrides
 
-BASE = {"model": {"name": "m"}, "adapter": {"method": "lora", "rank": 4},
-        "data": {"train": "train.jsonl"}}
+BASE = {"model": {"name": "m"}, "adapter": {"method": "lora", "rank": 4}, "data": {"train": "train.jsonl"}}
 
 
 def config(**changes):
@@ -42,17 +42,20 @@ def test_missing_section():
         TrainConfig.from_dict({"model": {"name": "m"}, "adapter": {"method": "lora"}})
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("optim__lr", "fast", r"optim.lr must be a number; got 'fast'"),
-    ("optim__batch_size", 2.5, r"optim.batch_size must be an integer"),
-    ("optim__schedule", "cosin", r"optim.schedule must be one of .*did you mean 'cosine'"),
-    ("optim__optimizer", "adam", r"optim.optimizer must be one of 'adamw'"),
-    ("model__gradient_checkpointing", "yes", r"model.gradient_checkpointing must be true or false"),
-    ("data__format", "csv", r"data.format must be one of 'instruction'"),
-    ("data__packing", True, r"packing works with format 'text' only"),
-    ("eval__metric", "bleu", r"needs eval.generate: true"),
-    ("optim__mixed_precision", "fp8", r"optim.mixed_precision must be one of 'no', 'bf16', 'fp16'"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("optim__lr", "fast", r"optim.lr must be a number; got 'fast'"),
+        ("optim__batch_size", 2.5, r"optim.batch_size must be an integer"),
+        ("optim__schedule", "cosin", r"optim.schedule must be one of .*did you mean 'cosine'"),
+        ("optim__optimizer", "adam", r"optim.optimizer must be one of 'adamw'"),
+        ("model__gradient_checkpointing", "yes", r"model.gradient_checkpointing must be true or false"),
+        ("data__format", "csv", r"data.format must be one of 'instruction'"),
+        ("data__packing", True, r"packing works with format 'text' only"),
+        ("eval__metric", "bleu", r"needs eval.generate: true"),
+        ("optim__mixed_precision", "fp8", r"optim.mixed_precision must be one of 'no', 'bf16', 'fp16'"),
+    ],
+)
 def test_bad_values(key, value, message):
     with pytest.raises(ConfigError, match=message):
         config(**{key: value})
@@ -139,7 +142,6 @@ def test_the_all_options_example_lists_every_key():
     for name, section in SECTIONS.items():
         assert set(data[name]) == {f.name for f in dataclasses.fields(section)}, name
         assert getattr(cfg, name) == section(**{k: getattr(getattr(cfg, name), k) for k in data[name]})
-    defaults = TrainConfig.from_dict({"model": {"name": "x"}, "adapter": {"method": "lora"},
-                                      "data": {"train": "t"}})
+    defaults = TrainConfig.from_dict({"model": {"name": "x"}, "adapter": {"method": "lora"}, "data": {"train": "t"}})
     for name in ("optim", "eval", "output"):  # the listed values are the defaults
         assert getattr(cfg, name) == getattr(defaults, name), name

@@ -1,4 +1,5 @@
 """Data: loss only on responses, packing, classification labels, file formats, padding."""
+
 import pytest
 
 from adapterkit.errors import ConfigError
@@ -25,8 +26,12 @@ def test_instruction_loss_on_response_only(template):
 
 def test_chat_loss_on_every_assistant_turn():
     tok = char_tokenizer()
-    msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"},
-            {"role": "user", "content": "bye"}, {"role": "assistant", "content": "ciao"}]
+    msgs = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "yo"},
+        {"role": "user", "content": "bye"},
+        {"role": "assistant", "content": "ciao"},
+    ]
     [ex] = tokenize([{"messages": msgs}], tok, DataConfig(train="x", format="chat"), "x")
     assert _targets(ex, tok) == "yo<eos>ciao<eos>"
 
@@ -58,7 +63,9 @@ def test_classification_names_are_numbered_in_sorted_order(tmp_path):
 
 def test_missing_field_names_the_record_and_the_setting(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [{"question": "q", "response": "r"}])
-    with pytest.raises(ConfigError, match=r"d.jsonl:1: the record has no field 'prompt'.*'question'.*data.prompt_field"):
+    with pytest.raises(
+        ConfigError, match=r"d.jsonl:1: the record has no field 'prompt'.*'question'.*data.prompt_field"
+    ):
         tokenize(read_records(path, "instruction"), char_tokenizer(), DataConfig(train=path), path)
     with pytest.raises(ConfigError, match="does not exist"):
         read_records(str(tmp_path / "none.jsonl"), "instruction")

@@ -6,6 +6,7 @@ the shards, the checkpoints and the evaluations equal one process's that sees th
 batches (grad_accum = 2); checkpoints resume across the two (FSDP -> one process, one process ->
 FSDP); a 4-bit base trains sharded too.
 """
+
 import json
 import os
 import shutil
@@ -25,25 +26,45 @@ from adapterkit.training import checkpoint, sharding
 from adapterkit.training.launch import launch_command
 from tests.training.helpers import close_under_adam, eval_losses, memorise_records, tiny_folder, write_jsonl
 
-FSDP_CONFIG = {"compute_environment": "LOCAL_MACHINE", "distributed_type": "FSDP", "mixed_precision": "no",
-               "num_machines": 1, "num_processes": 2,
-               "fsdp_config": {"fsdp_version": 2, "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
-                               "fsdp_transformer_layer_cls_to_wrap": "LlamaDecoderLayer",
-                               "fsdp_reshard_after_forward": True, "fsdp_state_dict_type": "FULL_STATE_DICT",
-                               "fsdp_cpu_ram_efficient_loading": True, "fsdp_sync_module_states": True}}
+FSDP_CONFIG = {
+    "compute_environment": "LOCAL_MACHINE",
+    "distributed_type": "FSDP",
+    "mixed_precision": "no",
+    "num_machines": 1,
+    "num_processes": 2,
+    "fsdp_config": {
+        "fsdp_version": 2,
+        "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+        "fsdp_transformer_layer_cls_to_wrap": "LlamaDecoderLayer",
+        "fsdp_reshard_after_forward": True,
+        "fsdp_state_dict_type": "FULL_STATE_DICT",
+        "fsdp_cpu_ram_efficient_loading": True,
+        "fsdp_sync_module_states": True,
+    },
+}
 
 
 def _setup(tmp_path: Path, **sections) -> tuple[dict, Path]:
     """A train config on a tiny Llama (an eval set of 5: the processes hold 3 and 2 examples), and
     the FSDP config file."""
     model = tiny_folder(tmp_path / "model")
-    config = {"model": {"name": model}, "adapter": {"method": "lora", "rank": 4, "alpha": 8},
-              "data": {"train": write_jsonl(tmp_path / "train.jsonl", memorise_records(12)),
-                       "eval": write_jsonl(tmp_path / "eval.jsonl", memorise_records(5))},
-              "optim": {"lr": 1e-2, "batch_size": 2, "grad_accum": 1, "max_steps": 4, "seed": 3},
-              "eval": {"every": 2},
-              "output": {"dir": str(tmp_path / "fsdp"), "progress": False, "plot": False, "trackers": "none",
-                         "save_every": 2}}
+    config = {
+        "model": {"name": model},
+        "adapter": {"method": "lora", "rank": 4, "alpha": 8},
+        "data": {
+            "train": write_jsonl(tmp_path / "train.jsonl", memorise_records(12)),
+            "eval": write_jsonl(tmp_path / "eval.jsonl", memorise_records(5)),
+        },
+        "optim": {"lr": 1e-2, "batch_size": 2, "grad_accum": 1, "max_steps": 4, "seed": 3},
+        "eval": {"every": 2},
+        "output": {
+            "dir": str(tmp_path / "fsdp"),
+            "progress": False,
+            "plot": False,
+            "trackers": "none",
+            "save_every": 2,
+        },
+    }
     config.update(sections)
     fsdp = tmp_path / "fsdp.yaml"
     fsdp.write_text(yaml.safe_dump(FSDP_CONFIG))
@@ -52,8 +73,9 @@ def _setup(tmp_path: Path, **sections) -> tuple[dict, Path]:
 
 def _one_process(config: dict, folder: Path):
     """The same global batches on one process: grad_accum 2 instead of 2 processes."""
-    return ak.train(dict(config, optim=dict(config["optim"], grad_accum=2),
-                         output=dict(config["output"], dir=str(folder))))
+    return ak.train(
+        dict(config, optim=dict(config["optim"], grad_accum=2), output=dict(config["output"], dir=str(folder)))
+    )
 
 
 def _assert_files_close(got: Path, want: Path) -> None:
@@ -65,8 +87,9 @@ def _assert_files_close(got: Path, want: Path) -> None:
 
 def _launch(cmd: list[str], env: dict, timeout: int = 300) -> str:
     """Run a launch in its own session; on a timeout end the whole group (the launcher's children too)."""
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -102,16 +125,21 @@ def test_cli_fsdp_config_trains_sharded_and_saves_whole(tmp_path, capfd):
     _one_process(config, one)
     _assert_files_close(out / "adapter_model.safetensors", one / "adapter_model.safetensors")
     for step in ("step-0000002", "step-0000004"):
-        _assert_files_close(out / "checkpoints" / step / "trainable.safetensors",
-                            one / "checkpoints" / step / "trainable.safetensors")
+        _assert_files_close(
+            out / "checkpoints" / step / "trainable.safetensors", one / "checkpoints" / step / "trainable.safetensors"
+        )
     assert json.loads((out / "checkpoints" / "step-0000002" / "state.json").read_text())["optimizer"] == "names"
     torch.testing.assert_close(torch.tensor(eval_losses(out)), torch.tensor(eval_losses(one)), atol=1e-5, rtol=1e-5)
     trained = load_file(str(out / "adapter_model.safetensors"))
     assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in trained.items())  # B left zero
 
     _rewound(out, tmp_path / "back")
-    ak.train(dict(config, optim=dict(config["optim"], grad_accum=2),
-                  output=dict(config["output"], dir=str(tmp_path / "back"))), resume=True)
+    ak.train(
+        dict(
+            config, optim=dict(config["optim"], grad_accum=2), output=dict(config["output"], dir=str(tmp_path / "back"))
+        ),
+        resume=True,
+    )
     _assert_files_close(tmp_path / "back" / "adapter_model.safetensors", one / "adapter_model.safetensors")
 
 
@@ -159,15 +187,18 @@ def _accelerator(mixed_precision="no"):
     return types.SimpleNamespace(distributed_type=DistributedType.MULTI_CPU, mixed_precision=mixed_precision)
 
 
-@pytest.mark.parametrize("env, sections, mixed, message", [
-    ({"FSDP_VERSION": "1"}, {}, "no", "fsdp_version: 2"),
-    ({}, {"stages": [{"train": "adapters", "steps": 2}]}, "no", "stages: with FSDP"),
-    ({}, {"eval": {"generate": True}}, "no", "eval.generate with FSDP"),
-    ({"FSDP_OFFLOAD_PARAMS": "true"}, {}, "no", "fsdp_offload_params"),
-    ({"FSDP_ACTIVATION_CHECKPOINTING": "true"}, {}, "no", "model.gradient_checkpointing"),
-    ({}, {}, "bf16", "mixed_precision 'bf16'"),
-    ({"ACCELERATE_USE_FSDP": "false", "ACCELERATE_USE_DEEPSPEED": "true"}, {}, "no", "does not run: its loop"),
-])
+@pytest.mark.parametrize(
+    "env, sections, mixed, message",
+    [
+        ({"FSDP_VERSION": "1"}, {}, "no", "fsdp_version: 2"),
+        ({}, {"stages": [{"train": "adapters", "steps": 2}]}, "no", "stages: with FSDP"),
+        ({}, {"eval": {"generate": True}}, "no", "eval.generate with FSDP"),
+        ({"FSDP_OFFLOAD_PARAMS": "true"}, {}, "no", "fsdp_offload_params"),
+        ({"FSDP_ACTIVATION_CHECKPOINTING": "true"}, {}, "no", "model.gradient_checkpointing"),
+        ({}, {}, "bf16", "mixed_precision 'bf16'"),
+        ({"ACCELERATE_USE_FSDP": "false", "ACCELERATE_USE_DEEPSPEED": "true"}, {}, "no", "does not run: its loop"),
+    ],
+)
 def test_what_fsdp_on_a_cpu_and_deepspeed_cannot_run_is_refused(tmp_path, monkeypatch, env, sections, mixed, message):
     from adapterkit.training import TrainConfig
 
@@ -176,8 +207,9 @@ def test_what_fsdp_on_a_cpu_and_deepspeed_cannot_run_is_refused(tmp_path, monkey
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     data = write_jsonl(tmp_path / "d.jsonl", memorise_records(4))
-    config = TrainConfig.from_dict({"model": {"name": "m"}, "adapter": {"method": "lora"},
-                                    "data": {"train": data, "eval": data}, **sections})
+    config = TrainConfig.from_dict(
+        {"model": {"name": "m"}, "adapter": {"method": "lora"}, "data": {"train": data, "eval": data}, **sections}
+    )
     with pytest.raises(ConfigError, match=message):
         sharding.check(config, _accelerator(mixed))
 
@@ -188,8 +220,10 @@ def test_a_plain_config_passes_and_use_cpu_or_a_missing_file_is_refused(tmp_path
     from adapterkit.training import TrainConfig
 
     data = write_jsonl(tmp_path / "d.jsonl", memorise_records(4))
-    sharding.check(TrainConfig.from_dict({"model": {"name": "m"}, "adapter": {"method": "lora"},
-                                          "data": {"train": data}}), _accelerator())
+    sharding.check(
+        TrainConfig.from_dict({"model": {"name": "m"}, "adapter": {"method": "lora"}, "data": {"train": data}}),
+        _accelerator(),
+    )
     fsdp = tmp_path / "fsdp.yaml"
     fsdp.write_text(yaml.safe_dump(FSDP_CONFIG))
     cmd, env = launch_command(["x.py"], None, str(fsdp), cuda=False)

@@ -1,4 +1,5 @@
 """The loop on tiny local models: learning, exact resume, PEFT-readable output, classification, CLI."""
+
 import json
 
 import pytest
@@ -16,10 +17,14 @@ def llama_dir(tmp_path_factory):
 
 def _config(tmp_path, model, **changes):
     data = write_jsonl(tmp_path / "train.jsonl", memorise_records(8))
-    cfg = {"model": {"name": model}, "adapter": {"method": "lora", "rank": 4, "alpha": 8},
-           "data": {"train": data, "eval": data},
-           "optim": {"lr": 1e-2, "batch_size": 4, "max_steps": 30, "schedule": "constant", "seed": 0},
-           "eval": {"every": 0}, "output": {"dir": str(tmp_path / "out"), "progress": False}}
+    cfg = {
+        "model": {"name": model},
+        "adapter": {"method": "lora", "rank": 4, "alpha": 8},
+        "data": {"train": data, "eval": data},
+        "optim": {"lr": 1e-2, "batch_size": 4, "max_steps": 30, "schedule": "constant", "seed": 0},
+        "eval": {"every": 0},
+        "output": {"dir": str(tmp_path / "out"), "progress": False},
+    }
     for key, value in changes.items():
         section, _, field = key.partition("__")
         cfg[section][field] = value
@@ -56,8 +61,15 @@ def test_saved_adapter_loads_in_peft_with_the_same_outputs(tmp_path, llama_dir):
 def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, llama_dir, optimizer, loraplus):
     if optimizer != "adamw":
         pytest.importorskip("bitsandbytes")
-    changes = dict(optim__max_steps=6, optim__schedule="cosine", optim__batch_size=2, optim__optimizer=optimizer,
-                   optim__loraplus_ratio=loraplus, output__save_every=3, eval__every=2)
+    changes = dict(
+        optim__max_steps=6,
+        optim__schedule="cosine",
+        optim__batch_size=2,
+        optim__optimizer=optimizer,
+        optim__loraplus_ratio=loraplus,
+        output__save_every=3,
+        eval__every=2,
+    )
     cfg = _config(tmp_path, llama_dir, **changes)
     cfg["adapter"]["dropout"] = 0.2  # the dropout RNG must be restored too
     result = whole_and_resumed(cfg, tmp_path, crash_at=4)
@@ -72,21 +84,27 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, llama_dir, optim
 
 
 def test_early_stopping_stops_when_eval_stops_improving(tmp_path, llama_dir):
-    cfg = _config(tmp_path, llama_dir, optim__lr=1e-9, optim__max_steps=20, eval__every=1, eval__patience=2,
-                  eval__min_delta=1.0)
+    cfg = _config(
+        tmp_path, llama_dir, optim__lr=1e-9, optim__max_steps=20, eval__every=1, eval__patience=2, eval__min_delta=1.0
+    )
     result = ak.train(cfg)
     assert result.stopped_early and result.steps == 3  # first eval sets the best; two more fail
 
 
 def test_classification_trains_the_head_and_reports_accuracy_and_f1(tmp_path):
     folder = tiny_folder(tmp_path / "bert", kind="bert", num_labels=2)
-    rows = [{"text": t, "label": "pos" if t.startswith("a") else "neg"}
-            for t in ["aaa", "abc", "azz", "bbb", "bcd", "bzz", "aab", "bba"]]
+    rows = [
+        {"text": t, "label": "pos" if t.startswith("a") else "neg"}
+        for t in ["aaa", "abc", "azz", "bbb", "bcd", "bzz", "aab", "bba"]
+    ]
     data = write_jsonl(tmp_path / "cls.jsonl", rows)
-    cfg = {"model": {"name": folder}, "adapter": {"method": "lora", "rank": 4, "targets": ["query", "value"]},
-           "data": {"train": data, "eval": data, "format": "classification"},
-           "optim": {"lr": 5e-2, "batch_size": 4, "max_steps": 25, "schedule": "constant"},
-           "output": {"dir": str(tmp_path / "out"), "progress": False}}
+    cfg = {
+        "model": {"name": folder},
+        "adapter": {"method": "lora", "rank": 4, "targets": ["query", "value"]},
+        "data": {"train": data, "eval": data, "format": "classification"},
+        "optim": {"lr": 5e-2, "batch_size": 4, "max_steps": 25, "schedule": "constant"},
+        "output": {"dir": str(tmp_path / "out"), "progress": False},
+    }
     result = ak.train(cfg)
     assert set(result.last_eval) == {"loss", "accuracy", "macro_f1"}
     assert result.last_eval["loss"] < result.first_eval["loss"]

@@ -1,4 +1,5 @@
 """Metrics against their references: scikit-learn, sacrebleu, torch and transformers."""
+
 import math
 import random
 
@@ -23,8 +24,7 @@ def test_macro_f1_edge_cases_match_sklearn():
     from sklearn.metrics import f1_score
 
     for preds, refs in [([0, 0, 0], [1, 1, 1]), ([2, 2], [2, 2]), (["a", "b", "a"], ["a", "a", "c"])]:
-        assert metrics.macro_f1(preds, refs) == pytest.approx(
-            f1_score(refs, preds, average="macro", zero_division=0))
+        assert metrics.macro_f1(preds, refs) == pytest.approx(f1_score(refs, preds, average="macro", zero_division=0))
     with pytest.raises(ValueError):
         metrics.accuracy([1], [1, 2])
 

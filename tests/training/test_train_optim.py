@@ -1,4 +1,5 @@
 """Schedules against transformers' own; LoRA+ parameter groups; the batch plan."""
+
 import pytest
 import torch
 
@@ -22,9 +23,11 @@ def _lrs(schedule, steps=20):
 def test_schedules_match_transformers(name):
     import transformers
 
-    reference = {"constant": transformers.get_constant_schedule_with_warmup,
-                 "linear": transformers.get_linear_schedule_with_warmup,
-                 "cosine": transformers.get_cosine_schedule_with_warmup}[name]
+    reference = {
+        "constant": transformers.get_constant_schedule_with_warmup,
+        "linear": transformers.get_linear_schedule_with_warmup,
+        "cosine": transformers.get_cosine_schedule_with_warmup,
+    }[name]
     cfg = OptimConfig(schedule=name, warmup_steps=5, lr=0.1)
     param = torch.nn.Parameter(torch.zeros(1))
     ours = build_schedule(torch.optim.SGD([param], lr=0.1), cfg, total=20)

@@ -1,4 +1,5 @@
 """Every run leaves curves.png (loss and learning rate) in its output folder."""
+
 import json
 
 import adapterkit as ak
@@ -10,10 +11,13 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def _config(tmp_path, model, **output):
     data = write_jsonl(tmp_path / "train.jsonl", memorise_records(8))
-    return {"model": {"name": model}, "adapter": {"method": "lora", "rank": 2},
-            "data": {"train": data, "eval": data},
-            "optim": {"lr": 1e-2, "batch_size": 4, "max_steps": 4, "schedule": "linear", "warmup_steps": 2},
-            "output": dict({"dir": str(tmp_path / "out"), "progress": False, "log_every": 1}, **output)}
+    return {
+        "model": {"name": model},
+        "adapter": {"method": "lora", "rank": 2},
+        "data": {"train": data, "eval": data},
+        "optim": {"lr": 1e-2, "batch_size": 4, "max_steps": 4, "schedule": "linear", "warmup_steps": 2},
+        "output": dict({"dir": str(tmp_path / "out"), "progress": False, "log_every": 1}, **output),
+    }
 
 
 def test_a_run_leaves_a_png_of_its_curves(tmp_path):

@@ -1,4 +1,5 @@
 """Encoder-decoder (T5, BART) fine-tuning from source/target data: LoRA trains, saves, merges, generates."""
+
 import copy
 
 import pytest
@@ -17,10 +18,23 @@ def _tiny_bart(vocab_size):
     from transformers import BartConfig, BartForConditionalGeneration
 
     torch.manual_seed(0)
-    cfg = BartConfig(vocab_size=vocab_size, d_model=32, encoder_layers=2, decoder_layers=2,
-                     encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
-                     decoder_ffn_dim=64, max_position_embeddings=64, pad_token_id=0, eos_token_id=1,
-                     bos_token_id=1, decoder_start_token_id=1, forced_eos_token_id=None, init_std=0.3)
+    cfg = BartConfig(
+        vocab_size=vocab_size,
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=1,
+        decoder_start_token_id=1,
+        forced_eos_token_id=None,
+        init_std=0.3,
+    )
     return BartForConditionalGeneration(cfg)
 
 
@@ -38,11 +52,14 @@ def s2s_dir(tmp_path_factory, request):
 
 def _config(tmp_path, model, **optim):
     data = write_jsonl(tmp_path / "pairs.jsonl", RECORDS)
-    return {"model": {"name": model}, "adapter": {"method": "lora", "rank": 4, "alpha": 8},
-            "data": {"train": data, "eval": data, "format": "seq2seq"},
-            "optim": dict({"lr": 2e-2, "batch_size": 4, "max_steps": 40, "schedule": "constant"}, **optim),
-            "eval": {"generate": True, "max_new_tokens": 4},
-            "output": {"dir": str(tmp_path / "out"), "progress": False}}
+    return {
+        "model": {"name": model},
+        "adapter": {"method": "lora", "rank": 4, "alpha": 8},
+        "data": {"train": data, "eval": data, "format": "seq2seq"},
+        "optim": dict({"lr": 2e-2, "batch_size": 4, "max_steps": 40, "schedule": "constant"}, **optim),
+        "eval": {"generate": True, "max_new_tokens": 4},
+        "output": {"dir": str(tmp_path / "out"), "progress": False},
+    }
 
 
 def test_examples_are_source_and_target_with_eos():
@@ -75,8 +92,9 @@ def test_lora_on_an_encoder_decoder_trains_saves_merges_and_generates(tmp_path, 
         merged = ak.merge(copy.deepcopy(model))
         out = merged(**batch).logits
         torch.testing.assert_close(out, logits, atol=1e-5, rtol=1e-5)
-        kwargs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=4,
-                      do_sample=False)
+        kwargs = dict(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=4, do_sample=False
+        )
         generated = merged.generate(**kwargs)
         torch.testing.assert_close(model.generate(**kwargs), generated)
     # greedy: after the start token comes the argmax of the first decoder position

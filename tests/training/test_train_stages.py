@@ -1,4 +1,5 @@
 """Staged and partial fine-tuning: what each stage trains, layer-wise learning rates, resume, errors."""
+
 import re
 
 import pytest
@@ -24,10 +25,14 @@ def llama_dir(tmp_path_factory):
 def _classify(tmp_path, model, stage_list, adapter=None, **output):
     rows = [{"text": f"item {i} {'good' if i % 2 else 'bad'}", "label": i % 2} for i in range(16)]
     data = write_jsonl(tmp_path / "cls.jsonl", rows)
-    return {"model": {"name": model}, "adapter": adapter, "stages": stage_list,
-            "data": {"train": data, "format": "classification"},
-            "optim": {"lr": 1e-2, "batch_size": 4, "schedule": "constant"},
-            "output": dict({"dir": str(tmp_path / "out"), "progress": False, "plot": False}, **output)}
+    return {
+        "model": {"name": model},
+        "adapter": adapter,
+        "stages": stage_list,
+        "data": {"train": data, "format": "classification"},
+        "optim": {"lr": 1e-2, "batch_size": 4, "schedule": "constant"},
+        "output": dict({"dir": str(tmp_path / "out"), "progress": False, "plot": False}, **output),
+    }
 
 
 def _initial(folder):
@@ -84,19 +89,30 @@ def test_a_stage_with_layer_decay_builds_those_groups(tmp_path, bert_dir, monkey
         real(self, groups, *args, **kwargs)
 
     monkeypatch.setattr(torch.optim.AdamW, "__init__", spy)
-    ak.train(_classify(tmp_path, bert_dir, [{"train": "head", "steps": 1},
-                                            {"train": "all", "steps": 1, "lr": 1e-3, "layer_decay": 0.5}]))
+    ak.train(
+        _classify(
+            tmp_path,
+            bert_dir,
+            [{"train": "head", "steps": 1}, {"train": "all", "steps": 1, "lr": 1e-3, "layer_decay": 0.5}],
+        )
+    )
     assert seen[0] == [1e-2]
-    assert seen[1] == pytest.approx(sorted(1e-3 * 0.5 ** k for k in (0, 1, 2, 3)))
+    assert seen[1] == pytest.approx(sorted(1e-3 * 0.5**k for k in (0, 1, 2, 3)))
 
 
 def test_resume_across_a_stage_boundary_equals_an_uninterrupted_run(tmp_path, llama_dir):
     data = write_jsonl(tmp_path / "train.jsonl", memorise_records(8))
-    cfg = {"model": {"name": llama_dir}, "adapter": {"method": "lora", "rank": 4, "dropout": 0.1},
-           "data": {"train": data}, "optim": {"lr": 1e-2, "batch_size": 2, "seed": 0},
-           "stages": [{"train": "adapters", "steps": 3, "schedule": "constant"},
-                      {"train": "adapters", "top_blocks": 1, "steps": 3, "lr": 5e-3, "warmup_steps": 1}],
-           "output": {"progress": False, "plot": False, "save_every": 3}}
+    cfg = {
+        "model": {"name": llama_dir},
+        "adapter": {"method": "lora", "rank": 4, "dropout": 0.1},
+        "data": {"train": data},
+        "optim": {"lr": 1e-2, "batch_size": 2, "seed": 0},
+        "stages": [
+            {"train": "adapters", "steps": 3, "schedule": "constant"},
+            {"train": "adapters", "top_blocks": 1, "steps": 3, "lr": 5e-3, "warmup_steps": 1},
+        ],
+        "output": {"progress": False, "plot": False, "save_every": 3},
+    }
     result = whole_and_resumed(cfg, tmp_path, crash_at=4)
     assert result.steps == 6
     for file in ("adapter_model.safetensors", "trained.safetensors"):
@@ -106,15 +122,18 @@ def test_resume_across_a_stage_boundary_equals_an_uninterrupted_run(tmp_path, ll
             assert torch.equal(whole[key], resumed[key]), (file, key)
 
 
-@pytest.mark.parametrize("stage_list, message", [
-    ([{"train": "head"}, {"train": "head", "lr": -1}], r"stages\[1\]\.lr"),
-    ([{"train": "head", "step": 3}], r"stages\[0\].*unknown field 'step'.*steps"),
-    ([{"train": "head", "steps": 2, "epochs": 1}], r"stages\[0\] gives both steps"),
-    ([{"train": "heads"}], r"stages\[0\]\.train must be one of"),
-    ([{"lr": 1e-3}], r"stages\[0\] trains nothing"),
-    ([{"top_blocks": 1, "layer_decay": 1.5}], r"stages\[0\]\.layer_decay"),
-    ([], "non-empty list"),
-])
+@pytest.mark.parametrize(
+    "stage_list, message",
+    [
+        ([{"train": "head"}, {"train": "head", "lr": -1}], r"stages\[1\]\.lr"),
+        ([{"train": "head", "step": 3}], r"stages\[0\].*unknown field 'step'.*steps"),
+        ([{"train": "head", "steps": 2, "epochs": 1}], r"stages\[0\] gives both steps"),
+        ([{"train": "heads"}], r"stages\[0\]\.train must be one of"),
+        ([{"lr": 1e-3}], r"stages\[0\] trains nothing"),
+        ([{"top_blocks": 1, "layer_decay": 1.5}], r"stages\[0\]\.layer_decay"),
+        ([], "non-empty list"),
+    ],
+)
 def test_stage_errors_name_the_stage_and_the_key(tmp_path, stage_list, message):
     with pytest.raises(ak.ConfigError, match=message):
         TrainConfig.from_dict(_classify(tmp_path, "x/model", stage_list))
@@ -159,8 +178,9 @@ def test_a_top_block_and_head_stage_matches_a_plain_partial_loop(tmp_path, bert_
     cfg["data"]["eval"] = cfg["data"]["train"]
     ours = dict(ak.train(cfg).model.named_parameters())
     config = TrainConfig.from_dict(dict(cfg, adapter={"method": "lora"}, stages=None))
-    _, reference = partial.train_partial(config, lambda m: lambda n: n.startswith(
-        ("classifier.", *partial.last_blocks(m, 1))), tmp_path / "reference")
+    _, reference = partial.train_partial(
+        config, lambda m: lambda n: n.startswith(("classifier.", *partial.last_blocks(m, 1))), tmp_path / "reference"
+    )
     for name, p in reference.named_parameters():
         torch.testing.assert_close(ours[name], p, atol=1e-6, rtol=1e-5)
     assert any(not torch.equal(ours[n], p) for n, p in _initial(bert_dir).items())

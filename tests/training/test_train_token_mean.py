@@ -1,6 +1,7 @@
 """With gradient accumulation over micro-batches of uneven lengths, a training step's loss and
 gradient are those of the whole batch: the mean over all its target tokens (or examples), as
 transformers' Trainer computes it since 4.46, not the mean of per-micro-batch means."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -79,8 +80,10 @@ def test_accumulated_step_equals_the_whole_batch_classification():
     ak.attach(model, ak.LoRAConfig(rank=4, targets=["query", "value"], init="random", train_modules=["classifier"]))
     model.train()
     g = torch.Generator().manual_seed(2)
-    examples = [{"input_ids": torch.randint(3, 60, (n,), generator=g).tolist(), "labels": k % 3}
-                for k, n in enumerate([4, 11, 7])]
+    examples = [
+        {"input_ids": torch.randint(3, 60, (n,), generator=g).tolist(), "labels": k % 3}
+        for k, n in enumerate([4, 11, 7])
+    ]
     model.eval()  # no dropout: the reference and the step see the same function
     logits = torch.cat([model(input_ids=torch.tensor([e["input_ids"]])).logits for e in examples])
     expected = F.cross_entropy(logits, torch.tensor([e["labels"] for e in examples]))

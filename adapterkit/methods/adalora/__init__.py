@@ -3,6 +3,7 @@
 config.py (the fields and schedule), layers.py (the forward), allocator.py (budget and masks),
 regulariser.py (orthogonality penalty), files.py (PEFT's layout).
 """
+
 from ... import bases
 from ...errors import UnsupportedModuleError
 from ...registry import Method, register

@@ -27,6 +27,7 @@ are applied again at every step. This is PEFT's ``RankAllocator`` / ``update_and
 The masks go into each layer's config as ``rank_pattern`` (a new frozen config, the same object on
 every layer of the adapter), which is what ``save_adapter`` writes.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -76,7 +77,7 @@ class RankAllocator:
         if step > c.total_step - c.tfinal:
             return self.target_budget, True
         left = 1 - (step - c.tinit) / (c.total_step - c.tfinal - c.tinit)
-        budget = int((self.init_budget - self.target_budget) * (left ** 3) + self.target_budget)
+        budget = int((self.init_budget - self.target_budget) * (left**3) + self.target_budget)
         return budget, step % c.deltaT == 0
 
     def step(self, model: nn.Module, global_step: int) -> Optional[dict[str, list[bool]]]:
@@ -105,8 +106,10 @@ class RankAllocator:
             for part in ("a", "e", "b"):
                 p = getattr(adapter, part)
                 if p.grad is None:
-                    raise InputError(f"{module}: the AdaLoRA tensor {part!r} has no gradient; call "
-                                      "allocator.step after backward and before zero_grad.")
+                    raise InputError(
+                        f"{module}: the AdaLoRA tensor {part!r} has no gradient; call "
+                        "allocator.step after backward and before zero_grad."
+                    )
                 ipt = (p * p.grad).abs()
                 key = (module, part)
                 ema = b1 * self.ema.get(key, torch.zeros_like(p)) + (1 - b1) * ipt

@@ -11,6 +11,7 @@ until ``target_r`` triplets per layer remain on average, with an orthogonality p
 until step ``total_step - tfinal`` (masks every ``deltaT`` steps), then ``tfinal`` steps with the
 final masks. Names follow PEFT's ``AdaLoraConfig`` (``init_r``, ``target_r``, ``deltaT``, ...).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -74,20 +75,26 @@ class AdaLoRAConfig(AdapterConfig):
         name = type(self).__name__
         for field in ("init_r", "target_r", "total_step", "deltaT"):
             if field == "total_step" and self.total_step is None:
-                raise ConfigError(f"{name}.total_step is required: the number of optimizer steps the rank "
-                                  "schedule spans (e.g. the run's max_steps), as PEFT's AdaLoraConfig requires.")
+                raise ConfigError(
+                    f"{name}.total_step is required: the number of optimizer steps the rank "
+                    "schedule spans (e.g. the run's max_steps), as PEFT's AdaLoraConfig requires."
+                )
             self._positive(field, integer=True)
         for field in ("tinit", "tfinal"):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{name}.{field} must be a non-negative integer; got {value!r}.")
         if self.target_r > self.init_r:
-            raise ConfigError(f"{name}.target_r ({self.target_r}) is above init_r ({self.init_r}); the budget "
-                              "only shrinks. Lower target_r or raise init_r.")
+            raise ConfigError(
+                f"{name}.target_r ({self.target_r}) is above init_r ({self.init_r}); the budget "
+                "only shrinks. Lower target_r or raise init_r."
+            )
         if self.tinit >= self.total_step - self.tfinal:
-            raise ConfigError(f"{name}: tinit ({self.tinit}) + tfinal ({self.tfinal}) leave no steps of "
-                              f"total_step ({self.total_step}) to allocate the budget in; decrease tinit / "
-                              "tfinal or increase total_step.")
+            raise ConfigError(
+                f"{name}: tinit ({self.tinit}) + tfinal ({self.tfinal}) leave no steps of "
+                f"total_step ({self.total_step}) to allocate the budget in; decrease tinit / "
+                "tfinal or increase total_step."
+            )
         for field in ("beta1", "beta2"):
             self._fraction(field, open_low=True)
         self._fraction("dropout", open_low=False)
@@ -109,11 +116,16 @@ class AdaLoRAConfig(AdapterConfig):
 
     def _fraction(self, field: str, open_low: bool) -> None:
         value = getattr(self, field)
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
-            0 < value < 1 if open_low else 0 <= value < 1)
+        ok = (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and (0 < value < 1 if open_low else 0 <= value < 1)
+        )
         if not ok:
-            raise ConfigError(f"{type(self).__name__}.{field} must be a number in "
-                              f"{'(0, 1)' if open_low else '[0, 1)'}; got {value!r}.")
+            raise ConfigError(
+                f"{type(self).__name__}.{field} must be a number in "
+                f"{'(0, 1)' if open_low else '[0, 1)'}; got {value!r}."
+            )
 
     def _pattern(self, value: Any) -> Optional[Pattern]:
         """A mapping (or pairs) of module name -> init_r booleans, stored as sorted pairs."""
@@ -124,12 +136,18 @@ class AdaLoRAConfig(AdapterConfig):
         try:
             for module, mask in pairs:
                 mask = tuple(mask)
-                if not isinstance(module, str) or len(mask) != self.init_r or not all(isinstance(m, bool) for m in mask):
+                if (
+                    not isinstance(module, str)
+                    or len(mask) != self.init_r
+                    or not all(isinstance(m, bool) for m in mask)
+                ):
                     raise ValueError
                 out.append((module, mask))
         except (TypeError, ValueError):
-            raise ConfigError(f"{type(self).__name__}.rank_pattern must map module names to lists of init_r "
-                              f"({self.init_r}) booleans; got {value!r:.200}.") from None
+            raise ConfigError(
+                f"{type(self).__name__}.rank_pattern must map module names to lists of init_r "
+                f"({self.init_r}) booleans; got {value!r:.200}."
+            ) from None
         return tuple(sorted(out))
 
     # -- what the pattern means ------------------------------------------------------------

@@ -24,6 +24,7 @@ pattern, r is the number of kept triplets of M (0 allowed) and the rows of A and
 of B are the kept ones, as PEFT's ``resize_state_dict_by_rank_pattern`` writes them; a layer built
 from such a file holds only those (its scale stays alpha / init_r, PEFT's ``ranknum``).
 """
+
 from __future__ import annotations
 
 import re
@@ -39,12 +40,24 @@ from ...targets import resolve
 from .config import AdaLoRAConfig
 
 SAME = ("init_r", "target_r", "tinit", "tfinal", "deltaT", "beta1", "beta2", "orth_reg_weight", "total_step")
-KEYS = {"alpha": "lora_alpha", "dropout": "lora_dropout", "targets": "target_modules",
-        "exclude": "exclude_modules", "layers": "layers_to_transform"}
+KEYS = {
+    "alpha": "lora_alpha",
+    "dropout": "lora_dropout",
+    "targets": "target_modules",
+    "exclude": "exclude_modules",
+    "layers": "layers_to_transform",
+}
 PARTS = ("lora_A", "lora_E", "lora_B")
 # PEFT keys whose non-default values change what the adapter computes, with that default
-_UNSUPPORTED = {"use_dora": False, "use_rslora": False, "bias": "none", "lora_bias": False,
-                "alpha_pattern": {}, "layer_replication": None, "target_parameters": None}
+_UNSUPPORTED = {
+    "use_dora": False,
+    "use_rslora": False,
+    "bias": "none",
+    "lora_bias": False,
+    "alpha_pattern": {},
+    "layer_replication": None,
+    "target_parameters": None,
+}
 
 
 def config_to_file(config: AdaLoRAConfig, model: nn.Module) -> dict[str, Any]:
@@ -57,13 +70,28 @@ def config_to_file(config: AdaLoRAConfig, model: nn.Module) -> dict[str, Any]:
         targets = targets if isinstance(targets, str) else list(targets)
     exclude = config.exclude if isinstance(config.exclude, str) else (list(config.exclude) or None)
     conv1d = any(bases.base_kind(_logical(model, n)) == "conv1d" for n in picked)
-    pattern = None if config.rank_pattern is None else {
-        f"{module}.lora_E": list(kept) for module, kept in config.rank_pattern}
-    return {**{key: getattr(config, key) for key in SAME},
-            "r": 8, "lora_alpha": config.alpha, "lora_dropout": config.dropout, "target_modules": targets,
-            "exclude_modules": exclude, "layers_to_transform": layers, "layers_pattern": None,
-            "init_lora_weights": config.init == "default", "fan_in_fan_out": conv1d, "bias": "none",
-            "use_rslora": False, "use_dora": False, "rank_pattern": pattern, "alpha_pattern": {}}
+    pattern = (
+        None
+        if config.rank_pattern is None
+        else {f"{module}.lora_E": list(kept) for module, kept in config.rank_pattern}
+    )
+    return {
+        **{key: getattr(config, key) for key in SAME},
+        "r": 8,
+        "lora_alpha": config.alpha,
+        "lora_dropout": config.dropout,
+        "target_modules": targets,
+        "exclude_modules": exclude,
+        "layers_to_transform": layers,
+        "layers_pattern": None,
+        "init_lora_weights": config.init == "default",
+        "fan_in_fan_out": conv1d,
+        "bias": "none",
+        "use_rslora": False,
+        "use_dora": False,
+        "rank_pattern": pattern,
+        "alpha_pattern": {},
+    }
 
 
 def _logical(model: nn.Module, name: str) -> nn.Module:
@@ -75,8 +103,10 @@ def config_from_file(data: Mapping[str, Any]) -> AdaLoRAConfig:
     for key, default in _UNSUPPORTED.items():
         value = data.get(key, default)
         if value not in (default, None) and not (isinstance(default, dict) and not value):
-            raise ConfigError(f"{key}={value!r} is not supported by adapterkit's AdaLoRA (supported: "
-                              f"{default!r}); re-save the adapter without it, or load it with PEFT.")
+            raise ConfigError(
+                f"{key}={value!r} is not supported by adapterkit's AdaLoRA (supported: "
+                f"{default!r}); re-save the adapter without it, or load it with PEFT."
+            )
     fields: dict[str, Any] = {key: data[key] for key in SAME if data.get(key) is not None}
     fields.update({field: data[key] for field, key in KEYS.items() if data.get(key) is not None})
     if isinstance(fields.get("targets"), list) and not fields["targets"]:
@@ -110,8 +140,11 @@ def state_to_file(module_name: str, adapter: nn.Module) -> dict[str, Tensor]:
     kept = _kept(adapter, module_name)
     if kept is None:
         return {f"{prefix}.lora_A": adapter.a, f"{prefix}.lora_E": adapter.e, f"{prefix}.lora_B": adapter.b}
-    return {f"{prefix}.lora_A": adapter.a[kept], f"{prefix}.lora_E": adapter.e[kept],
-            f"{prefix}.lora_B": adapter.b[:, kept]}
+    return {
+        f"{prefix}.lora_A": adapter.a[kept],
+        f"{prefix}.lora_E": adapter.e[kept],
+        f"{prefix}.lora_B": adapter.b[:, kept],
+    }
 
 
 @torch.no_grad()
@@ -133,13 +166,21 @@ def sizes_from_file(config: AdaLoRAConfig, shapes: Mapping[str, tuple]) -> list[
     for key, shape in shapes.items():
         if not key.startswith(PEFT_PREFIX) or "." not in key:
             continue
-        module, part = key[len(PEFT_PREFIX):].rsplit(".", 1)
+        module, part = key[len(PEFT_PREFIX) :].rsplit(".", 1)
         axis = {"lora_A": 0, "lora_E": 0, "lora_B": 1}.get(part)
         if axis is not None and len(shape) > axis and shape[axis] != config.rank(module):
-            problems.append(f"{key!r} has shape {tuple(shape)}, rank {shape[axis]}, but the config says "
-                            f"{config.rank(module)} for {module!r} (init_r and rank_pattern)")
+            problems.append(
+                f"{key!r} has shape {tuple(shape)}, rank {shape[axis]}, but the config says "
+                f"{config.rank(module)} for {module!r} (init_r and rank_pattern)"
+            )
     return problems
 
 
-FILES = FileFormat(peft_type="ADALORA", config_to_file=config_to_file, config_from_file=config_from_file,
-                   state_to_file=state_to_file, state_from_file=state_from_file, sizes_from_file=sizes_from_file)
+FILES = FileFormat(
+    peft_type="ADALORA",
+    config_to_file=config_to_file,
+    config_from_file=config_from_file,
+    state_to_file=state_to_file,
+    state_from_file=state_from_file,
+    sizes_from_file=sizes_from_file,
+)

@@ -7,6 +7,7 @@ as PEFT's ``SVDLinear`` (its ``scaling`` is alpha, its ``ranknum`` stays init_r,
 that a saved rank pattern shrank). Masking a triplet sets its E to zero (allocator.py), so the
 forward needs no mask. Folding: W' = W + B (E * A) * alpha / (init_r + 1e-5).
 """
+
 from __future__ import annotations
 
 import torch
@@ -31,8 +32,7 @@ class AdaLoRA(nn.Module):
         weight = next(iter(base.parameters()), None)
         if weight is None:
             weight = next(iter(base.buffers()))
-        place = {"device": weight.device,
-                 "dtype": weight.dtype if weight.dtype.is_floating_point else torch.float32}
+        place = {"device": weight.device, "dtype": weight.dtype if weight.dtype.is_floating_point else torch.float32}
         self.a = nn.Parameter(torch.empty(rank, n_in, **place))
         self.e = nn.Parameter(torch.empty(rank, 1, **place))
         self.b = nn.Parameter(torch.empty(n_out, rank, **place))

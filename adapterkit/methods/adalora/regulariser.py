@@ -7,6 +7,7 @@ A (r, in) holds the right singular vectors as rows, B (out, r) the left ones as 
 pushes both towards orthonormal sets. This is the term PEFT's ``AdaLoraModel.forward`` adds to
 ``outputs.loss`` for the trainable adapter (it counts masked triplets too).
 """
+
 from __future__ import annotations
 
 import torch

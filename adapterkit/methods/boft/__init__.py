@@ -1,4 +1,5 @@
 """BOFT: butterfly products of orthogonal blocks on a linear layer's input, a scale on its output."""
+
 from ...registry import Method, register
 from ..linear_targets import picked
 from .config import BOFTConfig

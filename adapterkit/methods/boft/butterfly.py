@@ -1,9 +1,10 @@
 """BOFT's butterfly: Cayley blocks, the block butterfly permutations, and their product (PEFT 0.21).
 
-    Cayley:   Q = (I - S)(I + S)^-1,  S = (R - R^T) / 2          R (b, b) free, Q orthogonal
-    factor i: F_i = P_i blockdiag(Q_i1 ... Q_iD) P_i^T           P_0 = I
-    B = F_(m-1) ... F_1 F_0                                       (in, in), the input goes x -> x B
+Cayley:   Q = (I - S)(I + S)^-1,  S = (R - R^T) / 2          R (b, b) free, Q orthogonal
+factor i: F_i = P_i blockdiag(Q_i1 ... Q_iD) P_i^T           P_0 = I
+B = F_(m-1) ... F_1 F_0                                       (in, in), the input goes x -> x B
 """
+
 from __future__ import annotations
 
 import torch

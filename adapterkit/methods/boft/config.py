@@ -6,6 +6,7 @@ block-diagonal of Cayley rotations, and the output rows are rescaled:
 ``y = s * (W (B^T x)) + b``, B = P_m D_m P_m^T ... P_1 D_1 P_1^T, s (out,). With m = 1 it is OFT
 with exact Cayley blocks plus the scale s.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -63,11 +64,15 @@ class BOFTConfig(AdapterConfig):
             )
         self._positive("butterfly_factor", integer=True)
         if self.butterfly_factor > MAX_FACTORS:
-            raise ConfigError(f"{name}.butterfly_factor must be at most {MAX_FACTORS} (factor k pairs blocks "
-                              f"2^(k-1) apart); got {self.butterfly_factor}.")
+            raise ConfigError(
+                f"{name}.butterfly_factor must be at most {MAX_FACTORS} (factor k pairs blocks "
+                f"2^(k-1) apart); got {self.butterfly_factor}."
+            )
         if self.butterfly_factor > 1 and (self.block_size or self.block_num) % 2:
-            raise ConfigError(f"{name}: with butterfly_factor > 1, block_size / block_num must be even; "
-                              f"got {self.block_size or self.block_num}.")
+            raise ConfigError(
+                f"{name}: with butterfly_factor > 1, block_size / block_num must be even; "
+                f"got {self.block_size or self.block_num}."
+            )
         d = self.dropout
         if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 <= d < 1.0:
             raise ConfigError(f"{name}.dropout must be a number in [0, 1); got {d!r}.")

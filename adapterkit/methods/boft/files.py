@@ -17,6 +17,7 @@ init               init_weights             identity: true, random: false
 
 Tensors: ``base_model.model.<module>.boft_R`` (m, D, b, b) and ``....boft_s`` (out, 1).
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -28,8 +29,12 @@ from ...registry import PEFT_PREFIX, FileFormat
 from ..linear_targets import picked, targets_from_file, targets_to_file
 from .config import BOFTConfig
 
-KEYS = {"block_size": "boft_block_size", "block_num": "boft_block_num",
-        "butterfly_factor": "boft_n_butterfly_factor", "dropout": "boft_dropout"}
+KEYS = {
+    "block_size": "boft_block_size",
+    "block_num": "boft_block_num",
+    "butterfly_factor": "boft_n_butterfly_factor",
+    "dropout": "boft_dropout",
+}
 _UNSUPPORTED = {"bias": "none"}
 
 
@@ -37,15 +42,21 @@ def config_to_file(config: BOFTConfig, model: nn.Module) -> dict[str, Any]:
     from . import KINDS
 
     names = picked(model, config, "BOFT", KINDS)
-    return {**{key: getattr(config, field) for field, key in KEYS.items()}, **targets_to_file(config, model, names),
-            "init_weights": config.init == "identity", "bias": "none"}
+    return {
+        **{key: getattr(config, field) for field, key in KEYS.items()},
+        **targets_to_file(config, model, names),
+        "init_weights": config.init == "identity",
+        "bias": "none",
+    }
 
 
 def config_from_file(data: Mapping[str, Any]) -> BOFTConfig:
     for key, default in _UNSUPPORTED.items():
         if data.get(key, default) not in (default, None):
-            raise ConfigError(f"{key}={data[key]!r} is not supported by adapterkit's BOFT (supported: "
-                              f"{default!r}); re-save the adapter without it, or load it with PEFT.")
+            raise ConfigError(
+                f"{key}={data[key]!r} is not supported by adapterkit's BOFT (supported: "
+                f"{default!r}); re-save the adapter without it, or load it with PEFT."
+            )
     fields = targets_from_file(data)
     fields.update({field: data[key] for field, key in KEYS.items() if data.get(key) is not None})
     fields.setdefault("block_num", 0)
@@ -70,9 +81,15 @@ def sizes_from_file(config: BOFTConfig, shapes: Mapping[str, tuple]) -> list[str
             problems.append(
                 f"{key!r} holds {shape[0]} butterfly factor(s) but boft_n_butterfly_factor is "
                 f"{config.butterfly_factor} (PEFT without its CUDA extension trains 1 factor whatever the config "
-                f"says: set boft_n_butterfly_factor to {shape[0]} in adapter_config.json)")
+                f"says: set boft_n_butterfly_factor to {shape[0]} in adapter_config.json)"
+            )
     return problems
 
 
-FILES = FileFormat(peft_type="BOFT", config_to_file=config_to_file, config_from_file=config_from_file,
-                   state_to_file=state_to_file, sizes_from_file=sizes_from_file)
+FILES = FileFormat(
+    peft_type="BOFT",
+    config_to_file=config_to_file,
+    config_from_file=config_from_file,
+    state_to_file=state_to_file,
+    sizes_from_file=sizes_from_file,
+)

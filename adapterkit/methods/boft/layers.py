@@ -4,6 +4,7 @@
 With one factor B = blockdiag(Q_1 .. Q_D) and the rotation runs block by block (no (in, in) matrix).
 Several active adapters: x B_1 B_2 ..., scales multiply. Folding: W' = s * W (B_1 B_2 ...)^T, b kept.
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,15 +23,22 @@ def sizes(n_in: int, config: BOFTConfig) -> tuple[int, int]:
     """(blocks per factor D, block size b) for a layer with ``n_in`` inputs; PEFT's checks."""
     given = config.block_size or config.block_num
     m = config.butterfly_factor
-    if n_in % given or (m > 1 and n_in % (given * 2 ** (m - 1))) or (m > 1 and config.block_num
-                                                                    and config.block_num % 2 ** (m - 1)):
+    if (
+        n_in % given
+        or (m > 1 and n_in % (given * 2 ** (m - 1)))
+        or (m > 1 and config.block_num and config.block_num % 2 ** (m - 1))
+    ):
         field = "block_size" if config.block_size else "block_num"
-        raise ConfigError(f"BOFTConfig.{field}={given} with butterfly_factor={m} does not fit a layer with "
-                          f"{n_in} inputs; pick one that divides {n_in} (times 2^(factor-1)).")
+        raise ConfigError(
+            f"BOFTConfig.{field}={given} with butterfly_factor={m} does not fit a layer with "
+            f"{n_in} inputs; pick one that divides {n_in} (times 2^(factor-1))."
+        )
     d, b = (n_in // given, given) if config.block_size else (given, n_in // given)
     if m > 1 and (d % 2 or b % 2):
-        raise ConfigError(f"BOFT with butterfly_factor={m} needs an even block count and size; a layer with "
-                          f"{n_in} inputs gets {d} blocks of {b}.")
+        raise ConfigError(
+            f"BOFT with butterfly_factor={m} needs an even block count and size; a layer with "
+            f"{n_in} inputs gets {d} blocks of {b}."
+        )
     return d, b
 
 
@@ -50,8 +58,9 @@ class BOFT(nn.Module):
                 self.boft_R.normal_(0.0, 0.1)
                 self.boft_s.normal_(1.0, 0.1)
         perms = permutation_matrices(self.n_in, self.d, self.b, config.butterfly_factor)
-        self.register_buffer("perms", perms.to(where["device"]) if config.butterfly_factor > 1 else None,
-                             persistent=False)
+        self.register_buffer(
+            "perms", perms.to(where["device"]) if config.butterfly_factor > 1 else None, persistent=False
+        )
 
     def extra_repr(self) -> str:
         return f"factors={self.config.butterfly_factor}, blocks={self.d}, block_size={self.b}"

@@ -1,4 +1,5 @@
 """Bottleneck adapters: houlsby, pfeiffer and parallel presets, placed by module names and types."""
+
 from ... import bases
 from ...errors import UnsupportedModuleError
 from ...registry import Method, register
@@ -7,6 +8,7 @@ from .config import BottleneckConfig
 from .files import FILES, PEFT_TYPE
 from .layers import Bottleneck, BottleneckLayer, Tap, build
 from .roles import pick
+
 
 def _logical(model, name):
     module = model.get_submodule(name)

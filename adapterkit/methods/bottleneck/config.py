@@ -8,6 +8,7 @@ An adapter is ``A(h) = W_up f(W_down h + b_down) + b_up`` with W_down (d, hidden
 - ``parallel``: beside each feed-forward block: ``y = FFN(x) + scale * A(x)``, x the block's input.
 W_up and b_up start at zero, so the adapted model equals the base at the start.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -64,8 +65,10 @@ class BottleneckConfig(AdapterConfig):
             if self.targets in ((), ""):
                 raise ConfigError("BottleneckConfig.targets is empty; use None (placement by preset).")
             if self.preset == "parallel":
-                raise ConfigError("BottleneckConfig: explicit targets place serial adapters; use "
-                                  "preset='houlsby' or 'pfeiffer' with targets, or targets=None.")
+                raise ConfigError(
+                    "BottleneckConfig: explicit targets place serial adapters; use "
+                    "preset='houlsby' or 'pfeiffer' with targets, or targets=None."
+                )
         self._tuple("train_modules")
         if isinstance(self.train_modules, str):
             self._set("train_modules", (self.train_modules,))

@@ -10,6 +10,7 @@ adapter_model.safetensors, per adapted module ``M``:
 ``....adapter_up.weight`` (hidden, d), ``....adapter_up.bias`` (hidden,). For a parallel adapter
 ``M`` is the feed-forward output projection; its input projection holds no tensors.
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -43,8 +44,12 @@ def state_to_file(module_name: str, adapter: nn.Module) -> dict[str, Tensor]:
     if not hasattr(adapter, "down"):  # a parallel adapter's input tap
         return {}
     prefix = f"{PEFT_PREFIX}{module_name}"
-    return {f"{prefix}.adapter_down.weight": adapter.down.weight, f"{prefix}.adapter_down.bias": adapter.down.bias,
-            f"{prefix}.adapter_up.weight": adapter.up.weight, f"{prefix}.adapter_up.bias": adapter.up.bias}
+    return {
+        f"{prefix}.adapter_down.weight": adapter.down.weight,
+        f"{prefix}.adapter_down.bias": adapter.down.bias,
+        f"{prefix}.adapter_up.weight": adapter.up.weight,
+        f"{prefix}.adapter_up.bias": adapter.up.bias,
+    }
 
 
 def sizes_from_file(config: BottleneckConfig, shapes: Mapping[str, tuple]) -> list[str]:
@@ -52,10 +57,17 @@ def sizes_from_file(config: BottleneckConfig, shapes: Mapping[str, tuple]) -> li
     problems = []
     for key, shape in shapes.items():
         if key.endswith(".adapter_down.weight") and len(shape) == 2 and shape[0] != config.size(shape[1]):
-            problems.append(f"{key!r} has shape {tuple(shape)}, a bottleneck of {shape[0]}, but the config "
-                            f"gives {config.size(shape[1])} for hidden size {shape[1]}")
+            problems.append(
+                f"{key!r} has shape {tuple(shape)}, a bottleneck of {shape[0]}, but the config "
+                f"gives {config.size(shape[1])} for hidden size {shape[1]}"
+            )
     return problems
 
 
-FILES = FileFormat(peft_type=PEFT_TYPE, config_to_file=config_to_file, config_from_file=config_from_file,
-                   state_to_file=state_to_file, sizes_from_file=sizes_from_file)
+FILES = FileFormat(
+    peft_type=PEFT_TYPE,
+    config_to_file=config_to_file,
+    config_from_file=config_from_file,
+    state_to_file=state_to_file,
+    sizes_from_file=sizes_from_file,
+)

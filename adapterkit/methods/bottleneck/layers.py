@@ -8,6 +8,7 @@ A parallel adapter lives on the FFN's output projection; the FFN's input project
 parameterless ``Tap`` that hands its input over. Within a block the input projection always runs
 first, so one slot per adapter name and thread carries x from the tap to the adapter.
 """
+
 from __future__ import annotations
 
 import math

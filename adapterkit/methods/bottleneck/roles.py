@@ -16,6 +16,7 @@ modules (Linear, Conv1D, quantized linear) split into
 This holds for Llama-, GPT-2-, BERT-, ViT- and T5-style blocks (and OPT, GPT-NeoX, Falcon, Phi,
 DistilBERT naming). Mixture-of-experts blocks are not understood: give explicit targets there.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,8 +29,25 @@ from ...errors import ConfigError, TargetError
 from ...targets import logical_modules
 
 _ATTENTION = re.compile(r"attn|attention", re.IGNORECASE)
-KEY_VALUE = ("k_proj", "v_proj", "key", "value", "k", "v", "wk", "wv", "k_lin", "v_lin", "key_proj",
-             "value_proj", "c_attn", "qkv_proj", "query_key_value", "Wqkv", "qkv")
+KEY_VALUE = (
+    "k_proj",
+    "v_proj",
+    "key",
+    "value",
+    "k",
+    "v",
+    "wk",
+    "wv",
+    "k_lin",
+    "v_lin",
+    "key_proj",
+    "value_proj",
+    "c_attn",
+    "qkv_proj",
+    "query_key_value",
+    "Wqkv",
+    "qkv",
+)
 
 
 @dataclasses.dataclass
@@ -73,7 +91,7 @@ def blocks(model: nn.Module) -> list[Block]:
             continue
         prefix, index = where
         block = found.setdefault(prefix, Block(index, prefix))
-        below = name[len(prefix) + 1:].split(".")
+        below = name[len(prefix) + 1 :].split(".")
         root = next((i for i, part in enumerate(below[:-1]) if _ATTENTION.search(part)), None)
         if root is None:
             block.ffn.append(name)
@@ -81,7 +99,7 @@ def blocks(model: nn.Module) -> list[Block]:
         attention_roots.setdefault(prefix + "." + ".".join(below[: root + 1]), []).append(name)
         if below[-1] in KEY_VALUE:
             block.key_value.append(name)
-    for root, names in attention_roots.items():
+    for names in attention_roots.values():
         prefix, _ = _block_prefix(model, names[-1])
         found[prefix].attention_out.append(names[-1])
     if not found:

@@ -1,4 +1,5 @@
 """Compacter: bottleneck adapters made of low-rank PHM layers, placed like bottleneck adapters."""
+
 from __future__ import annotations
 
 import torch

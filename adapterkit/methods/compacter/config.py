@@ -15,6 +15,7 @@ feed-forward only: Compacter++) or ``parallel``. Defaults follow AdapterHub's ``
 Initialisation (AdapterHub's): A_i ~ N(0, phm_init_range^2), each s_i, t_i Glorot-uniform, b = 0.
 The adapted model is therefore close to, not exactly, the base model at the start.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -79,15 +80,19 @@ class CompacterConfig(AdapterConfig):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"CompacterConfig.{flag} must be True or False; got {getattr(self, flag)!r}.")
         if self.bottleneck_dim is not None and self.bottleneck_dim % self.phm_dim:
-            raise ConfigError(f"CompacterConfig.bottleneck_dim ({self.bottleneck_dim}) must be a multiple of "
-                              f"phm_dim ({self.phm_dim}): each PHM layer splits it into phm_dim blocks.")
+            raise ConfigError(
+                f"CompacterConfig.bottleneck_dim ({self.bottleneck_dim}) must be a multiple of "
+                f"phm_dim ({self.phm_dim}): each PHM layer splits it into phm_dim blocks."
+            )
         if self.targets is not None:
             self._tuple("targets")
             if self.targets in ((), ""):
                 raise ConfigError("CompacterConfig.targets is empty; use None (placement by preset).")
             if self.preset == "parallel":
-                raise ConfigError("CompacterConfig: explicit targets place serial adapters; use "
-                                  "preset='houlsby' or 'pfeiffer' with targets, or targets=None.")
+                raise ConfigError(
+                    "CompacterConfig: explicit targets place serial adapters; use "
+                    "preset='houlsby' or 'pfeiffer' with targets, or targets=None."
+                )
         self._tuple("train_modules")
         if isinstance(self.train_modules, str):
             self._set("train_modules", (self.train_modules,))

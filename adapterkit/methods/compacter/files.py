@@ -13,6 +13,7 @@ whole adapter when ``shared_phm_rule``, else ``P M.compacter_down.phm_rule`` and
 ``phm_rule_right`` (n, 1, n) (AdapterHub's names).
 A parallel adapter's input projection holds no tensors.
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -67,16 +68,24 @@ def sizes_from_file(config: CompacterConfig, shapes: Mapping[str, tuple]) -> lis
             continue
         rank = shape[2] if key.endswith(".W_left") else shape[1] if key.endswith(".W_right") else None
         if shape[0] != n or (rank is not None and rank != config.phm_rank):
-            problems.append(f"{key!r} has shape {tuple(shape)}; the config gives phm_dim {n}, "
-                            f"phm_rank {config.phm_rank}")
+            problems.append(
+                f"{key!r} has shape {tuple(shape)}; the config gives phm_dim {n}, phm_rank {config.phm_rank}"
+            )
         elif ".compacter_down." in key and key.endswith((".W_right", ".W")):
             left = shapes.get(key[: key.rindex(".")] + ".W_left", shape)
             hidden, d = n * left[1], n * shape[2]
             if d != config.size(hidden):
-                problems.append(f"{key!r} gives a bottleneck of {d} for hidden size {hidden}, but the "
-                                f"config gives {config.size(hidden)}")
+                problems.append(
+                    f"{key!r} gives a bottleneck of {d} for hidden size {hidden}, but the "
+                    f"config gives {config.size(hidden)}"
+                )
     return problems
 
 
-FILES = FileFormat(peft_type=PEFT_TYPE, config_to_file=config_to_file, config_from_file=config_from_file,
-                   state_to_file=state_to_file, sizes_from_file=sizes_from_file)
+FILES = FileFormat(
+    peft_type=PEFT_TYPE,
+    config_to_file=config_to_file,
+    config_from_file=config_from_file,
+    state_to_file=state_to_file,
+    sizes_from_file=sizes_from_file,
+)

@@ -9,6 +9,7 @@ state_dict, ``save_pretrained`` and optimizers see one tensor); or one per PHM l
 ``shared_phm_rule`` is False. The layer is the bottleneck layer (serial, parallel,
 tap), under the method name ``compacter``.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -53,14 +54,15 @@ class PHM(nn.Module):
     adapter ``owns`` the shared rules (registers them: state_dict, save_pretrained and optimizers
     see them once); the others hold them without registering."""
 
-    def __init__(self, n_in: int, n_out: int, config: CompacterConfig, rules: Optional[PHMRules], place: dict,
-                 owns: bool = True):
+    def __init__(
+        self, n_in: int, n_out: int, config: CompacterConfig, rules: Optional[PHMRules], place: dict, owns: bool = True
+    ):
         super().__init__()
         n, rank = config.phm_dim, config.phm_rank
         self.shape = (n_in, n_out)
         if config.factorized_phm_W:
-            self.W_left = nn.Parameter(torch.empty(n, n_in // n, rank, **place))     # s_i
-            self.W_right = nn.Parameter(torch.empty(n, rank, n_out // n, **place))   # t_i^T
+            self.W_left = nn.Parameter(torch.empty(n, n_in // n, rank, **place))  # s_i
+            self.W_right = nn.Parameter(torch.empty(n, rank, n_out // n, **place))  # t_i^T
             tensors = (self.W_left, self.W_right)
         else:
             self.W = nn.Parameter(torch.empty(n, n_in // n, n_out // n, **place))
@@ -84,8 +86,8 @@ class PHM(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         # x (..., in) -> (..., out)
-        A, B = self.phm_rules()(), self.blocks()                                 # (n, n, n), (n, in/n, out/n)
-        H = torch.einsum("iac,ikp->akcp", A, B).reshape(self.shape)         # sum_i A_i kron B_i: (in, out)
+        A, B = self.phm_rules()(), self.blocks()  # (n, n, n), (n, in/n, out/n)
+        H = torch.einsum("iac,ikp->akcp", A, B).reshape(self.shape)  # sum_i A_i kron B_i: (in, out)
         y = x @ H
         return y + self.b if self.b is not None else y
 
@@ -93,8 +95,15 @@ class PHM(nn.Module):
 class Compacter(nn.Module):
     """A(v) = PHM_up(f(PHM_down(v))) * scale; down (hidden -> d), up (d -> hidden)."""
 
-    def __init__(self, hidden: int, config: CompacterConfig, parallel: bool, rules: Optional[PHMRules],
-                 like: Tensor, owns: bool = True):
+    def __init__(
+        self,
+        hidden: int,
+        config: CompacterConfig,
+        parallel: bool,
+        rules: Optional[PHMRules],
+        like: Tensor,
+        owns: bool = True,
+    ):
         super().__init__()
         self.config = config
         self.parallel = parallel
@@ -140,4 +149,3 @@ def build(base: nn.Module, config: CompacterConfig, role: str, rules: Optional[P
         return Tap(config)
     _, n_out = bases.features(base)
     return Compacter(n_out, config, parallel=role == "parallel", rules=rules, like=like_tensor(base), owns=owns)
-

@@ -1,4 +1,5 @@
 """(IA)^3: learned scaling vectors on keys, values and the feed-forward input; mergeable."""
+
 from ... import bases
 from ...errors import TargetError, UnsupportedModuleError, close_matches
 from ...registry import Method, register

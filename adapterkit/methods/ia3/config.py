@@ -5,6 +5,7 @@ Keys and values are rescaled per output feature, ``y = l * (W x + b)``; the feed
 projection rescales its input, ``y = W (l * x) + b``. Every ``l`` starts at 1 (the model starts
 unchanged) and folds into W exactly, so IA3 is mergeable.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -52,4 +53,3 @@ class IA3Config(AdapterConfig):
             raise ConfigError("IA3Config.targets is empty; give 'auto', module-name suffixes or a regex.")
         self._set("layers", check_layers(type(self).__name__, self.layers))
         self._choice("init", INITS)
-

@@ -15,6 +15,7 @@ init               init_ia3_weights       ones: true, random: false
 Tensors: ``base_model.model.<module>.ia3_l``, (out, 1) for output scaling, (1, in) for input
 (feed-forward) scaling.
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -40,8 +41,13 @@ def config_to_file(config: IA3Config, model: nn.Module) -> dict[str, Any]:
         feedforward = [n for n, ff in placed if ff]
     exclude = config.exclude if isinstance(config.exclude, str) else (list(config.exclude) or None)
     conv1d = any(bases.base_kind(_logical(model, n)) == "conv1d" for n in names)
-    return {"target_modules": targets, "feedforward_modules": feedforward, "exclude_modules": exclude,
-            "init_ia3_weights": config.init == "ones", "fan_in_fan_out": conv1d}
+    return {
+        "target_modules": targets,
+        "feedforward_modules": feedforward,
+        "exclude_modules": exclude,
+        "init_ia3_weights": config.init == "ones",
+        "fan_in_fan_out": conv1d,
+    }
 
 
 def _logical(model: nn.Module, name: str) -> nn.Module:
@@ -67,5 +73,6 @@ def state_to_file(module_name: str, adapter: nn.Module) -> dict[str, Tensor]:
     return {f"{PEFT_PREFIX}{module_name}.ia3_l": adapter.ia3_l}
 
 
-FILES = FileFormat(peft_type="IA3", config_to_file=config_to_file, config_from_file=config_from_file,
-                   state_to_file=state_to_file)
+FILES = FileFormat(
+    peft_type="IA3", config_to_file=config_to_file, config_from_file=config_from_file, state_to_file=state_to_file
+)

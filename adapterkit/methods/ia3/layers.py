@@ -5,6 +5,7 @@ Input scaling (feed-forward):    y = base(l * x),     l (in,)    stored (1, in)
 Several active adapters multiply. Folding: W' = W * l (rows, or columns for input scaling);
 an output-scaled bias becomes l * b.
 """
+
 from __future__ import annotations
 
 import torch
@@ -59,7 +60,7 @@ class IA3Layer(AdapterLayer):
             self.check_merged_forward()
         inp, out = self._scales()
         if inp is not None:
-            x = (x * inp.to(x.dtype))  # (..., in)
+            x = x * inp.to(x.dtype)  # (..., in)
         y = self.base(x, *args, **kwargs)
         return y if out is None else y * out.to(y.dtype)  # (..., out)
 
@@ -88,9 +89,11 @@ class IA3Layer(AdapterLayer):
     def fold(self, names, dtype: torch.dtype, weight=None) -> Fold:
         """W' = l_out * W * l_in, b' = l_out * b for adapters ``names``, in ``dtype`` (W not needed)."""
         inp, out = self._scales([self.adapters[n] for n in names])
-        return Fold(row=None if out is None else out.to(dtype).unsqueeze(1),  # (out, 1)
-                    col=None if inp is None else inp.to(dtype).unsqueeze(0),  # (1, in)
-                    bias_row=None if out is None else out.to(dtype))  # (out,)
+        return Fold(
+            row=None if out is None else out.to(dtype).unsqueeze(1),  # (out, 1)
+            col=None if inp is None else inp.to(dtype).unsqueeze(0),  # (1, in)
+            bias_row=None if out is None else out.to(dtype),
+        )  # (out,)
 
     def fold_add(self, fold: Fold, dtype: torch.dtype) -> None:
         return None

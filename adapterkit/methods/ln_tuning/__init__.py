@@ -1,4 +1,5 @@
 """LN tuning: trainable copies of the normalization layers; mergeable (the copy's values go in)."""
+
 from torch import nn
 
 from ...errors import TargetError, UnsupportedModuleError
@@ -17,11 +18,16 @@ def is_norm(module: nn.Module) -> bool:
 
 def placement(model, config: LNTuningConfig) -> list[str]:
     if config.targets == "auto":
-        names = [n for n, m in logical_modules(model) if n and is_norm(m)
-                 and not matches(n, config.exclude) and not matches(n, config.train_modules)]
+        names = [
+            n
+            for n, m in logical_modules(model)
+            if n and is_norm(m) and not matches(n, config.exclude) and not matches(n, config.train_modules)
+        ]
         if not names:
-            raise TargetError(f"LNTuningConfig(targets='auto') found no normalization layer in "
-                              f"{type(model).__name__}; give targets explicitly.")
+            raise TargetError(
+                f"LNTuningConfig(targets='auto') found no normalization layer in "
+                f"{type(model).__name__}; give targets explicitly."
+            )
         return names
     names = resolve(model, config.targets, config.exclude, None, config.train_modules, check_kinds=False)
     modules = dict(logical_modules(model))

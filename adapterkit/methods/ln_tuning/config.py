@@ -4,6 +4,7 @@ Attention: Towards Efficient Multi-Modal LLM Finetuning", arXiv:2312.11420).
 Each adapted norm gets a trainable copy: ``y = norm'(x)``, with norm' = norm at the start (gamma, and
 beta where the norm has one, trained); the base norm stays frozen. Merging puts the copy's values in.
 """
+
 from __future__ import annotations
 
 import dataclasses

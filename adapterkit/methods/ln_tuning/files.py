@@ -11,6 +11,7 @@ exclude            exclude_modules    null when empty
 Tensors: the copy's own, ``base_model.model.<module>.ln_tuning_layers.weight`` (dim,) and, for a
 norm with a bias, ``....ln_tuning_layers.bias`` (the adapter name is left out, as PEFT does).
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -26,8 +27,11 @@ def config_to_file(config: LNTuningConfig, model: nn.Module) -> dict[str, Any]:
     from . import placement
 
     targets: Any = config.targets
-    targets = sorted(placement(model, config)) if targets == "auto" else (
-        targets if isinstance(targets, str) else list(targets))
+    targets = (
+        sorted(placement(model, config))
+        if targets == "auto"
+        else (targets if isinstance(targets, str) else list(targets))
+    )
     exclude = config.exclude if isinstance(config.exclude, str) else (list(config.exclude) or None)
     return {"target_modules": targets, "exclude_modules": exclude}
 
@@ -48,5 +52,6 @@ def state_to_file(module_name: str, adapter: nn.Module) -> dict[str, Tensor]:
     return {prefix + k: t for k, t in adapter.norm.state_dict(keep_vars=True).items()}
 
 
-FILES = FileFormat(peft_type="LN_TUNING", config_to_file=config_to_file, config_from_file=config_from_file,
-                   state_to_file=state_to_file)
+FILES = FileFormat(
+    peft_type="LN_TUNING", config_to_file=config_to_file, config_from_file=config_from_file, state_to_file=state_to_file
+)

@@ -4,6 +4,7 @@
 One adapter at a time (PEFT's rule: copies do not add up). Merging writes the copy's tensors into
 the base norm's own tensors; merging in place keeps the base's values to put them back.
 """
+
 from __future__ import annotations
 
 import copy

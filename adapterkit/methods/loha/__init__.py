@@ -1,4 +1,5 @@
 """LoHa: dW = (w1_a @ w1_b) * (w2_a @ w2_b) * scale (FedPara, arXiv:2108.06098); mergeable."""
+
 from ...registry import Method, register
 from ..lycoris.layer import place
 from .config import LoHaConfig

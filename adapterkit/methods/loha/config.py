@@ -6,6 +6,7 @@ Product for Communication-Efficient Federated Learning", arXiv:2108.06098; LyCOR
 with w*_a (out, rank) and w*_b (rank, in): the element-wise product of two rank-r matrices has rank
 up to r^2 from 2 r (in + out) parameters. Mergeable. The file format is PEFT's ``LoHaConfig``.
 """
+
 from __future__ import annotations
 
 import dataclasses

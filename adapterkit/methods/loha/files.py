@@ -5,6 +5,7 @@ Tensors, per adapted module ``M``: ``base_model.model.M.hada_w1_a`` (out, r), ``
 ``use_effective_conv2d`` ``.hada_t1`` / ``.hada_t2`` (r, r, kh, kw) and w*_a (r, out), w*_b (r, in).
 PEFT loads LoHa on Linear and Conv2d only (not on GPT-2's Conv1D, which adapterkit adapts too).
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -16,8 +17,14 @@ from ..lycoris import files
 from .config import LoHaConfig
 
 # adapterkit parameter -> PEFT's leaf name
-NAMES = {"w1_a": "hada_w1_a", "w1_b": "hada_w1_b", "w2_a": "hada_w2_a", "w2_b": "hada_w2_b",
-         "t1": "hada_t1", "t2": "hada_t2"}
+NAMES = {
+    "w1_a": "hada_w1_a",
+    "w1_b": "hada_w1_b",
+    "w2_a": "hada_w2_a",
+    "w2_b": "hada_w2_b",
+    "t1": "hada_t1",
+    "t2": "hada_t2",
+}
 
 
 def state_to_file(module_name: str, adapter: nn.Module) -> dict[str, Tensor]:
@@ -32,5 +39,10 @@ def sizes_from_file(config: LoHaConfig, shapes: Mapping[str, tuple]) -> list[str
     return files.rank_problems(config.rank, shapes, ("hada_w1_b", "hada_w2_b"))
 
 
-FILES = FileFormat(peft_type="LOHA", config_to_file=files.config_to_file, config_from_file=config_from_file,
-                   state_to_file=state_to_file, sizes_from_file=sizes_from_file)
+FILES = FileFormat(
+    peft_type="LOHA",
+    config_to_file=files.config_to_file,
+    config_from_file=config_from_file,
+    state_to_file=state_to_file,
+    sizes_from_file=sizes_from_file,
+)

@@ -12,6 +12,7 @@ Gradients come from autograd. PEFT 0.21's hand-written backward of the CP form (
 gives wrong gradients for w1_a and w2_a (forward and the other gradients agree), so an effective
 Conv2d trains differently there; ours match finite differences (tests/methods/test_loha.py).
 """
+
 from __future__ import annotations
 
 import math
@@ -96,7 +97,7 @@ class LoHa(nn.Module):
     def _factored(self) -> bool:
         """Whether x -> (x K_in^T) K_out^T (r^2 (in + out) per row) costs less than x dW^T (in out)."""
         out, n_in = self.shape
-        return self.config.rank ** 2 * (n_in + out) < n_in * out
+        return self.config.rank**2 * (n_in + out) < n_in * out
 
     def _linear_factored(self, x: Tensor) -> Tensor:
         """x dW^T without dW: dW[o, i] = sum_pq w1_a[o,p] w2_a[o,q] w1_b[p,i] w2_b[q,i] = K_out K_in."""

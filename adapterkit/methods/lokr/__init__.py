@@ -1,4 +1,5 @@
 """LoKr: dW = kron(w1, w2) * scale (LyCORIS, arXiv:2309.14859); mergeable."""
+
 from ...registry import Method, register
 from ..lycoris.layer import place
 from .config import LoKrConfig

@@ -8,6 +8,7 @@ w2 (b, d) are full matrices, or products of rank-r factors where r is small agai
 (w2 always then, w1 with ``decompose_both``), as PEFT decides. Mergeable. The file format is PEFT's
 ``LoKrConfig``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -44,5 +45,6 @@ class LoKrConfig(LycorisConfig):
         self._flag("rank_dropout_scale")
         f = self.decompose_factor
         if isinstance(f, bool) or not isinstance(f, int) or not (f == -1 or f > 0):
-            raise ConfigError(f"LoKrConfig.decompose_factor must be -1 (near the square root) or a positive "
-                              f"integer; got {f!r}.")
+            raise ConfigError(
+                f"LoKrConfig.decompose_factor must be -1 (near the square root) or a positive integer; got {f!r}."
+            )

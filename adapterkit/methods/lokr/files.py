@@ -6,6 +6,7 @@ Tensors, per adapted module ``M`` (out = a b, in = c d, ``layers.factorization``
 with ``use_effective_conv2d`` ``.lokr_t2`` (r, r, kh, kw), ``.lokr_w2_a`` (r, b), ``.lokr_w2_b`` (r, d).
 PEFT loads LoKr on Linear and Conv2d only (not on GPT-2's Conv1D, which adapterkit adapts too).
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -32,5 +33,10 @@ def sizes_from_file(config: LoKrConfig, shapes: Mapping[str, tuple]) -> list[str
     return files.rank_problems(config.rank, shapes, ("lokr_w1_b", "lokr_w2_b"))
 
 
-FILES = FileFormat(peft_type="LOKR", config_to_file=files.config_to_file, config_from_file=config_from_file,
-                   state_to_file=state_to_file, sizes_from_file=sizes_from_file)
+FILES = FileFormat(
+    peft_type="LOKR",
+    config_to_file=files.config_to_file,
+    config_from_file=config_from_file,
+    state_to_file=state_to_file,
+    sizes_from_file=sizes_from_file,
+)

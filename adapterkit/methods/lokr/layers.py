@@ -8,6 +8,7 @@ x dW^T = w1 X w2^T (N, a, b), flattened to (N, out). Conv2d: w2 is (b, d, kh, kw
 (b, d * kh * kw) as a rank-r product, or with ``use_effective_conv2d`` a CP product
 t2 x_1 w2_a^T x_2 w2_b^T (t2 (r, r, kh, kw), w2_a (r, b), w2_b (r, d)); w1 is always 2-D.
 """
+
 from __future__ import annotations
 
 import math
@@ -47,8 +48,10 @@ class LoKr(nn.Module):
         self.scale = config.scale
         self.shape = weight_shape(base)  # (out, in) or (out, in, kh, kw)
         r, place, kernel = config.rank, param_place(base), tuple(self.shape[2:])
-        (a, b), (c, d) = factorization(self.shape[0], config.decompose_factor), \
-            factorization(self.shape[1], config.decompose_factor)
+        (a, b), (c, d) = (
+            factorization(self.shape[0], config.decompose_factor),
+            factorization(self.shape[1], config.decompose_factor),
+        )
         self.split = (a, b, c, d)
         full_w1 = not (config.decompose_both and r < max(a, c) / 2)
         full_w2 = not r < max(b, d) / 2
@@ -95,7 +98,9 @@ class LoKr(nn.Module):
         if self.w2 is not None:
             w2 = self.w2.to(dtype)
         elif self.t2 is not None:  # (r, r, kh, kw) x (r, b) x (r, d) -> (b, d, kh, kw)
-            w2 = torch.einsum("i j k l, i p, j r -> p r k l", self.t2.to(dtype), self.w2_a.to(dtype), self.w2_b.to(dtype))
+            w2 = torch.einsum(
+                "i j k l, i p, j r -> p r k l", self.t2.to(dtype), self.w2_a.to(dtype), self.w2_b.to(dtype)
+            )
         else:
             w2 = self.w2_a.to(dtype) @ self.w2_b.to(dtype)
         return w1, w2

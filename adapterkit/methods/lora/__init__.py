@@ -4,6 +4,7 @@ registration.
 Options beside the layers: per-module rank / alpha (patterns.py), trained base biases and lora_bias
 (bias.py), trainable token rows (tokens.py), base-reading inits (init.py) and EVA (eva.py).
 """
+
 from torch import nn
 
 from ... import bases
@@ -37,8 +38,11 @@ def _where(model, config: LoRAConfig) -> dict[str, tuple[int, float]]:
 
 
 def _placed(model, config: LoRAConfig) -> dict[str, tuple[int, float]]:
-    names = resolve(model, config.targets, config.exclude, config.layers, config.train_modules) \
-        if config.targets != () else []
+    names = (
+        resolve(model, config.targets, config.exclude, config.layers, config.train_modules)
+        if config.targets != ()
+        else []
+    )
     params = owners(model, config, names)  # {owner: ParamTargets}: LoRA on parameters (params.py)
     patterns.warn_unmatched(config, names + [f"{o}.{p}" for o, t in params.items() for p in t.names])
     if config.lora_bias:
@@ -46,8 +50,10 @@ def _placed(model, config: LoRAConfig) -> dict[str, tuple[int, float]]:
             module = model.get_submodule(name)
             base = module.innermost() if isinstance(module, LoRALayer) else module
             if bases.base_kind(base) == "embedding":
-                raise UnsupportedModuleError(f"lora_bias needs a Linear, Conv1D or Conv2d base; {name!r} is an "
-                                             f"Embedding (PEFT refuses it too). Exclude it, or use lora_bias=False.")
+                raise UnsupportedModuleError(
+                    f"lora_bias needs a Linear, Conv1D or Conv2d base; {name!r} is an "
+                    f"Embedding (PEFT refuses it too). Exclude it, or use lora_bias=False."
+                )
     if config.dora:
         for name in names:
             module = model.get_submodule(name)
@@ -80,7 +86,16 @@ def _after_attach(model, config: LoRAConfig, name: str) -> None:
     tokens.attach_tokens(model, config, name)
 
 
-METHOD = register(Method(config=LoRAConfig, layer=LoRALayer, where=_where, build=_build, files=FILES,
-                         more_layers=(ParamLoRALayer,), after_attach=_after_attach))
+METHOD = register(
+    Method(
+        config=LoRAConfig,
+        layer=LoRALayer,
+        where=_where,
+        build=_build,
+        files=FILES,
+        more_layers=(ParamLoRALayer,),
+        after_attach=_after_attach,
+    )
+)
 
 __all__ = ["LoRAConfig", "LoRA", "LoRALayer", "ParamLoRA", "ParamLoRALayer", "METHOD"]

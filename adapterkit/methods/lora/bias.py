@@ -9,6 +9,7 @@ for a module wrapped by LoRA, ``base_model.model.<m>.bias`` for any other.
 ``lora_bias=True`` gives B a bias b_B (out,): y = W x + scale (B A x + b_B); merging adds
 scale * b_B to the base bias (a base without one gets one).
 """
+
 from __future__ import annotations
 
 from torch import Tensor, nn
@@ -23,8 +24,9 @@ def add_bias(module: nn.Module, delta: Tensor) -> nn.Module:
     with torch.no_grad():
         if getattr(module, "bias", None) is None:
             weight = module.weight
-            module.bias = nn.Parameter(torch.zeros(delta.shape[0], device=weight.device, dtype=weight.dtype),
-                                       requires_grad=False)
+            module.bias = nn.Parameter(
+                torch.zeros(delta.shape[0], device=weight.device, dtype=weight.dtype), requires_grad=False
+            )
         module.bias.add_(delta.to(module.bias.dtype))
     return module
 

@@ -18,6 +18,7 @@ those. DoRA: the result is DoRA when the first adapter is (PEFT's rule); its mag
 weight's row norms ||W||, what a fresh PEFT DoRA adapter starts with (the sources' magnitudes are not
 combined). ``density`` and ``majority_sign_method``: merge_types.py.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -65,23 +66,37 @@ def combine(
     if how in FACTORED and len(set(ranks)) > 1:
         raise ConfigError(f"combine how={how!r} needs equal ranks; got {ranks}. Use how='cat' or an _svd form.")
     new_rank = sum(ranks) if how == "cat" else (rank or max(ranks)) if how in SVD else ranks[0]
-    layers = [(ln, layer) for ln, layer in adapter_layers(model)
-              if isinstance(layer, LoRALayer) and any(n in layer.adapters for n in names)]
-    config = dataclasses.replace(configs[0], rank=new_rank, alpha=float(new_rank), rslora=False,
-                                 targets=tuple(ln for ln, _ in layers), exclude=(), layers=None,
-                                 train_modules=())
+    layers = [
+        (ln, layer)
+        for ln, layer in adapter_layers(model)
+        if isinstance(layer, LoRALayer) and any(n in layer.adapters for n in names)
+    ]
+    config = dataclasses.replace(
+        configs[0],
+        rank=new_rank,
+        alpha=float(new_rank),
+        rslora=False,
+        targets=tuple(ln for ln, _ in layers),
+        exclude=(),
+        layers=None,
+        train_modules=(),
+    )
     refuse_mha([lo for _, layer in layers for n, lo in layer.adapters.items() if n in names], "combine")
     no_dora = [ln for ln, layer in layers if not _dora_fits(layer.innermost())]
     if config.dora and no_dora:
-        raise ConfigError(f"combine: {names[0]!r} is DoRA, so the combination would be too (PEFT's rule), but "
-                          f"{no_dora[:3]} cannot take DoRA (a grouped convolution, an attention module); put a "
-                          f"plain LoRA adapter first.")
+        raise ConfigError(
+            f"combine: {names[0]!r} is DoRA, so the combination would be too (PEFT's rule), but "
+            f"{no_dora[:3]} cannot take DoRA (a grouped convolution, an attention module); put a "
+            f"plain LoRA adapter first."
+        )
     options = dict(density=density, sign_method=majority_sign_method, clamp=svd_clamp)
     factors = [_factors(layer, names, weights, new_rank, how, options) for _, layer in layers]  # may draw
     for (ln, _), (a, b) in zip(layers, factors):
         if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
-            raise MergeError(f"combine: adapters {list(names)} hold NaN or Inf values in {ln}; the combination "
-                             "would be NaN. Check those adapters' weights (a diverged training run?).")
+            raise MergeError(
+                f"combine: adapters {list(names)} hold NaN or Inf values in {ln}; the combination "
+                "would be NaN. Check those adapters' weights (a diverged training run?)."
+            )
     with unchanged_on_error(model), torch.random.fork_rng(devices=[]):  # new modules' init: no draws seen
         for (_, layer), (a, b) in zip(layers, factors):
             layer.add(name, _module(layer.innermost(), config, a, b))
@@ -116,20 +131,27 @@ def _checked(model: nn.Module, names, name: str, weights, how: str, options: tup
     for n, cfg in zip(names, configs):
         if not isinstance(cfg, LoRAConfig):
             raise ConfigError(f"combine takes LoRA adapters; {n!r} is {type(cfg).__name__}.")
-        extras = [f for f in ("rank_pattern", "alpha_pattern", "lora_bias", "trainable_token_indices")
-                  if getattr(cfg, f, None)] + (["bias"] if getattr(cfg, "bias", "none") != "none" else [])
+        extras = [
+            f
+            for f in ("rank_pattern", "alpha_pattern", "lora_bias", "trainable_token_indices")
+            if getattr(cfg, f, None)
+        ] + (["bias"] if getattr(cfg, "bias", "none") != "none" else [])
         if extras:
-            raise ConfigError(f"combine takes LoRA adapters without per-module ranks or trained biases / "
-                              f"tokens; {n!r} uses {', '.join(extras)}.")
+            raise ConfigError(
+                f"combine takes LoRA adapters without per-module ranks or trained biases / "
+                f"tokens; {n!r} uses {', '.join(extras)}."
+            )
     return weights, configs
 
 
 def _check_svd_options(how: str, rank, clamp) -> None:
     if rank is not None and (how not in SVD or isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0):
-        raise ConfigError(f"combine rank={rank!r}: a positive int, for the _svd forms only ({', '.join(SVD)}); "
-                          f"how={how!r}.")
-    if clamp is not None and (how not in SVD or isinstance(clamp, bool) or not isinstance(clamp, (int, float))
-                              or not 0 < clamp <= 1):
+        raise ConfigError(
+            f"combine rank={rank!r}: a positive int, for the _svd forms only ({', '.join(SVD)}); how={how!r}."
+        )
+    if clamp is not None and (
+        how not in SVD or isinstance(clamp, bool) or not isinstance(clamp, (int, float)) or not 0 < clamp <= 1
+    ):
         raise ConfigError(f"combine svd_clamp={clamp!r}: a quantile in (0, 1], for the _svd forms only; how={how!r}.")
 
 
@@ -152,10 +174,16 @@ def _factors(layer: LoRALayer, names, weights, rank: int, how: str, options: dic
     if how in SVD:
         return _svd(held, rank, how, options)
     coef = [w * lora.scale for lora, w in held]
-    a = merge(how, [lora.a for lora, _ in held], [math.copysign(math.sqrt(abs(c)), c) for c in coef],
-              options["density"], options["sign_method"])
-    b = merge(how, [lora.b for lora, _ in held], [math.sqrt(abs(c)) for c in coef],
-              options["density"], options["sign_method"])
+    a = merge(
+        how,
+        [lora.a for lora, _ in held],
+        [math.copysign(math.sqrt(abs(c)), c) for c in coef],
+        options["density"],
+        options["sign_method"],
+    )
+    b = merge(
+        how, [lora.b for lora, _ in held], [math.sqrt(abs(c)) for c in coef], options["density"], options["sign_method"]
+    )
     return a.to(held[0][0].a.dtype), b.to(held[0][0].b.dtype)
 
 

@@ -5,6 +5,7 @@ shape (rank, in) and B of shape (out, rank). ``scale = alpha / rank``, or ``alph
 with rsLoRA (Kalajdzievic 2023, arXiv:2312.03732). DoRA (Liu et al. 2024, arXiv:2402.09353)
 re-learns each output row's magnitude: W' = m * (W + scale B A) / ||W + scale B A||_row.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -95,8 +96,9 @@ class LoRAConfig(AdapterConfig):
             self._set("train_modules", (self.train_modules,))
         self._target_parameters()
         if self.targets in ((), "") and not self.target_parameters:
-            raise ConfigError(f"{name}.targets is empty; give 'all-linear', suffixes or a regex "
-                              "(or target_parameters).")
+            raise ConfigError(
+                f"{name}.targets is empty; give 'all-linear', suffixes or a regex (or target_parameters)."
+            )
         if self.exclude == "all-linear":
             raise ConfigError(f"{name}.exclude cannot be 'all-linear'.")
         if self.layers is not None:
@@ -104,9 +106,7 @@ class LoRAConfig(AdapterConfig):
             if not isinstance(layers, (list, tuple, range)) or not all(
                 isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in layers
             ):
-                raise ConfigError(
-                    f"{name}.layers must be block indices (non-negative ints); got {self.layers!r}."
-                )
+                raise ConfigError(f"{name}.layers must be block indices (non-negative ints); got {self.layers!r}.")
             self._set("layers", tuple(layers))
         for flag in ("rslora", "dora"):
             if not isinstance(getattr(self, flag), bool):
@@ -118,8 +118,10 @@ class LoRAConfig(AdapterConfig):
         if not isinstance(self.lora_bias, bool):
             raise ConfigError(f"{name}.lora_bias must be true or false; got {self.lora_bias!r}.")
         if self.lora_bias and (self.dora or self.init not in ("kaiming", "gaussian", "random")):
-            raise ConfigError(f"{name}.lora_bias works with plain LoRA and the kaiming / gaussian / random "
-                              f"inits (as in PEFT); got dora={self.dora}, init={self.init!r}.")
+            raise ConfigError(
+                f"{name}.lora_bias works with plain LoRA and the kaiming / gaussian / random "
+                f"inits (as in PEFT); got dora={self.dora}, init={self.init!r}."
+            )
         self._set("trainable_token_indices", check_token_indices(name, self.trainable_token_indices))
         self._positive("loftq_iter", integer=True)
         self._set("layer_replication", check_map(name, self.layer_replication))
@@ -127,26 +129,34 @@ class LoRAConfig(AdapterConfig):
     def _check_init(self) -> None:
         init = self.init
         if isinstance(init, str) and init.startswith("pissa_niter_"):
-            k = init[len("pissa_niter_"):]
+            k = init[len("pissa_niter_") :]
             if k.isdigit() and int(k) > 0:
                 return
-            raise ConfigError(f"LoRAConfig.init {init!r}: pissa_niter_K needs a positive whole K "
-                              f"(subspace iterations of the fast SVD), e.g. 'pissa_niter_4'.")
+            raise ConfigError(
+                f"LoRAConfig.init {init!r}: pissa_niter_K needs a positive whole K "
+                f"(subspace iterations of the fast SVD), e.g. 'pissa_niter_4'."
+            )
         self._choice("init", tuple(i for i in INITS if i != "pissa_niter_K"))
 
     def _target_parameters(self) -> None:
         name, value = type(self).__name__, self.target_parameters
         value = (value,) if isinstance(value, str) else value
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
-            raise ConfigError(f"{name}.target_parameters must be a list of parameter names (suffixes such "
-                              f"as 'experts.gate_up_proj'); got {self.target_parameters!r}.")
+            raise ConfigError(
+                f"{name}.target_parameters must be a list of parameter names (suffixes such "
+                f"as 'experts.gate_up_proj'); got {self.target_parameters!r}."
+            )
         self._set("target_parameters", tuple(value))
         if value and self.dropout:
-            raise ConfigError(f"{name}: target_parameters need dropout=0 (got {self.dropout!r}): the update is "
-                              "folded into the weight, so there is no separate input to drop (PEFT refuses it too).")
+            raise ConfigError(
+                f"{name}: target_parameters need dropout=0 (got {self.dropout!r}): the update is "
+                "folded into the weight, so there is no separate input to drop (PEFT refuses it too)."
+            )
         if value and self.dora:
-            raise ConfigError(f"{name}: target_parameters do not work with dora=True (nor in PEFT); "
-                              "use plain LoRA there, or DoRA on Linear targets in a separate adapter.")
+            raise ConfigError(
+                f"{name}: target_parameters do not work with dora=True (nor in PEFT); "
+                "use plain LoRA there, or DoRA on Linear targets in a separate adapter."
+            )
 
     def parameter_rank_and_scale(self, key: str) -> tuple[int, float]:
         """(rank, scale) of target parameter ``key`` (``module.parameter``): rank_pattern /

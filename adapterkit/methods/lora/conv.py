@@ -16,6 +16,7 @@ over the input channels and the kernel, a constant), m of shape (1, out, 1..) as
     y = g * (conv(x, W) + s * branch(x)) + (1 - g) * bias                 (eval, or no dropout)
     y = y_running + (g - 1) * conv(drop(x), W) + g * s * branch(drop(x))  (training with dropout: PEFT)
 """
+
 from __future__ import annotations
 
 import torch
@@ -35,7 +36,8 @@ def shapes(base: nn.Module, rank: int) -> tuple[tuple, tuple]:
         raise UnsupportedModuleError(
             f"LoRA on a {type(base).__name__} with groups={base.groups} needs a rank that is a multiple of "
             f"{base.groups} (its 1x1 B convolution is grouped, as in PEFT); got rank={rank}. Change the rank, "
-            f"or leave this module out of the targets.")
+            f"or leave this module out of the targets."
+        )
     ones = (1,) * len(base.kernel_size)
     return (rank, base.in_channels, *base.kernel_size), (base.out_channels, rank // base.groups, *ones)
 
@@ -56,8 +58,9 @@ def forward(lora, x: Tensor, y: Tensor, base: nn.Module) -> Tensor:
         return y + out.to(y.dtype)
     g = (lora.magnitude / channel_norm(bases.dense_weight(base), lora.update(lora.a.dtype))).to(y.dtype)
     if dropping:  # PEFT: the base's output on the dropped input, rescaled
-        plain = _CONV[lora.kind](xd.to(base.weight.dtype), base.weight, None, base.stride, base.padding,
-                                 base.dilation, base.groups)
+        plain = _CONV[lora.kind](
+            xd.to(base.weight.dtype), base.weight, None, base.stride, base.padding, base.dilation, base.groups
+        )
         return y + (g - 1) * plain.to(y.dtype) + g * out.to(y.dtype)
     bias = 0 if base.bias is None else base.bias.to(y.dtype).view(1, -1, *([1] * (y.dim() - 2)))
     return g * (y - bias + out.to(y.dtype)) + bias
@@ -68,8 +71,10 @@ def update(lora, dtype: torch.dtype) -> Tensor:
     r = lora.a.shape[0]
     b, a = lora.b.to(dtype), lora.a.to(dtype)
     if b.shape[1] != r:
-        raise UnsupportedModuleError("the LoRA update of a grouped convolution is not grouped; it cannot be "
-                                     "written into the base weight (merge refused, as in PEFT).")
+        raise UnsupportedModuleError(
+            "the LoRA update of a grouped convolution is not grouped; it cannot be "
+            "written into the base weight (merge refused, as in PEFT)."
+        )
     return (b.reshape(-1, r) @ a.reshape(r, -1)).mul_(lora.scale).view(b.shape[0], *a.shape[1:])
 
 

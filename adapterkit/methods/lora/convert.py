@@ -10,6 +10,7 @@ so the adapter applies to the unmodified W, like any LoRA. This is PEFT's
 the same tensors and config (``r`` and ``lora_alpha`` doubled, ``rank_pattern`` / ``alpha_pattern``
 values doubled, ``init_lora_weights: true``).
 """
+
 from __future__ import annotations
 
 import json
@@ -38,19 +39,28 @@ def save_as_lora(model: nn.Module, path: Union[str, Path], name: str = "default"
     config = adapter_config(model, name)
     init = getattr(config, "init", "")
     if not (init.startswith("pissa") or init == "olora") or config.dora:
-        raise ConfigError(f"save_as_lora converts PiSSA / OLoRA adapters (without DoRA); {name!r} has "
-                          f"init={init!r}{', dora=True' if getattr(config, 'dora', False) else ''}. Use ak.save_adapter.")
+        raise ConfigError(
+            f"save_as_lora converts PiSSA / OLoRA adapters (without DoRA); {name!r} has "
+            f"init={init!r}{', dora=True' if getattr(config, 'dora', False) else ''}. Use ak.save_adapter."
+        )
     if config.rslora and (config.rank_pattern or config.alpha_pattern):
-        raise ConfigError("save_as_lora: rsLoRA with rank_pattern / alpha_pattern has no doubled alpha that keeps "
-                          "every module's scale (PEFT refuses it too).")
+        raise ConfigError(
+            "save_as_lora: rsLoRA with rank_pattern / alpha_pattern has no doubled alpha that keeps "
+            "every module's scale (PEFT refuses it too)."
+        )
     path = Path(path)
     if (path / WEIGHTS_NAME).exists() and not overwrite:
-        raise AdapterFileError(f"{str(path)!r} already holds {WEIGHTS_NAME}; pass overwrite=True or pick another folder.")
+        raise AdapterFileError(
+            f"{str(path)!r} already holds {WEIGHTS_NAME}; pass overwrite=True or pick another folder."
+        )
     data = file_config(model, name)
-    data.update(init_lora_weights=True, r=2 * config.rank,
-                lora_alpha=config.alpha * (math.sqrt(2) if config.rslora else 2),
-                rank_pattern={k: 2 * v for k, v in config.rank_pattern},
-                alpha_pattern={k: 2 * v for k, v in config.alpha_pattern})
+    data.update(
+        init_lora_weights=True,
+        r=2 * config.rank,
+        lora_alpha=config.alpha * (math.sqrt(2) if config.rslora else 2),
+        rank_pattern={k: 2 * v for k, v in config.rank_pattern},
+        alpha_pattern={k: 2 * v for k, v in config.alpha_pattern},
+    )
     tensors = state_to_save(model, name)
     for layer_name, layer in adapter_layers(model):
         lora = layer.adapters[name] if name in layer.adapters else None

@@ -8,6 +8,7 @@
 PEFT's ``DoraEmbeddingLayer``; merging multiplies W by g in every case (fold.py's ``row`` broadcasts).
 Norms are constants (no gradient), computed in fp32 (fp64 for fp64 weights).
 """
+
 from __future__ import annotations
 
 import torch

@@ -17,6 +17,7 @@ PEFT divides the shared PCA's components in place once per layer that uses them,
 sharing inputs (q / k / v) the second and third get them divided again; here each layer gets
 V_k^T / sqrt(S_k) once (the paper's whitening). Without sharing both agree.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -48,8 +49,11 @@ class IncrementalPCA:
     def _mean_var(x, last_mean, last_var, last_count):
         new_count = torch.tensor([x.shape[0]], device=x.device)
         count = last_count + new_count
-        last_sum = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device) if last_mean is None \
+        last_sum = (
+            torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+            if last_mean is None
             else last_mean * last_count
+        )
         new_sum = x.sum(dim=0, dtype=torch.float64)
         mean = (last_sum + new_sum) / count
         temp = x - new_sum / new_count
@@ -81,7 +85,7 @@ class IncrementalPCA:
         self.seen, self.mean, self.var = total, mean, var
         self.components = vt[: self.n_components]
         self.singular_values = s[: self.n_components]
-        self.explained_variance_ratio = (s ** 2 / torch.sum(var * total))[: self.n_components]
+        self.explained_variance_ratio = (s**2 / torch.sum(var * total))[: self.n_components]
 
 
 class _Recorder:
@@ -114,8 +118,10 @@ class _Recorder:
 
 def _positions(batch: Mapping, use_label_mask: bool, label_mask_value: int) -> Tensor:
     if not isinstance(batch, Mapping) or "input_ids" not in batch:
-        raise InputError("init_eva takes batches as dicts of model inputs with 'input_ids' (and optionally "
-                         "'attention_mask', 'labels').")
+        raise InputError(
+            "init_eva takes batches as dicts of model inputs with 'input_ids' (and optionally "
+            "'attention_mask', 'labels')."
+        )
     mask = batch.get("attention_mask", torch.ones_like(batch["input_ids"])).bool()
     if use_label_mask and "labels" in batch:
         mask = mask & (batch["labels"] != label_mask_value)
@@ -141,16 +147,27 @@ def _lora_layers(model: nn.Module, name: str) -> dict[str, nn.Module]:
 
     found = {}
     for layer_name, layer in model.named_modules():
-        if isinstance(layer, LoRALayer) and name in layer.adapters and layer.adapters[name].kind != "embedding" \
-                and layer.adapters[name].kind != "conv2d":
+        if (
+            isinstance(layer, LoRALayer)
+            and name in layer.adapters
+            and layer.adapters[name].kind != "embedding"
+            and layer.adapters[name].kind != "conv2d"
+        ):
             found[logical_name(model, layer_name)] = layer
     return found
 
 
 @torch.no_grad()
-def eva_components(model: nn.Module, batches: Iterable[Mapping], name: str = "default", rho: float = 2.0,
-                   tau: float = 0.99, whiten: bool = False, use_label_mask: bool = True,
-                   label_mask_value: int = -100) -> dict[str, Tensor]:
+def eva_components(
+    model: nn.Module,
+    batches: Iterable[Mapping],
+    name: str = "default",
+    rho: float = 2.0,
+    tau: float = 0.99,
+    whiten: bool = False,
+    use_label_mask: bool = True,
+    label_mask_value: int = -100,
+) -> dict[str, Tensor]:
     """{module name: A (k, in)} of adapter ``name``'s layers, k the redistributed rank (PEFT's
     ``get_eva_state_dict``); the model runs with its adapters disabled, in eval mode."""
     from ...inject import disabled
@@ -191,8 +208,18 @@ def eva_components(model: nn.Module, batches: Iterable[Mapping], name: str = "de
                 r.pca, r.tau = IncrementalPCA(max_components[n]), tau
                 r.converged = torch.zeros(max_components[n], dtype=torch.bool)
                 handles[n] = layers[n].register_forward_hook(r)
-            ranks = _fit(model, batches, layers, recorders, handles, same, budget, max_components,
-                         use_label_mask, label_mask_value)
+            ranks = _fit(
+                model,
+                batches,
+                layers,
+                recorders,
+                handles,
+                same,
+                budget,
+                max_components,
+                use_label_mask,
+                label_mask_value,
+            )
     finally:
         for handle in handles.values():
             if handle is not None:
@@ -234,9 +261,17 @@ def _fit(model, batches, layers, recorders, handles, same, budget, max_component
 
 
 @torch.no_grad()
-def init_eva(model: nn.Module, batches: Iterable[Mapping], name: str = "default", rho: float = 2.0,
-             tau: float = 0.99, whiten: bool = False, adjust_scaling: bool = True, use_label_mask: bool = True,
-             label_mask_value: int = -100) -> nn.Module:
+def init_eva(
+    model: nn.Module,
+    batches: Iterable[Mapping],
+    name: str = "default",
+    rho: float = 2.0,
+    tau: float = 0.99,
+    whiten: bool = False,
+    adjust_scaling: bool = True,
+    use_label_mask: bool = True,
+    label_mask_value: int = -100,
+) -> nn.Module:
     """Set adapter ``name``'s A from data (EVA); returns ``model``. ``name`` must be attached with
     ``init="eva"``. ``batches``: a sized iterable of dicts of model inputs (a DataLoader).
 
@@ -250,8 +285,10 @@ def init_eva(model: nn.Module, batches: Iterable[Mapping], name: str = "default"
     check_model(model, "init_eva")
     config = adapter_config(model, name)
     if getattr(config, "init", None) != "eva":
-        raise ConfigError(f"init_eva: adapter {name!r} was attached with init={getattr(config, 'init', None)!r}; "
-                          f"attach it with LoRAConfig(init='eva').")
+        raise ConfigError(
+            f"init_eva: adapter {name!r} was attached with init={getattr(config, 'init', None)!r}; "
+            f"attach it with LoRAConfig(init='eva')."
+        )
     found = eva_components(model, batches, name, rho, tau, whiten, use_label_mask, label_mask_value)
     layers = _lora_layers(model, name)
     rank_pattern, alpha_pattern, kept = {}, {}, []
@@ -275,8 +312,9 @@ def init_eva(model: nn.Module, batches: Iterable[Mapping], name: str = "default"
             if alpha != config.alpha:
                 alpha_pattern[module_name] = alpha
         targets = tuple(kept) + tuple(n for n in _other_targets(model, name) if n not in kept)
-        new = dataclasses.replace(config, targets=targets, layers=None, exclude=(),
-                                  rank_pattern=rank_pattern, alpha_pattern=alpha_pattern)
+        new = dataclasses.replace(
+            config, targets=targets, layers=None, exclude=(), rank_pattern=rank_pattern, alpha_pattern=alpha_pattern
+        )
         for _, layer in _all_layers(model, name):
             layer.adapters[name].config = new
     return model
@@ -287,15 +325,23 @@ def _other_targets(model, name):
     from .layers import LoRALayer
     from ...io.state import logical_name
 
-    return [logical_name(model, n) for n, layer in model.named_modules() if isinstance(layer, LoRALayer)
-            and name in layer.adapters and layer.adapters[name].kind in ("embedding", "conv2d")]
+    return [
+        logical_name(model, n)
+        for n, layer in model.named_modules()
+        if isinstance(layer, LoRALayer)
+        and name in layer.adapters
+        and layer.adapters[name].kind in ("embedding", "conv2d")
+    ]
 
 
 def _all_layers(model, name):
     from ...layer import AdapterLayer
 
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, AdapterLayer) and name in m.adapters
-            and hasattr(m.adapters[name], "config")]
+    return [
+        (n, m)
+        for n, m in model.named_modules()
+        if isinstance(m, AdapterLayer) and name in m.adapters and hasattr(m.adapters[name], "config")
+    ]
 
 
 def _drop(model, module_name, layer, name) -> None:

@@ -53,6 +53,7 @@ embedding's: lm_head's A = B_emb^T, B = A_emb^T, and ties their modules_to_save 
 adapting the output embedding as well, filled from the file's tensors for it (``fit_to_model``):
 the same outputs; training the result further does not keep the two tied.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -73,18 +74,29 @@ from .tokens import tokens_to_file
 
 # adapterkit field -> PEFT key (train_modules <-> modules_to_save is done by adapterkit.io)
 KEYS = {
-    "rank": "r", "alpha": "lora_alpha", "dropout": "lora_dropout", "targets": "target_modules",
-    "exclude": "exclude_modules", "layers": "layers_to_transform", "rslora": "use_rslora",
-    "dora": "use_dora", "init": "init_lora_weights", "rank_pattern": "rank_pattern",
-    "alpha_pattern": "alpha_pattern", "bias": "bias", "lora_bias": "lora_bias",
-    "trainable_token_indices": "trainable_token_indices", "layer_replication": "layer_replication",
+    "rank": "r",
+    "alpha": "lora_alpha",
+    "dropout": "lora_dropout",
+    "targets": "target_modules",
+    "exclude": "exclude_modules",
+    "layers": "layers_to_transform",
+    "rslora": "use_rslora",
+    "dora": "use_dora",
+    "init": "init_lora_weights",
+    "rank_pattern": "rank_pattern",
+    "alpha_pattern": "alpha_pattern",
+    "bias": "bias",
+    "lora_bias": "lora_bias",
+    "trainable_token_indices": "trainable_token_indices",
+    "layer_replication": "layer_replication",
     "target_parameters": "target_parameters",
 }
 _INIT_TO_FILE = {"kaiming": True, "random": False}  # any other init is written as its name
 # PEFT keys whose non-default values change what the adapter computes, with that default.
 _UNSUPPORTED = {
     "use_qalora": False,
-    "alora_invocation_tokens": None, "use_bdlora": None,
+    "alora_invocation_tokens": None,
+    "use_bdlora": None,
 }
 # inits that rewrite the base weights as well and that adapterkit does not implement
 _BASE_CHANGING_INITS = ("corda", "lora_ga")
@@ -92,8 +104,11 @@ _BASE_CHANGING_INITS = ("corda", "lora_ga")
 
 def config_to_file(config: LoRAConfig, model: nn.Module) -> dict[str, Any]:
     """The PEFT ``LoraConfig`` fields for ``config`` as attached to ``model``."""
-    picked = resolve(model, config.targets, config.exclude, config.layers, config.train_modules) \
-        if config.targets != () else []
+    picked = (
+        resolve(model, config.targets, config.exclude, config.layers, config.train_modules)
+        if config.targets != ()
+        else []
+    )
     targets: Any = config.targets if config.targets != () else None
     layers = list(config.layers) if config.layers is not None else None
     if targets == "all-linear" or (isinstance(targets, str) and layers is not None):
@@ -103,12 +118,21 @@ def config_to_file(config: LoRAConfig, model: nn.Module) -> dict[str, Any]:
     exclude = config.exclude if isinstance(config.exclude, str) else (list(config.exclude) or None)
     conv1d = any(bases.base_kind(_logical(model, n)) == "conv1d" for n in picked)
     return {
-        "r": config.rank, "lora_alpha": config.alpha, "lora_dropout": config.dropout,
-        "target_modules": targets, "exclude_modules": exclude, "layers_to_transform": layers,
-        "layers_pattern": None, "use_rslora": config.rslora, "use_dora": config.dora,
-        "init_lora_weights": _INIT_TO_FILE.get(config.init, config.init), "fan_in_fan_out": conv1d,
-        "bias": config.bias, "rank_pattern": dict(config.rank_pattern),
-        "alpha_pattern": dict(config.alpha_pattern), "lora_bias": config.lora_bias,
+        "r": config.rank,
+        "lora_alpha": config.alpha,
+        "lora_dropout": config.dropout,
+        "target_modules": targets,
+        "exclude_modules": exclude,
+        "layers_to_transform": layers,
+        "layers_pattern": None,
+        "use_rslora": config.rslora,
+        "use_dora": config.dora,
+        "init_lora_weights": _INIT_TO_FILE.get(config.init, config.init),
+        "fan_in_fan_out": conv1d,
+        "bias": config.bias,
+        "rank_pattern": dict(config.rank_pattern),
+        "alpha_pattern": dict(config.alpha_pattern),
+        "lora_bias": config.lora_bias,
         "trainable_token_indices": _tokens_to_file(config.trainable_token_indices),
         "layer_replication": [list(r) for r in config.layer_replication] if config.layer_replication else None,
         **({"loftq_config": {"loftq_bits": 4, "loftq_iter": config.loftq_iter}} if config.init == "loftq" else {}),
@@ -168,7 +192,8 @@ def _init_from_file(value: Any) -> str:
     if value is False:
         return "random"
     if value in ("gaussian", "olora", "loftq", "eva", "pissa") or (
-            isinstance(value, str) and value.startswith("pissa_niter_")):
+        isinstance(value, str) and value.startswith("pissa_niter_")
+    ):
         return value
     if isinstance(value, str) and value.lower().startswith(_BASE_CHANGING_INITS):
         raise ConfigError(
@@ -181,6 +206,7 @@ def _init_from_file(value: Any) -> str:
 
 def _with_file_keys(message: str) -> str:
     """'LoRAConfig.rank must ...' -> 'LoRAConfig.rank (file key 'r') must ...'."""
+
     def name(match: re.Match) -> str:
         key = KEYS.get(match.group(1))
         return match.group(0) + (f" (file key {key!r})" if key else "")
@@ -215,11 +241,12 @@ def sizes_from_file(config: LoRAConfig, shapes: Mapping[str, tuple]) -> list[str
     (rank_pattern's for the module where a pattern matches it)."""
     problems = []
     for key, shape in shapes.items():
-        module = key[len(PEFT_PREFIX):].rsplit(".lora_", 1)[0]
+        module = key[len(PEFT_PREFIX) :].rsplit(".lora_", 1)[0]
         rank = rank_alpha(config, module)[0]
         part = key.rsplit(".", 2)
         axis = {"lora_A": 0, "lora_B": 1, "lora_embedding_A": 0, "lora_embedding_B": 1}.get(
-            part[-2] if part[-1] == "weight" else part[-1])
+            part[-2] if part[-1] == "weight" else part[-1]
+        )
         if axis is None or len(shape) <= axis:
             continue
         if config.target_parameters:  # LoRA on parameters holds rank * experts (params.py); checked on attach
@@ -250,8 +277,12 @@ def fit_to_model(config: LoRAConfig, data: Mapping[str, Any], model: nn.Module) 
     changes: dict[str, Any] = {}
     if isinstance(config.targets, (list, tuple)) and matches(emb, config.targets) and not matches(out, config.targets):
         changes["targets"] = tuple(config.targets) + (out,)
-    elif isinstance(config.targets, str) and config.targets != "all-linear" and matches(emb, config.targets) \
-            and not matches(out, config.targets):
+    elif (
+        isinstance(config.targets, str)
+        and config.targets != "all-linear"
+        and matches(emb, config.targets)
+        and not matches(out, config.targets)
+    ):
         changes["targets"] = f"(?:{config.targets})|{re.escape(out)}"
     if matches(emb, config.train_modules) and not matches(out, config.train_modules):
         changes["train_modules"] = tuple(config.train_modules) + (out,)

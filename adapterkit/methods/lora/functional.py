@@ -24,6 +24,7 @@ the output, which the next layer often keeps anyway, instead of a kept copy of W
 in training, s multiplies W x rather than PEFT's W drop(x) (the same expectation, without a
 second full matmul); with dropout 0 or in eval mode both are identical.
 """
+
 from __future__ import annotations
 
 import sys

@@ -16,6 +16,7 @@ a file that adapts a module the adapter does not, holds other tensors, or differ
 or DoRA is refused (PEFT's checks), with the model unchanged. A rank above the padded one replaces
 the Parameters (works, but a compiled model recompiles). Merged adapters must be unmerged first.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -50,8 +51,11 @@ def prepare_hotswap(model: nn.Module, rank: int, names: Union[str, Iterable[str]
         raise ConfigError(f"prepare_hotswap takes a positive int rank; got {rank!r}.")
     refuse_while_merged(model, "pad adapters for hot-swapping")
     if names is None:
-        names = [n for n in adapter_names(model) if any(
-            isinstance(layer, LoRALayer) and n in layer.adapters for _, layer in adapter_layers(model))]
+        names = [
+            n
+            for n in adapter_names(model)
+            if any(isinstance(layer, LoRALayer) and n in layer.adapters for _, layer in adapter_layers(model))
+        ]
     names = [names] if isinstance(names, str) else list(names)
     found = {n: loras(model, n) for n in names}
     for modules in found.values():
@@ -59,8 +63,10 @@ def prepare_hotswap(model: nn.Module, rank: int, names: Union[str, Iterable[str]
     for n, modules in found.items():
         have = max(lora.a.shape[0] for lora in modules)
         if have > rank:
-            raise ConfigError(f"prepare_hotswap: adapter {n!r} has rank {have}, above rank={rank}; pass at least "
-                              f"the largest rank of the adapters you will swap in.")
+            raise ConfigError(
+                f"prepare_hotswap: adapter {n!r} has rank {have}, above rank={rank}; pass at least "
+                f"the largest rank of the adapters you will swap in."
+            )
     for modules in found.values():
         for lora in modules:
             _set_factors(lora, _padded(lora.a.detach(), 0, rank), _padded(lora.b.detach(), 1, rank))
@@ -68,8 +74,9 @@ def prepare_hotswap(model: nn.Module, rank: int, names: Union[str, Iterable[str]
     return model
 
 
-def hotswap_adapter(model: nn.Module, path: Union[str, Path], name: str = "default",
-                    allow_pickle: bool = False) -> nn.Module:
+def hotswap_adapter(
+    model: nn.Module, path: Union[str, Path], name: str = "default", allow_pickle: bool = False
+) -> nn.Module:
     """Overwrite LoRA adapter ``name``'s weights with those of the adapter saved in ``path`` (by
     adapterkit or PEFT); ``name`` stays active or not as it was. Returns ``model``."""
     from ...io.read import file_config, find_folder, read_config, read_tensors
@@ -87,9 +94,11 @@ def hotswap_adapter(model: nn.Module, path: Union[str, Path], name: str = "defau
     rank = max(max(lora.a.shape[0] for lora in modules.values()), config.rank)
     for lora in modules.values():
         if lora.scale <= 0:
-            raise ConfigError(f"hotswap_adapter: adapter {name!r} runs with scale {lora.scale} (ak.set_scale); the new "
-                              f"weights are stored against it, so it must be positive. ak.set_scale(model, {name!r}, 1) "
-                              f"first.")
+            raise ConfigError(
+                f"hotswap_adapter: adapter {name!r} runs with scale {lora.scale} (ak.set_scale); the new "
+                f"weights are stored against it, so it must be positive. ak.set_scale(model, {name!r}, 1) "
+                f"first."
+            )
     with torch.no_grad():
         for module_name, lora in modules.items():
             a, b, m = _new_values(lora, base_of[module_name], plan.get(module_name), rank, lora.scale / config.scale)
@@ -107,10 +116,15 @@ def _modules(model: nn.Module, name: str) -> tuple[dict[str, LoRA], dict[str, nn
     found = loras(model, name)  # errors for unknown / non-LoRA names
     refuse_mha(found, "hotswap_adapter", grouped=True)
     if name in merged_adapters(model):
-        raise MergeError(f"adapter {name!r} is merged into the base weights; swapping it would leave its old update "
-                         f"there. Call ak.unmerge_adapter(model) first.")
-    held = [(logical_name(model, ln), layer) for ln, layer in adapter_layers(model)
-            if isinstance(layer, LoRALayer) and name in layer.adapters]
+        raise MergeError(
+            f"adapter {name!r} is merged into the base weights; swapping it would leave its old update "
+            f"there. Call ak.unmerge_adapter(model) first."
+        )
+    held = [
+        (logical_name(model, ln), layer)
+        for ln, layer in adapter_layers(model)
+        if isinstance(layer, LoRALayer) and name in layer.adapters
+    ]
     assert len(held) == len(found)
     return {n: layer.adapters[name] for n, layer in held}, {n: layer.innermost() for n, layer in held}
 
@@ -120,12 +134,16 @@ def _check_config(config, current: LoRAConfig, folder: Path) -> None:
         raise AdapterFileError(f"{str(folder)!r} holds a {type(config).__name__} adapter; hotswap_adapter swaps LoRA.")
     for field in ("rslora", "dropout", "dora"):
         if getattr(config, field) != getattr(current, field):
-            raise ConfigError(f"hotswap_adapter: the file's {field}={getattr(config, field)!r} differs from the loaded "
-                              f"adapter's {getattr(current, field)!r}; a swap keeps the layers as they are, so these "
-                              f"must agree. Load it as a new adapter instead (ak.load_adapter).")
+            raise ConfigError(
+                f"hotswap_adapter: the file's {field}={getattr(config, field)!r} differs from the loaded "
+                f"adapter's {getattr(current, field)!r}; a swap keeps the layers as they are, so these "
+                f"must agree. Load it as a new adapter instead (ak.load_adapter)."
+            )
     if config.train_modules:
-        raise AdapterFileError(f"{str(folder)!r} also trains whole modules {list(config.train_modules)}; "
-                               f"hotswap_adapter swaps LoRA weights only. Load it with ak.load_adapter.")
+        raise AdapterFileError(
+            f"{str(folder)!r} also trains whole modules {list(config.train_modules)}; "
+            f"hotswap_adapter swaps LoRA weights only. Load it with ak.load_adapter."
+        )
 
 
 def _plan(modules: dict[str, LoRA], tensors: dict[str, Tensor], rank: int, folder: Path) -> dict[str, dict]:
@@ -137,9 +155,11 @@ def _plan(modules: dict[str, LoRA], tensors: dict[str, Tensor], rank: int, folde
             where[key] = (module_name, role, live)
     unexpected = sorted(set(tensors) - set(where))
     if unexpected:
-        raise AdapterFileError(f"hotswap_adapter: {str(folder)!r} holds tensors the loaded adapter has no place for, "
-                               f"e.g. {unexpected[:3]} (a module it does not adapt?); swapping cannot add modules. "
-                               f"Load it with ak.load_adapter instead.")
+        raise AdapterFileError(
+            f"hotswap_adapter: {str(folder)!r} holds tensors the loaded adapter has no place for, "
+            f"e.g. {unexpected[:3]} (a module it does not adapt?); swapping cannot add modules. "
+            f"Load it with ak.load_adapter instead."
+        )
     plan: dict[str, dict] = {}
     for key, tensor in tensors.items():
         module_name, role, live = where[key]
@@ -149,8 +169,10 @@ def _plan(modules: dict[str, LoRA], tensors: dict[str, Tensor], rank: int, folde
         elif role == "b":
             want[1] = rank
         if list(tensor.shape) != want or not tensor.is_floating_point():
-            raise AdapterFileError(f"hotswap_adapter: {key!r} in {str(folder)!r} has shape {tuple(tensor.shape)} "
-                                   f"({tensor.dtype}); expected {tuple(want)} (rank {rank}) for this model.")
+            raise AdapterFileError(
+                f"hotswap_adapter: {key!r} in {str(folder)!r} has shape {tuple(tensor.shape)} "
+                f"({tensor.dtype}); expected {tuple(want)} (rank {rank}) for this model."
+            )
         plan.setdefault(module_name, {})[role] = tensor
     for module_name, parts in plan.items():
         if "a" not in parts or "b" not in parts or ("m" not in parts) != (modules[module_name].magnitude is None):

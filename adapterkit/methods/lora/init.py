@@ -18,6 +18,7 @@ These are PEFT's ``pissa_init`` / ``olora_init`` / ``loftq_init`` (``peft/tuners
 file saved with one of these inits runs it again on the given base, as PEFT does: load it onto
 the original base model (not the residual one).
 """
+
 from __future__ import annotations
 
 import torch
@@ -38,10 +39,18 @@ def check_base(name: str, base: nn.Module, init: str) -> None:
     kind = bases.base_kind(base)
     if kind in ("linear", "conv1d") and bases.foldable(base):
         return
-    hint = (" Initialise on the full-precision model first, then quantize it (ak.quantize): the residual "
-            "is what gets quantized, as in QPiSSA / LoftQ.") if kind == "quant" else ""
-    raise UnsupportedModuleError(f"init={init!r} rewrites the base weight, which needs a dense Linear or "
-                                 f"Conv1D base; {name!r} is a {type(base).__name__}.{hint}")
+    hint = (
+        (
+            " Initialise on the full-precision model first, then quantize it (ak.quantize): the residual "
+            "is what gets quantized, as in QPiSSA / LoftQ."
+        )
+        if kind == "quant"
+        else ""
+    )
+    raise UnsupportedModuleError(
+        f"init={init!r} rewrites the base weight, which needs a dense Linear or "
+        f"Conv1D base; {name!r} is a {type(base).__name__}.{hint}"
+    )
 
 
 @torch.no_grad()

@@ -8,6 +8,7 @@ DoRA's factor per kind of base: dora_layouts.py.
 lora_bias adds scale * b_B to the branch (bias.py); each module's rank and alpha may come from
 rank_pattern / alpha_pattern (patterns.py); PiSSA / OLoRA / LoftQ set A, B from W (init.py).
 """
+
 from __future__ import annotations
 
 import math
@@ -41,10 +42,13 @@ from .functional import (
 def _plain_linear(base: nn.Module, x: Tensor) -> bool:
     """Whether ``base(x)`` is exactly F.linear(x, W, b): an nn.Linear with its own forward, no hooks,
     no autocast, and x in the weight's dtype. Then the base can run inside the LoRA node."""
-    return (type(base).forward is nn.Linear.forward and x.dtype == base.weight.dtype
-            and not (base._forward_hooks or base._forward_pre_hooks)
-            and not (_module._global_forward_hooks or _module._global_forward_pre_hooks)
-            and not torch.is_autocast_enabled(x.device.type))
+    return (
+        type(base).forward is nn.Linear.forward
+        and x.dtype == base.weight.dtype
+        and not (base._forward_hooks or base._forward_pre_hooks)
+        and not (_module._global_forward_hooks or _module._global_forward_pre_hooks)
+        and not torch.is_autocast_enabled(x.device.type)
+    )
 
 
 def _init_pair(a: Tensor, b: Tensor, init: str, rank: int, a_is_zero: bool = False) -> None:
@@ -73,8 +77,7 @@ class LoRA(nn.Module):
     Conv2d keeps A as (rank, in, kh, kw) and B as (out, rank, 1, 1).
     """
 
-    def __init__(self, base: nn.Module, config: LoRAConfig, rank: Optional[int] = None,
-                 alpha: Optional[float] = None):
+    def __init__(self, base: nn.Module, config: LoRAConfig, rank: Optional[int] = None, alpha: Optional[float] = None):
         super().__init__()
         self.config = config
         self.kind = bases.base_kind(base)
@@ -125,8 +128,11 @@ class LoRA(nn.Module):
         return scale_of(self.rank, self.alpha, self.config.rslora)
 
     def extra_repr(self) -> str:
-        return (f"rank={self.rank}, scale={self.scale:g}" + (", dora" if self.magnitude is not None else "")
-                + (", bias" if self.bias is not None else ""))
+        return (
+            f"rank={self.rank}, scale={self.scale:g}"
+            + (", dora" if self.magnitude is not None else "")
+            + (", bias" if self.bias is not None else "")
+        )
 
     # -- forward --------------------------------------------------------------------------
     def forward(self, x: Tensor, y: Tensor, y_base: Tensor, base: nn.Module) -> Tensor:
@@ -160,15 +166,21 @@ class LoRA(nn.Module):
             out = LinearLoRAFunction.apply(x2, base.weight, base.bias, a, b, self.scale, self.dropout, seed)
         else:
             norm = dora_norm(base.weight, a, b, self.scale, self._weight_sq(base.weight))
-            out = LinearDoRAFunction.apply(x2, base.weight, base.bias, a, b, self.magnitude.to(x.dtype),
-                                           norm, self.scale, self.dropout, seed)
+            out = LinearDoRAFunction.apply(
+                x2, base.weight, base.bias, a, b, self.magnitude.to(x.dtype), norm, self.scale, self.dropout, seed
+            )
         return self._with_bias(out.view(*x.shape[:-1], out.shape[-1]))
 
     def _fused_quant(self, x: Tensor, base: nn.Module) -> Optional[Tensor]:
         """A quantized base and plain LoRA in one pass over x (the fused Triton kernel on CUDA):
         x (..., in) -> (..., out). Not for DoRA, dropout in training, or a base with hooks."""
-        if (self.magnitude is not None or (self.training and self.dropout > 0)
-                or not hasattr(base, "forward_lora") or base._forward_hooks or base._forward_pre_hooks):
+        if (
+            self.magnitude is not None
+            or (self.training and self.dropout > 0)
+            or not hasattr(base, "forward_lora")
+            or base._forward_hooks
+            or base._forward_pre_hooks
+        ):
             return None
         return base.forward_lora(x, self.a, self.b, self.scale)
 
@@ -222,15 +234,24 @@ class LoRA(nn.Module):
         # base output y_base (both PEFT's rule: stack.py)
         ref = y_base if seed is not None else y
         out = DoRAFunction.apply(
-            x2, ref.reshape(-1, b.shape[0]), a, b, self.magnitude.to(dtype), bias, norm,
-            self.scale, self.dropout, seed,
+            x2,
+            ref.reshape(-1, b.shape[0]),
+            a,
+            b,
+            self.magnitude.to(dtype),
+            bias,
+            norm,
+            self.scale,
+            self.dropout,
+            seed,
         ).view(y.shape)
         return out if y is ref else y + (out - ref)
 
     def _embedding(self, ids, y, base):
         # ids (...), y (..., dim): PEFT applies no dropout to embeddings
-        rows = F.embedding(ids, self.a.t(), base.padding_idx, base.max_norm, base.norm_type,
-                           base.scale_grad_by_freq, base.sparse)  # (..., r)
+        rows = F.embedding(
+            ids, self.a.t(), base.padding_idx, base.max_norm, base.norm_type, base.scale_grad_by_freq, base.sparse
+        )  # (..., r)
         if self.magnitude is not None:
             return dora_layouts.embedding(self, rows @ self.b.t().to(rows.dtype), y, base)
         return y + (rows @ self.b.t().to(rows.dtype)).to(y.dtype) * self.scale
@@ -312,8 +333,10 @@ class LoRALayer(AdapterLayer):
         for name in names:
             lora = self.adapters[name]
             if lora.bias is not None:
-                raise MergeError(f"adapter {name!r} has lora_bias: merge_adapter (in place) does not fold it; "
-                                 f"use ak.merge, which adds it to the base bias.")
+                raise MergeError(
+                    f"adapter {name!r} has lora_bias: merge_adapter (in place) does not fold it; "
+                    f"use ak.merge, which adds it to the base bias."
+                )
             if lora.magnitude is None:
                 terms.append((name, None))
                 continue

@@ -13,6 +13,7 @@
 ``torch.bernoulli`` on a tensor filled with ``density``, one draw per tensor in the order PEFT draws
 them, so ``torch.manual_seed`` makes a combination repeatable.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -58,8 +59,9 @@ def majority_mask(stack: Tensor, method: str) -> Tensor:
     return sign == elected
 
 
-def merge(how: str, tensors: Sequence[Tensor], weights: Sequence[float], density: Optional[float],
-          sign_method: str = "total") -> Tensor:
+def merge(
+    how: str, tensors: Sequence[Tensor], weights: Sequence[float], density: Optional[float], sign_method: str = "total"
+) -> Tensor:
     """The merged tensor of ``tensors`` (same shapes) by rule ``how`` (``svd`` forms: without it)."""
     base = how[: -len("_svd")] if how.endswith("_svd") else how
     if base in ("linear", "svd"):
@@ -79,11 +81,14 @@ def check_options(how: str, density: Optional[float], sign_method: str) -> None:
     if base in PRUNING:
         ok = isinstance(density, (int, float)) and not isinstance(density, bool) and 0 < density <= 1
         if not ok:
-            raise ConfigError(f"combine how={how!r} needs density, the share of entries kept, in (0, 1]; "
-                              f"got {density!r}.")
+            raise ConfigError(
+                f"combine how={how!r} needs density, the share of entries kept, in (0, 1]; got {density!r}."
+            )
     elif density is not None:
-        raise ConfigError(f"combine how={how!r} does not prune; density={density!r} is only for "
-                          f"{', '.join(PRUNING)} and their _svd forms.")
+        raise ConfigError(
+            f"combine how={how!r} does not prune; density={density!r} is only for "
+            f"{', '.join(PRUNING)} and their _svd forms."
+        )
     if sign_method not in SIGN_METHODS:
         raise ConfigError(f"combine majority_sign_method must be one of {SIGN_METHODS}; got {sign_method!r}.")
     if sign_method != "total" and base not in ("ties", "dare_ties"):

@@ -13,6 +13,7 @@ the embedding size, no DoRA, no dropout on the branch (PEFT merges the weights f
 mixed-adapter batches. Files: ``<M>.lora_A.weight`` / ``lora_B.weight`` (in_proj) and
 ``<M>.base_layer.out_proj.lora_A.weight`` / ``lora_B.weight`` (out_proj), PEFT's keys.
 """
+
 from __future__ import annotations
 
 import torch
@@ -25,10 +26,13 @@ def check(base: nn.MultiheadAttention, config) -> None:
     if base.kdim != base.embed_dim or base.vdim != base.embed_dim:
         raise UnsupportedModuleError(
             f"LoRA on nn.MultiheadAttention needs query, key and value of one size (kdim = vdim = embed_dim = "
-            f"{base.embed_dim}); this one has kdim={base.kdim}, vdim={base.vdim} (PEFT has the same limit).")
+            f"{base.embed_dim}); this one has kdim={base.kdim}, vdim={base.vdim} (PEFT has the same limit)."
+        )
     if config.dora:
-        raise UnsupportedModuleError("DoRA on nn.MultiheadAttention is not supported (nor in PEFT); use dora=False "
-                                     "or leave the attention module out of the targets.")
+        raise UnsupportedModuleError(
+            "DoRA on nn.MultiheadAttention is not supported (nor in PEFT); use dora=False "
+            "or leave the attention module out of the targets."
+        )
 
 
 def add_out_proj(lora, base: nn.MultiheadAttention, place: dict) -> None:
@@ -49,8 +53,10 @@ def _weights(base: nn.MultiheadAttention, adapters) -> dict[str, Tensor]:
 def forward(layer, query: Tensor, *args, **kwargs):
     """The attention's output (and weights) with the active adapters' updates in its projections."""
     if layer.rows is not None:
-        raise InputError("adapter_names: nn.MultiheadAttention with LoRA does not take a mixed-adapter batch "
-                         "(as in PEFT); run one adapter at a time.")
+        raise InputError(
+            "adapter_names: nn.MultiheadAttention with LoRA does not take a mixed-adapter batch "
+            "(as in PEFT); run one adapter at a time."
+        )
     base = layer.base
     adapters = layer.active_adapters()
     if not adapters:
@@ -68,6 +74,9 @@ def merged(base: nn.MultiheadAttention, adapters) -> nn.Module:
 
 
 def state_to_file(prefix: str, lora) -> dict[str, Tensor]:
-    return {f"{prefix}.lora_A.weight": lora.a, f"{prefix}.lora_B.weight": lora.b,
-            f"{prefix}.base_layer.out_proj.lora_A.weight": lora.a_out,
-            f"{prefix}.base_layer.out_proj.lora_B.weight": lora.b_out}
+    return {
+        f"{prefix}.lora_A.weight": lora.a,
+        f"{prefix}.lora_B.weight": lora.b,
+        f"{prefix}.base_layer.out_proj.lora_A.weight": lora.a_out,
+        f"{prefix}.base_layer.out_proj.lora_B.weight": lora.b_out,
+    }

@@ -18,6 +18,7 @@ operations however many adapters the batch names. When padding would more than d
 few distinct adapters instead: each adapter's own forward on its rows (index_select), written back
 with index_copy. Inference only, no dropout: ``rows.checked`` refuses a model in training mode.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple, Optional
@@ -97,8 +98,12 @@ def _segments(rows, batch: int, device: torch.device, held: tuple) -> Optional[S
         keep = [j * m + i for j, g in enumerate(members) for i in range(len(g))]
         as_tensor = lambda v: torch.tensor(v, dtype=torch.int64, device=device)  # noqa: E731
         rows.cache[key] = Segments(
-            k, m, None if take == list(range(batch)) else as_tensor(take), as_tensor(dest),
-            None if k * m == n else as_tensor(keep))
+            k,
+            m,
+            None if take == list(range(batch)) else as_tensor(take),
+            as_tensor(dest),
+            None if k * m == n else as_tensor(keep),
+        )
     return rows.cache[key]
 
 

@@ -20,6 +20,7 @@ one before ``M.base_layer.lora_A.weight``, and so on. Init as PEFT: A Kaiming-un
 (a = sqrt(5), fan-in ``in``) or normal (std 1 / rank), B zero. No dropout (PEFT refuses it
 there: dropout acts on a layer's input, and here the update is folded into the weight).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -70,31 +71,41 @@ def owners(model: nn.Module, config: LoRAConfig, modules: list[str]) -> dict[str
 
 def _check_param(model: nn.Module, owner: str, key: str, param: Tensor, modules: list[str]) -> None:
     if not owner:
-        raise TargetError(f"target_parameters: {key!r} belongs to the model itself; LoRA on a parameter wraps "
-                          "the module that holds it, so the parameter must belong to a sub-module.")
+        raise TargetError(
+            f"target_parameters: {key!r} belongs to the model itself; LoRA on a parameter wraps "
+            "the module that holds it, so the parameter must belong to a sub-module."
+        )
     if param.ndim not in (2, 3) or not param.is_floating_point():
         raise UnsupportedModuleError(
             f"target_parameters: {key!r} is a {param.ndim}-D {param.dtype} tensor {tuple(param.shape)}; LoRA on "
-            "parameters takes 2-D (out, in) or 3-D fused-expert (experts, out, in) float weights (as PEFT).")
+            "parameters takes 2-D (out, in) or 3-D fused-expert (experts, out, in) float weights (as PEFT)."
+        )
     if owner in modules:
-        raise TargetError(f"{owner!r} is both a module target (targets) and the owner of target_parameters entry "
-                          f"{key!r}; adapt it one way: exclude it from targets, or drop the parameter.")
+        raise TargetError(
+            f"{owner!r} is both a module target (targets) and the owner of target_parameters entry "
+            f"{key!r}; adapt it one way: exclude it from targets, or drop the parameter."
+        )
     held = model.get_submodule(owner)
     if isinstance(held, AdapterLayer) and not isinstance(held, ParamLoRALayer):
         raise UnsupportedModuleError(
             f"target_parameters: {owner!r} already holds a {held.method} adapter on the module itself; LoRA on "
-            f"its parameter {key!r} would not reach the weight that adapter reads. Use targets for it instead.")
+            f"its parameter {key!r} would not reach the weight that adapter reads. Use targets for it instead."
+        )
 
 
 def _no_match(model: nn.Module, target: str, keys: list[str]) -> None:
     modules = {n for n, _ in logical_modules(model) if n}
     if any(matches(n, (target,)) for n in modules):
         inside = sorted({k.rsplit(".", 1)[-1] for k in keys if matches(k.rsplit(".", 1)[0], (target,))})
-        raise TargetError(f"target_parameters entry {target!r} names a module, not a parameter; name its "
-                          f"parameters, e.g. {', '.join(f'{target}.{p}' for p in inside[:3]) or '(it has none)'}.")
+        raise TargetError(
+            f"target_parameters entry {target!r} names a module, not a parameter; name its "
+            f"parameters, e.g. {', '.join(f'{target}.{p}' for p in inside[:3]) or '(it has none)'}."
+        )
     tails = {".".join(k.split(".")[-2:]) for k in keys}
-    raise TargetError(f"target_parameters entry {target!r} matches no parameter{close_matches(target, tails)}; "
-                      "entries are parameter names or their suffixes, e.g. 'experts.gate_up_proj'.")
+    raise TargetError(
+        f"target_parameters entry {target!r} matches no parameter{close_matches(target, tails)}; "
+        "entries are parameter names or their suffixes, e.g. 'experts.gate_up_proj'."
+    )
 
 
 def layout(base: nn.Module, name: str) -> tuple[int, int, int, bool]:
@@ -173,8 +184,10 @@ class ParamLoRALayer(AdapterLayer):
 
     def forward(self, *args, **kwargs):
         if self.rows is not None:
-            raise InputError("adapter_names (a mixed-adapter batch) is not supported for LoRA on parameters "
-                             "(target_parameters), as in PEFT; run one adapter per batch.")
+            raise InputError(
+                "adapter_names (a mixed-adapter batch) is not supported for LoRA on parameters "
+                "(target_parameters), as in PEFT; run one adapter per batch."
+            )
         if self.merged_names:
             self.check_merged_forward()
         adapters = self.active_adapters()

@@ -6,6 +6,7 @@ holds: K is a regular expression that matches a dotted suffix of N ("q_proj", "l
 "layers\\.[0-3]\\..*proj"). No match: the config's ``rank`` / ``alpha``. The scale is then
 alpha_N / rank_N (alpha_N / sqrt(rank_N) with rsLoRA), as in PEFT's ``LoraModel._create_and_replace``.
 """
+
 from __future__ import annotations
 
 import math
@@ -47,8 +48,9 @@ def check_pattern(owner: str, field: str, value: Any, integer: bool) -> tuple[tu
     elif isinstance(value, (list, tuple)) and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in value):
         pairs = [tuple(p) for p in value]
     else:
-        raise ConfigError(f"{owner}.{field} must map module-name patterns to values, e.g. "
-                          f"{{'q_proj': 16}}; got {value!r}.")
+        raise ConfigError(
+            f"{owner}.{field} must map module-name patterns to values, e.g. {{'q_proj': 16}}; got {value!r}."
+        )
     out = []
     for key, val in pairs:
         if not isinstance(key, str) or not key:
@@ -73,12 +75,17 @@ def warn_unmatched(config, names: list[str]) -> None:
         keys = [k for k, _ in getattr(config, field)]
         unmatched = [k for k in keys if not any(re.match(rf"(.*\.)?({k})$", n) for n in names)]
         if unmatched:
-            warnings.warn(f"LoRAConfig.{field} keys {unmatched} match none of the adapted modules "
-                          f"and are ignored.", RuntimeWarning, stacklevel=4)
+            warnings.warn(
+                f"LoRAConfig.{field} keys {unmatched} match none of the adapted modules and are ignored.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
 
 
 def refuse_patterns(config, doing: str) -> None:
     """ConfigError for calls that treat an adapter's rank as one number (resize_rank, hotswap)."""
     if config.rank_pattern or config.alpha_pattern:
-        raise ConfigError(f"{doing} takes adapters with one rank and alpha; this one has rank_pattern / "
-                          f"alpha_pattern {dict(config.rank_pattern) or dict(config.alpha_pattern)}.")
+        raise ConfigError(
+            f"{doing} takes adapters with one rank and alpha; this one has rank_pattern / "
+            f"alpha_pattern {dict(config.rank_pattern) or dict(config.alpha_pattern)}."
+        )

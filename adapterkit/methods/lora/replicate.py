@@ -9,6 +9,7 @@ LLaMA-Pro-style expansion is fine-tuned with LoRA). As in PEFT (``replicate_laye
 ``ak.detach`` drops the adapters but keeps the deeper model; a file with ``layer_replication``
 builds the same copies when loaded.
 """
+
 from __future__ import annotations
 
 import copy
@@ -23,33 +24,44 @@ def check_map(owner: str, value: Any) -> Optional[tuple[tuple[int, int], ...]]:
     """None, or a tuple of (start, end) block ranges with 0 <= start < end."""
     if value is None:
         return None
-    ok = isinstance(value, (list, tuple)) and value and all(
-        isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(i, int) and not isinstance(i, bool) for i in p)
-        and 0 <= p[0] < p[1] for p in value)
+    ok = (
+        isinstance(value, (list, tuple))
+        and value
+        and all(
+            isinstance(p, (list, tuple))
+            and len(p) == 2
+            and all(isinstance(i, int) and not isinstance(i, bool) for i in p)
+            and 0 <= p[0] < p[1]
+            for p in value
+        )
+    )
     if not ok:
-        raise ConfigError(f"{owner}.layer_replication is a list of [start, end) block ranges, e.g. [[0, 4], [2, 5]]; "
-                          f"got {value!r}.")
+        raise ConfigError(
+            f"{owner}.layer_replication is a list of [start, end) block ranges, e.g. [[0, 4], [2, 5]]; got {value!r}."
+        )
     return tuple((int(a), int(b)) for a, b in value)
 
 
 def _holder(model: nn.Module) -> tuple[nn.Module, str]:
     """The module holding the blocks' ModuleList, and its attribute name (PEFT's search)."""
     inner = model
-    while hasattr(inner, "model") and isinstance(getattr(inner, "model"), nn.Module):
+    while hasattr(inner, "model") and isinstance(inner.model, nn.Module):
         inner = inner.model
     if hasattr(inner, "bert"):
         inner = inner.bert
     for holder, attr in ((inner, "layers"), (getattr(inner, "encoder", None), "layer"), (inner, "h")):
         if holder is not None and isinstance(getattr(holder, attr, None), nn.ModuleList):
             return holder, attr
-    raise UnsupportedModuleError(f"layer_replication: found no list of blocks in {type(model).__name__} (looked for "
-                                 f"Llama's layers, BERT's encoder.layer, Falcon's h).")
+    raise UnsupportedModuleError(
+        f"layer_replication: found no list of blocks in {type(model).__name__} (looked for "
+        f"Llama's layers, BERT's encoder.layer, Falcon's h)."
+    )
 
 
 def _shared_copy(block: nn.Module) -> nn.Module:
     """A new module like ``block`` whose parameters and buffers are ``block``'s own tensors."""
     clone = copy.deepcopy(block)
-    for (name, module), (_, twin) in zip(block.named_modules(), clone.named_modules()):
+    for (_name, module), (_, twin) in zip(block.named_modules(), clone.named_modules()):
         for pname, param in module.named_parameters(recurse=False):
             setattr(twin, pname, param)
         for bname, buf in module.named_buffers(recurse=False):
@@ -62,7 +74,9 @@ def replicate(model: nn.Module, ranges: tuple[tuple[int, int], ...]) -> None:
     holder, attr = _holder(model)
     blocks = getattr(holder, attr)
     if max(end for _, end in ranges) > len(blocks):
-        raise ConfigError(f"layer_replication={[list(r) for r in ranges]} reaches past the model's {len(blocks)} blocks.")
+        raise ConfigError(
+            f"layer_replication={[list(r) for r in ranges]} reaches past the model's {len(blocks)} blocks."
+        )
     new = []
     for start, end in ranges:
         for i in range(start, end):

@@ -11,6 +11,7 @@ forming D); they are split evenly between the factors (both train well afterward
 follows the new factors). The factors become new Parameters: an optimizer holding the old ones must
 be made again. All or nothing: every layer's factors are computed before any is replaced.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,12 +37,14 @@ def resize_rank(model: nn.Module, name: str, rank: int) -> nn.Module:
     refuse_patterns(config, "resize_rank")
     have = max(lora.a.shape[0] for lora in modules)
     if rank > have:
-        raise ConfigError(f"resize_rank: adapter {name!r} has rank {have}; SVD can only lower it (got {rank}). "
-                          f"Attach a new adapter of rank {rank} to grow it.")
+        raise ConfigError(
+            f"resize_rank: adapter {name!r} has rank {have}; SVD can only lower it (got {rank}). "
+            f"Attach a new adapter of rank {rank} to grow it."
+        )
     alpha = config.scale * (math.sqrt(rank) if config.rslora else rank)
     new_config = dataclasses.replace(config, rank=rank, alpha=alpha)
     factors = [_truncated(lora, rank) for lora in modules]
-    for lora, (a, b) in zip(modules, factors):
+    for a, b in factors:
         if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
             raise ConfigError(f"resize_rank: adapter {name!r} holds NaN or Inf values; its SVD is undefined.")
     for lora, (a, b) in zip(modules, factors):

@@ -10,6 +10,7 @@ current s. Changing a scale while adapters are merged in place is refused (unmer
 a different update than was added). Under ``torch.compile`` a new scale value recompiles the graph
 (the scale is a Python float).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,8 +26,11 @@ from .layers import LoRA, LoRALayer
 
 def loras(model: nn.Module, name: str) -> list[LoRA]:
     """Adapter ``name``'s LoRA module in every layer that holds it; errors for unknown / other methods."""
-    found = [layer.adapters[name] for _, layer in adapter_layers(model)
-             if isinstance(layer, LoRALayer) and name in layer.adapters]
+    found = [
+        layer.adapters[name]
+        for _, layer in adapter_layers(model)
+        if isinstance(layer, LoRALayer) and name in layer.adapters
+    ]
     if not found:
         if name not in adapter_names(model):
             raise _unknown(model, name)
@@ -38,11 +42,15 @@ def refuse_mha(modules: list, doing: str, grouped: bool = False) -> None:
     """ConfigError when some of ``modules`` adapt an nn.MultiheadAttention (two pairs of factors), or
     with ``grouped``, a grouped convolution (B holds rank / groups columns per output channel)."""
     if any(lora.kind == "mha" for lora in modules):
-        raise ConfigError(f"{doing} does not handle LoRA on nn.MultiheadAttention (its in_proj and out_proj pairs) "
-                          f"yet; leave the attention module out of that adapter's targets.")
+        raise ConfigError(
+            f"{doing} does not handle LoRA on nn.MultiheadAttention (its in_proj and out_proj pairs) "
+            f"yet; leave the attention module out of that adapter's targets."
+        )
     if grouped and any(lora.b.dim() > 2 and lora.b.shape[1] != lora.a.shape[0] for lora in modules):
-        raise ConfigError(f"{doing} does not handle LoRA on a grouped convolution (groups > 1: B is a grouped 1x1 "
-                          f"convolution) yet; leave that module out of the adapter's targets.")
+        raise ConfigError(
+            f"{doing} does not handle LoRA on a grouped convolution (groups > 1: B is a grouped 1x1 "
+            f"convolution) yet; leave that module out of the adapter's targets."
+        )
 
 
 def _number(value, what: str) -> float:
@@ -91,8 +99,9 @@ def unscale_active(model: nn.Module, factor: Optional[float] = None) -> nn.Modul
 def _active(model: nn.Module, doing: str) -> list[LoRA]:
     check_model(model, doing.split()[0])
     refuse_while_merged(model, doing)
-    return [layer.adapters[n] for _, layer in adapter_layers(model) if isinstance(layer, LoRALayer)
-            for n in layer.active]
+    return [
+        layer.adapters[n] for _, layer in adapter_layers(model) if isinstance(layer, LoRALayer) for n in layer.active
+    ]
 
 
 @contextlib.contextmanager

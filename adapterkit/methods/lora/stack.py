@@ -11,6 +11,7 @@ eval mode or without dropout (its DoRA rescales the running ``result``); in trai
 PEFT's DoRA rescales the base output instead (y <- y + (g_k - 1) W x + g_k L_k drop(x)), and
 adapterkit's forward follows it there too (``LoRA._linear``). Merging uses the composition above.
 """
+
 from __future__ import annotations
 
 import torch

@@ -12,6 +12,7 @@ On disk (PEFT's layout): ``base_model.model.<embedding>.token_adapter.trainable_
 (``tie_word_embeddings``) the output layer uses the input embedding's V, as PEFT ties them; only
 the input embedding's V is saved.
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -31,8 +32,9 @@ def check_token_indices(owner: str, value: Any) -> Optional[tuple]:
     """None, a tuple of token ids, or a tuple of (module suffix, ids) pairs; validated."""
     if value is None:
         return None
-    if isinstance(value, dict) or (isinstance(value, (list, tuple)) and value
-                                   and all(isinstance(p, (list, tuple)) for p in value)):
+    if isinstance(value, dict) or (
+        isinstance(value, (list, tuple)) and value and all(isinstance(p, (list, tuple)) for p in value)
+    ):
         pairs = value.items() if isinstance(value, dict) else value
         out = []
         for pair in pairs:
@@ -46,10 +48,14 @@ def check_token_indices(owner: str, value: Any) -> Optional[tuple]:
 
 
 def _ids(owner: str, ids: Any) -> tuple[int, ...]:
-    if not isinstance(ids, (list, tuple)) or not ids or not all(
-            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
-        raise ConfigError(f"{owner}.trainable_token_indices: token ids are a non-empty list of non-negative "
-                          f"ints; got {ids!r}.")
+    if (
+        not isinstance(ids, (list, tuple))
+        or not ids
+        or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids)
+    ):
+        raise ConfigError(
+            f"{owner}.trainable_token_indices: token ids are a non-empty list of non-negative ints; got {ids!r}."
+        )
     if len(set(ids)) != len(ids):
         raise ConfigError(f"{owner}.trainable_token_indices lists a token id twice: {list(ids)!r}.")
     return tuple(ids)
@@ -65,8 +71,7 @@ class TrainableTokens(nn.Module):
         self._source = [shared] if shared is not None else []  # a tied output layer: the embedding's V
         if shared is None:
             self.own = nn.Parameter(weight.detach()[list(indices)].clone())
-        self.register_buffer("index", torch.tensor(indices, dtype=torch.long, device=weight.device),
-                             persistent=False)
+        self.register_buffer("index", torch.tensor(indices, dtype=torch.long, device=weight.device), persistent=False)
         self.tied = shared is not None
 
     @property
@@ -85,8 +90,10 @@ class TokenLayer(AdapterLayer):
 
     def forward(self, x, *args, **kwargs):
         if self.rows is not None:
-            raise InputError("a mixed-adapter batch (adapter_names=) does not take adapters with "
-                             "trainable_token_indices; run those adapters one at a time.")
+            raise InputError(
+                "a mixed-adapter batch (adapter_names=) does not take adapters with "
+                "trainable_token_indices; run those adapters one at a time."
+            )
         y = self.base(x, *args, **kwargs)
         for tokens in self.active_adapters():
             y = self._replace(x, y, tokens)
@@ -130,16 +137,20 @@ def _targets(model: nn.Module, config) -> dict[str, tuple[int, ...]]:
         for suffix, ids in spec:
             found = [n for n in names.values() if matches(n, (suffix,))]
             if len(found) != 1:
-                raise TargetError(f"trainable_token_indices names {suffix!r}, which matches "
-                                  f"{len(found)} modules ({found[:4]}); name one embedding.")
+                raise TargetError(
+                    f"trainable_token_indices names {suffix!r}, which matches "
+                    f"{len(found)} modules ({found[:4]}); name one embedding."
+                )
             out[found[0]] = ids
         return out
     get = getattr(model, "get_input_embeddings", None)
     emb = get() if callable(get) else None
     emb = emb.innermost() if isinstance(emb, AdapterLayer) else emb
     if emb is None or id(emb) not in names:
-        raise TargetError("trainable_token_indices as a list needs the model's input embedding "
-                          "(get_input_embeddings); give {module name: ids} instead.")
+        raise TargetError(
+            "trainable_token_indices as a list needs the model's input embedding "
+            "(get_input_embeddings); give {module name: ids} instead."
+        )
     return {names[id(emb)]: spec}
 
 
@@ -169,15 +180,20 @@ def attach_tokens(model: nn.Module, config, name: str) -> None:
         module = model.get_submodule(module_name)
         inner = module.innermost() if isinstance(module, AdapterLayer) else module
         if isinstance(module, AdapterLayer) and not isinstance(module, TokenLayer):
-            raise UnsupportedModuleError(f"trainable_token_indices: {module_name!r} is already adapted "
-                                         f"({type(module).__name__}); leave it out of targets / train_modules.")
+            raise UnsupportedModuleError(
+                f"trainable_token_indices: {module_name!r} is already adapted "
+                f"({type(module).__name__}); leave it out of targets / train_modules."
+            )
         if not isinstance(inner, (nn.Embedding, nn.Linear)):
-            raise UnsupportedModuleError(f"trainable_token_indices: {module_name!r} is a {type(inner).__name__}, "
-                                         f"not an Embedding or Linear.")
+            raise UnsupportedModuleError(
+                f"trainable_token_indices: {module_name!r} is a {type(inner).__name__}, not an Embedding or Linear."
+            )
         num = inner.weight.shape[0]
         if max(ids) >= num:
-            raise ConfigError(f"trainable_token_indices for {module_name!r}: id {max(ids)} is out of range "
-                              f"(the layer has {num} rows).")
+            raise ConfigError(
+                f"trainable_token_indices for {module_name!r}: id {max(ids)} is out of range "
+                f"(the layer has {num} rows)."
+            )
         if module_name in made:
             continue
         shared = None

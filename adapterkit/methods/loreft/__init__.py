@@ -1,4 +1,5 @@
 """LoReFT: low-rank interventions on the hidden states that transformer blocks output."""
+
 from __future__ import annotations
 
 import torch

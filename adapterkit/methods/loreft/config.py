@@ -13,6 +13,7 @@ Positions as pyreft and AdapterHub name them: ``"f3"`` the first 3 tokens, ``"l2
 Untied, the first and the last positions have an intervention each; ``tied_weights`` shares one.
 As in pyreft and AdapterHub, dropout applies to Phi(h) and W, b start as ``nn.Linear``'s.
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -11,6 +11,7 @@ adapter_model.safetensors, per edited block ``M`` (e.g. ``model.layers.3``) and 
 R is stored as the matrix itself; loading sets it through the orthogonal parametrization's inverse,
 which gives back R to within float rounding (~1e-7), and W, b exactly.
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -45,8 +46,13 @@ def state_to_file(module_name: str, adapter: nn.Module) -> dict[str, Tensor]:
     out = {}
     for part, unit in adapter.parts.items():
         key = f"{PEFT_PREFIX}{module_name}.loreft.{part}"
-        out.update({f"{key}.rotation": unit.rotation.weight, f"{key}.source.weight": unit.source.weight,
-                    f"{key}.source.bias": unit.source.bias})
+        out.update(
+            {
+                f"{key}.rotation": unit.rotation.weight,
+                f"{key}.source.weight": unit.source.weight,
+                f"{key}.source.bias": unit.source.bias,
+            }
+        )
     return out
 
 
@@ -56,8 +62,10 @@ def state_from_file(module_name: str, adapter: nn.Module, tensors: Mapping[str, 
         R = tensors[f"{key}.rotation"].to(unit.source.weight)
         gram = R @ R.T
         if not torch.allclose(gram, torch.eye(len(R), dtype=R.dtype, device=R.device), atol=1e-4):
-            raise AdapterFileError(f"{key + '.rotation'!r} does not have orthonormal rows (R R^T differs from I "
-                                   f"by {(gram - torch.eye(len(R), dtype=R.dtype, device=R.device)).abs().max():.2g}).")
+            raise AdapterFileError(
+                f"{key + '.rotation'!r} does not have orthonormal rows (R R^T differs from I "
+                f"by {(gram - torch.eye(len(R), dtype=R.dtype, device=R.device)).abs().max():.2g})."
+            )
         with torch.no_grad():
             unit.rotation.weight = R
             unit.source.weight.copy_(tensors[f"{key}.source.weight"])
@@ -66,10 +74,18 @@ def state_from_file(module_name: str, adapter: nn.Module, tensors: Mapping[str, 
 
 def sizes_from_file(config: LoReFTConfig, shapes: Mapping[str, tuple]) -> list[str]:
     """Every rotation and source has the config's rank as its first dimension."""
-    return [f"{key!r} has shape {tuple(shape)}; the config's rank is {config.rank}"
-            for key, shape in shapes.items()
-            if ".loreft." in key and not key.endswith(".bias") and (len(shape) != 2 or shape[0] != config.rank)]
+    return [
+        f"{key!r} has shape {tuple(shape)}; the config's rank is {config.rank}"
+        for key, shape in shapes.items()
+        if ".loreft." in key and not key.endswith(".bias") and (len(shape) != 2 or shape[0] != config.rank)
+    ]
 
 
-FILES = FileFormat(peft_type=PEFT_TYPE, config_to_file=config_to_file, config_from_file=config_from_file,
-                   state_to_file=state_to_file, state_from_file=state_from_file, sizes_from_file=sizes_from_file)
+FILES = FileFormat(
+    peft_type=PEFT_TYPE,
+    config_to_file=config_to_file,
+    config_from_file=config_from_file,
+    state_to_file=state_to_file,
+    state_from_file=state_from_file,
+    sizes_from_file=sizes_from_file,
+)

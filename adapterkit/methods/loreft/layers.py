@@ -9,6 +9,7 @@ a 1 to 0.999 and zero a row of R; a parametrization before it (``_UnitSigns``) h
 +-1 signs whatever the optimizer does to the diagonal. torch's Householder product has no
 bf16 / fp16 kernel, so the interventions keep fp32 tensors in a bf16 / fp16 model and compute in fp32.
 """
+
 from __future__ import annotations
 
 import torch
@@ -46,8 +47,7 @@ class Intervention(nn.Module):
         super().__init__()
         rotation = nn.Linear(hidden, config.rank, bias=False, **place)
         parametrize.register_parametrization(rotation, "weight", _UnitSigns())
-        self.rotation = parametrizations.orthogonal(rotation, orthogonal_map="householder",
-                                                    use_trivialization=False)
+        self.rotation = parametrizations.orthogonal(rotation, orthogonal_map="householder", use_trivialization=False)
         self.source = nn.Linear(hidden, config.rank, **place)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -60,8 +60,8 @@ class Intervention(nn.Module):
                 f"{self.source.weight.dtype} (its tensors then stay float32), or cast the model back."
             )
         h = h.to(self.source.weight.dtype)
-        R = self.rotation.weight                                 # (rank, hidden), R R^T = I
-        return self.dropout(h + (self.source(h) - h @ R.T) @ R)   # h + R^T (W h + b - R h)
+        R = self.rotation.weight  # (rank, hidden), R R^T = I
+        return self.dropout(h + (self.source(h) - h @ R.T) @ R)  # h + R^T (W h + b - R h)
 
 
 class LoReFT(nn.Module):

@@ -7,6 +7,7 @@ AdapterHub do. Without a mask every token is real. A call whose mask is longer t
 states continues from a cache (``generate``'s later steps): its tokens are past the prompt, and
 LoReFT, like pyreft, edits the prompt only.
 """
+
 from __future__ import annotations
 
 import inspect

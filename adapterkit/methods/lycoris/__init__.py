@@ -5,6 +5,7 @@ added to the base output, ``y = base(x) + op(x, dW)``, with ``op`` the base's ow
 The methods themselves: ``methods/loha`` (Hadamard product of two low-rank matrices) and
 ``methods/lokr`` (Kronecker product).
 """
+
 from .config import LycorisConfig
 from .layer import DeltaLayer, place
 

@@ -5,6 +5,7 @@ Both add ``scale * dW`` to a frozen weight, ``scale = alpha / rank``. Regularisa
 fraction, as PEFT does for LoHa; LoKr only with ``rank_dropout_scale``), ``module_dropout`` skips the
 whole adapter for a training forward with that probability.
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -22,6 +22,7 @@ init                   init_weights           kaiming: true, random: false, lyco
 
 Per-module ranks and alphas (``rank_pattern``, ``alpha_pattern``) are refused on load.
 """
+
 from __future__ import annotations
 
 import re
@@ -33,10 +34,17 @@ from ...errors import ConfigError
 from ...targets import resolve
 
 KEYS = {
-    "rank": "r", "alpha": "alpha", "rank_dropout": "rank_dropout", "module_dropout": "module_dropout",
-    "targets": "target_modules", "exclude": "exclude_modules", "layers": "layers_to_transform",
-    "use_effective_conv2d": "use_effective_conv2d", "init": "init_weights",
-    "decompose_both": "decompose_both", "decompose_factor": "decompose_factor",
+    "rank": "r",
+    "alpha": "alpha",
+    "rank_dropout": "rank_dropout",
+    "module_dropout": "module_dropout",
+    "targets": "target_modules",
+    "exclude": "exclude_modules",
+    "layers": "layers_to_transform",
+    "use_effective_conv2d": "use_effective_conv2d",
+    "init": "init_weights",
+    "decompose_both": "decompose_both",
+    "decompose_factor": "decompose_factor",
     "rank_dropout_scale": "rank_dropout_scale",
 }
 _INIT_TO_FILE = {"kaiming": True, "random": False, "lycoris": "lycoris"}
@@ -57,8 +65,12 @@ def config_to_file(config, model: nn.Module) -> dict[str, Any]:
         if hasattr(config, field):
             out[key] = getattr(config, field)
     exclude = config.exclude if isinstance(config.exclude, str) else (list(config.exclude) or None)
-    out.update(target_modules=targets, exclude_modules=exclude, layers_to_transform=layers,
-               init_weights=_INIT_TO_FILE[config.init])
+    out.update(
+        target_modules=targets,
+        exclude_modules=exclude,
+        layers_to_transform=layers,
+        init_weights=_INIT_TO_FILE[config.init],
+    )
     return out
 
 
@@ -88,6 +100,7 @@ def config_from_file(cls, data: Mapping[str, Any]):
 
 def _with_file_keys(message: str) -> str:
     """'LoHaConfig.rank must ...' -> 'LoHaConfig.rank (file key 'r') must ...'."""
+
     def name(match: re.Match) -> str:
         key = KEYS.get(match.group(2))
         return match.group(0) + (f" (file key {key!r})" if key and key != match.group(2) else "")
@@ -97,5 +110,8 @@ def _with_file_keys(message: str) -> str:
 
 def rank_problems(rank: int, shapes: Mapping[str, tuple], leaves: tuple[str, ...]) -> list[str]:
     """The file's rank against the config's: the first axis of each ``leaves`` tensor is r."""
-    return [f"{key!r} has shape {tuple(shape)}, rank {shape[0]}, but the config says r={rank}"
-            for key, shape in shapes.items() if key.rsplit(".", 1)[-1] in leaves and shape and shape[0] != rank]
+    return [
+        f"{key!r} has shape {tuple(shape)}, rank {shape[0]}, but the config says r={rank}"
+        for key, shape in shapes.items()
+        if key.rsplit(".", 1)[-1] in leaves and shape and shape[0] != rank
+    ]

@@ -8,6 +8,7 @@ from the factors without building dW where that is cheaper). Merging adds dW to 
 (``merged``) and ``ak.merge_adapter`` (``fold`` / ``fold_add``: W' = W + sum_k dW_k).
 Module dropout (PEFT's): in training each adapter is skipped with probability ``module_dropout``.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,4 +1,5 @@
 """OFT: block-diagonal orthogonal rotations of a linear layer's input; mergeable."""
+
 from ...registry import Method, register
 from ..linear_targets import picked
 from .config import OFTConfig

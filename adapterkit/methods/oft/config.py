@@ -5,6 +5,7 @@ The input of a frozen linear layer is rotated block by block: ``y = W (R x) + b`
 each block (b, b) orthogonal, the Cayley transform of a skew-symmetric Q: R = (I + Q)(I - Q)^-1,
 or its Neumann series I + 2Q + 2Q^2 + ... (PEFT's default). Q = 0 at the start: R = I.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -74,8 +75,10 @@ class OFTConfig(AdapterConfig):
         self._positive("eps")
         self._positive("num_cayley_neumann_terms", integer=True)
         if self.num_cayley_neumann_terms > MAX_TERMS:
-            raise ConfigError(f"{name}.num_cayley_neumann_terms must be at most {MAX_TERMS} (each term is a "
-                              f"matrix product per block per step); got {self.num_cayley_neumann_terms}.")
+            raise ConfigError(
+                f"{name}.num_cayley_neumann_terms must be at most {MAX_TERMS} (each term is a "
+                f"matrix product per block per step); got {self.num_cayley_neumann_terms}."
+            )
         d = self.module_dropout
         if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 <= d < 1.0:
             raise ConfigError(f"{name}.module_dropout must be a number in [0, 1); got {d!r}.")

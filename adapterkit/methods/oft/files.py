@@ -18,6 +18,7 @@ Tensors: ``base_model.model.<module>.oft_R.weight`` (n, b(b-1)/2), or (1, ...) w
 the upper triangles of the skew-symmetric blocks. ``peft_version`` is written so that PEFT reads the
 Cayley-Neumann form as its current one (PEFT warns for files older than 0.18).
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -37,19 +38,29 @@ def config_to_file(config: OFTConfig, model: nn.Module) -> dict[str, Any]:
     from . import KINDS
 
     names = picked(model, config, "OFT", KINDS)
-    return {"r": config.rank, "oft_block_size": config.block_size, **targets_to_file(config, model, names),
-            **{k: getattr(config, k) for k in _SAME}, "init_weights": config.init == "identity",
-            "bias": "none", "peft_version": "0.21.2"}
+    return {
+        "r": config.rank,
+        "oft_block_size": config.block_size,
+        **targets_to_file(config, model, names),
+        **{k: getattr(config, k) for k in _SAME},
+        "init_weights": config.init == "identity",
+        "bias": "none",
+        "peft_version": "0.21.2",
+    }
 
 
 def config_from_file(data: Mapping[str, Any]) -> OFTConfig:
     for key, default in _UNSUPPORTED.items():
         if data.get(key, default) not in (default, None):
-            raise ConfigError(f"{key}={data[key]!r} is not supported by adapterkit's OFT (supported: "
-                              f"{default!r}); re-save the adapter without it, or load it with PEFT.")
+            raise ConfigError(
+                f"{key}={data[key]!r} is not supported by adapterkit's OFT (supported: "
+                f"{default!r}); re-save the adapter without it, or load it with PEFT."
+            )
     if "oft_block_size" not in data:
-        raise ConfigError("adapter_config.json (OFT) has no oft_block_size: it was saved by PEFT before 0.14, "
-                          "whose OFT weights differ; retrain the adapter with a newer PEFT or adapterkit.")
+        raise ConfigError(
+            "adapter_config.json (OFT) has no oft_block_size: it was saved by PEFT before 0.14, "
+            "whose OFT weights differ; retrain the adapter with a newer PEFT or adapterkit."
+        )
     fields = targets_from_file(data)
     fields["rank"], fields["block_size"] = data.get("r") or 0, data.get("oft_block_size") or 0
     fields.update({k: data[k] for k in _SAME if data.get(k) is not None})
@@ -65,5 +76,6 @@ def state_to_file(module_name: str, adapter: nn.Module) -> dict[str, Tensor]:
     return {f"{PEFT_PREFIX}{module_name}.oft_R.weight": adapter.q}
 
 
-FILES = FileFormat(peft_type="OFT", config_to_file=config_to_file, config_from_file=config_from_file,
-                   state_to_file=state_to_file)
+FILES = FileFormat(
+    peft_type="OFT", config_to_file=config_to_file, config_from_file=config_from_file, state_to_file=state_to_file
+)

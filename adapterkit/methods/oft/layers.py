@@ -5,6 +5,7 @@
 Folding: W' = W blockdiag(R)^T (out, in), exactly the same map. Several active adapters rotate in
 turn, x R_1 R_2 ..., so W' = W (R_1 R_2 ...)^T.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -39,7 +40,7 @@ def blocks_for(n_in: int, config: OFTConfig) -> tuple[int, int]:
     fitted = nearest_divisor(n_in, given) if n_in % given else given
     if fitted != given:
         field = "rank" if config.rank else "block_size"
-        warnings.warn(f"OFT: {field}={given} does not divide the layer's {n_in} inputs; using {fitted}.")
+        warnings.warn(f"OFT: {field}={given} does not divide the layer's {n_in} inputs; using {fitted}.", stacklevel=2)
     return (fitted, n_in // fitted) if config.rank else (n_in // fitted, fitted)
 
 

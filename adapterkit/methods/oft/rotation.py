@@ -6,6 +6,7 @@ Cayley-Neumann:   R = I + 2Q + 2Q^2 + ... + 2Q^(t-2) + Q^(t-1)  for t terms (t =
 COFT projection:  q <- q                 if ||Q||_F <= eps / sqrt(n)
                   q <- q * eps' / ||Q||_F  otherwise, eps' = eps / sqrt(n)
 """
+
 from __future__ import annotations
 
 import torch

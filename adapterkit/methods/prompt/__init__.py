@@ -1,4 +1,5 @@
 """Prompt tuning, P-tuning and prefix tuning: virtual tokens fed through a model-level hook."""
+
 from __future__ import annotations
 
 import math
@@ -12,6 +13,7 @@ from .config import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig
 from .files import P_TUNING_FILES, PREFIX_FILES, PROMPT_FILES
 from .encoders import Geometry, PrefixEncoder, PromptEncoder, PromptTable
 from .layers import PrefixLayer, PromptLayer, PTuningLayer, VirtualTokenLayer
+
 
 def embedding_name(model) -> str:
     """The name of the model's input embedding module (seen through adapter layers)."""
@@ -91,14 +93,22 @@ def _build_prefix(base, config: PrefixTuningConfig, geometry) -> PrefixEncoder:
     return PrefixEncoder(config, geometry, base.weight)
 
 
-register(Method(config=PromptTuningConfig, layer=PromptLayer, where=_where, build=_build_prompt,
-                  files=PROMPT_FILES))
-register(Method(config=PromptEncoderConfig, layer=PTuningLayer, where=_where, build=_build_p_tuning,
-                  files=P_TUNING_FILES))
-register(Method(config=PrefixTuningConfig, layer=PrefixLayer, where=_where, build=_build_prefix,
-                  files=PREFIX_FILES))
+register(Method(config=PromptTuningConfig, layer=PromptLayer, where=_where, build=_build_prompt, files=PROMPT_FILES))
+register(
+    Method(config=PromptEncoderConfig, layer=PTuningLayer, where=_where, build=_build_p_tuning, files=P_TUNING_FILES)
+)
+register(Method(config=PrefixTuningConfig, layer=PrefixLayer, where=_where, build=_build_prefix, files=PREFIX_FILES))
 
 __all__ = [
-    "PromptTuningConfig", "PromptEncoderConfig", "PrefixTuningConfig", "PromptTable", "PromptEncoder",
-    "PrefixEncoder", "PromptLayer", "PTuningLayer", "PrefixLayer", "VirtualTokenLayer", "geometry",
+    "PromptTuningConfig",
+    "PromptEncoderConfig",
+    "PrefixTuningConfig",
+    "PromptTable",
+    "PromptEncoder",
+    "PrefixEncoder",
+    "PromptLayer",
+    "PTuningLayer",
+    "PrefixLayer",
+    "VirtualTokenLayer",
+    "geometry",
 ]

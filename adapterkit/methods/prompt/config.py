@@ -9,6 +9,7 @@
   as its key/value cache; optionally reparameterised by an MLP, [K; V] = MLP(E_v).
 Attention masks (and labels, for prompt tuning and P-tuning) are extended for the n virtual tokens.
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -5,6 +5,7 @@ PromptEncoder: P = MLP(E_v) or MLP(BiLSTM(E_v))         (n, D)               P-t
 PrefixEncoder: [K; V] = E_v or Linear(tanh(Linear(E_v)))  (n, layers*2*kv_dim)  prefix tuning
 Parameter names follow PEFT's modules (``embedding``, ``mlp_head``, ``lstm_head``, ``transform``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -76,13 +77,20 @@ class PromptEncoder(nn.Module):
         hidden = config.encoder_hidden_size or dim
         self.embedding = nn.Parameter(torch.randn(n, dim))
         if config.encoder == "lstm":
-            self.lstm_head = nn.LSTM(dim, hidden, num_layers=config.encoder_num_layers,
-                                     dropout=config.encoder_dropout, bidirectional=True, batch_first=True)
+            self.lstm_head = nn.LSTM(
+                dim,
+                hidden,
+                num_layers=config.encoder_num_layers,
+                dropout=config.encoder_dropout,
+                bidirectional=True,
+                batch_first=True,
+            )
             self.mlp_head = nn.Sequential(nn.Linear(2 * hidden, 2 * hidden), nn.ReLU(), nn.Linear(2 * hidden, dim))
         else:
             self.lstm_head = None
-            self.mlp_head = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
-                                          nn.ReLU(), nn.Linear(hidden, dim))
+            self.mlp_head = nn.Sequential(
+                nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, dim)
+            )
         self.to(device=like.device, dtype=like.dtype)
 
     def saved(self) -> Tensor:

@@ -16,6 +16,7 @@ The cache argument is ``cache`` in transformers >= 5.24 and ``past_key_values`` 
 name is still accepted there, with a warning): the hook reads either, and hands the cache on under
 the name the model's ``forward`` declares.
 """
+
 from __future__ import annotations
 
 import copy
@@ -99,8 +100,11 @@ def _pre_hook(model: nn.Module, args: tuple, kwargs: dict):
         )
     kwargs = dict(kwargs)
     if args:  # positional arguments by name (input_ids, attention_mask, ...)
-        names = [p for p, v in inspect.signature(model.forward).parameters.items()
-                 if v.kind in (v.POSITIONAL_ONLY, v.POSITIONAL_OR_KEYWORD)]
+        names = [
+            p
+            for p, v in inspect.signature(model.forward).parameters.items()
+            if v.kind in (v.POSITIONAL_ONLY, v.POSITIONAL_OR_KEYWORD)
+        ]
         kwargs.update(zip(names, args))
     key, cache = _take_cache(model, kwargs)
     done = cached_length(cache)
@@ -178,8 +182,11 @@ def _length(kwargs: dict) -> int:
 
 def _check_room(cache, needed: int, virtual: int) -> None:
     """A fixed-size cache (transformers' StaticCache) must hold the virtual tokens too."""
-    sizes = [layer.max_cache_len for layer in getattr(cache, "layers", None) or ()
-             if getattr(layer, "max_cache_len", None) and not getattr(layer, "is_sliding", False)]
+    sizes = [
+        layer.max_cache_len
+        for layer in getattr(cache, "layers", None) or ()
+        if getattr(layer, "max_cache_len", None) and not getattr(layer, "is_sliding", False)
+    ]
     if sizes and needed > min(sizes):
         raise InputError(
             f"the static cache holds {min(sizes)} tokens, but this call needs {needed}, of which {virtual} "

@@ -1,6 +1,7 @@
 """Adapter layers of the virtual-token methods: they wrap the input embeddings and hold the
 adapters' tensors; their forward is the embedding's own. The model-level hook (hook.py) reads the
 active adapters and feeds the virtual tokens in. One class per method, so ``summary`` names it."""
+
 from __future__ import annotations
 
 from torch import nn

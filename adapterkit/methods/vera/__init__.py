@@ -1,4 +1,5 @@
 """VeRA: frozen random projections shared by all adapted layers, trained scaling vectors; mergeable."""
+
 from ... import bases
 from ...registry import Method, register
 from ..linear_targets import logical, picked
@@ -12,8 +13,14 @@ def _where(model, config: VeRAConfig) -> dict[str, Projections]:
     (PEFT's ``_find_dim``), so that every layer takes its top-left slice."""
     names = picked(model, config, "VeRA")
     sizes = [bases.features(logical(model, n)) for n in names]
-    shared = Projections(config.rank, max(i for i, _ in sizes), max(o for _, o in sizes),
-                         config.projection_prng_key, config.save_projection, **place(logical(model, names[0])))
+    shared = Projections(
+        config.rank,
+        max(i for i, _ in sizes),
+        max(o for _, o in sizes),
+        config.projection_prng_key,
+        config.save_projection,
+        **place(logical(model, names[0])),
+    )
     return dict.fromkeys(names, shared)
 
 

@@ -6,6 +6,7 @@ layer (each takes its top-left slice); a layer learns only two vectors:
 ``y = W x + lambda_b * (B (lambda_d * (A drop(x))))``, lambda_d (rank,), lambda_b (out,).
 A and B are drawn from ``projection_prng_key`` exactly as PEFT draws them, so files interoperate.
 """
+
 from __future__ import annotations
 
 import dataclasses

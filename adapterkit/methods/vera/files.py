@@ -20,6 +20,7 @@ layer; with ``save_projection`` the shared ``base_model.vera_A`` (rank, in_max) 
 ``base_model.vera_B`` (out_max, rank) once (PEFT's keys: no ``.model``, no adapter name). Without
 them the projections are drawn again from ``projection_prng_key`` on load, as PEFT does.
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -37,21 +38,33 @@ _UNSUPPORTED = {"bias": "none"}  # PEFT keys whose other values change the math,
 
 def config_to_file(config: VeRAConfig, model: nn.Module) -> dict[str, Any]:
     names = picked(model, config, "VeRA")
-    return {"r": config.rank, **targets_to_file(config, model, names),
-            "projection_prng_key": config.projection_prng_key, "save_projection": config.save_projection,
-            "vera_dropout": config.dropout, "d_initial": config.d_initial,
-            "init_weights": config.init == "zero", "bias": "none"}
+    return {
+        "r": config.rank,
+        **targets_to_file(config, model, names),
+        "projection_prng_key": config.projection_prng_key,
+        "save_projection": config.save_projection,
+        "vera_dropout": config.dropout,
+        "d_initial": config.d_initial,
+        "init_weights": config.init == "zero",
+        "bias": "none",
+    }
 
 
 def config_from_file(data: Mapping[str, Any]) -> VeRAConfig:
     for key, default in _UNSUPPORTED.items():
         if data.get(key, default) not in (default, None):
-            raise ConfigError(f"{key}={data[key]!r} is not supported by adapterkit's VeRA (supported: "
-                              f"{default!r}); re-save the adapter without it, or load it with PEFT.")
+            raise ConfigError(
+                f"{key}={data[key]!r} is not supported by adapterkit's VeRA (supported: "
+                f"{default!r}); re-save the adapter without it, or load it with PEFT."
+            )
     fields = targets_from_file(data)
-    for field, key in (("rank", "r"), ("projection_prng_key", "projection_prng_key"),
-                       ("save_projection", "save_projection"), ("dropout", "vera_dropout"),
-                       ("d_initial", "d_initial")):
+    for field, key in (
+        ("rank", "r"),
+        ("projection_prng_key", "projection_prng_key"),
+        ("save_projection", "save_projection"),
+        ("dropout", "vera_dropout"),
+        ("d_initial", "d_initial"),
+    ):
         if data.get(key) is not None:
             fields[field] = data[key]
     if data.get("init_weights") is False:
@@ -77,9 +90,16 @@ def sizes_from_file(config: VeRAConfig, shapes: Mapping[str, tuple]) -> list[str
     for key, shape in shapes.items():
         axis = {"vera_lambda_d": 0, "vera_A": 0, "vera_B": 1}.get(key.rsplit(".", 1)[-1])
         if axis is not None and len(shape) > axis and shape[axis] != config.rank:
-            problems.append(f"{key!r} has shape {tuple(shape)}, rank {shape[axis]}, but the config says r={config.rank}")
+            problems.append(
+                f"{key!r} has shape {tuple(shape)}, rank {shape[axis]}, but the config says r={config.rank}"
+            )
     return problems
 
 
-FILES = FileFormat(peft_type="VERA", config_to_file=config_to_file, config_from_file=config_from_file,
-                   state_to_file=state_to_file, sizes_from_file=sizes_from_file)
+FILES = FileFormat(
+    peft_type="VERA",
+    config_to_file=config_to_file,
+    config_from_file=config_from_file,
+    state_to_file=state_to_file,
+    sizes_from_file=sizes_from_file,
+)

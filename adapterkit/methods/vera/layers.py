@@ -5,6 +5,7 @@
     lambda_d (rank,), lambda_b (out,): trained (PEFT's ``vera_lambda_d`` / ``vera_lambda_b``)
 Folding: W' = W + (lambda_b B[:out]) (lambda_d A[:, :in])  (out, in).
 """
+
 from __future__ import annotations
 
 import math
