@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from . import anatomy, bases
 from .errors import MergeError
 from .inject import adapter_layers, merge
-from .layer import AdapterLayer
+from .layer import AdapterLayer, own_method
 from .methods.trained_module import TrainedModule
 
 
@@ -66,7 +66,7 @@ def _warn_tied(model: nn.Module) -> None:
 def check_mergeable(model: nn.Module) -> None:
     """Raise ``MergeError`` where ``ak.merge`` would: an adapter that cannot be folded into its base."""
     for name, layer in adapter_layers(model):
-        if not hasattr(layer, "merged"):
+        if own_method(layer, "merged") is None:
             raise MergeError(
                 f"{name}: {type(layer).__name__} adapters cannot be folded into the base weights, so the "
                 f"base model's weights cannot represent this model. Use LoRA, DoRA or IA3 adapters, or "

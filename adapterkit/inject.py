@@ -16,7 +16,7 @@ from torch import nn
 from . import anatomy, bases
 from .config import AdapterConfig, check_adapter_name
 from .errors import AdapterNameError, MergeError, TargetError, UnsupportedModuleError, close_matches
-from .layer import AdapterLayer
+from .layer import AdapterLayer, own_method
 from .methods.trained_module import TrainedModule, trainable_copy
 from .registry import method_for
 from .targets import get_parent, logical_modules, matches
@@ -254,7 +254,7 @@ def _unwrap(model: nn.Module, layer_name: str, layer: AdapterLayer) -> None:
     """Put ``layer``'s base back; a layer that set up model-level hooks removes them (``release``)."""
     parent, attr = get_parent(model, layer_name)
     setattr(parent, attr, layer.base)
-    release = getattr(layer, "release", None)
+    release = own_method(layer, "release")
     if release is not None:
         release(model)
 
@@ -270,15 +270,15 @@ def merge(model: nn.Module) -> nn.Module:
     check_model(model, "merge")
     layers = list(adapter_layers(model))
     for layer_name, layer in layers:  # check everything before changing anything
-        if not hasattr(layer, "merged"):
+        if own_method(layer, "merged") is None:
             raise MergeError(f"{layer_name}: {type(layer).__name__} adapters cannot be merged into the base.")
         if (
             layer.active_adapters()
             and not isinstance(layer, TrainedModule)
-            and not getattr(layer, "merges_params", False)
+            and not getattr(type(layer), "merges_params", False)
         ):  # LoRA on parameters folds into its module
             base = layer.innermost()
-            if not bases.foldable(base) and not hasattr(layer, "merge_in_place"):  # LN tuning writes values
+            if not bases.foldable(base) and own_method(layer, "merge_in_place") is None:  # LN tuning writes values
                 grouped = getattr(base, "groups", 1) > 1 and bases.base_kind(base) in bases.CONV_KINDS
                 raise MergeError(
                     f"{layer_name}: cannot fold adapters into a {type(base).__name__} "

@@ -44,7 +44,7 @@ from .anatomy import tied_parameters, tied_with
 from .errors import AdapterNameError, MergeError
 from .fold import Fold, compute_dtype
 from .inject import _unknown, active_names, adapter_layers, merged_adapters
-from .layer import AdapterLayer
+from .layer import AdapterLayer, own_method
 from .methods.trained_module import TrainedModule
 
 _IN_PLACE = ("linear", "conv1d", "embedding") + bases.CONV_KINDS
@@ -167,7 +167,7 @@ def _stacks(model: nn.Module, wanted) -> list[_Stack]:
 
 def _merges_itself(stack: _Stack) -> bool:
     """A lone layer that merges in place by itself (``merge_in_place`` / ``unmerge_in_place``)."""
-    return len(stack.layers) == 1 and hasattr(stack.layers[0][0], "merge_in_place")
+    return len(stack.layers) == 1 and own_method(stack.layers[0][0], "merge_in_place") is not None
 
 
 def _check_own(stack: _Stack, safe: bool) -> None:
@@ -186,7 +186,7 @@ def _check_own(stack: _Stack, safe: bool) -> None:
 def _check(stack: _Stack, wanted, tied) -> None:
     base, where = stack.base, stack.name
     for layer, names in stack.layers:
-        if names and not hasattr(layer, "fold"):
+        if names and own_method(layer, "fold") is None:
             raise MergeError(
                 f"{where}: {layer.method} adapters ({list(names)}) cannot be merged into the base weights; "
                 f"merge_adapter folds LoRA, DoRA, IA3, LoHa, LoKr, AdaLoRA, VeRA, OFT, BOFT and LN tuning (LoRA "

@@ -90,3 +90,9 @@ class AdapterLayer(nn.Module):
     def extra_repr(self) -> str:
         merged = f", merged={list(self.merged_names)}" if self.merged_names else ""
         return f"active={list(self.active)}" + (", disabled" if self.disabled else "") + merged
+
+
+def own_method(layer: nn.Module, name: str):
+    """``layer``'s method ``name`` as its class defines it, or None: never its base's, which
+    ``AdapterLayer.__getattr__`` would hand out (a base with a ``release`` or ``merged`` of its own)."""
+    return getattr(layer, name) if callable(getattr(type(layer), name, None)) else None

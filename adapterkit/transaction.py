@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 from torch import nn
 
-from .layer import AdapterLayer
+from .layer import AdapterLayer, own_method
 
 
 class Snapshot:
@@ -46,7 +46,7 @@ class Snapshot:
         for layer, (active, off) in self.layers.items():
             layer.active, layer.disabled = active, off
         for layer in added:
-            release = getattr(layer, "release", None)
+            release = own_method(layer, "release")
             if release is not None:
                 release(model)
 

@@ -192,3 +192,32 @@ def test_layers_and_exclude_select_blocks():
     names = [n for n, _ in adapter_layers(model)]
     assert names and all(".layers.1." in n for n in names)
     assert not any(n.endswith("o_proj") for n in names)
+
+
+def test_a_base_with_methods_of_adapter_layer_names_is_not_called():
+    """A base module that happens to define ``release`` / ``merged``: the adapter layer answers
+    unknown attributes from its base, but detach, merge and merge_adapter use only the layer's own
+    methods (before, detach called the base's ``release`` and merge took the base's ``merged``)."""
+    from adapterkit.layer import AdapterLayer, own_method
+
+    calls = []
+
+    class Odd(nn.Linear):
+        def release(self, *args):
+            calls.append("release")
+
+        def merged(self):
+            calls.append("merged")
+            return self
+
+    model = nn.Sequential(Odd(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    ak.attach(model, ak.LoRAConfig(rank=2, targets=["0"], init="random"))
+    layer = model[0]
+    assert own_method(layer, "release") is None and own_method(layer, "merged") is not None
+    assert own_method(AdapterLayer(Odd(2, 2)), "merged") is None  # a layer class without merged
+    x = torch.randn(3, 4)
+    want = model(x)
+    merged = ak.merge(copy.deepcopy(model))
+    torch.testing.assert_close(merged(x), want)
+    ak.detach(model)
+    assert calls == [] and type(model[0]) is Odd
