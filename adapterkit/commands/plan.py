@@ -10,7 +10,6 @@ from ..cli import command
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
-    p.error = lambda message: p.exit(2, f"{p.prog}: error: {message}\n")  # one line, no usage block
     p.add_argument(
         "model",
         metavar="MODEL_OR_CONFIG",
