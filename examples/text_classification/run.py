@@ -172,13 +172,13 @@ def main(argv=None) -> dict:
 def collect(paths: list[Path], section: str) -> dict:
     """The section's README table from the results.json of runs made apart (e.g. two at once)."""
     results = [json.loads(Path(p).read_text()) for p in paths]
-    rows = [r for result in results for r in result["rows"]]
+    rows = sorted((r for result in results for r in result["rows"]), key=lambda r: list(VARIANTS).index(r["name"]))
     write_readme(results, section)
     return {"rows": rows, "table": table(rows)}
 
 
 def write_readme(results: list[dict], section: str = "first") -> None:
-    rows = [r for result in results for r in result["rows"]]
+    rows = sorted((r for result in results for r in result["rows"]), key=lambda r: list(VARIANTS).index(r["name"]))
     if len(results) == 1:
         (r,) = results
         ran = f"Command: `{r['command']}`  \nMachine: {r['machine']}; the whole command took {r['seconds']:.0f} s"

@@ -64,7 +64,7 @@ def test_collect_writes_only_its_section(tmp_path, monkeypatch):
     monkeypatch.setattr(run, "HERE", tmp_path)
     row = dict(name="x+head", accuracy=0.5, macro_f1=0.25, trainable=10, total=100, file_bytes=2048, lr=1e-3, seconds=7)
     parts = []
-    for i, rows in enumerate([[row], [{**row, "name": "y+head"}]]):
+    for i, rows in enumerate([[{**row, "name": "loha+head"}], [{**row, "name": "ia3+head"}]]):
         path = tmp_path / f"r{i}.json"
         path.write_text(json.dumps({"rows": rows, "machine": "m", "seconds": 9, "command": f"cmd {i}"}))
         parts.append(str(path))
@@ -72,7 +72,7 @@ def test_collect_writes_only_its_section(tmp_path, monkeypatch):
     text = readme.read_text()
     assert first in text and text.endswith("tail\n") and "old" not in text
     assert "`cmd 0` (9 s); `cmd 1` (9 s)" in text and out["table"] in text
-    assert "| x+head | 50.0 | 25.0 | 10 | 10.00 | 2 KiB | 0.001 | 7 s |" in text
+    assert "| ia3+head | 50.0 | 25.0 | 10 | 10.00 | 2 KiB | 0.001 | 7 s |\n| loha+head" in text  # in MORE order
 
 
 def ak_model(bert):
