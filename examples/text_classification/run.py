@@ -183,8 +183,8 @@ def write_readme(results: list[dict], section: str = "first") -> None:
         (r,) = results
         ran = f"Command: `{r['command']}`  \nMachine: {r['machine']}; the whole command took {r['seconds']:.0f} s"
     else:
-        commands = "; ".join(f"`{r['command']}` ({r['seconds']:.0f} s)" for r in results)
-        ran = f"Commands, run at the same time: {commands}  \nMachine: {results[0]['machine']}"
+        commands = "\n".join(f"- `{r['command']}` ({r['seconds']:.0f} s)" for r in results)
+        ran = f"Commands, one per results.json:\n\n{commands}\n\nMachine: {results[0]['machine']}"
     text = f"{ran} (wall time per method includes loading the model).\n\n{table(rows)}"
     write_results(HERE / "README.md", text, "" if section == "first" else section)
 

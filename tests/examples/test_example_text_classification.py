@@ -71,7 +71,7 @@ def test_collect_writes_only_its_section(tmp_path, monkeypatch):
     out = run.main(["--section", "more", "--collect", *parts])
     text = readme.read_text()
     assert first in text and text.endswith("tail\n") and "old" not in text
-    assert "`cmd 0` (9 s); `cmd 1` (9 s)" in text and out["table"] in text
+    assert "- `cmd 0` (9 s)\n- `cmd 1` (9 s)" in text and out["table"] in text
     assert "| ia3+head | 50.0 | 25.0 | 10 | 10.00 | 2 KiB | 0.001 | 7 s |\n| loha+head" in text  # in MORE order
 
 
