@@ -1,7 +1,8 @@
 """Shared by the examples: the machine line of their tables, and writing figures into a README.
 
 An example's README holds its measured table between ``<!-- results:start -->`` and
-``<!-- results:end -->``; ``write_results`` replaces only that part.
+``<!-- results:end -->``; ``write_results`` replaces only that part. A README with more than one
+table names the others' markers: ``<!-- results-more:start -->`` for ``section="more"``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,12 @@ import torch
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
+def markers(section: str = "") -> tuple[str, str]:
+    """The start and end markers of a README's results section ("": the first one)."""
+    tag = f"results-{section}" if section else "results"
+    return f"<!-- {tag}:start -->", f"<!-- {tag}:end -->"
+
+
 def machine() -> str:
     return (
         f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores, "
@@ -22,6 +29,7 @@ def machine() -> str:
     )
 
 
-def write_results(readme: Path, text: str) -> None:
-    head, rest = readme.read_text().split(START, 1)
-    readme.write_text(head + START + "\n" + text + "\n" + END + rest.split(END, 1)[1])
+def write_results(readme: Path, text: str, section: str = "") -> None:
+    start, end = markers(section)
+    head, rest = readme.read_text().split(start, 1)
+    readme.write_text(head + start + "\n" + text + "\n" + end + rest.split(end, 1)[1])

@@ -1,4 +1,4 @@
-"""examples/text_classification: the five-way comparison on a tiny BERT, and the partial trainer."""
+"""examples/text_classification: the five-way comparison and the more methods on a tiny BERT, the partial trainer."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def test_smoke_run_compares_all_methods(bert, tmp_path):
     readme = (ROOT / "examples/text_classification/README.md").read_text()
     result = run.main(["--smoke", "--model", bert, "--out", str(tmp_path)])
     rows = {r["name"]: r for r in result["rows"]}
-    assert list(rows) == list(run.VARIANTS)
+    assert list(rows) == list(run.FIRST)
     total = rows["full"]["total"]
     assert rows["full"]["trainable"] == total
     assert all(r["total"] == total for r in rows.values())  # adapters are not counted as model
@@ -38,6 +38,47 @@ def test_smoke_run_compares_all_methods(bert, tmp_path):
     ]
     assert json.loads((tmp_path / "results.json").read_text())["table"] == result["table"]
     assert (ROOT / "examples/text_classification/README.md").read_text() == readme
+
+
+def test_smoke_run_of_the_more_methods(bert, tmp_path):
+    readme = (ROOT / "examples/text_classification/README.md").read_text()
+    result = run.main(["--smoke", "--section", "more", "--model", bert, "--out", str(tmp_path)])
+    rows = {r["name"]: r for r in result["rows"]}
+    assert list(rows) == list(run.MORE)
+    fresh, _ = ak_model(bert)
+    total = sum(p.numel() for p in fresh.parameters())
+    head = sum(p.numel() for n, p in fresh.named_parameters() if n.startswith("classifier."))
+    for name, r in rows.items():
+        assert r["total"] == total, name  # adapters are not counted as model
+        assert head < r["trainable"] < total, name  # the adapter and the head train
+        folder = tmp_path / name.replace("+", "_")
+        assert (folder / "adapter_model.safetensors").is_file(), name
+    assert json.loads((tmp_path / "results.json").read_text())["table"] == result["table"]
+    assert (ROOT / "examples/text_classification/README.md").read_text() == readme
+
+
+def test_collect_writes_only_its_section(tmp_path, monkeypatch):
+    readme = tmp_path / "README.md"
+    first = "<!-- results:start -->\nmeasured before\n<!-- results:end -->"
+    readme.write_text(f"# t\n\n{first}\n\n<!-- results-more:start -->\nold\n<!-- results-more:end -->\ntail\n")
+    monkeypatch.setattr(run, "HERE", tmp_path)
+    row = dict(name="x+head", accuracy=0.5, macro_f1=0.25, trainable=10, total=100, file_bytes=2048, lr=1e-3, seconds=7)
+    parts = []
+    for i, rows in enumerate([[{**row, "name": "loha+head"}], [{**row, "name": "ia3+head"}]]):
+        path = tmp_path / f"r{i}.json"
+        path.write_text(json.dumps({"rows": rows, "machine": "m", "seconds": 9, "command": f"cmd {i}"}))
+        parts.append(str(path))
+    out = run.main(["--section", "more", "--collect", *parts])
+    text = readme.read_text()
+    assert first in text and text.endswith("tail\n") and "old" not in text
+    assert "- `cmd 0` (9 s)\n- `cmd 1` (9 s)" in text and out["table"] in text
+    assert "| ia3+head | 50.0 | 25.0 | 10 | 10.00 | 2 KiB | 0.001 | 7 s |\n| loha+head" in text  # in MORE order
+
+
+def ak_model(bert):
+    import adapterkit as ak
+
+    return ak.load_model(bert, task="classification", num_labels=4)
 
 
 def test_partial_training_changes_only_what_it_trains(bert, tmp_path):
