@@ -53,7 +53,7 @@ def untie(model: nn.Module, modules: Iterable[nn.Module]) -> None:
                 setattr(module, pname, nn.Parameter(param.detach().clone(), requires_grad=param.requires_grad))
                 untied.append(module)
     embeddings = [
-        _unwrapped(getattr(model, f, lambda: None)()) for f in ("get_input_embeddings", "get_output_embeddings")
+        unwrapped(getattr(model, f, lambda: None)()) for f in ("get_input_embeddings", "get_output_embeddings")
     ]
     if any(m is e for m in untied for e in embeddings):
         config = getattr(model, "config", None)
@@ -63,5 +63,11 @@ def untie(model: nn.Module, modules: Iterable[nn.Module]) -> None:
                 cfg.tie_word_embeddings = False
 
 
-def _unwrapped(module):
+def unwrapped(module: nn.Module) -> nn.Module:
+    """The module an adapter layer wraps (the innermost base, through nested layers), or ``module``."""
     return module.innermost() if isinstance(module, AdapterLayer) else module
+
+
+def base_module(model: nn.Module, name: str) -> nn.Module:
+    """The base module at ``name``: what ``model.get_submodule(name)`` was before any adapter."""
+    return unwrapped(model.get_submodule(name))

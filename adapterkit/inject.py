@@ -138,8 +138,7 @@ def _warn_tied(model: nn.Module, targets) -> None:
     """A warning for each target whose weight another module shares (tied embeddings)."""
     tied = anatomy.tied_parameters(model)
     for target in targets:
-        module = model.get_submodule(target)
-        base = module.innermost() if isinstance(module, AdapterLayer) else module
+        base = anatomy.base_module(model, target)
         others = anatomy.tied_with(base, target, tied)
         if others:
             warnings.warn(

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from ..errors import AdapterFileError
 from ..layer import AdapterLayer
 from ..registry import PEFT_PREFIX
+from ..anatomy import base_module, unwrapped
 
 
 @dataclasses.dataclass
@@ -60,7 +61,7 @@ def _embedding_modules(model: nn.Module) -> dict[str, nn.Module]:
             wanted.append(module)
     found = {}
     for name, module in model.named_modules():
-        inner = module.innermost() if isinstance(module, AdapterLayer) else module
+        inner = unwrapped(module)
         if any(inner is w for w in wanted) and name not in found and not _inside_layer(model, name):
             found[name] = inner
     return found
@@ -76,7 +77,7 @@ def split(model: nn.Module, adapted: list[str], unexpected: dict[str, Tensor], p
 
     ``adapted``: logical names of the layers the adapter wraps; ``prefix``: the method's key prefix
     for whole modules (``base_model.model.`` for LoRA, ``base_model.`` for prompt methods)."""
-    places = [(f"{PEFT_PREFIX}{m}.base_layer.", m, _inner(model, m)) for m in adapted]
+    places = [(f"{PEFT_PREFIX}{m}.base_layer.", m, base_module(model, m)) for m in adapted]
     places += [(f"{prefix}{m}.", m, inner) for m, inner in _embedding_modules(model).items() if m not in adapted]
     found = []
     for key, tensor in unexpected.items():
@@ -86,11 +87,6 @@ def split(model: nn.Module, adapted: list[str], unexpected: dict[str, Tensor], p
                 found.append(BaseTensor(key, module, rest, tensor))
                 break
     return found
-
-
-def _inner(model: nn.Module, name: str) -> nn.Module:
-    module = model.get_submodule(name)
-    return module.innermost() if isinstance(module, AdapterLayer) else module
 
 
 def resized_embeddings(model: nn.Module, adapted: list[str], trained: list[str], prefix: str) -> dict[str, Tensor]:
@@ -123,7 +119,7 @@ def _base_vocab_size(model: nn.Module):
 
 
 def _live(model: nn.Module, item: BaseTensor) -> Tensor:
-    return dict(_inner(model, item.module).named_parameters())[item.param]
+    return dict(base_module(model, item.module).named_parameters())[item.param]
 
 
 def check(model: nn.Module, found: list[BaseTensor], folder: Path) -> list[BaseTensor]:

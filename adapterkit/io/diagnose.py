@@ -25,6 +25,7 @@ from torch import nn
 
 from ..registry import PEFT_PREFIX
 from . import tasks
+from ..anatomy import unwrapped
 
 # leaf-name prefixes of other PEFT methods' tensors (each tuner's ``prefix`` in peft/tuners/*/model.py)
 _OTHER_METHODS = (
@@ -115,7 +116,7 @@ def _placement(key: str, module: str, leaf: str, data: dict, names: dict, adapte
     kind = leaf.split(".")[0]
     if module in adapted and kind in _LORA_LEAVES:
         wanted = "lora_embedding_A/B" if adapted[module] == "embedding" else "lora_A/lora_B.weight"
-        inner = names[module].innermost() if hasattr(names[module], "innermost") else names[module]
+        inner = unwrapped(names[module])
         return (
             f"{key!r} is a {kind} tensor, but {module!r} here is a {type(inner).__name__} whose "
             f"LoRA tensors are {wanted}; the file was saved from another architecture"

@@ -18,6 +18,7 @@ from ..targets import file_task, logical_modules, matches
 from . import base_layers, diagnose, tasks
 from .read import CONFIG_NAME, WEIGHTS_NAME, file_config, find_folder, read_config, read_tensors
 from .state import Entry, entries
+from ..anatomy import base_module
 
 
 def _present_train_modules(model: nn.Module, config: AdapterConfig) -> AdapterConfig:
@@ -54,7 +55,7 @@ def _check_state(
                     f"{key.rsplit(entry.module + '.', 1)[-1]!r} has shape {_shape(tensors[key])} in the file, "
                     f"but this model needs {_shape(live)}. Was the adapter trained on another base model?"
                 )
-    adapted = {e.module: bases.base_kind(_innermost(model, e.module)) for e in found if not e.trained}
+    adapted = {e.module: bases.base_kind(base_module(model, e.module)) for e in found if not e.trained}
     unexpected = {k: t for k, t in tensors.items() if k not in expected}
     base = base_layers.split(model, list(adapted), unexpected, prefix)
     missing = [k for k in expected if k not in tensors]
@@ -62,11 +63,6 @@ def _check_state(
     if missing or others:
         raise AdapterFileError(diagnose.explain(folder, model, data, missing, others, adapted))
     return base
-
-
-def _innermost(model: nn.Module, name: str) -> nn.Module:
-    module = model.get_submodule(name)
-    return module.innermost() if hasattr(module, "innermost") else module
 
 
 @torch.no_grad()

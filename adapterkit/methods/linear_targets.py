@@ -14,20 +14,16 @@ from torch import nn
 from .. import bases
 from ..errors import UnsupportedModuleError
 from ..targets import resolve
+from ..anatomy import base_module
 
 KINDS = ("linear", "conv1d", "quant")
-
-
-def logical(model: nn.Module, name: str) -> nn.Module:
-    module = model.get_submodule(name)
-    return module.innermost() if hasattr(module, "innermost") else module
 
 
 def picked(model: nn.Module, config, method: str, kinds: tuple[str, ...] = KINDS) -> list[str]:
     """The modules ``config`` targets; UnsupportedModuleError for one of another kind."""
     names = resolve(model, config.targets, config.exclude, config.layers, config.train_modules, check_kinds=False)
     for name in names:
-        base = logical(model, name)
+        base = base_module(model, name)
         if bases.base_kind(base) not in kinds:
             allowed = {"linear": "nn.Linear", "conv1d": "transformers Conv1D", "quant": "quantized linear"}
             raise UnsupportedModuleError(
@@ -46,7 +42,7 @@ def targets_to_file(config, model: nn.Module, names: list[str]) -> dict[str, Any
     else:
         targets = targets if isinstance(targets, str) else list(targets)
     exclude = config.exclude if isinstance(config.exclude, str) else (list(config.exclude) or None)
-    conv1d = any(bases.base_kind(logical(model, n)) == "conv1d" for n in names)
+    conv1d = any(bases.base_kind(base_module(model, n)) == "conv1d" for n in names)
     return {
         "target_modules": targets,
         "exclude_modules": exclude,

@@ -13,6 +13,7 @@ from .config import AdaLoRAConfig
 from .files import FILES
 from .layers import AdaLoRA, AdaLoRALayer
 from .regulariser import orthogonality
+from ...anatomy import unwrapped
 
 _KINDS = ("linear", "conv1d", "quant")
 
@@ -22,7 +23,7 @@ def _where(model, config: AdaLoRAConfig) -> dict[str, int]:
     names = resolve(model, config.targets, config.exclude, config.layers, config.train_modules)
     for name in names:
         module = model.get_submodule(name)
-        base = module.innermost() if hasattr(module, "innermost") else module
+        base = unwrapped(module)
         if bases.base_kind(base) not in _KINDS:
             raise UnsupportedModuleError(
                 f"AdaLoRA adapts Linear / Conv1D / quantized linear layers; {name!r} is a "

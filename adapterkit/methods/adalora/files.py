@@ -38,6 +38,7 @@ from ...errors import ConfigError
 from ...registry import PEFT_PREFIX, FileFormat
 from ...targets import resolve
 from .config import AdaLoRAConfig
+from ...anatomy import base_module
 
 SAME = ("init_r", "target_r", "tinit", "tfinal", "deltaT", "beta1", "beta2", "orth_reg_weight", "total_step")
 KEYS = {
@@ -69,7 +70,7 @@ def config_to_file(config: AdaLoRAConfig, model: nn.Module) -> dict[str, Any]:
     else:
         targets = targets if isinstance(targets, str) else list(targets)
     exclude = config.exclude if isinstance(config.exclude, str) else (list(config.exclude) or None)
-    conv1d = any(bases.base_kind(_logical(model, n)) == "conv1d" for n in picked)
+    conv1d = any(bases.base_kind(base_module(model, n)) == "conv1d" for n in picked)
     pattern = (
         None
         if config.rank_pattern is None
@@ -92,11 +93,6 @@ def config_to_file(config: AdaLoRAConfig, model: nn.Module) -> dict[str, Any]:
         "rank_pattern": pattern,
         "alpha_pattern": {},
     }
-
-
-def _logical(model: nn.Module, name: str) -> nn.Module:
-    module = model.get_submodule(name)
-    return module.innermost() if hasattr(module, "innermost") else module
 
 
 def config_from_file(data: Mapping[str, Any]) -> AdaLoRAConfig:

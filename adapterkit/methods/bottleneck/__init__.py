@@ -8,11 +8,7 @@ from .config import BottleneckConfig
 from .files import FILES, PEFT_TYPE
 from .layers import Bottleneck, BottleneckLayer, Tap, build
 from .roles import pick
-
-
-def _logical(model, name):
-    module = model.get_submodule(name)
-    return module.innermost() if hasattr(module, "innermost") else module
+from ...anatomy import base_module
 
 
 def _placement(model, config: BottleneckConfig) -> list[tuple[str, str]]:
@@ -37,10 +33,10 @@ def _where(model, config: BottleneckConfig) -> dict[str, str]:
     """{module name: role}, a role being 'serial', 'parallel' or 'tap'."""
     placed = _placement(model, config)
     for name, _ in placed:
-        if bases.base_kind(_logical(model, name)) in (None, "mha"):
+        if bases.base_kind(base_module(model, name)) in (None, "mha"):
             raise UnsupportedModuleError(
                 f"bottleneck adapters follow modules with a known output size (Linear, Conv1D, ...); "
-                f"{name!r} is a {type(_logical(model, name)).__name__}. Pick other targets."
+                f"{name!r} is a {type(base_module(model, name)).__name__}. Pick other targets."
             )
     return dict(placed)
 

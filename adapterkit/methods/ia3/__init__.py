@@ -8,6 +8,7 @@ from ..bottleneck.roles import pick
 from .config import IA3Config
 from .files import FILES
 from .layers import IA3, IA3Layer
+from ...anatomy import base_module
 
 _KINDS = ("linear", "conv1d", "quant")
 
@@ -20,10 +21,10 @@ def placement(model, config: IA3Config) -> list[tuple[str, bool]]:
     else:
         names = resolve(model, config.targets, config.exclude, config.layers, config.train_modules, check_kinds=False)
     for name in names:
-        if bases.base_kind(_logical(model, name)) not in _KINDS:
+        if bases.base_kind(base_module(model, name)) not in _KINDS:
             raise UnsupportedModuleError(
                 f"IA3 scales Linear / Conv1D / quantized linear layers; {name!r} is a "
-                f"{type(_logical(model, name)).__name__}. Exclude it or change targets."
+                f"{type(base_module(model, name)).__name__}. Exclude it or change targets."
             )
     _check_feedforward(config.feedforward, names)
     ffn_out = _ffn_out(model) if config.feedforward == "auto" else set()
@@ -55,11 +56,6 @@ def _ffn_out(model) -> set:
 def _where(model, config: IA3Config) -> dict[str, bool]:
     """{module name: whether it scales its input (a feed-forward output projection)}."""
     return dict(placement(model, config))
-
-
-def _logical(model, name):
-    module = model.get_submodule(name)
-    return module.innermost() if hasattr(module, "innermost") else module
 
 
 def _build(base, config: IA3Config, feedforward: bool) -> IA3:

@@ -26,6 +26,7 @@ from ... import bases
 from ...errors import ConfigError
 from ...registry import PEFT_PREFIX, FileFormat
 from .config import IA3Config
+from ...anatomy import base_module
 
 
 def config_to_file(config: IA3Config, model: nn.Module) -> dict[str, Any]:
@@ -40,7 +41,7 @@ def config_to_file(config: IA3Config, model: nn.Module) -> dict[str, Any]:
     if not (isinstance(feedforward, str) and feedforward != "auto" and config.layers is None):
         feedforward = [n for n, ff in placed if ff]
     exclude = config.exclude if isinstance(config.exclude, str) else (list(config.exclude) or None)
-    conv1d = any(bases.base_kind(_logical(model, n)) == "conv1d" for n in names)
+    conv1d = any(bases.base_kind(base_module(model, n)) == "conv1d" for n in names)
     return {
         "target_modules": targets,
         "feedforward_modules": feedforward,
@@ -48,11 +49,6 @@ def config_to_file(config: IA3Config, model: nn.Module) -> dict[str, Any]:
         "init_ia3_weights": config.init == "ones",
         "fan_in_fan_out": conv1d,
     }
-
-
-def _logical(model: nn.Module, name: str) -> nn.Module:
-    module = model.get_submodule(name)
-    return module.innermost() if hasattr(module, "innermost") else module
 
 
 def config_from_file(data: Mapping[str, Any]) -> IA3Config:

@@ -16,6 +16,7 @@ from .files import FILES
 from .layers import LoRA, LoRALayer
 from .params import ParamLoRA, ParamLoRALayer, ParamTargets, owners
 from . import bias, init, patterns, replicate, tokens
+from ...anatomy import unwrapped
 
 
 _DORA_KINDS = ("linear", "conv1d", "quant", "embedding") + bases.CONV_KINDS
@@ -48,7 +49,7 @@ def _placed(model, config: LoRAConfig) -> dict[str, tuple[int, float]]:
     if config.lora_bias:
         for name in names:
             module = model.get_submodule(name)
-            base = module.innermost() if isinstance(module, LoRALayer) else module
+            base = unwrapped(module)
             if bases.base_kind(base) == "embedding":
                 raise UnsupportedModuleError(
                     f"lora_bias needs a Linear, Conv1D or Conv2d base; {name!r} is an "
@@ -57,7 +58,7 @@ def _placed(model, config: LoRAConfig) -> dict[str, tuple[int, float]]:
     if config.dora:
         for name in names:
             module = model.get_submodule(name)
-            base = module.innermost() if isinstance(module, LoRALayer) else module
+            base = unwrapped(module)
             if bases.base_kind(base) not in _DORA_KINDS or not bases.foldable(base):
                 grouped = f" with groups={base.groups}" if getattr(base, "groups", 1) > 1 else ""
                 raise UnsupportedModuleError(
@@ -68,7 +69,7 @@ def _placed(model, config: LoRAConfig) -> dict[str, tuple[int, float]]:
     if init.changes_base(config.init):
         for name in names:
             module = model.get_submodule(name)
-            init.check_base(name, module.innermost() if isinstance(module, LoRALayer) else module, config.init)
+            init.check_base(name, unwrapped(module), config.init)
     placed: dict = {name: patterns.rank_alpha(config, name) for name in names}
     placed.update(params)
     return placed

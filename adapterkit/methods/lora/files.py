@@ -71,6 +71,7 @@ from .config import LoRAConfig
 from .params import ParamLoRA
 from .patterns import rank_alpha
 from .tokens import tokens_to_file
+from ...anatomy import base_module, unwrapped
 
 # adapterkit field -> PEFT key (train_modules <-> modules_to_save is done by adapterkit.io)
 KEYS = {
@@ -116,7 +117,7 @@ def config_to_file(config: LoRAConfig, model: nn.Module) -> dict[str, Any]:
     elif targets is not None:
         targets = targets if isinstance(targets, str) else list(targets)
     exclude = config.exclude if isinstance(config.exclude, str) else (list(config.exclude) or None)
-    conv1d = any(bases.base_kind(_logical(model, n)) == "conv1d" for n in picked)
+    conv1d = any(bases.base_kind(base_module(model, n)) == "conv1d" for n in picked)
     return {
         "r": config.rank,
         "lora_alpha": config.alpha,
@@ -146,11 +147,6 @@ def _tokens_to_file(spec):
     if isinstance(spec[0], tuple):
         return {name: list(ids) for name, ids in spec}
     return list(spec)
-
-
-def _logical(model: nn.Module, name: str) -> nn.Module:
-    module = model.get_submodule(name)
-    return module.innermost() if hasattr(module, "innermost") else module
 
 
 def config_from_file(data: Mapping[str, Any]) -> LoRAConfig:
@@ -267,7 +263,7 @@ def fit_to_model(config: LoRAConfig, data: Mapping[str, Any], model: nn.Module) 
     get_in, get_out = getattr(model, "get_input_embeddings", None), getattr(model, "get_output_embeddings", None)
     if not data.get("ensure_weight_tying") or not callable(get_in) or not callable(get_out):
         return config
-    inner = [m.innermost() if hasattr(m, "innermost") else m for m in (get_in(), get_out())]
+    inner = [unwrapped(m) for m in (get_in(), get_out())]
     if inner[0] is None or inner[1] is None or getattr(inner[0], "weight", None) is not getattr(inner[1], "weight", 1):
         return config
     names = {id(m): n for n, m in logical_modules(model) if n}

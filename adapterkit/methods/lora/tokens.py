@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from ...errors import ConfigError, InputError, TargetError, UnsupportedModuleError
 from ...layer import AdapterLayer
 from ...registry import PEFT_PREFIX
+from ...anatomy import unwrapped
 
 _KEY = "token_adapter.trainable_tokens_delta"
 
@@ -145,7 +146,7 @@ def _targets(model: nn.Module, config) -> dict[str, tuple[int, ...]]:
         return out
     get = getattr(model, "get_input_embeddings", None)
     emb = get() if callable(get) else None
-    emb = emb.innermost() if isinstance(emb, AdapterLayer) else emb
+    emb = unwrapped(emb)
     if emb is None or id(emb) not in names:
         raise TargetError(
             "trainable_token_indices as a list needs the model's input embedding "
@@ -161,7 +162,7 @@ def _tied_outputs(model: nn.Module, embedding: str) -> list[str]:
     if not getattr(getattr(model, "config", None), "tie_word_embeddings", False):
         return []
     module = model.get_submodule(embedding)
-    inner = module.innermost() if isinstance(module, AdapterLayer) else module
+    inner = unwrapped(module)
     return anatomy.tied_with(inner, embedding, anatomy.tied_parameters(model))
 
 
@@ -174,11 +175,11 @@ def attach_tokens(model: nn.Module, config, name: str) -> None:
     targets = _targets(model, config)
     get = getattr(model, "get_input_embeddings", None)
     emb = get() if callable(get) else None
-    emb_inner = emb.innermost() if isinstance(emb, AdapterLayer) else emb
+    emb_inner = unwrapped(emb)
     made: dict[str, TrainableTokens] = {}
     for module_name, ids in targets.items():
         module = model.get_submodule(module_name)
-        inner = module.innermost() if isinstance(module, AdapterLayer) else module
+        inner = unwrapped(module)
         if isinstance(module, AdapterLayer) and not isinstance(module, TokenLayer):
             raise UnsupportedModuleError(
                 f"trainable_token_indices: {module_name!r} is already adapted "

@@ -12,11 +12,7 @@ from . import positions
 from .config import LoReFTConfig
 from .files import FILES, PEFT_TYPE
 from .layers import Intervention, LoReFT, LoReFTLayer
-
-
-def _logical(model, name):
-    module = model.get_submodule(name)
-    return module.innermost() if hasattr(module, "innermost") else module
+from ...anatomy import base_module
 
 
 def _where(model, config: LoReFTConfig) -> dict[str, int]:
@@ -27,7 +23,7 @@ def _where(model, config: LoReFTConfig) -> dict[str, int]:
             continue
         last = block.ffn_out or (block.attention_out[-1] if block.attention_out else None)
         if last is not None:
-            found[block.prefix] = bases.features(_logical(model, last))[1]
+            found[block.prefix] = bases.features(base_module(model, last))[1]
     if not found:
         raise TargetError(
             f"LoReFTConfig.layers={list(config.layers or ())} names no transformer block of "

@@ -22,6 +22,7 @@ from ...errors import UnsupportedModuleError
 from ...fold import Fold, compute_dtype
 from ...layer import AdapterLayer
 from ...targets import resolve
+from ...anatomy import unwrapped
 
 KINDS = ("linear", "quant", "conv1d", "conv2d")
 
@@ -31,7 +32,7 @@ def place(model: nn.Module, config, what: str) -> dict[str, None]:
     names = resolve(model, config.targets, config.exclude, config.layers, config.train_modules, check_kinds=False)
     for name in names:
         module = model.get_submodule(name)
-        base = module.innermost() if isinstance(module, AdapterLayer) else module
+        base = unwrapped(module)
         if bases.base_kind(base) not in KINDS:
             raise UnsupportedModuleError(
                 f"{what} adapts Linear, quantized linear, Conv1D and Conv2d (groups=1) layers; {name!r} is a "

@@ -2,7 +2,8 @@
 
 from ... import bases
 from ...registry import Method, register
-from ..linear_targets import logical, picked
+from ..linear_targets import picked
+from ...anatomy import base_module
 from .config import VeRAConfig
 from .files import FILES
 from .layers import Projections, VeRA, VeRALayer, place
@@ -12,14 +13,14 @@ def _where(model, config: VeRAConfig) -> dict[str, Projections]:
     """{module name: the adapter's shared projections}, sized by the largest in / out of the targets
     (PEFT's ``_find_dim``), so that every layer takes its top-left slice."""
     names = picked(model, config, "VeRA")
-    sizes = [bases.features(logical(model, n)) for n in names]
+    sizes = [bases.features(base_module(model, n)) for n in names]
     shared = Projections(
         config.rank,
         max(i for i, _ in sizes),
         max(o for _, o in sizes),
         config.projection_prng_key,
         config.save_projection,
-        **place(logical(model, names[0])),
+        **place(base_module(model, names[0])),
     )
     return dict.fromkeys(names, shared)
 
