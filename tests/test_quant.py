@@ -10,6 +10,7 @@ from torch import nn
 import adapterkit as ak
 from adapterkit import bases
 from adapterkit.quant import QuantLinear, from_bnb_linear4bit
+from adapterkit.quant.linear import STORED
 from tests.models import tiny_gpt2, tiny_llama, tokens
 
 # hidden sizes that are multiples of the block: bitsandbytes' CPU dequantize is wrong when blocks span rows
@@ -71,7 +72,8 @@ def test_state_dict_round_trip_and_safetensors(tmp_path):
         "weight.nested_quant_map",
         "weight.quant_state.bitsandbytes__nf4",
     }
-    own = dict(layer.named_buffers()) | {"bias": layer.bias}  # the buffers' own names load too
+    stored = [n for n in STORED if n in dict(layer.named_buffers())]
+    own = {n: layer.stored(n) for n in stored} | {"bias": layer.bias}  # the buffers' own names load too
     other = QuantLinear(128, 48, bias=True, bits=4, quant_type="nf4", double_quant=True)
     other.load_state_dict(own)
     assert torch.equal(other(x), layer(x))
@@ -79,15 +81,20 @@ def test_state_dict_round_trip_and_safetensors(tmp_path):
 
 def test_dtype_moves_keep_codes_and_scales():
     layer = _layer()
-    codes, absmax, nested = layer.codes.clone(), layer.absmax.clone(), layer.nested_absmax.clone()
+    before = {n: layer.stored(n).clone() for n in STORED}
+    dense = layer.dequantize()
     layer.to(torch.float16)
     assert layer.compute_dtype == torch.float16 and layer.bias.dtype == torch.float16
-    assert torch.equal(layer.codes, codes) and torch.equal(layer.absmax, absmax)
-    assert layer.nested_absmax.dtype == torch.float32 and torch.equal(layer.nested_absmax, nested)
+    for name, tensor in before.items():  # codes and scales untouched: same dtype, same values
+        assert layer.stored(name).dtype == tensor.dtype and torch.equal(layer.stored(name), tensor), name
     assert layer.dequantize().dtype == torch.float16
+    torch.testing.assert_close(layer.dequantize(), dense.half())
     assert layer(torch.randn(2, 128, dtype=torch.float16)).dtype == torch.float16
+    layer.bfloat16()
+    assert layer.compute_dtype == torch.bfloat16 and layer.stored("nested_absmax").dtype == torch.float32
     layer.float()
-    assert layer.compute_dtype == torch.float32 and list(layer._buffers)[0] == "codes"
+    assert layer.compute_dtype == torch.float32 and torch.equal(layer.dequantize(), dense)
+    assert "compute" not in layer.state_dict()  # the compute dtype is not a saved tensor
 
 
 def test_quantize_model_keeps_head_and_skips():

@@ -22,3 +22,25 @@ def test_every_package_is_listed_for_the_wheel():
     found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "adapterkit").rglob("__init__.py")}
     assert found - listed == set(), "add these to [tool.setuptools] packages in pyproject.toml"
     assert listed - found == {"adapterkit_kernels"}
+
+
+def test_the_kernels_folder_hides_no_kernels_package():
+    """Run from the repository root (``python -m pytest`` puts it first on sys.path), ``import kernels``
+    must not find the project's folder as a package: transformers >= 5.25 imports the ``kernels``
+    distribution at import time and would get this folder instead. ``kernels/`` stays a plain folder
+    holding ``adapterkit_kernels``."""
+    code = (
+        "import importlib.util, sys; spec = importlib.util.find_spec('kernels'); "
+        "print('none' if spec is None else (spec.origin or 'namespace'))"
+    )
+    found = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    origin = found.stdout.strip()
+    assert not (ROOT / "kernels" / "__init__.py").exists()
+    assert not origin.startswith(str(ROOT / "kernels")), f"'import kernels' from the root finds {origin}"
+    spec = subprocess.run(
+        [sys.executable, "-c", "import adapterkit_kernels as k; print(k.__file__)"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert spec.stdout.strip() == str(ROOT / "kernels" / "adapterkit_kernels" / "__init__.py"), spec.stderr

@@ -47,6 +47,16 @@ QUANT_STATE = "weight.quant_state.bitsandbytes__"
 INT8 = ("weight.int8_codes", "weight.int8_absmax")
 
 
+def raw(tensor: torch.Tensor) -> torch.Tensor:
+    """An fp32 tensor as its int32 bit pattern (no copy), which dtype casts leave alone; others as they are."""
+    return tensor.view(torch.int32) if tensor.dtype == torch.float32 else tensor
+
+
+def real(tensor: torch.Tensor) -> torch.Tensor:
+    """The inverse of ``raw``: an int32 buffer of QuantLinear holds fp32 bits (its int8 codes are int8)."""
+    return tensor.view(torch.float32) if tensor.dtype == torch.int32 else tensor
+
+
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
@@ -57,7 +67,7 @@ def saved(layer: nn.Module, state: dict, prefix: str, local_metadata: dict) -> N
         return
     bias = state.pop(prefix + "bias", None)
     stored = {
-        name: state.pop(prefix + name)
+        name: real(state.pop(prefix + name))
         for name in ("codes", "absmax", "nested_absmax", "nested_offset", "nested_levels")
         if prefix + name in state
     }
@@ -108,7 +118,16 @@ def _mismatch(layer: nn.Module, prefix: str, what: str, saved_value, own) -> Ada
 
 
 def before_load(layer: nn.Module, state: dict, prefix: str, *_) -> None:
-    """Load pre-hook: bitsandbytes' keys (or dense + int8) -> the buffers; the buffers' own names pass."""
+    """Load pre-hook: bitsandbytes' keys (or dense + int8) -> the buffers; the buffers' own names pass.
+    Either way fp32 scales are handed over as the int32 bits the buffers hold (``raw``)."""
+    _to_buffers(layer, state, prefix)
+    for name in ("absmax", "nested_absmax", "nested_offset", "nested_levels"):
+        if prefix + name in state:
+            state[prefix + name] = raw(state[prefix + name])
+
+
+def _to_buffers(layer: nn.Module, state: dict, prefix: str) -> None:
+    """bitsandbytes' keys (or dense + int8) -> the buffers' own names, in place."""
     if prefix + "codes" in state or prefix + PACKED not in state:
         return
     if layer.bits == 8:

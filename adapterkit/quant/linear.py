@@ -7,8 +7,13 @@ byte-compatible with bitsandbytes; 8-bit blockwise int8).
 
 The packed codes and scales are buffers; ``state_dict`` names them as bitsandbytes' ``Linear4bit``
 does (``bnb_format``: ``weight``, ``weight.absmax``, ...) and ``load_state_dict`` reads that form or
-the buffers' own names. ``.to(device)`` moves them, and ``.to(dtype)`` / ``.half()`` change only the compute dtype
-(and the bias): the codes stay integers and the scales fp32.
+the buffers' own names. ``.to(device)`` moves them, and ``.to(dtype)`` / ``.half()`` change only the
+compute dtype (and the bias), with torch's own rules and no override of ``Module`` internals:
+
+- torch casts only floating-point tensors, so the fp32 scales are kept as their bit patterns in
+  int32 buffers (``raw``); ``quant_weight()`` views them back as fp32, without a copy;
+- the compute dtype is the dtype of a 0-element non-persistent buffer, ``compute``, which those
+  casts convert like any other floating buffer.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from adapterkit_kernels import formats, ops
 from adapterkit_kernels.formats import QuantWeight
 
 from . import bnb_format
+from .bnb_format import raw, real
 
 STORED = ("codes", "absmax", "nested_absmax", "nested_offset", "nested_levels")
 
@@ -49,12 +55,25 @@ class QuantLinear(nn.Module):
         formats.check_format(quant_type, block, double_quant)
         self.in_features, self.out_features = in_features, out_features
         self.quant_type, self.block, self.double_quant = quant_type, block, double_quant
-        self.compute_dtype = compute_dtype
+        self.register_buffer("compute", torch.empty(0, dtype=compute_dtype, device=device), persistent=False)
         shapes = formats.storage_shapes((out_features, in_features), quant_type, block, double_quant)
         for name, (shape, dtype) in shapes.items():
-            self.register_buffer(name, torch.zeros(shape, dtype=dtype, device=device))
+            self.register_buffer(name, raw(torch.zeros(shape, dtype=dtype, device=device)))
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=compute_dtype, device=device)) if bias else None
         bnb_format.hook(self)  # state_dict in bitsandbytes' format
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype matmuls run in: set here, or by ``.to(dtype)`` / ``.half()`` / ``.bfloat16()``."""
+        return self.compute.dtype
+
+    @compute_dtype.setter
+    def compute_dtype(self, dtype: torch.dtype) -> None:
+        self.compute = torch.empty(0, dtype=dtype, device=self.codes.device)
+
+    def stored(self, name: str) -> Tensor:
+        """One of ``STORED`` in its real dtype (the fp32 scales viewed back from their int32 bits)."""
+        return real(self.get_buffer(name))
 
     @property
     def bits(self) -> int:
@@ -81,7 +100,8 @@ class QuantLinear(nn.Module):
         for name in STORED:
             tensor = getattr(qw, name)
             if tensor is not None:
-                setattr(layer, name, tensor.detach().reshape(getattr(layer, name).shape))  # a registered buffer
+                setattr(layer, name, raw(tensor.detach().reshape(getattr(layer, name).shape)))  # a registered buffer
+        layer.compute_dtype = compute_dtype  # on the codes' device (built on "meta")
         if bias is not None:
             layer.bias = nn.Parameter(bias.detach().to(compute_dtype).clone(), requires_grad=bias.requires_grad)
         return layer
@@ -117,10 +137,9 @@ class QuantLinear(nn.Module):
 
     # -- reading ------------------------------------------------------------------------------
     def quant_weight(self) -> QuantWeight:
-        nested = {name: getattr(self, name) for name in STORED[2:]} if self.double_quant else {}
-        return QuantWeight(
-            self.codes, self.absmax, (self.out_features, self.in_features), self.quant_type, self.block, **nested
-        )
+        nested = {name: self.stored(name) for name in STORED[2:]} if self.double_quant else {}
+        shape = (self.out_features, self.in_features)
+        return QuantWeight(self.codes, self.stored("absmax"), shape, self.quant_type, self.block, **nested)
 
     def dequantize(self) -> Tensor:
         """The dense (out, in) weight in the compute dtype."""
@@ -145,16 +164,3 @@ class QuantLinear(nn.Module):
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"bias={self.bias is not None}, {kind}, compute_dtype={self.compute_dtype}"
         )
-
-    # -- moving -------------------------------------------------------------------------------
-    def _apply(self, fn, recurse=True):
-        """Moves keep the codes' and scales' dtypes; a float cast sets the compute dtype."""
-        probe = fn(torch.empty(0, dtype=self.compute_dtype, device=self.codes.device))
-        order = list(self._buffers)
-        stored = {name: self._buffers.pop(name) for name in STORED if name in self._buffers}
-        super()._apply(fn, recurse)
-        moved = {name: t.to(probe.device) for name, t in stored.items()}
-        self._buffers = {name: moved[name] if name in moved else self._buffers[name] for name in order}
-        if probe.dtype.is_floating_point:
-            self.compute_dtype = probe.dtype
-        return self
