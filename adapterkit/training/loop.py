@@ -1,10 +1,7 @@
 """The training loop, on Accelerate: one process, or many under ``accelerate launch``.
 
-Each optimizer step: for each of ``grad_accum`` micro-batches, loss = summed token NLL (or
-cross-entropy) / the target tokens (examples) of the whole global batch, so the step's loss is the
-token mean however uneven the micro-batches are; backward (gradients synchronised across processes
-on the last micro-batch only); clip the global gradient norm; step the optimizer and the schedule.
-Evaluation every ``eval.every`` steps, checkpoints every ``output.save_every`` steps, early
+Each optimizer step (step.py) takes the token mean of the global batch over ``grad_accum``
+micro-batches; accel.py makes the ``Accelerator``, the log and the progress bar. Evaluation every ``eval.every`` steps, checkpoints every ``output.save_every`` steps, early
 stopping on ``eval.metric``; the adapter is saved by the main process at the end, with
 curves.png of the loss and learning rate. With ``stages`` (stages.py) each stage sets what
 trains and gets a new optimizer and schedule when its first step comes (also after --resume).
@@ -12,10 +9,8 @@ trains and gets a new optimizer and schedule when its first step comes (also aft
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -26,11 +21,13 @@ import torch
 from . import checkpoint, optim, sharding, stages
 from . import resume as resume_mod
 from ..errors import ConfigError
+from .accel import Log, accelerator_for, progress, shutdown
 from .adaptive import hooks_for
 from .batches import BatchPlan
+from .step import optimizer_step
 from .config import TrainConfig
 from .data import collate, tokenize
-from .evaluate import batch_loss_sum, evaluate, targets_in
+from .evaluate import evaluate
 from .metrics import HIGHER_IS_BETTER
 from .setup import build_model, generation_set, model_task, read_data
 
@@ -51,96 +48,10 @@ class TrainResult:
     train_seconds: float = 0.0
 
 
-def _accelerator(config: TrainConfig):
-    from accelerate import Accelerator
-
-    trackers = config.output.trackers
-    if trackers == "auto":
-        import importlib.util
-
-        trackers = "tensorboard" if importlib.util.find_spec("tensorboard") else "none"
-    cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true"
-    if cpu and config.optim.mixed_precision == "fp16":
-        raise ConfigError("optim.mixed_precision 'fp16' needs a GPU; on a CPU use 'bf16' or 'no'.")
-    return Accelerator(
-        cpu=cpu,
-        mixed_precision=config.optim.mixed_precision,
-        log_with=None if trackers == "none" else trackers,
-        project_dir=config.output.dir,
-    )
-
-
-class _Log:
-    """metrics.jsonl in the output folder (main process), plus Accelerate's trackers."""
-
-    def __init__(self, accelerator, folder: Path, history: list):
-        self.acc, self.path, self.history = accelerator, folder / "metrics.jsonl", history
-
-    def __call__(self, step: int, values: dict) -> None:
-        entry = dict(step=step, **values)
-        self.history.append(entry)
-        if self.acc.is_main_process:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(entry) + "\n")
-        if self.acc.trackers:
-            self.acc.log({k: v for k, v in values.items() if isinstance(v, (int, float))}, step=step)
-
-
 def _improved(value: float, best: Optional[float], metric: str, min_delta: float) -> bool:
     if best is None:
         return True
     return value > best + min_delta if HIGHER_IS_BETTER[metric] else value < best - min_delta
-
-
-def _step(
-    accelerator, model, optimizer, scheduler, batches: list[dict], task: str, max_norm, hooks=None, step: int = 0
-) -> tuple[float, int]:
-    """One optimizer step over this process's micro-batches; (mean loss, tokens) of the global batch.
-
-    The loss is the mean over every target token of the global batch (every example for
-    classification), whatever the micro-batches' lengths: each micro-batch's summed loss is divided
-    by the step's count of targets on all processes, times the number of processes because DDP and
-    FSDP average gradients across them. So accumulation gives the full batch's loss and gradient.
-    ``hooks`` (adaptive.py): a penalty added to each micro-batch's objective (trained on, not
-    logged) and a call after the optimizer step (AdaLoRA's orthogonality term and rank allocator).
-    """
-    device = accelerator.device
-    counts = torch.tensor(
-        [sum(targets_in(b, task) for b in batches), sum(int(b["attention_mask"].sum()) for b in batches)],
-        dtype=torch.float64,
-        device=device,
-    )
-    if accelerator.num_processes > 1:
-        counts = accelerator.reduce(counts, reduction="sum")
-    targets, tokens = max(float(counts[0]), 1.0), int(counts[1])
-    norm = targets / accelerator.num_processes
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    for k, batch in enumerate(batches):
-        last = k == len(batches) - 1
-        sync = contextlib.nullcontext() if last else sharding.no_sync(accelerator, model)
-        with sync:
-            loss = batch_loss_sum(model, batch, task)
-            penalty = hooks.penalty() if hooks is not None else None  # trained on, not logged
-            objective = loss / norm if penalty is None else loss / norm + penalty / len(batches)
-            accelerator.backward(objective)
-        total += loss.detach().double()
-    if max_norm:
-        accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_norm)
-    optimizer.step()
-    scheduler.step()
-    if hooks is not None:
-        hooks.after_step(step)
-    optimizer.zero_grad(set_to_none=True)
-    if accelerator.num_processes > 1:  # the summed loss of the global batch
-        total = accelerator.reduce(total, reduction="sum")
-    return float(total) / targets, tokens
-
-
-def _progress(accelerator, config: TrainConfig, total: int, start: int):
-    from tqdm.auto import tqdm
-
-    show = config.output.progress and accelerator.is_main_process
-    return tqdm(total=total, initial=start, disable=not show, desc="train", dynamic_ncols=True)
 
 
 def _prepare(config: TrainConfig, accelerator):
@@ -178,24 +89,13 @@ def train(
     if not isinstance(config, TrainConfig):
         config = TrainConfig.from_yaml(config) if isinstance(config, (str, Path)) else TrainConfig.from_dict(config)
     check_output_folder(config.output.dir, "output.dir")
-    accelerator = _accelerator(config)
+    accelerator = accelerator_for(config)
     try:
         sharding.check(config, accelerator)
         set_seed(config.optim.seed)
         return _run(config, accelerator, resume, callbacks)
     finally:
-        _shutdown(accelerator)
-
-
-def _shutdown(accelerator) -> None:
-    """Wait for all, close trackers and the process group (avoids a crash at exit)."""
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)  # the next run may differ
+        shutdown(accelerator)
 
 
 class _Run:
@@ -220,7 +120,7 @@ class _Run:
             self.out.mkdir(parents=True, exist_ok=True)
         accelerator.init_trackers("adapterkit", config={"steps": self.total, "lr": o.lr})
         self.history: list = []
-        self.log = _Log(accelerator, self.out, self.history)
+        self.log = Log(accelerator, self.out, self.history)
         self.state = {"best": None, "bad_evals": 0, "first_eval": None}
         self.step = 0
 
@@ -359,12 +259,12 @@ def _run(config: TrainConfig, accelerator, resume, callbacks) -> TrainResult:
     if run.eval_set and e.at_start and run.step == 0:
         run.state["first_eval"] = run.evaluate()
     last_eval, stopped = None, False
-    bar = _progress(accelerator, config, run.total, run.step)
+    bar = progress(accelerator, config, run.total, run.step)
     started, tokens_run = time.perf_counter(), 0
     while run.step < run.total:
         if config.stages and stages.stage_at(run.step, run.stage_ends) != run.stage:
             run.enter_stage(stages.stage_at(run.step, run.stage_ends))
-        loss, tokens = _step(
+        loss, tokens = optimizer_step(
             accelerator,
             run.model,
             run.optimizer,

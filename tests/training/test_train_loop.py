@@ -1,13 +1,17 @@
 """The loop on tiny local models: learning, exact resume, PEFT-readable output, classification, CLI."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 import adapterkit as ak
-from tests.training.helpers import memorise_records, tiny_folder, whole_and_resumed, write_jsonl
+from tests.training.helpers import eval_losses, memorise_records, tiny_folder, whole_and_resumed, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -190,8 +194,30 @@ def test_packed_text_and_generation_scores(tmp_path, llama_dir):
 
 
 def test_bf16_mixed_precision_runs_on_cpu(tmp_path, llama_dir):
-    result = ak.train(_config(tmp_path, llama_dir, optim__max_steps=10, optim__mixed_precision="bf16"))
-    assert result.last_eval["loss"] < result.first_eval["loss"]
+    """In its own process, as ``adapterkit train`` runs it: Accelerate fixes the precision per process."""
+    cfg = _config(tmp_path, llama_dir, optim__max_steps=10, optim__mixed_precision="bf16")
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=os.pathsep.join(sys.path))
+    done = subprocess.run(
+        [sys.executable, "-m", "adapterkit", "train", str(tmp_path / "run.yaml")],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    losses = eval_losses(tmp_path / "out")
+    assert losses[-1] < losses[0]
+
+
+def test_another_precision_in_the_same_process_is_a_clear_error(tmp_path, llama_dir):
+    from adapterkit.errors import ConfigError
+
+    ak.train(_config(tmp_path, llama_dir, optim__max_steps=1, eval__every=0))
+    bf16 = _config(tmp_path, llama_dir, optim__max_steps=1, optim__mixed_precision="bf16")
+    bf16["output"]["dir"] = str(tmp_path / "bf16")
+    with pytest.raises(ConfigError, match="new process"):
+        ak.train(bf16)
+    assert not (tmp_path / "bf16").exists()  # refused before anything was written
 
 
 def test_evaluation_without_held_out_data_is_an_error(tmp_path, llama_dir):

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import adapterkit as ak
 from adapterkit.training.data import IGNORE, collate
-from adapterkit.training.loop import _step
+from adapterkit.training.step import optimizer_step
 from tests.checks import assert_close_scaled as assert_close
 from tests.models import tiny_bert, tiny_llama
 
@@ -40,14 +40,14 @@ def _reference_causal(model, examples):
     return total / count
 
 
-def _one_step(model, micro_batches, task):
+def _oneoptimizer_step(model, micro_batches, task):
     from accelerate import Accelerator
 
     params = [p for p in model.parameters() if p.requires_grad]
     before = [p.detach().clone() for p in params]
     optimizer = torch.optim.SGD(params, lr=1.0)  # so the update is minus the gradient
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-    loss, _ = _step(Accelerator(cpu=True), model, optimizer, scheduler, micro_batches, task, None)
+    loss, _ = optimizer_step(Accelerator(cpu=True), model, optimizer, scheduler, micro_batches, task, None)
     return loss, [b - p.detach() for b, p in zip(before, params)]
 
 
@@ -60,7 +60,7 @@ def test_accumulated_step_equals_the_whole_batch_causal(split):
     grads = torch.autograd.grad(expected, params)
 
     micro = [collate([examples[i] for i in idx], pad_id=0) for idx in split]
-    loss, updates = _one_step(model, micro, "causal")
+    loss, updates = _oneoptimizer_step(model, micro, "causal")
     assert loss == pytest.approx(expected.item(), rel=1e-5)
     for g, u in zip(grads, updates):
         assert_close(u, g, rtol=1e-4)
@@ -90,7 +90,7 @@ def test_accumulated_step_equals_the_whole_batch_classification():
     params = [p for p in model.parameters() if p.requires_grad]
     grads = torch.autograd.grad(expected, params)
 
-    loss, updates = _one_step(model, [collate(examples[:1], 0), collate(examples[1:], 0)], "classification")
+    loss, updates = _oneoptimizer_step(model, [collate(examples[:1], 0), collate(examples[1:], 0)], "classification")
     assert loss == pytest.approx(expected.item(), rel=1e-5)
     for g_, u in zip(grads, updates):
         assert_close(u, g_, rtol=1e-4)
