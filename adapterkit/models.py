@@ -11,7 +11,7 @@ time; each is converted once into a transformers folder under the cache
 
 Saved adapters record a portable base (``portable_name``): an alias's hub id
 (``HuggingFaceTB/SmolLM2-135M-Instruct``, ``sentence-transformers/all-MiniLM-L6-v2``), not its
-cache folder, so PEFT's ``AutoPeftModel*`` and the model card work on other machines; ``resolve``
+cache folder, so PEFT's ``AutoPeftModel*`` and the model card work on other machines; ``model_path``
 maps those hub ids back to the alias when its package is installed, so nothing is downloaded.
 (The SmolLM2 alias is the Q4_1 GGUF dequantized: its weights differ from the hub's bf16 ones by
 the 4-bit rounding.)
@@ -96,7 +96,7 @@ def portable_name(name: Optional[str]) -> Optional[str]:
     return HUB_IDS[alias] if alias else name
 
 
-def resolve(name: str) -> str:
+def model_path(name: str) -> str:
     """The folder (or hub name) to load ``name`` from, converting an alias on first use.
 
     An alias's hub id loads the alias (offline) when the alias's package is installed."""
@@ -197,7 +197,7 @@ def load_model(name: str, task: Optional[str] = None, num_labels: Optional[int] 
     torch_dtype = getattr(torch, dtype, None)
     if not isinstance(torch_dtype, torch.dtype):
         raise ConfigError(f"model dtype {dtype!r} is not a torch dtype; use float32, bfloat16 or float16.")
-    path = resolve(name)
+    path = model_path(name)
     _check_folder(Path(path))
     tokenizer = _load_tokenizer(path)
     if task == "classification":

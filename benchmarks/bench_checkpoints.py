@@ -112,9 +112,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("/tmp/adapterkit-bench-checkpoints"))
     parser.add_argument("--markdown", type=Path, help="also write the table to this file")
     opts = parser.parse_args()
-    from adapterkit.models import resolve
+    from adapterkit.models import model_path
 
-    base_bytes = (Path(resolve("smollm2-135m")) / "model.safetensors").stat().st_size
+    base_bytes = (Path(model_path("smollm2-135m")) / "model.safetensors").stat().st_size
     results = []
     for case in CASES:
         for callback in (True, False):

@@ -10,7 +10,7 @@ import yaml
 import adapterkit as ak
 from adapterkit.cli import main
 from adapterkit.errors import AdapterKitError, ConfigError
-from adapterkit.planning import estimate, parse_memory, resolve
+from adapterkit.planning import estimate, parse_memory, shape_and_settings
 from adapterkit.planning.settings import Quant, Settings
 from adapterkit.planning.shape import model_shape
 from adapterkit.planning.source import full_config
@@ -72,7 +72,7 @@ def test_sources_agree(tmp_path):
 
 
 def test_set_overrides_change_the_settings():
-    shape, s = resolve(
+    shape, s = shape_and_settings(
         LLAMA,
         [
             "optim.batch_size=3",

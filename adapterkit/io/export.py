@@ -7,7 +7,7 @@ and its trained modules (a classification head) replace the base's; no adapterki
 
 The base is the one given, or the one the adapter records (``train_config.yaml`` of a training
 run, else ``base_model_name_or_path``); an offline alias or its hub id loads the alias
-(``models.resolve``). The base is loaded for the adapter's task (``task_type``: a classifier with
+(``models.model_path``). The base is loaded for the adapter's task (``task_type``: a classifier with
 ``AutoModelForSequenceClassification`` and the adapter's number of labels, names from the run's
 ``labels.json``; seq2seq with ``AutoModelForSeq2SeqLM``; ...), and with the pad token id training
 used. Base weights transformers had to initialise at random and the adapter does not replace
@@ -201,14 +201,14 @@ def export_merged(
     disk too) nothing is left at ``out`` but what was there before.
     """
     from .. import inject
-    from ..models import resolve
+    from ..models import model_path
     from ..paths import check_output_folder
 
     out = Path(out)
     folder = _pick_adapter(adapter, name)
     given = str(base) if base is not None else recorded_base(folder)
     try:
-        path = _base_path(resolve(given))
+        path = _base_path(model_path(given))
     except ConfigError as err:
         raise AdapterFileError(f"base model {given!r}: {err} Check --base.") from None
     _check_pickle(path, allow_pickle)

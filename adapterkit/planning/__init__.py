@@ -82,7 +82,9 @@ class Plan:
         return out
 
 
-def resolve(model: Any, overrides: Sequence[str] = (), device: str = "cuda", **changes) -> tuple[ModelShape, Settings]:
+def shape_and_settings(
+    model: Any, overrides: Sequence[str] = (), device: str = "cuda", **changes
+) -> tuple[ModelShape, Settings]:
     """(shape, settings) for a model or training YAML with ``section.key=value`` overrides."""
     from .source import full_config, is_yaml, model_config, train_config
 
@@ -105,7 +107,7 @@ def plan(
     gpu_memory: "24GB", "24GiB", "24000MB" or bytes: also search the settings that fit.
     changes: Settings fields outside the training config (adapter_dtype, loss_chunks, use_cache).
     """
-    shape, settings = resolve(model, overrides, device, **changes)
+    shape, settings = shape_and_settings(model, overrides, device, **changes)
     est = estimate(shape, settings)
     if gpu_memory is None:
         return Plan(est)
@@ -124,5 +126,5 @@ __all__ = [
     "estimate",
     "model_shape",
     "parse_memory",
-    "resolve",
+    "shape_and_settings",
 ]

@@ -5,7 +5,7 @@ import importlib.util
 import pytest
 
 from adapterkit.errors import ConfigError
-from adapterkit.models import load_model, resolve
+from adapterkit.models import load_model, model_path
 
 
 @pytest.mark.skipif(
@@ -21,7 +21,7 @@ def test_minilm_alias_loads_with_a_new_head_and_is_cached(tmp_path, monkeypatch)
     assert model.classifier.out_features == 3
     folder = tmp_path / "models" / "minilm-l6"
     stamp = (folder / "config.json").stat().st_mtime_ns
-    assert resolve("minilm-l6") == str(folder) and (folder / "config.json").stat().st_mtime_ns == stamp
+    assert model_path("minilm-l6") == str(folder) and (folder / "config.json").stat().st_mtime_ns == stamp
     batch = tokenizer(["a sentence", "another one"], return_tensors="pt", padding=True)
     with torch.no_grad():
         assert model(**batch).logits.shape == (2, 3)
@@ -29,6 +29,6 @@ def test_minilm_alias_loads_with_a_new_head_and_is_cached(tmp_path, monkeypatch)
 
 def test_missing_folder_suggests_aliases():
     with pytest.raises(ConfigError, match=r"not a folder.*smollm2-135m"):
-        resolve("./no/such/model")
+        model_path("./no/such/model")
     with pytest.raises(ConfigError, match="model task must be one of"):
         load_model("x", task="translation")
