@@ -13,10 +13,10 @@ from ..cli import command
 def describe(folder: Path, name: str) -> dict[str, Any]:
     """The facts about one adapter folder: config, tensors, size; no model is loaded."""
     from ..errors import AdapterFileError
-    from ..io.read import PICKLE_NAME, WEIGHTS_NAME, config_from_file, read_config, tensor_header
+    from ..io.read import PICKLE_NAME, WEIGHTS_NAME, method_and_config, read_config, tensor_header
 
     data = read_config(folder)
-    method, config = config_from_file(data, folder)
+    method, config = method_and_config(data, folder)
     file = folder / WEIGHTS_NAME
     if not file.is_file():
         extra = (

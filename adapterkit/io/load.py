@@ -16,7 +16,7 @@ from ..inject import adapter_layers, attach, check_model
 from ..transaction import unchanged_on_error
 from ..targets import file_task, logical_modules, matches
 from . import base_layers, diagnose, tasks
-from .read import CONFIG_NAME, WEIGHTS_NAME, config_from_file, find_folder, read_config, read_tensors
+from .read import CONFIG_NAME, WEIGHTS_NAME, method_and_config, find_folder, read_config, read_tensors
 from .state import Entry, entries
 from ..anatomy import base_module
 
@@ -96,7 +96,7 @@ def load_adapter(
     check_adapter_name(name)
     folder = find_folder(path, name)
     data = read_config(folder)
-    method, config = config_from_file(data, folder)
+    method, config = method_and_config(data, folder)
     tensors = read_tensors(folder, allow_pickle=allow_pickle)
     _check_dtypes(tensors, folder)
     _check_sizes(method, config, tensors, folder)

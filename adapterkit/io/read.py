@@ -82,7 +82,7 @@ def file_method(data: dict[str, Any], folder: Path) -> Method:
         raise AdapterFileError(f"{str(folder / CONFIG_NAME)!r}: {err}") from None
 
 
-def config_from_file(data: dict[str, Any], folder: Path) -> tuple[Method, AdapterConfig]:
+def method_and_config(data: dict[str, Any], folder: Path) -> tuple[Method, AdapterConfig]:
     """(method, adapterkit config) for a parsed ``adapter_config.json``."""
     method = file_method(data, folder)
     try:

@@ -74,7 +74,7 @@ def _heads(model: nn.Module, name: str) -> dict[str, nn.Module]:
     return tasks.heads_to_save(model, _task(model, name), tuple(getattr(config, "train_modules", ())))
 
 
-def config_for_file(model: nn.Module, name: str) -> dict[str, Any]:
+def adapter_json(model: nn.Module, name: str) -> dict[str, Any]:
     """The ``adapter_config.json`` object for adapter ``name``."""
     config = adapter_config(model, name)
     method = method_for(config)
@@ -166,7 +166,7 @@ def save_adapter(
     saved = []
     with staged() as stage:
         for adapter, folder in folders.items():
-            data = config_for_file(model, adapter)
+            data = adapter_json(model, adapter)
             tensors = {**state_to_save(model, adapter, dtype, state_dict), **_base_tensors(model, adapter, dtype)}
             text = json.dumps(data, indent=2, sort_keys=True) + "\n"
             stage(folder / CONFIG_NAME, lambda tmp, text=text: tmp.write_text(text, encoding="utf-8"))

@@ -176,7 +176,7 @@ def test_config_round_trip_and_file_keys():
     )
     assert ak.LoRAConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     model = ak.attach(tiny_llama(), cfg)
-    data = ak.io.save.config_for_file(model, "default")
+    data = ak.io.save.adapter_json(model, "default")
     assert data["rank_pattern"] == PATTERNS["rank_pattern"] and data["bias"] == "lora_only"
     assert data["trainable_token_indices"] == {"embed_tokens": [1, 2]} and data["lora_bias"] is True
     assert config_from_file(data) == cfg

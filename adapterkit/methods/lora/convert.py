@@ -31,7 +31,7 @@ def save_as_lora(model: nn.Module, path: Union[str, Path], name: str = "default"
     from ...inject import adapter_config, adapter_layers
     from ...io.atomic import staged
     from ...io.read import CONFIG_NAME, WEIGHTS_NAME
-    from ...io.save import config_for_file
+    from ...io.save import adapter_json
     from ...io.state import state_to_save
     from ...registry import PEFT_PREFIX
     from ...io.state import logical_name
@@ -53,7 +53,7 @@ def save_as_lora(model: nn.Module, path: Union[str, Path], name: str = "default"
         raise AdapterFileError(
             f"{str(path)!r} already holds {WEIGHTS_NAME}; pass overwrite=True or pick another folder."
         )
-    data = config_for_file(model, name)
+    data = adapter_json(model, name)
     data.update(
         init_lora_weights=True,
         r=2 * config.rank,

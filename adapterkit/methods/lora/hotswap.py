@@ -79,12 +79,12 @@ def hotswap_adapter(
 ) -> nn.Module:
     """Overwrite LoRA adapter ``name``'s weights with those of the adapter saved in ``path`` (by
     adapterkit or PEFT); ``name`` stays active or not as it was. Returns ``model``."""
-    from ...io.read import config_from_file, find_folder, read_config, read_tensors
+    from ...io.read import method_and_config, find_folder, read_config, read_tensors
 
     check_model(model, "hotswap_adapter")
     modules, base_of = _modules(model, name)
     folder = find_folder(path)
-    method, config = config_from_file(read_config(folder), folder)
+    method, config = method_and_config(read_config(folder), folder)
     current = next(iter(modules.values())).config
     _check_config(config, current, folder)
     refuse_patterns(current, "hotswap_adapter")
