@@ -30,12 +30,12 @@ def test_forward_is_linear_of_dequantized_weight(bits, quant_type, double_quant)
     assert bases.base_kind(layer) == "quant" and bases.features(layer) == (128, 48)
 
 
-def test_forward_lora_is_base_plus_branch_with_gradients():
+def test_lora_in_the_forward_is_base_plus_branch_with_gradients():
     layer = _layer()
     x = torch.randn(2, 3, 128)
     a = torch.randn(4, 128, requires_grad=True)
     b = torch.randn(48, 4, requires_grad=True)
-    fused = layer.forward_lora(x, a, b, 0.5)
+    fused = layer(x, lora=(a, b, 0.5))
     plain = layer(x) + 0.5 * (x @ a.t()) @ b.t()
     assert torch.allclose(fused, plain, atol=1e-5)
     grads = torch.autograd.grad(fused.sum(), (a, b))

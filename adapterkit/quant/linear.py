@@ -145,17 +145,17 @@ class QuantLinear(nn.Module):
         """The dense (out, in) weight in the compute dtype."""
         return ops.dequantize(self.quant_weight(), self.compute_dtype)
 
-    def forward(self, x: Tensor) -> Tensor:
-        # x (..., in) -> (..., out); computed in the compute dtype, returned in x's dtype
-        y = ops.qmatmul(x.to(self.compute_dtype), self.quant_weight(), self.bias)
-        return y.to(x.dtype)
+    def forward(self, x: Tensor, lora: Optional[tuple[Tensor, Tensor, float]] = None) -> Tensor:
+        """x (..., in) -> (..., out): x @ W^T + b, computed in the compute dtype, returned in x's.
 
-    def forward_lora(self, x: Tensor, a: Tensor, b: Tensor, scale: float) -> Tensor:
-        """x @ W^T + b + scale * (x @ A^T) @ B^T in one pass over x (the fused kernel on CUDA).
-
-        x (..., in), A (r, in), B (out, r) -> (..., out); gradients flow to x, A and B.
+        ``lora`` = (A (r, in), B (out, r), scale): also add scale * (x @ A^T) @ B^T in the same pass
+        over x (the fused kernel on CUDA); gradients flow to x, A and B.
         """
-        y = ops.qlora_matmul(x.to(self.compute_dtype), self.quant_weight(), a, b, scale, self.bias)
+        if lora is None:
+            y = ops.qmatmul(x.to(self.compute_dtype), self.quant_weight(), self.bias)
+        else:
+            a, b, scale = lora
+            y = ops.qlora_matmul(x.to(self.compute_dtype), self.quant_weight(), a, b, scale, self.bias)
         return y.to(x.dtype)
 
     def extra_repr(self) -> str:

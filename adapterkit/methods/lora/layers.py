@@ -17,12 +17,12 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.modules import module as _module
 
 from ... import bases
 from ...errors import MergeError
 from ...fold import Fold
 from ...layer import AdapterLayer
+from ...quant.linear import QuantLinear
 from . import conv, dora_layouts, mha, mixed, stack
 from .config import LoRAConfig
 from .patterns import scale_of
@@ -30,25 +30,10 @@ from .bias import add_bias
 from .init import changes_base, initialise
 from .functional import (
     DoRAFunction,
-    LinearDoRAFunction,
-    LinearLoRAFunction,
     LoRAFunction,
     dora_norm,
     new_seed,
-    weight_sq,
 )
-
-
-def _plain_linear(base: nn.Module, x: Tensor) -> bool:
-    """Whether ``base(x)`` is exactly F.linear(x, W, b): an nn.Linear with its own forward, no hooks,
-    no autocast, and x in the weight's dtype. Then the base can run inside the LoRA node."""
-    return (
-        type(base).forward is nn.Linear.forward
-        and x.dtype == base.weight.dtype
-        and not (base._forward_hooks or base._forward_pre_hooks)
-        and not (_module._global_forward_hooks or _module._global_forward_pre_hooks)
-        and not torch.is_autocast_enabled(x.device.type)
-    )
 
 
 def _init_pair(a: Tensor, b: Tensor, init: str, rank: int, a_is_zero: bool = False) -> None:
@@ -151,48 +136,13 @@ class LoRA(nn.Module):
         return out + (bias.view(-1, *([1] * (out.dim() - 2))) if self.kind in conv.KINDS else bias)
 
     def fused(self, x: Tensor, base: nn.Module) -> Optional[Tensor]:
-        """``base(x)`` with this adapter added, as one autograd node; None where that does not apply.
-
-        For a plain ``nn.Linear`` base (see ``_plain_linear``): x (..., in) -> (..., out).
-        """
-        if self.kind == "quant":
-            return self._with_bias(self._fused_quant(x, base))
-        if self.kind != "linear" or not _plain_linear(base, x) or self._traced_dropout():
+        """``base(x)`` with this adapter added in one pass over x, for a quantized base and plain LoRA
+        (the fused Triton kernel on CUDA): x (..., in) -> (..., out); None where that does not apply
+        (DoRA, dropout in training, another base). The base's own call runs it, so its forward hooks
+        run too, and see base + LoRA (elsewhere a hook on the base sees the base output alone)."""
+        if not isinstance(base, QuantLinear) or self.magnitude is not None or (self.training and self.dropout > 0):
             return None
-        a, b = self.a.to(x.dtype), self.b.to(x.dtype)
-        x2 = x.reshape(-1, a.shape[1])  # (N, in)
-        seed = new_seed() if self.training and self.dropout > 0 else None
-        if self.magnitude is None:
-            out = LinearLoRAFunction.apply(x2, base.weight, base.bias, a, b, self.scale, self.dropout, seed)
-        else:
-            norm = dora_norm(base.weight, a, b, self.scale, self._weight_sq(base.weight))
-            out = LinearDoRAFunction.apply(
-                x2, base.weight, base.bias, a, b, self.magnitude.to(x.dtype), norm, self.scale, self.dropout, seed
-            )
-        return self._with_bias(out.view(*x.shape[:-1], out.shape[-1]))
-
-    def _fused_quant(self, x: Tensor, base: nn.Module) -> Optional[Tensor]:
-        """A quantized base and plain LoRA in one pass over x (the fused Triton kernel on CUDA):
-        x (..., in) -> (..., out). Not for DoRA, dropout in training, or a base with hooks."""
-        if (
-            self.magnitude is not None
-            or (self.training and self.dropout > 0)
-            or not hasattr(base, "forward_lora")
-            or base._forward_hooks
-            or base._forward_pre_hooks
-        ):
-            return None
-        return base.forward_lora(x, self.a, self.b, self.scale)
-
-    def _weight_sq(self, weight: Tensor) -> Tensor:
-        """||W_o||^2 of a frozen dense weight, computed again only when W changes (DoRA)."""
-        if torch.compiler.is_compiling():
-            return weight_sq(weight)
-        key = (weight.data_ptr(), weight._version, weight.shape, weight.dtype, weight.device)
-        cached = getattr(self, "_w_sq", None)
-        if cached is None or cached[0] != key:
-            cached = self._w_sq = (key, weight_sq(weight))
-        return cached[1]
+        return self._with_bias(base(x, lora=(self.a, self.b, self.scale)))
 
     def _traced_dropout(self) -> bool:
         """Dropout under ``torch.compile``: the plain forward, whose mask the compiler draws itself
@@ -297,7 +247,7 @@ class LoRALayer(AdapterLayer):
         if self.rows is not None:  # a mixed-adapter batch: an adapter per row (mixed.py)
             return mixed.forward(self, x, *args, **kwargs)
         if len(adapters) == 1 and not args and not kwargs and not isinstance(self.base, AdapterLayer):
-            out = adapters[0].fused(x, self.base)  # base and adapter in one node where possible
+            out = adapters[0].fused(x, self.base)  # a quantized base and LoRA in one pass
             if out is not None:
                 return out
         y_base = self.base(x, *args, **kwargs)
