@@ -23,9 +23,13 @@ def markers(section: str = "") -> tuple[str, str]:
 
 
 def machine() -> str:
+    """The machine and the versions a table was measured with."""
+    import importlib.metadata as md
+
+    versions = ", ".join(f"{n} {md.version(n)}" for n in ("transformers", "peft", "accelerate"))
     return (
         f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores, "
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads), {versions}"
     )
 
 
