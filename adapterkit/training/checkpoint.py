@@ -16,6 +16,7 @@ in state.json), so a checkpoint holds whole tensors however the run was sharded.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import re
@@ -29,6 +30,7 @@ from safetensors.torch import save_file
 from ..errors import AdapterFileError
 from ..io.atomic import replace_folder
 from . import sharding
+from .state import RunState
 
 _STEP = re.compile(r"step-(\d+)\Z")
 
@@ -41,20 +43,22 @@ def trainable_state(model, names=None) -> dict[str, torch.Tensor]:
     )
 
 
-def save(accelerator, folder: Path, step: int, model, optimizer, scheduler, state: dict, keep: int, names=None) -> Path:
+def save(accelerator, folder: Path, model, optimizer, scheduler, state: RunState, keep: int, names=None) -> Path:
+    """Write checkpoint ``step-<state.step>`` (every process calls); older ones beyond ``keep`` go."""
+    step = state.step
     final = folder / f"step-{step:07d}"
     tmp = folder / f".step-{step:07d}.partial"
     rank, unwrapped = accelerator.process_index, accelerator.unwrap_model(model)
     whole = None
     if sharding.is_sharded(unwrapped):  # collectives: every process joins
         whole = trainable_state(unwrapped, names), sharding.optimizer_state(unwrapped, optimizer)
-        state = dict(state, optimizer="names")
+        state = dataclasses.replace(state, optimizer="names")
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     try:
-        _write(accelerator, tmp, rank, unwrapped, optimizer, scheduler, dict(state, step=step), names, whole)
+        _write(accelerator, tmp, rank, unwrapped, optimizer, scheduler, state, names, whole)
     except BaseException:  # a full disk, ...: no half-written checkpoint is left behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -67,7 +71,7 @@ def save(accelerator, folder: Path, step: int, model, optimizer, scheduler, stat
     return final
 
 
-def _write(accelerator, tmp: Path, rank: int, model, optimizer, scheduler, state: dict, names, whole) -> None:
+def _write(accelerator, tmp: Path, rank: int, model, optimizer, scheduler, state: RunState, names, whole) -> None:
     gen = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         gen["cuda"] = torch.cuda.get_rng_state()
@@ -78,7 +82,7 @@ def _write(accelerator, tmp: Path, rank: int, model, optimizer, scheduler, state
         save_file(weights, str(tmp / "trainable.safetensors"))
         torch.save(optim_state, tmp / "optimizer.pt")
         (tmp / "scheduler.json").write_text(json.dumps(scheduler.state_dict()))
-        (tmp / "state.json").write_text(json.dumps(state, indent=1))
+        (tmp / "state.json").write_text(json.dumps(state.to_json(), indent=1))
 
 
 def checkpoints(folder: Path) -> list[tuple[int, Path]]:
@@ -93,13 +97,11 @@ def latest(folder: Path) -> Optional[Path]:
     return found[-1][1] if found else None
 
 
-def restore(saved, accelerator, model, optimizer, scheduler) -> dict:
-    """Apply a checkpoint read and checked by ``resume.read`` / ``resume.check_fit``; returns its state
-    (with ``step``). With ``optimizer`` None (a new stage starts here) the optimizer's and the
+def restore(saved, accelerator, model, optimizer, scheduler) -> RunState:
+    """Apply a checkpoint read and checked by ``resume.read`` / ``resume.check_fit``; returns its state. With ``optimizer`` None (a new stage starts here) the optimizer's and the
     schedule's state are not restored. Sharded (FSDP) and unsharded runs resume from each other."""
     model = accelerator.unwrap_model(model)
-    state = dict(saved.state)
-    by_names, sharded = state.pop("optimizer", None) == "names", sharding.is_sharded(model)
+    by_names, sharded = saved.state.optimizer == "names", sharding.is_sharded(model)
     if optimizer is not None:
         try:
             if sharded:
@@ -131,10 +133,10 @@ def restore(saved, accelerator, model, optimizer, scheduler) -> dict:
         if "cuda" in gen and torch.cuda.is_available():
             torch.cuda.set_rng_state(gen["cuda"])
         random.setstate(py_state)
-    return state
+    return saved.state
 
 
-def load(path: Path, accelerator, model, optimizer, scheduler, names=None) -> dict:
+def load(path: Path, accelerator, model, optimizer, scheduler, names=None) -> RunState:
     """Read, check and restore checkpoint ``path`` (see resume.py); returns the saved state."""
     from . import resume
 

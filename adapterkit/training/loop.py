@@ -24,6 +24,7 @@ from ..errors import ConfigError
 from .accel import Log, accelerator_for, progress, shutdown
 from .adaptive import hooks_for
 from .batches import BatchPlan
+from .state import RunState
 from .step import optimizer_step
 from .config import TrainConfig
 from .data import collate, tokenize
@@ -119,10 +120,16 @@ class _Run:
         if accelerator.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
         accelerator.init_trackers("adapterkit", config={"steps": self.total, "lr": o.lr})
-        self.history: list = []
-        self.log = Log(accelerator, self.out, self.history)
-        self.state = {"best": None, "bad_evals": 0, "first_eval": None}
-        self.step = 0
+        self.state = RunState(config=config.to_dict())  # step, stage and history are kept here
+        self.log = Log(accelerator, self.out, self.state.history)
+
+    @property
+    def step(self) -> int:
+        return self.state.step
+
+    @step.setter
+    def step(self, value: int) -> None:
+        self.state.step = value
 
     def _prepare_model(self, model):
         """(prepared model, optimizer) and the schedule; FSDP builds the optimizer after sharding."""
@@ -182,16 +189,15 @@ class _Run:
         same = True
         if self.config.stages:  # a checkpoint at a stage's end: the next stage starts afresh
             k = stages.stage_at(saved.step, self.stage_ends)
-            same = saved.state.get("stage") == k
+            same = saved.state.stage == k
             if k != self.stage:
                 self.enter_stage(k)
         optimizer = self.optimizer if same else None
         resume_mod.check_fit(saved, self.acc.unwrap_model(self.model), optimizer, self.scheduler, self.saved_names)
-        self.state.update(checkpoint.restore(saved, self.acc, self.model, optimizer, self.scheduler))
-        for key in ("stage", "config"):
-            self.state.pop(key, None)
-        self.step = self.state.pop("step")
-        self.history.extend(self.state.pop("history", []))
+        got = checkpoint.restore(saved, self.acc, self.model, optimizer, self.scheduler)
+        self.state.step, self.state.best, self.state.bad_evals = got.step, got.best, got.bad_evals
+        self.state.first_eval = got.first_eval
+        self.state.history.extend(got.history)
 
     def evaluate(self) -> dict:
         e = self.config.eval
@@ -211,11 +217,11 @@ class _Run:
     def should_stop(self, result: dict) -> bool:
         """Early stopping: ``eval.patience`` evaluations in a row without improvement."""
         e, state = self.config.eval, self.state
-        if _improved(result[e.metric], state["best"], e.metric, e.min_delta):
-            state["best"], state["bad_evals"] = result[e.metric], 0
+        if _improved(result[e.metric], state.best, e.metric, e.min_delta):
+            state.best, state.bad_evals = result[e.metric], 0
         else:
-            state["bad_evals"] += 1
-        return e.patience is not None and state["bad_evals"] >= e.patience
+            state.bad_evals += 1
+        return e.patience is not None and state.bad_evals >= e.patience
 
     def batches(self) -> list[dict]:
         pad, device = self.tokenizer.pad_token_id, self.acc.device
@@ -225,14 +231,14 @@ class _Run:
         ]
 
     def checkpoint(self) -> None:
+        self.state.stage = self.stage
         checkpoint.save(
             self.acc,
             self.out / "checkpoints",
-            self.step,
             self.model,
             self.optimizer,
             self.scheduler,
-            dict(self.state, history=self.history, stage=self.stage, config=self.config.to_dict()),
+            self.state,
             self.config.output.keep,
             self.saved_names,
         )
@@ -257,7 +263,7 @@ def _run(config: TrainConfig, accelerator, resume, callbacks) -> TrainResult:
         run.fresh_start()
     e, out_cfg = config.eval, config.output
     if run.eval_set and e.at_start and run.step == 0:
-        run.state["first_eval"] = run.evaluate()
+        run.state.first_eval = run.evaluate()
     last_eval, stopped = None, False
     bar = progress(accelerator, config, run.total, run.step)
     started, tokens_run = time.perf_counter(), 0
@@ -309,9 +315,9 @@ def _run(config: TrainConfig, accelerator, resume, callbacks) -> TrainResult:
         run.tokenizer,
         run.out,
         run.step,
-        run.state["first_eval"],
+        run.state.first_eval,
         last_eval,
-        run.history,
+        run.state.history,
         stopped,
         tokens_run,
         seconds,

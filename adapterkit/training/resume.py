@@ -25,6 +25,7 @@ import torch
 
 from ..errors import AdapterFileError, ConfigError
 from . import checkpoint
+from .state import RunState
 
 MODES = (False, True, "auto")
 # settings a checkpoint's tensors depend on: changing one between runs makes it unusable
@@ -46,7 +47,7 @@ class Saved:
     """A checkpoint read back whole: every file parsed, nothing applied yet."""
 
     path: Path
-    state: dict
+    state: RunState
     weights: dict[str, torch.Tensor]
     optimizer: dict
     scheduler: dict
@@ -54,7 +55,7 @@ class Saved:
 
     @property
     def step(self) -> int:
-        return self.state["step"]
+        return self.state.step
 
 
 def check_mode(resume: Any) -> None:
@@ -107,28 +108,11 @@ def _json(path: Path, file: str) -> Any:
         raise _bad(path, file, f"is not valid JSON ({err})") from None
 
 
-def _int(value: Any, low: int = 0) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= low
-
-
-def _state(path: Path) -> dict:
-    state = _json(path, "state.json")
-    problem = None
-    if not isinstance(state, dict):
-        problem = f"holds a {type(state).__name__}, not an object"
-    elif not _int(state.get("step")):
-        problem = f"has step {state.get('step')!r}, not a whole number >= 0"
-    elif not isinstance(state.get("history", []), list) or not isinstance(state.get("config", {}), dict):
-        problem = "has a 'history' that is not a list or a 'config' that is not an object"
-    elif not _int(state.get("bad_evals", 0)) or not _int(state.get("stage", -1), -1):
-        problem = "has a 'bad_evals' or 'stage' that is not a whole number"
-    elif not (state.get("best") is None or isinstance(state.get("best"), (int, float))):
-        problem = f"has best {state.get('best')!r}, not a number"
-    elif not isinstance(state.get("first_eval") or {}, dict):
-        problem = "has a 'first_eval' that is not an object"
-    if problem:
-        raise _bad(path, "state.json", problem)
-    return state
+def _state(path: Path) -> RunState:
+    try:
+        return RunState.from_json(_json(path, "state.json"))
+    except ValueError as err:
+        raise _bad(path, "state.json", str(err)) from None
 
 
 def _tensors(path: Path, file: str) -> dict[str, torch.Tensor]:
@@ -174,7 +158,9 @@ def _scheduler(path: Path) -> dict:
     data = _json(path, "scheduler.json")
     if not (
         isinstance(data, dict)
-        and _int(data.get("last_epoch"), -1)
+        and isinstance(data.get("last_epoch"), int)
+        and not isinstance(data.get("last_epoch"), bool)
+        and data["last_epoch"] >= -1
         and isinstance(data.get("base_lrs"), list)
         and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in data["base_lrs"])
     ):
@@ -223,7 +209,7 @@ def _changes(before: Any, now: Any, key: str) -> list[str]:
 
 def check_config(saved: Saved, config) -> None:
     """The settings the checkpoint's tensors depend on are the same in this run's config."""
-    written = saved.state.get("config")
+    written = saved.state.config
     if not written:
         return  # a checkpoint from before configs were recorded
     now = json.loads(json.dumps(config.to_dict()))  # tuples as lists, as in the file
@@ -260,7 +246,7 @@ def check_fit(saved: Saved, model, optimizer, scheduler, names=None) -> None:
                 f"but this model's is {tuple(params[name].shape)} (the adapter's rank or the model "
                 f"changed since it was written)",
             )
-    if optimizer is not None and saved.state.get("optimizer") != "names":  # FSDP's is keyed by names
+    if optimizer is not None and saved.state.optimizer != "names":  # FSDP's is keyed by names
         _check_optimizer(saved, optimizer, scheduler)
 
 

@@ -113,6 +113,8 @@ CASES = [
     pytest.param(RESUME, edit_state(step=-2), ["state.json", "step -2"], id="state-step-negative"),
     pytest.param(RESUME, edit_state(history={"a": 1}), ["state.json", "'history'"], id="state-history-object"),
     pytest.param(RESUME, edit_state(best="good"), ["state.json", "best 'good'"], id="state-best-text"),
+    pytest.param(RESUME, edit_state(best=True), ["state.json", "best True"], id="state-best-bool"),
+    pytest.param(RESUME, edit_state(optimizer="rows"), ["state.json", "optimizer 'rows'"], id="state-optimizer-kind"),
     pytest.param(
         RESUME,
         write(f"{LAST}/scheduler.json", "{"),
