@@ -32,6 +32,18 @@ def check_known(cls: type, keys, where: str) -> None:
             )
 
 
+def check_layers(owner: str, layers) -> tuple[int, ...] | None:
+    """Block indices as a tuple of non-negative ints (None stays None); for a config's ``layers``."""
+    if layers is None:
+        return None
+    found = (layers,) if isinstance(layers, int) else layers
+    if not isinstance(found, (list, tuple, range)) or not all(
+        isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in found
+    ):
+        raise ConfigError(f"{owner}.layers must be block indices (non-negative ints); got {layers!r}.")
+    return tuple(found)
+
+
 @dataclasses.dataclass(frozen=True)
 class AdapterConfig:
     """Fields and behaviour shared by every method's config."""

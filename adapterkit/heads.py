@@ -17,25 +17,10 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from .anatomy import label_head, stacks
 from .errors import TargetError, close_matches
 from .layer import AdapterLayer
-from .methods.bottleneck.roles import blocks
 from .targets import matches
-
-
-def _head_name(model: nn.Module, num_labels: Optional[int]) -> str:
-    """The last Linear whose outputs are the model's labels (``classifier``, ``score``, ``out_proj``)."""
-    found = [
-        n
-        for n, m in model.named_modules()
-        if isinstance(m, nn.Linear) and (num_labels is None or m.out_features == num_labels)
-    ]
-    if not found:
-        raise TargetError(
-            f"found no Linear layer with {num_labels} outputs (config.num_labels) in {type(model).__name__}; "
-            "name the head: replace_head(model, n, name='classifier')."
-        )
-    return found[-1]
 
 
 def replace_head(model: nn.Module, num_labels: int, name: Optional[str] = None) -> str:
@@ -48,7 +33,7 @@ def replace_head(model: nn.Module, num_labels: int, name: Optional[str] = None) 
     if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 1:
         raise TargetError(f"num_labels must be a positive integer; got {num_labels!r}.")
     config = getattr(model, "config", None)
-    name = name or _head_name(model, getattr(config, "num_labels", None))
+    name = name or _default_head(model, getattr(config, "num_labels", None))
     names = dict(model.named_modules())
     if name not in names:
         raise TargetError(f"no module named {name!r}{close_matches(name, names)}.")
@@ -103,13 +88,19 @@ def unfreeze(
     return done
 
 
+def _default_head(model: nn.Module, num_labels: Optional[int]) -> str:
+    name = label_head(model, num_labels)
+    if name is None:
+        raise TargetError(
+            f"found no Linear layer with {num_labels} outputs (config.num_labels) in {type(model).__name__}; "
+            "name the head: replace_head(model, n, name='classifier')."
+        )
+    return name
+
+
 def _block_prefixes(model: nn.Module, last: Optional[int], layers: Optional[Sequence[int]]) -> list[str]:
-    stacks: dict[str, list] = {}
-    for block in blocks(model):
-        stacks.setdefault(block.prefix.rsplit(".", 1)[0], []).append(block)
     out = []
-    for found in stacks.values():
-        found = sorted(found, key=lambda b: b.index)
+    for found in stacks(model).values():
         if last is not None:
             if isinstance(last, bool) or not isinstance(last, int) or last < 1:
                 raise TargetError(f"unfreeze last must be a positive integer; got {last!r}.")

@@ -19,7 +19,8 @@ from .errors import AdapterNameError, MergeError, TargetError, UnsupportedModule
 from .layer import AdapterLayer, own_method
 from .methods.trained_module import TrainedModule, trainable_copy
 from .registry import method_for
-from .targets import get_parent, logical_modules, matches
+from .anatomy import logical_modules
+from .targets import get_parent, matches
 from .transaction import unchanged_on_error
 from .rows import install_hooks, release_hooks
 

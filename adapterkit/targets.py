@@ -2,6 +2,8 @@
 
 Names are the model's own module names. A module already wrapped by an adapter layer is seen
 as the module it wraps (same name, the innermost base's type), so a second adapter can target it.
+What a name means in the model (its block, the output head, the modules as the user built them)
+is read by ``anatomy``; ``logical_modules`` and ``block_index`` are also importable from here.
 
 Forms of ``targets`` (and ``exclude``):
 - ``"all-linear"``: every Linear / Conv1D / quantized linear layer except the output head
@@ -23,61 +25,21 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import re
-from typing import Iterator, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 from torch import nn
 
 from . import bases
+from .anatomy import block_index, logical_modules, output_head_name
 from .errors import TargetError, UnsupportedModuleError, close_matches
-from .layer import AdapterLayer
 
 Spec = Union[str, Sequence[str]]
-
-
-def logical_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
-    """(name, module) for the model as the user built it: adapter layers show as their base, and
-    the insides of a ``transparent`` layer's base (a whole block, LoReFT) keep their own names."""
-    skip: list[str] = []
-    for name, module in model.named_modules():
-        if any(name.startswith(prefix) for prefix in skip):
-            continue
-        if isinstance(module, AdapterLayer):
-            skip.append(name + ".")
-            yield name, module.innermost()
-            for inner, sub in logical_modules(module.innermost()) if module.transparent else ():
-                if inner:
-                    yield f"{name}.{inner}" if name else inner, sub
-        else:
-            yield name, module
 
 
 def matches(name: str, spec: Spec) -> bool:
     if isinstance(spec, str):
         return re.fullmatch(spec, name) is not None
     return any(name == s or name.endswith("." + s) for s in spec)
-
-
-def block_index(model: nn.Module, name: str) -> Optional[int]:
-    """The index of the transformer block that holds module ``name``: the number after the
-    first ``nn.ModuleList`` on its path (``model.layers.3.mlp`` -> 3), or None."""
-    module = model
-    parts = name.split(".") if name else []
-    for i, part in enumerate(parts[:-1]):
-        module = getattr(module, part)
-        if isinstance(module, nn.ModuleList) and parts[i + 1].isdigit():
-            return int(parts[i + 1])
-    return None
-
-
-def output_head_name(model: nn.Module) -> Optional[str]:
-    get = getattr(model, "get_output_embeddings", None)
-    head = get() if callable(get) else None
-    if head is None:
-        return None
-    for name, module in model.named_modules():
-        if module is head or (isinstance(module, AdapterLayer) and module.innermost() is head):
-            return name
-    return None
 
 
 def resolve(

@@ -33,6 +33,7 @@ import trl
 from datasets import IterableDataset
 from torch import nn
 
+from ..anatomy import output_head
 from ..errors import ConfigError, TargetError
 from ..inject import adapter_names, disabled
 from ..io.trainer import AdapterCheckpoints, checkpoint_callback
@@ -157,8 +158,7 @@ def _check_policy(model, trainer: str, peft_config) -> None:
             f"model being trained. Attach one first (ak.attach(model, ak.LoRAConfig(...))); for a PEFT "
             f"model use trl.{trainer} itself."
         )
-    get_head = getattr(model, "get_output_embeddings", None)
-    head = get_head() if callable(get_head) else None
+    head = output_head(model)
     if isinstance(head, AdapterLayer):
         raise TargetError(
             f"{trainer}: the output head ({type(head.innermost()).__name__}) has an adapter, which TRL "

@@ -1,7 +1,7 @@
 """Adapter methods; importing a method's package registers it."""
 
 from . import lora  # noqa: F401
-from . import bottleneck, ia3, prompt  # noqa: F401  (ia3 uses bottleneck's block roles)
+from . import bottleneck, ia3, prompt  # noqa: F401
 from . import loha, lokr  # noqa: F401
 from . import adalora  # noqa: F401
 from . import compacter, loreft  # noqa: F401  (compacter uses bottleneck's placement)

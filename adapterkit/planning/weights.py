@@ -26,6 +26,7 @@ import math
 
 from torch import nn
 
+from ..anatomy import block_index, output_head
 from .settings import DTYPE_BYTES, Settings
 from .shape import ModelShape, meta_model, role_of
 
@@ -71,7 +72,7 @@ def _quant_bytes(out_f: int, in_f: int, settings: Settings) -> tuple[int, int]:
 def _quantized_names(model: nn.Module, settings: Settings) -> set[str]:
     if settings.quant is None:
         return set()
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    head = output_head(model)
     skip = settings.quant.skip
     return {
         n
@@ -107,7 +108,7 @@ def inventory(shape: ModelShape, settings: Settings) -> Inventory:
     found = []
     for name in names:
         m = model.get_submodule(name)
-        layer = targets_mod.block_index(model, name)
+        layer = block_index(model, name)
         found.append(
             Target(
                 name,

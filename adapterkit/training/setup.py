@@ -7,16 +7,10 @@ import random
 from typing import Optional
 
 from .. import inject
+from ..anatomy import classifier_heads
 from ..errors import ConfigError
 from . import data as data_mod
 from .config import TrainConfig
-
-HEADS = ("classifier", "score")
-
-
-def _head_names(model) -> tuple[str, ...]:
-    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
-    return tuple(h for h in HEADS if h in names)
 
 
 def build_model(config: TrainConfig, task: str, num_labels: Optional[int]):
@@ -38,7 +32,7 @@ def build_model(config: TrainConfig, task: str, num_labels: Optional[int]):
         return _checkpointing(model, m), tokenizer
     if task == "classification" and not getattr(adapter, "train_modules", ("x",)):
         # a new head is random: train it with the adapter (as PEFT does for SEQ_CLS)
-        adapter = dataclasses.replace(adapter, train_modules=_head_names(model))
+        adapter = dataclasses.replace(adapter, train_modules=classifier_heads(model))
     inject.attach(model, adapter)
     return _checkpointing(model, m), tokenizer
 

@@ -30,6 +30,7 @@ from typing import Callable, Iterable, Optional
 import torch
 from torch import nn
 
+from ..anatomy import blocks
 from ..errors import ConfigError
 
 # FSDP plugin settings the CPU path does not carry out: refused rather than ignored. (Loading settings,
@@ -122,8 +123,6 @@ def _units(model: nn.Module, names: Optional[Iterable[str]]) -> list[nn.Module]:
                 f"{type(model).__name__}; name its decoder layer class (e.g. LlamaDecoderLayer)."
             )
         return found
-    from ..methods.bottleneck.roles import blocks
-
     return [model.get_submodule(b.prefix) for b in blocks(model)]
 
 

@@ -20,11 +20,11 @@ from typing import Optional
 
 from torch import nn
 
+from ..anatomy import head_names, stacks
 from ..errors import ConfigError
 from .sections import SCHEDULES, OptimConfig, _at_least, _choice
 
 TRAIN_ITEMS = ("adapters", "head", "all")
-HEAD_NAMES = ("classifier", "score", "lm_head")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,9 +132,13 @@ def apply(model: nn.Module, stage: StageConfig, adapter_params: set[str], where:
             raise ConfigError(f"{where}.train: adapters, but the run has no adapter (adapter: null).")
         chosen |= adapter_params
     if "head" in stage.train:
-        heads = [n for n in names if any(re.search(rf"(^|\.){h}\.", n) for h in HEAD_NAMES)]
+        found = head_names(model)
+        heads = [n for n in names if any(re.search(rf"(^|\.){re.escape(h)}\.", n) for h in found)]
         if not heads:
-            raise ConfigError(f"{where}.train: head, but the model has no head ({', '.join(HEAD_NAMES)}).")
+            raise ConfigError(
+                f"{where}.train: head, but the model has no head (a classifier or score module, or an "
+                "output head: get_output_embeddings())."
+            )
         copies = {n.split(".adapters.")[0] for n in heads if ".adapters." in n}  # a head in train_modules
         chosen |= {n for n in heads if not any(n.startswith(c + ".base.") for c in copies)}
     for n in chosen:
@@ -151,13 +155,9 @@ def apply(model: nn.Module, stage: StageConfig, adapter_params: set[str], where:
 
 def layer_factors(model: nn.Module, decay: float) -> dict[str, float]:
     """Each parameter's lr factor under layer-wise decay (see the module docstring)."""
-    from ..methods.bottleneck.roles import blocks
-
-    stacks: dict[str, list] = {}
-    for block in blocks(model):
-        stacks.setdefault(block.prefix.rsplit(".", 1)[0], []).append(block)
-    depth = {b.prefix: len(found) - b.index for found in stacks.values() for b in found}
-    deepest = max([len(found) for found in stacks.values()], default=0)
+    found_stacks = stacks(model)
+    depth = {b.prefix: len(found) - b.index for found in found_stacks.values() for b in found}
+    deepest = max([len(found) for found in found_stacks.values()], default=0)
     out = {}
     for name, _ in model.named_parameters():
         prefix = next((p for p in depth if name.startswith(p + ".")), None)

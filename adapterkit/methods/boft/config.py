@@ -12,9 +12,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional, Union
 
-from ...config import AdapterConfig
+from ...config import AdapterConfig, check_layers
 from ...errors import ConfigError
-from ..bottleneck.roles import check_layers
 
 INITS = ("identity", "random")
 MAX_FACTORS = 16  # 2^15 blocks per group: beyond any layer's input size

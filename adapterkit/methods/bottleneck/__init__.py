@@ -1,14 +1,13 @@
 """Bottleneck adapters: houlsby, pfeiffer and parallel presets, placed by module names and types."""
 
 from ... import bases
+from ...anatomy import base_module, logical_modules, pick
 from ...errors import UnsupportedModuleError
 from ...registry import Method, register
-from ...targets import logical_modules, matches, resolve
+from ...targets import matches, resolve
 from .config import BottleneckConfig
 from .files import FILES, PEFT_TYPE
 from .layers import Bottleneck, BottleneckLayer, Tap, build
-from .roles import pick
-from ...anatomy import base_module
 
 
 def _placement(model, config: BottleneckConfig) -> list[tuple[str, str]]:

@@ -14,9 +14,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional, Union
 
-from ...config import AdapterConfig
+from ...config import AdapterConfig, check_layers
 from ...errors import ConfigError
-from .roles import check_layers
 
 PRESETS = ("houlsby", "pfeiffer", "parallel")
 ACTIVATIONS = ("relu", "gelu", "silu", "tanh")

@@ -21,10 +21,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional, Union
 
-from ...config import AdapterConfig
+from ...config import AdapterConfig, check_layers
 from ...errors import ConfigError
 from ..bottleneck.config import ACTIVATIONS, PRESETS
-from ..bottleneck.roles import check_layers
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,11 +4,10 @@ from ... import bases
 from ...errors import TargetError, UnsupportedModuleError, close_matches
 from ...registry import Method, register
 from ...targets import matches, resolve
-from ..bottleneck.roles import pick
 from .config import IA3Config
 from .files import FILES
 from .layers import IA3, IA3Layer
-from ...anatomy import base_module
+from ...anatomy import base_module, pick
 
 _KINDS = ("linear", "conv1d", "quant")
 

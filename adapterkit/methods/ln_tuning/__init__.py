@@ -4,7 +4,8 @@ from torch import nn
 
 from ...errors import TargetError, UnsupportedModuleError
 from ...registry import Method, register
-from ...targets import logical_modules, matches, resolve
+from ...anatomy import logical_modules
+from ...targets import matches, resolve
 from .config import LNTuningConfig
 from .files import FILES
 from .layers import LNTuningLayer, NormCopy

@@ -45,7 +45,7 @@ def _lora_wrapped(module: nn.Module) -> bool:
 def trained_biases(model: nn.Module, config, name: str) -> dict[str, Tensor]:
     """{PEFT file key: the live base bias} of the biases ``config.bias`` trains for adapter ``name``."""
     from ...methods.trained_module import TrainedModule
-    from ...targets import logical_modules
+    from ...anatomy import logical_modules
 
     if config.bias == "none":
         return {}

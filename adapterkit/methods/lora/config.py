@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional, Union
 
-from ...config import AdapterConfig
+from ...config import AdapterConfig, check_layers
 from ...errors import ConfigError
 from .patterns import check_pattern, scale_of
 from .replicate import check_map
@@ -101,13 +101,7 @@ class LoRAConfig(AdapterConfig):
             )
         if self.exclude == "all-linear":
             raise ConfigError(f"{name}.exclude cannot be 'all-linear'.")
-        if self.layers is not None:
-            layers = (self.layers,) if isinstance(self.layers, int) else self.layers
-            if not isinstance(layers, (list, tuple, range)) or not all(
-                isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in layers
-            ):
-                raise ConfigError(f"{name}.layers must be block indices (non-negative ints); got {self.layers!r}.")
-            self._set("layers", tuple(layers))
+        self._set("layers", check_layers(name, self.layers))
         for flag in ("rslora", "dora"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"{name}.{flag} must be true or false; got {getattr(self, flag)!r}.")

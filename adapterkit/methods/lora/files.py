@@ -258,7 +258,8 @@ def sizes_from_file(config: LoRAConfig, shapes: Mapping[str, tuple]) -> list[str
 def fit_to_model(config: LoRAConfig, data: Mapping[str, Any], model: nn.Module) -> LoRAConfig:
     """PEFT's ``ensure_weight_tying`` on a model whose input and output embeddings share a weight:
     where the config adapts (or trains) the input embedding, the output embedding too."""
-    from ...targets import logical_modules, matches
+    from ...anatomy import logical_modules
+    from ...targets import matches
 
     get_in, get_out = getattr(model, "get_input_embeddings", None), getattr(model, "get_output_embeddings", None)
     if not data.get("ensure_weight_tying") or not callable(get_in) or not callable(get_out):

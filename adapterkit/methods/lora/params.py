@@ -31,7 +31,8 @@ from torch import Tensor, nn
 from ...errors import InputError, TargetError, UnsupportedModuleError, close_matches
 from ...layer import AdapterLayer
 from ...registry import PEFT_PREFIX
-from ...targets import logical_modules, matches
+from ...anatomy import logical_modules
+from ...targets import matches
 from .config import LoRAConfig
 from .layers import _init_pair
 

@@ -129,7 +129,8 @@ class TokenLayer(AdapterLayer):
 
 def _targets(model: nn.Module, config) -> dict[str, tuple[int, ...]]:
     """{module name: ids}: a list means the input embedding."""
-    from ...targets import logical_modules, matches
+    from ...anatomy import logical_modules
+    from ...targets import matches
 
     spec = config.trainable_token_indices
     names = {id(m): n for n, m in logical_modules(model) if n}

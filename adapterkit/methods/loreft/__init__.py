@@ -7,12 +7,11 @@ import torch
 from ... import bases
 from ...errors import TargetError
 from ...registry import Method, register
-from ..bottleneck.roles import blocks
 from . import positions
 from .config import LoReFTConfig
 from .files import FILES, PEFT_TYPE
 from .layers import Intervention, LoReFT, LoReFTLayer
-from ...anatomy import base_module
+from ...anatomy import base_module, blocks
 
 
 def _where(model, config: LoReFTConfig) -> dict[str, int]:

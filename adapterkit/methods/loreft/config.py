@@ -20,9 +20,8 @@ import dataclasses
 import re
 from typing import Optional
 
-from ...config import AdapterConfig
+from ...config import AdapterConfig, check_layers
 from ...errors import ConfigError
-from ..bottleneck.roles import check_layers
 
 _POSITIONS = re.compile(r"(?:f(\d+))?(?:\+?l(\d+))?\Z")
 

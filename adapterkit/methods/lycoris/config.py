@@ -11,9 +11,8 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar, Optional, Union
 
-from ...config import AdapterConfig
+from ...config import AdapterConfig, check_layers
 from ...errors import ConfigError
-from ..bottleneck.roles import check_layers
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,9 +11,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional, Union
 
-from ...config import AdapterConfig
+from ...config import AdapterConfig, check_layers
 from ...errors import ConfigError
-from ..bottleneck.roles import check_layers
 
 INITS = ("identity", "random")
 MAX_TERMS = 100  # a bound, so that a damaged file cannot make every forward loop for ever

@@ -15,6 +15,9 @@ modules (Linear, Conv1D, quantized linear) split into
 
 This holds for Llama-, GPT-2-, BERT-, ViT- and T5-style blocks (and OPT, GPT-NeoX, Falcon, Phi,
 DistilBERT naming). Mixture-of-experts blocks are not understood: give explicit targets there.
+
+A *stack* is the ``nn.ModuleList`` the blocks sit in (``model.layers``); an encoder-decoder model
+has two.
 """
 
 from __future__ import annotations
@@ -24,9 +27,9 @@ import re
 
 from torch import nn
 
-from ... import bases
-from ...errors import ConfigError, TargetError
-from ...targets import logical_modules
+from .. import bases
+from ..errors import TargetError
+from .modules import logical_modules
 
 _ATTENTION = re.compile(r"attn|attention", re.IGNORECASE)
 KEY_VALUE = (
@@ -69,14 +72,21 @@ class Block:
         return self.ffn[-1] if len(self.ffn) > 1 else None
 
 
-def _block_prefix(model: nn.Module, name: str) -> tuple[str, int] | None:
-    """('model.layers.3', 3) for 'model.layers.3.mlp.down_proj', or None outside any block."""
+def block_of(model: nn.Module, name: str) -> tuple[str, int] | None:
+    """The block holding module ``name``: ('model.layers.3', 3) for 'model.layers.3.mlp.down_proj'
+    (the number after the first ``nn.ModuleList`` on its path), or None outside any block."""
     module, parts = model, name.split(".")
     for i, part in enumerate(parts[:-1]):
         module = getattr(module, part)
         if isinstance(module, nn.ModuleList) and parts[i + 1].isdigit():
             return ".".join(parts[: i + 2]), int(parts[i + 1])
     return None
+
+
+def block_index(model: nn.Module, name: str) -> int | None:
+    """The index of the block holding module ``name`` (``model.layers.3.mlp`` -> 3), or None."""
+    where = block_of(model, name)
+    return None if where is None else where[1]
 
 
 def blocks(model: nn.Module) -> list[Block]:
@@ -86,7 +96,7 @@ def blocks(model: nn.Module) -> list[Block]:
     for name, module in logical_modules(model):
         if not name or not bases.is_linear_like(module):
             continue
-        where = _block_prefix(model, name)
+        where = block_of(model, name)
         if where is None:
             continue
         prefix, index = where
@@ -100,7 +110,7 @@ def blocks(model: nn.Module) -> list[Block]:
         if below[-1] in KEY_VALUE:
             block.key_value.append(name)
     for names in attention_roots.values():
-        prefix, _ = _block_prefix(model, names[-1])
+        prefix, _ = block_of(model, names[-1])
         found[prefix].attention_out.append(names[-1])
     if not found:
         raise TargetError(
@@ -108,6 +118,14 @@ def blocks(model: nn.Module) -> list[Block]:
             f"{type(model).__name__}; give explicit targets (module-name suffixes or a regex) instead."
         )
     return list(found.values())
+
+
+def stacks(model: nn.Module) -> dict[str, list[Block]]:
+    """{stack name ('model.layers'): its blocks, by index} for each stack of blocks in ``model``."""
+    found: dict[str, list[Block]] = {}
+    for block in blocks(model):
+        found.setdefault(block.prefix.rsplit(".", 1)[0], []).append(block)
+    return {name: sorted(held, key=lambda b: b.index) for name, held in found.items()}
 
 
 def pick(model: nn.Module, role: str, layers=None) -> list[str]:
@@ -125,15 +143,3 @@ def pick(model: nn.Module, role: str, layers=None) -> list[str]:
             f"{'' if layers is None else f' with indices {list(layers)}'}; give explicit targets instead."
         )
     return out
-
-
-def check_layers(owner: str, layers) -> tuple[int, ...] | None:
-    """Block indices as a tuple of non-negative ints (None stays None); for configs."""
-    if layers is None:
-        return None
-    layers = (layers,) if isinstance(layers, int) else layers
-    if not isinstance(layers, (list, tuple, range)) or not all(
-        isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in layers
-    ):
-        raise ConfigError(f"{owner}.layers must be block indices (non-negative ints); got {layers!r}.")
-    return tuple(layers)

@@ -1,4 +1,4 @@
-"""What adapterkit reads of a model's structure: here, which modules share a parameter (tied weights).
+"""Which modules share a parameter (tied weights).
 
 Tying is found structurally: two modules are tied when they hold the same ``nn.Parameter`` object
 (``lm_head.weight is model.embed_tokens.weight`` in SmolLM2, GPT-2, T5...), whatever the config
@@ -11,7 +11,9 @@ from typing import Iterable
 
 from torch import nn
 
-from .layer import AdapterLayer
+from ..layer import AdapterLayer
+from .heads import output_head
+from .modules import unwrapped
 
 
 def tied_parameters(model: nn.Module) -> dict[int, list[str]]:
@@ -52,22 +54,11 @@ def untie(model: nn.Module, modules: Iterable[nn.Module]) -> None:
             if id(param) in tied:
                 setattr(module, pname, nn.Parameter(param.detach().clone(), requires_grad=param.requires_grad))
                 untied.append(module)
-    embeddings = [
-        unwrapped(getattr(model, f, lambda: None)()) for f in ("get_input_embeddings", "get_output_embeddings")
-    ]
+    get_input = getattr(model, "get_input_embeddings", None)
+    embeddings = [unwrapped(get_input() if callable(get_input) else None), unwrapped(output_head(model))]
     if any(m is e for m in untied for e in embeddings):
         config = getattr(model, "config", None)
         text = config.get_text_config() if hasattr(config, "get_text_config") else None
         for cfg in (config, text):
             if getattr(cfg, "tie_word_embeddings", False):
                 cfg.tie_word_embeddings = False
-
-
-def unwrapped(module: nn.Module) -> nn.Module:
-    """The module an adapter layer wraps (the innermost base, through nested layers), or ``module``."""
-    return module.innermost() if isinstance(module, AdapterLayer) else module
-
-
-def base_module(model: nn.Module, name: str) -> nn.Module:
-    """The base module at ``name``: what ``model.get_submodule(name)`` was before any adapter."""
-    return unwrapped(model.get_submodule(name))
