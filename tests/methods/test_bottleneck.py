@@ -158,3 +158,66 @@ def test_config_errors_name_the_problem():
         ak.BottleneckConfig(preset="parallel", targets=["o_proj"])
     with pytest.raises(ak.TargetError, match="transformer blocks"):
         ak.attach(torch.nn.Sequential(torch.nn.Linear(3, 3)), ak.BottleneckConfig())
+
+
+class _Block(torch.nn.Module):
+    """A block with one feed-forward Linear (``fc``) or two (``fc1`` -> gelu -> ``fc2``)."""
+
+    def __init__(self, hidden: int, linears: int):
+        super().__init__()
+        if linears == 1:
+            self.fc = torch.nn.Linear(hidden, hidden)
+        else:
+            self.fc1, self.fc2 = torch.nn.Linear(hidden, 3 * hidden), torch.nn.Linear(3 * hidden, hidden)
+
+    def forward(self, h):
+        return self.fc(h) if hasattr(self, "fc") else self.fc2(F.gelu(self.fc1(h)))
+
+
+class _Stack(torch.nn.Module):
+    def __init__(self, *linears: int, hidden: int = 8):
+        super().__init__()
+        torch.manual_seed(0)
+        self.layers = torch.nn.ModuleList(_Block(hidden, n) for n in linears)
+
+    def forward(self, h):
+        for block in self.layers:
+            h = block(h)
+        return h
+
+
+def test_parallel_adapter_reads_its_own_blocks_ffn_input():
+    """Block 0 has one feed-forward Linear, block 1 two: only block 1 takes a parallel adapter, and
+    it reads block 1's FFN input (not block 0's, which a pairing across blocks would hand it)."""
+    model = ak.attach(
+        _Stack(1, 2), ak.BottleneckConfig(preset="parallel", bottleneck_dim=3, scale=2.0, activation="tanh")
+    )
+    assert _placed(model) == {"layers.1.fc1": "tap", "layers.1.fc2": "parallel"}
+    _random_up(model)
+    block0, block1 = model.layers
+    adapter = block1.fc2.adapters["default"]
+    x = torch.randn(2, 5, 8)
+    h = F.linear(x, block0.fc.weight, block0.fc.bias)  # block 1's FFN input
+    fc1, fc2 = block1.fc1.base, block1.fc2.base
+    base = F.linear(F.gelu(F.linear(h, fc1.weight, fc1.bias)), fc2.weight, fc2.bias)
+    down = torch.tanh(F.linear(h, adapter.down.weight, adapter.down.bias))
+    expected = base + 2.0 * F.linear(down, adapter.up.weight, adapter.up.bias)  # y = base(h) + s * up(f(down(h)))
+    torch.testing.assert_close(model(x), expected)
+
+
+def test_parallel_pairs_stay_within_a_copy_and_need_a_block_with_two_ffn_linears():
+    import copy
+
+    model = ak.attach(_Stack(2, 2), ak.BottleneckConfig(preset="parallel"))
+    _random_up(model)
+    twin = copy.deepcopy(model)
+    x = torch.randn(3, 8)
+    torch.testing.assert_close(twin(x), model(x), atol=0, rtol=0)
+    for block, copied in zip(model.layers, twin.layers):
+        handover = copied.fc1.adapters["default"].handover
+        assert handover is copied.fc2.adapters["default"].handover
+        assert handover is not block.fc1.adapters["default"].handover
+    with pytest.raises(ak.TargetError, match=r"layers\.0 has \['layers\.0\.fc'\].*pfeiffer"):
+        ak.attach(_Stack(1, 1), ak.BottleneckConfig(preset="parallel"))
+    with pytest.raises(ak.InputError, match=r"'layers\.0\.fc1'.*did not run"):
+        model.layers[0].fc2(torch.randn(3, 24))

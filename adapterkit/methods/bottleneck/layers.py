@@ -4,41 +4,82 @@ Serial (after a module):   y = o + A(o),           o = base(x)              (hou
 Parallel (beside an FFN):  y = base(h) + s * A(x),  x = the FFN's input      (parallel)
 with A(v) = W_up f(W_down v + b_down) + b_up.
 
-A parallel adapter lives on the FFN's output projection; the FFN's input projection holds a
-parameterless ``Tap`` that hands its input over. Within a block the input projection always runs
-first, so one slot per adapter name and thread carries x from the tap to the adapter.
+A parallel adapter lives on the FFN's output projection; the FFN's input projection (in the same
+block) holds a parameterless ``Tap`` that hands its input over. The two share one ``Handover``,
+made for that pair when the adapter is placed: within a block the input projection always runs
+first, so the handover carries x from the tap to its own adapter and to no other (one value per
+thread, as data-parallel replicas share it).
 """
 
 from __future__ import annotations
 
 import math
 import threading
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ... import bases
+from ...errors import InputError
 from ...layer import AdapterLayer
 from .config import BottleneckConfig
 
 _ACT = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu, "tanh": torch.tanh}
-_SLOTS = threading.local()
 
 
-def _slots() -> dict:
-    if not hasattr(_SLOTS, "inputs"):
-        _SLOTS.inputs = {}
-    return _SLOTS.inputs
+class Handover:
+    """Carries the FFN input x from one block's ``Tap`` (on module ``tap``) to the parallel adapter
+    beside the same FFN (on module ``out``); not a module, so it holds no state in state_dict.
+    A copy of a model (``copy.deepcopy``, pickling) gets a fresh handover per pair, still shared
+    by the pair's two modules."""
+
+    def __init__(self, tap: str, out: str):
+        self.tap, self.out = tap, out
+        self._held = threading.local()
+
+    def put(self, x: Tensor) -> None:
+        self._held.x = x
+
+    def take(self) -> Tensor:
+        x = getattr(self._held, "x", None)
+        if x is None:
+            raise InputError(
+                f"the parallel bottleneck adapter on {self.out!r} takes its input from {self.tap!r}, which "
+                "did not run before it; call the whole feed-forward block (or model), not its output "
+                "projection alone."
+            )
+        del self._held.x
+        return x
+
+    def __deepcopy__(self, memo) -> "Handover":
+        return Handover(self.tap, self.out)
+
+    def __reduce__(self):
+        return Handover, (self.tap, self.out)
+
+    def __repr__(self) -> str:
+        return f"Handover({self.tap!r} -> {self.out!r})"
+
+
+class Placement(NamedTuple):
+    """Where one module sits: role 'serial', 'parallel' or 'tap'; a parallel pair's handover."""
+
+    role: str
+    handover: Optional[Handover] = None
 
 
 class Bottleneck(nn.Module):
     """A(v) = W_up f(W_down v + b_down) + b_up; down (d, hidden), up (hidden, d)."""
 
-    def __init__(self, hidden: int, config: BottleneckConfig, parallel: bool, like: Tensor):
+    def __init__(
+        self, hidden: int, config: BottleneckConfig, parallel: bool, like: Tensor, handover: Optional[Handover] = None
+    ):
         super().__init__()
         self.config = config
         self.parallel = parallel
+        self.handover = handover  # a parallel adapter's input, from its Tap
         self.scale = config.scale if parallel else 1.0
         d = config.size(hidden)
         place = {"device": like.device, "dtype": like.dtype if like.dtype.is_floating_point else torch.float32}
@@ -62,11 +103,15 @@ class Bottleneck(nn.Module):
 
 
 class Tap(nn.Module):
-    """Parameterless: records a parallel adapter's input (the FFN input) for the adapter."""
+    """Parameterless: hands a parallel adapter's input (the FFN input) to that adapter."""
 
-    def __init__(self, config: BottleneckConfig):
+    def __init__(self, config: BottleneckConfig, handover: Handover):
         super().__init__()
         self.config = config
+        self.handover = handover
+
+    def extra_repr(self) -> str:
+        return f"for {self.handover.out}"
 
 
 class BottleneckLayer(AdapterLayer):
@@ -76,27 +121,27 @@ class BottleneckLayer(AdapterLayer):
 
     def forward(self, x, *args, **kwargs):
         adapters = self.active_adapters()
-        slots = _slots()
-        for name, adapter in zip(self.active, adapters):
+        for adapter in adapters:
             if isinstance(adapter, Tap):
-                slots[name] = x
+                adapter.handover.put(x)
         y = self.base(x, *args, **kwargs)
-        for name, adapter in zip(self.active, adapters):
+        for adapter in adapters:
             if isinstance(adapter, Tap):
                 continue
             if adapter.parallel:
-                y = y + adapter.branch(slots.pop(name)).to(y.dtype)
+                y = y + adapter.branch(adapter.handover.take()).to(y.dtype)
             else:
                 y = y + adapter.branch(y).to(y.dtype)
         return y
 
 
-def build(base: nn.Module, config: BottleneckConfig, role: str) -> nn.Module:
+def build(base: nn.Module, config: BottleneckConfig, placement: Placement) -> nn.Module:
     """The module for one base: a Tap ('tap'), a parallel ('parallel') or serial adapter."""
-    if role == "tap":
-        return Tap(config)
+    if placement.role == "tap":
+        return Tap(config, placement.handover)
     _, n_out = bases.features(base)
     like = next(iter(base.parameters()), None)
     if like is None:
         like = next(iter(base.buffers()))
-    return Bottleneck(n_out, config, parallel=role == "parallel", like=like)
+    parallel = placement.role == "parallel"
+    return Bottleneck(n_out, config, parallel=parallel, like=like, handover=placement.handover if parallel else None)

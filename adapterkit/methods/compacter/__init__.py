@@ -12,7 +12,7 @@ from .layers import PHM, Compacter, CompacterLayer, PHMRules, build, like_tensor
 
 
 def _where(model, config: CompacterConfig) -> dict:
-    """{module name: (role, rules, owns)}: bottleneck placement; ``rules`` is the adapter's one
+    """{module name: (placement, rules, owns)}: bottleneck placement; ``rules`` is the adapter's one
     ``PHMRules`` (shared by all its layers; the first adapter ``owns`` it) or None (each PHM layer
     makes its own)."""
     placed = bottleneck_where(model, config)
@@ -21,13 +21,13 @@ def _where(model, config: CompacterConfig) -> dict:
         like = like_tensor(model.get_submodule(next(iter(placed))))
         dtype = like.dtype if like.dtype.is_floating_point else torch.float32
         rules = PHMRules(config, {"device": like.device, "dtype": dtype})
-    owner = next(name for name, role in placed.items() if role != "tap")
-    return {name: (role, rules, name == owner) for name, role in placed.items()}
+    owner = next(name for name, place in placed.items() if place.role != "tap")
+    return {name: (place, rules, name == owner) for name, place in placed.items()}
 
 
 def _build(base, config: CompacterConfig, placement):
-    role, rules, owns = placement
-    return build(base, config, role, rules, owns)
+    place, rules, owns = placement
+    return build(base, config, place, rules, owns)
 
 
 METHOD = register(Method(config=CompacterConfig, layer=CompacterLayer, where=_where, build=_build, files=FILES))

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from ... import bases
 from ...layer import AdapterLayer
 from ...errors import ConfigError
-from ..bottleneck.layers import _ACT, BottleneckLayer, Tap
+from ..bottleneck.layers import _ACT, BottleneckLayer, Handover, Placement, Tap
 from .config import CompacterConfig
 
 
@@ -103,10 +103,12 @@ class Compacter(nn.Module):
         rules: Optional[PHMRules],
         like: Tensor,
         owns: bool = True,
+        handover: Optional[Handover] = None,
     ):
         super().__init__()
         self.config = config
         self.parallel = parallel
+        self.handover = handover  # a parallel Compacter's input, from its Tap
         self.scale = config.scale if parallel else 1.0
         d = config.size(hidden)
         for what, size in (("hidden size", hidden), ("bottleneck size", d)):
@@ -142,10 +144,14 @@ def like_tensor(base: nn.Module) -> Tensor:
     return like if like is not None else next(iter(base.buffers()))
 
 
-def build(base: nn.Module, config: CompacterConfig, role: str, rules: Optional[PHMRules], owns: bool) -> nn.Module:
+def build(
+    base: nn.Module, config: CompacterConfig, placement: Placement, rules: Optional[PHMRules], owns: bool
+) -> nn.Module:
     """The module for one base: a Tap ('tap'), a parallel ('parallel') or serial Compacter; the one
     that ``owns`` the shared ``rules`` registers them."""
-    if role == "tap":
-        return Tap(config)
+    if placement.role == "tap":
+        return Tap(config, placement.handover)
     _, n_out = bases.features(base)
-    return Compacter(n_out, config, parallel=role == "parallel", rules=rules, like=like_tensor(base), owns=owns)
+    parallel = placement.role == "parallel"
+    handover = placement.handover if parallel else None
+    return Compacter(n_out, config, parallel, rules, like_tensor(base), owns=owns, handover=handover)
