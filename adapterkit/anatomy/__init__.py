@@ -4,7 +4,7 @@
   adapter layer wraps (``unwrapped``, ``base_module``);
 - ``blocks``: transformer blocks and the roles of their layers (``blocks``, ``Block``, ``pick``,
   ``stacks``), and which block holds a module (``block_of``, ``block_index``);
-- ``heads``: the output head (``get_output_embeddings``) and classification heads;
+- ``heads``: the output head (``get_output_embeddings``), the input embedding and classification heads;
 - ``tied``: modules that share a parameter (tied weights), and untying them.
 
 Every method, ``targets`` and training read structure through these functions; nothing here
@@ -12,7 +12,15 @@ imports a method.
 """
 
 from .blocks import KEY_VALUE, Block, block_index, block_of, blocks, pick, stacks
-from .heads import CLASSIFIER_NAMES, classifier_heads, head_names, label_head, output_head, output_head_name
+from .heads import (
+    CLASSIFIER_NAMES,
+    classifier_heads,
+    head_names,
+    input_embedding,
+    label_head,
+    output_head,
+    output_head_name,
+)
 from .modules import base_module, logical_modules, unwrapped
 from .tied import tied_parameters, tied_with, untie
 
@@ -28,6 +36,7 @@ __all__ = [
     "classifier_heads",
     "head_names",
     "label_head",
+    "input_embedding",
     "output_head",
     "output_head_name",
     "base_module",

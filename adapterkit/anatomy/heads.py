@@ -1,7 +1,8 @@
 """A model's heads: the output head that maps hidden states to the vocabulary, and classification heads.
 
 - The output head is what ``model.get_output_embeddings()`` returns (transformers' own answer:
-  ``lm_head`` in causal and seq2seq LMs), None for a model without one.
+  ``lm_head`` in causal and seq2seq LMs), None for a model without one; the input embedding,
+  likewise, is ``model.get_input_embeddings()``.
 - A classification head is a module named as transformers names them in sequence- and
   token-classification models (``classifier``, ``score``); the one that ``replace_head`` swaps by
   default is the last ``nn.Linear`` with ``config.num_labels`` outputs.
@@ -21,11 +22,25 @@ from ..layer import AdapterLayer
 CLASSIFIER_NAMES = ("classifier", "score")
 
 
+def _ask(model: nn.Module, getter: str) -> Optional[nn.Module]:
+    get = getattr(model, getter, None)
+    try:
+        found = get() if callable(get) else None
+    except (NotImplementedError, AttributeError):  # PreTrainedModel's default for models without one
+        return None
+    return found if isinstance(found, nn.Module) else None
+
+
 def output_head(model: nn.Module) -> Optional[nn.Module]:
     """``model.get_output_embeddings()`` as the model holds it now (an adapter layer if one wraps
     it), or None when the model has none."""
-    get = getattr(model, "get_output_embeddings", None)
-    return get() if callable(get) else None
+    return _ask(model, "get_output_embeddings")
+
+
+def input_embedding(model: nn.Module) -> Optional[nn.Module]:
+    """``model.get_input_embeddings()`` as the model holds it now (an adapter layer if one wraps
+    it), or None when the model has none."""
+    return _ask(model, "get_input_embeddings")
 
 
 def output_head_name(model: nn.Module) -> Optional[str]:

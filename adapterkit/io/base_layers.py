@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from ..errors import AdapterFileError
 from ..layer import AdapterLayer
 from ..registry import PEFT_PREFIX
-from ..anatomy import base_module, unwrapped
+from ..anatomy import base_module, input_embedding, output_head, unwrapped
 
 
 @dataclasses.dataclass
@@ -49,14 +49,7 @@ class BaseTensor:
 def _embedding_modules(model: nn.Module) -> dict[str, nn.Module]:
     """{name: original module} of the model's input and output embeddings (by identity)."""
     wanted = []
-    for getter in ("get_input_embeddings", "get_output_embeddings"):
-        get = getattr(model, getter, None)
-        try:
-            module = get() if callable(get) else None
-        except (NotImplementedError, AttributeError):
-            module = None
-        if isinstance(module, AdapterLayer):
-            module = module.innermost()
+    for module in (unwrapped(input_embedding(model)), unwrapped(output_head(model))):
         if module is not None:
             wanted.append(module)
     found = {}

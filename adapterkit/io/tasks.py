@@ -31,6 +31,8 @@ from typing import Optional
 
 from torch import nn
 
+from ..anatomy import output_head
+
 TASK_TYPES = ("CAUSAL_LM", "SEQ_2_SEQ_LM", "SEQ_CLS", "TOKEN_CLS", "QUESTION_ANS", "FEATURE_EXTRACTION")
 AUTO_CLASS = {
     "CAUSAL_LM": "AutoModelForCausalLM",
@@ -93,7 +95,7 @@ def task_type(model: nn.Module) -> Optional[str]:
     for ending, task in _ENDINGS:
         if name.endswith(ending):
             return task
-    if getattr(model.config, "is_encoder_decoder", False) and model.get_output_embeddings() is not None:
+    if getattr(model.config, "is_encoder_decoder", False) and output_head(model) is not None:
         return "SEQ_2_SEQ_LM"
     return "FEATURE_EXTRACTION" if model.base_model is model else None
 

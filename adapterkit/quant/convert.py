@@ -98,8 +98,10 @@ def _check(bits: int, quant_type: str, block: int, double_quant: bool) -> None:
 
 def _head_ids(model: nn.Module) -> set:
     """The output head (``get_output_embeddings()``), kept dense as transformers does."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    return {id(head)} if isinstance(head, nn.Module) else set()
+    from ..anatomy import output_head
+
+    head = output_head(model)
+    return {id(head)} if head is not None else set()
 
 
 def _matches(name: str, patterns: Sequence[str]) -> bool:

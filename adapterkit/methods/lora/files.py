@@ -261,10 +261,11 @@ def fit_to_model(config: LoRAConfig, data: Mapping[str, Any], model: nn.Module) 
     from ...anatomy import logical_modules
     from ...targets import matches
 
-    get_in, get_out = getattr(model, "get_input_embeddings", None), getattr(model, "get_output_embeddings", None)
-    if not data.get("ensure_weight_tying") or not callable(get_in) or not callable(get_out):
+    from ...anatomy import input_embedding, output_head
+
+    if not data.get("ensure_weight_tying"):
         return config
-    inner = [unwrapped(m) for m in (get_in(), get_out())]
+    inner = [unwrapped(input_embedding(model)), unwrapped(output_head(model))]
     if inner[0] is None or inner[1] is None or getattr(inner[0], "weight", None) is not getattr(inner[1], "weight", 1):
         return config
     names = {id(m): n for n, m in logical_modules(model) if n}

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from ...errors import ConfigError, InputError, TargetError, UnsupportedModuleError
 from ...layer import AdapterLayer
 from ...registry import PEFT_PREFIX
-from ...anatomy import unwrapped
+from ...anatomy import input_embedding, unwrapped
 
 _KEY = "token_adapter.trainable_tokens_delta"
 
@@ -145,9 +145,7 @@ def _targets(model: nn.Module, config) -> dict[str, tuple[int, ...]]:
                 )
             out[found[0]] = ids
         return out
-    get = getattr(model, "get_input_embeddings", None)
-    emb = get() if callable(get) else None
-    emb = unwrapped(emb)
+    emb = unwrapped(input_embedding(model))
     if emb is None or id(emb) not in names:
         raise TargetError(
             "trainable_token_indices as a list needs the model's input embedding "
@@ -174,9 +172,7 @@ def attach_tokens(model: nn.Module, config, name: str) -> None:
     if config.trainable_token_indices is None:
         return
     targets = _targets(model, config)
-    get = getattr(model, "get_input_embeddings", None)
-    emb = get() if callable(get) else None
-    emb_inner = unwrapped(emb)
+    emb_inner = unwrapped(input_embedding(model))
     made: dict[str, TrainableTokens] = {}
     for module_name, ids in targets.items():
         module = model.get_submodule(module_name)

@@ -7,6 +7,7 @@ import math
 import torch
 
 from ...errors import TargetError, UnsupportedModuleError
+from ...anatomy import input_embedding
 from ...registry import Method, register
 from . import hook
 from .config import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig
@@ -17,8 +18,7 @@ from .layers import PrefixLayer, PromptLayer, PTuningLayer, VirtualTokenLayer
 
 def embedding_name(model) -> str:
     """The name of the model's input embedding module (seen through adapter layers)."""
-    get = getattr(model, "get_input_embeddings", None)
-    embeddings = get() if callable(get) else None
+    embeddings = input_embedding(model)
     if embeddings is None:
         raise UnsupportedModuleError(
             f"virtual tokens go in front of the input embeddings, but {type(model).__name__} has no "
