@@ -22,6 +22,14 @@ def markers(section: str = "") -> tuple[str, str]:
     return f"<!-- {tag}:start -->", f"<!-- {tag}:end -->"
 
 
+def one_thread() -> None:
+    """Run on one CPU thread, here and in any child process: a float sum's order depends on the
+    thread count, and few-shot training turns those last-bit differences into points of accuracy,
+    so one thread makes an example's table the same on every machine."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
+
 def machine() -> str:
     """The machine and the versions a table was measured with."""
     import importlib.metadata as md

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import digits as D  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from example_report import machine, write_results  # noqa: E402
+from example_report import machine, one_thread, write_results  # noqa: E402
 import adapterkit as ak  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -192,6 +192,8 @@ def run_backbone(bb: Backbone, args, data) -> dict:
 
 def main(argv=None) -> dict:
     args = parse(argv)
+    if not args.smoke:  # the README tables: on one thread (example_report.one_thread)
+        one_thread()
     t0 = time.perf_counter()
     data = D.load()
     result = {"backbones": {name: run_backbone(BACKBONES[name], args, data) for name in args.backbones}}

@@ -21,7 +21,7 @@ from pathlib import Path
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from example_report import machine, write_results  # noqa: E402
+from example_report import machine, one_thread, write_results  # noqa: E402
 import adapterkit as ak
 from adapterkit.training import TrainConfig
 from adapterkit.training.plot import plot_curves, smooth  # noqa: F401  (smooth: used by callers)
@@ -101,6 +101,8 @@ def table(runs: list[dict]) -> str:
 
 def main(argv=None) -> dict:
     args = parse(argv)
+    if not args.smoke:  # the README tables: on one thread (example_report.one_thread)
+        one_thread()
     started = time.perf_counter()
     runs = [run_schedule(s, args) for s in SCHEDULES]
     args.out.mkdir(parents=True, exist_ok=True)

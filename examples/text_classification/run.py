@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from partial import last_blocks, train_partial  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from example_report import machine, write_results  # noqa: E402
+from example_report import machine, one_thread, write_results  # noqa: E402
 import adapterkit as ak  # noqa: E402
 from adapterkit.training import TrainConfig  # noqa: E402
 
@@ -147,6 +147,8 @@ def table(rows: list[dict]) -> str:
 
 def main(argv=None) -> dict:
     args = parse(argv)
+    if not args.smoke:  # the README tables: on one thread (example_report.one_thread)
+        one_thread()
     if args.collect:
         return collect(args.collect, args.section)
     started = time.perf_counter()

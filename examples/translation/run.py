@@ -20,7 +20,7 @@ from pathlib import Path
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from example_report import machine, write_results  # noqa: E402
+from example_report import machine, one_thread, write_results  # noqa: E402
 import adapterkit as ak
 from adapterkit.training import TrainConfig
 from adapterkit.training.data import prompt_ids, read_records
@@ -94,6 +94,8 @@ def samples_table(rows: list[dict]) -> str:
 
 def main(argv=None) -> dict:
     args = parse(argv)
+    if not args.smoke:  # the README tables: on one thread (example_report.one_thread)
+        one_thread()
     config = config_for(args)
     started = time.perf_counter()
     result = ak.train(config)
