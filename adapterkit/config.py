@@ -1,4 +1,12 @@
-"""The base of every method config: frozen, typed, validated, exact JSON round trip.
+"""Config validation, one home for it: the base of every method config (frozen, typed, validated,
+exact JSON round trip) and the checks the training config's sections use too.
+
+- ``check_known`` / ``check_names``: keys must be names, and fields of the config (close matches
+  suggested);
+- ``check_type``: a value against its field's type hint (bool, int, float, str, tuples, optionals),
+  converted where lossless (YAML's ``1e-4`` string to a float); what the training sections use;
+- ``AdapterConfig._positive`` / ``_choice`` / ``_tuple`` and ``check_layers``: the value checks
+  each method's ``__post_init__`` makes.
 
 A config is a frozen dataclass. Unknown field names are refused (at construction and in
 ``from_dict``) with an error that lists the valid ones. Sequences are stored as tuples so that
@@ -11,7 +19,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Any, ClassVar, Mapping
+import types
+import typing
+from typing import Any, ClassVar, Mapping, Union
 
 from .errors import ConfigError, close_matches
 
@@ -30,6 +40,59 @@ def check_known(cls: type, keys, where: str) -> None:
             raise ConfigError(
                 f"{where}: unknown field {key!r}{close_matches(key, valid)}. Valid fields: {', '.join(valid)}."
             )
+
+
+def _fail(where: str, value: Any, expected: str) -> ConfigError:
+    return ConfigError(f"{where} must be {expected}; got {value!r}.")
+
+
+def check_type(where: str, value: Any, hint: Any) -> Any:
+    """``value`` checked (and converted where lossless) against the type hint ``hint``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return check_type(where, value, arg)
+            except ConfigError as err:
+                errors.append(err)
+        raise errors[-1]
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise _fail(where, value, "true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _fail(where, value, "an integer")
+        return value
+    if hint is float:
+        if isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise _fail(where, value, "a number") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise _fail(where, value, "a number")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise _fail(where, value, "a string")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise _fail(where, value, "a list")
+        inner = args[0] if args else Any
+        return tuple(check_type(f"{where}[{i}]", v, inner) for i, v in enumerate(value))
+    return value
+
+
+def check_names(data: Mapping, where: str) -> None:
+    """Keys are names: YAML also allows numbers, lists, ... as keys."""
+    for key in data:
+        if not isinstance(key, str):
+            raise ConfigError(f"{where}: key {key!r} is not a name; keys are field names (strings).")
 
 
 def check_layers(owner: str, layers) -> tuple[int, ...] | None:
@@ -110,6 +173,7 @@ class AdapterConfig:
         method = data.pop("method", cls.method)
         if method != cls.method:
             raise ConfigError(f"{cls.__name__} reads method {cls.method!r}; the data says {method!r}.")
+        check_names(data, cls.__name__)
         check_known(cls, data, cls.__name__)
         return cls(**data)
 

@@ -138,3 +138,11 @@ def test_every_error_is_also_the_builtin_a_caller_would_catch(tmp_path):
     with pytest.raises(ak.AdapterFileError) as info:
         ak.load_adapter(model, tmp_path)
     assert not isinstance(info.value, FileNotFoundError)
+
+
+def test_a_method_config_from_data_with_a_non_name_key_is_a_config_error():
+    """JSON / YAML allow numbers as keys; a config read from such data says which key, as the training config does."""
+    from adapterkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="LoRAConfig: key 1 is not a name"):
+        ak.LoRAConfig.from_dict({"rank": 4, 1: "x"})

@@ -10,69 +10,14 @@ that names it, the section, and the valid keys. ``--set optim.lr=1e-4`` override
 from __future__ import annotations
 
 import dataclasses
-import math
-import types
 import typing
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
-from ..config import AdapterConfig, check_known
+from ..config import AdapterConfig, check_known, check_names, check_type
 from ..errors import ConfigError, close_matches
 from .stages import StageConfig, build_stages
 from .sections import DataConfig, EvalConfig, ModelConfig, OptimConfig, OutputConfig, QuantConfig
-
-
-def _fail(where: str, value: Any, expected: str) -> ConfigError:
-    return ConfigError(f"{where} must be {expected}; got {value!r}.")
-
-
-def _coerce(where: str, value: Any, hint: Any) -> Any:
-    """``value`` checked (and converted where lossless) against the type hint ``hint``."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(where, value, arg)
-            except ConfigError as err:
-                errors.append(err)
-        raise errors[-1]
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise _fail(where, value, "true or false")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _fail(where, value, "an integer")
-        return value
-    if hint is float:
-        if isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                raise _fail(where, value, "a number") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise _fail(where, value, "a number")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise _fail(where, value, "a string")
-        return value
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise _fail(where, value, "a list")
-        inner = args[0] if args else Any
-        return tuple(_coerce(f"{where}[{i}]", v, inner) for i, v in enumerate(value))
-    return value
-
-
-def _names(data: Mapping, where: str) -> None:
-    """Keys are names: YAML also allows numbers, lists, ... as keys."""
-    for key in data:
-        if not isinstance(key, str):
-            raise ConfigError(f"{where}: key {key!r} is not a name; keys are field names like 'lr'.")
 
 
 def build_section(cls: type, data: Any, name: str):
@@ -81,10 +26,10 @@ def build_section(cls: type, data: Any, name: str):
         data = {}
     if not isinstance(data, Mapping):
         raise ConfigError(f"config section {name!r} must be a mapping of keys to values; got {_kind(data)}.")
-    _names(data, f"config section {name!r}")
+    check_names(data, f"config section {name!r}")
     check_known(cls, data, f"config section {name!r}")
     hints = typing.get_type_hints(cls)
-    values = {key: _coerce(f"{name}.{key}", value, hints[key]) for key, value in data.items()}
+    values = {key: check_type(f"{name}.{key}", value, hints[key]) for key, value in data.items()}
     return cls(**values)
 
 
@@ -101,7 +46,7 @@ def build_adapter(data: Any) -> Optional[AdapterConfig]:
             f"config section 'adapter' must be a mapping with a 'method' key (one of: "
             f"{', '.join(METHODS)}, or none) and that method's fields; got {data!r}."
         )
-    _names(data, "config section 'adapter'")
+    check_names(data, "config section 'adapter'")
     method = data["method"]
     if method in ("none", None):
         if len(data) > 1:
@@ -155,7 +100,7 @@ class TrainConfig:
         if not isinstance(data, Mapping):
             raise ConfigError(f"a train config is a mapping of sections; got {type(data).__name__}.")
         valid = [f.name for f in dataclasses.fields(cls)]
-        _names(data, "train config")
+        check_names(data, "train config")
         check_known(cls, data, "train config")
         if "adapter" not in data:
             raise ConfigError(
