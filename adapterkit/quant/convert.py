@@ -10,7 +10,6 @@ A transformers model gets the matching ``quantization_config`` in its config (``
 
 from __future__ import annotations
 
-import copy
 import sys
 from typing import Iterable, Iterator, Optional, Sequence
 
@@ -18,7 +17,6 @@ import torch
 from torch import nn
 
 from adapterkit_kernels import formats
-from adapterkit_kernels.formats import QuantWeight
 
 from .. import bases
 from ..errors import ConfigError, UnsupportedModuleError
@@ -49,42 +47,41 @@ def _bnb_kind(module: nn.Module) -> Optional[str]:
 
 
 def from_bnb_linear4bit(module: nn.Module, compute_dtype: Optional[torch.dtype] = None) -> QuantLinear:
-    """A bitsandbytes ``Linear4bit`` as a QuantLinear with the same bytes (nothing re-quantized)."""
-    weight = module.weight
-    state = weight.quant_state
-    if state is None:
+    """A bitsandbytes ``Linear4bit`` as a QuantLinear with the same bytes (nothing re-quantized).
+
+    Read through the module's own ``state_dict()``, bitsandbytes' saved form, which ``bnb_format``
+    parses for QuantLinear anyway. (On a CPU with AVX512-BF16, bitsandbytes repacks a layer for its
+    inference kernel; its ``state_dict`` gives the standard codes back, with the scales it rounded
+    to bf16 then.)
+    """
+    if module.weight.quant_state is None:
         raise UnsupportedModuleError(
             "this Linear4bit holds no quantized weight yet (quant_state is None); "
             "move it to its device or load its state first"
         )
-    data = weight.data
-    if getattr(state, "packing_format_for_cpu", False):
-        # bitsandbytes repacked it for its AVX512-BF16 CPU inference kernel (codes reordered, scales
-        # rounded to bf16); its own inverse gives back the standard codes (the scales stay rounded)
-        from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
-
-        data, state = _convert_weight_packed_for_cpu_inverse(data.clone(), copy.deepcopy(state))
-    nested = {}
-    if state.nested:
-        if state.state2.blocksize != formats.NESTED_BLOCK:
-            raise UnsupportedModuleError(
-                f"nested block size {state.state2.blocksize} is not supported; expected {formats.NESTED_BLOCK}"
-            )
-        nested = {
-            "nested_absmax": state.state2.absmax.float(),
-            "nested_offset": state.offset.float().reshape(()),
-            "nested_levels": state.state2.code.float(),
-        }
-    qw = QuantWeight(
-        data.view(torch.uint8).reshape(-1),
-        state.absmax.float(),
-        tuple(state.shape),
+    saved = module.state_dict()  # bitsandbytes undoes its CPU repacking here, quant_state included
+    state = module.weight.quant_state
+    if state.nested and state.state2.blocksize != formats.NESTED_BLOCK:
+        raise UnsupportedModuleError(
+            f"nested block size {state.state2.blocksize} is not supported; expected {formats.NESTED_BLOCK}"
+        )
+    out_features, in_features = state.shape
+    bias = module.bias
+    layer = QuantLinear(
+        in_features,
+        out_features,
+        bias is not None,
+        4,
         state.quant_type,
         state.blocksize,
-        **nested,
+        bool(state.nested),
+        compute_dtype or getattr(module, "compute_dtype", None) or state.dtype,
+        device=module.weight.device,
     )
-    dtype = compute_dtype or getattr(module, "compute_dtype", None) or state.dtype
-    return QuantLinear.from_weight(qw, module.bias, dtype)
+    layer.load_state_dict(saved)
+    if bias is not None:
+        layer.bias.requires_grad_(bias.requires_grad)
+    return layer
 
 
 def _check(bits: int, quant_type: str, block: int, double_quant: bool) -> None:
