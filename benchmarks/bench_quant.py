@@ -8,10 +8,13 @@ medians of --reps runs (perf_counter); by default the (4096, 4096) shape and M i
 
 Part ``step``: one QLoRA training step (rank 16 all-linear, gradient checkpointing, AdamW) of a
 Llama-shaped model, adapterkit vs PEFT + bitsandbytes, each in a fresh process: tokens/s and peak
-memory. CUDA preset: about 1.1B parameters, bf16, batch 4 x 1024. CPU preset: a small model in fp32.
+memory (CUDA: allocated; CPU: the process's peak resident set, model load included). CUDA preset:
+about 1.1B parameters, bf16, batch 4 x 1024. CPU presets, fp32: ``cpu`` (a small Llama) and
+``smollm2`` (SmolLM2-135M's shapes, batch 4 x 128).
 
     python benchmarks/bench_quant.py --part layer            # tables on stdout, --json FILE to keep them
     python benchmarks/bench_quant.py --part step
+    OMP_NUM_THREADS=1 python benchmarks/bench_quant.py --part step --preset smollm2 --steps 3
 """
 
 from __future__ import annotations
@@ -135,6 +138,21 @@ PRESETS = {
         seq=1024,
         dtype="bfloat16",
     ),
+    "smollm2": dict(  # SmolLM2-135M's shapes (random weights: the speed does not depend on them)
+        config=dict(
+            hidden_size=576,
+            intermediate_size=1536,
+            num_hidden_layers=30,
+            num_attention_heads=9,
+            num_key_value_heads=3,
+            vocab_size=49152,
+            max_position_embeddings=2048,
+            tie_word_embeddings=True,
+        ),
+        batch=4,
+        seq=128,
+        dtype="float32",
+    ),
     "cpu": dict(
         config=dict(
             hidden_size=256,
@@ -221,6 +239,10 @@ def step_child(args) -> dict:
     }
     if CUDA:
         out["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+    else:  # the process's peak resident set, model load included
+        import resource
+
+        out["peak_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
     print("RESULT " + json.dumps(out), flush=True)
     return out
 
