@@ -93,3 +93,24 @@ def test_import_is_light():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_reused_dequantize_buffer_never_shows_in_results(bits):
+    """The reference matmuls dequantize into one reused buffer per size (scratch.py): what they
+    return, and what ``dequantize`` returns, stays right after the buffer is overwritten."""
+    torch.manual_seed(0)
+    w1, w2 = torch.randn(48, 64), torch.randn(48, 64)  # the same size: the same buffer
+    q1, q2 = (reference.quantize(w, bits, "nf4", 64, bits == 4) for w in (w1, w2))
+    dense1, dense2 = reference.dequantize(q1), reference.dequantize(q2)  # fresh tensors
+    assert dense1.data_ptr() != reference.dequantize(q1).data_ptr()
+    x = torch.randn(5, 64, dtype=torch.float64).float()
+    y1 = reference.qmatmul(x, q1)
+    y2 = reference.qmatmul(x, q2)  # overwrites the buffer y1 was computed from
+    g1 = reference.qmatmul_input_grad(y1, q1)
+    torch.testing.assert_close(y1, x @ dense1.t(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(y2, x @ dense2.t(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g1, y1 @ dense1, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(dense1, reference.dequantize(q1))  # untouched by the matmuls
+    half = reference.qmatmul(x.half(), q1)  # another dtype: its own buffer
+    torch.testing.assert_close(half, (x.half() @ dense1.half().t()), rtol=1e-3, atol=1e-3)
