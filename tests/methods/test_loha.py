@@ -67,12 +67,16 @@ def test_effective_conv2d_gradients_match_finite_differences():
         return torch.func.functional_call(loha, dict(zip(names, values)), (x, conv))
 
     torch.autograd.gradcheck(out, tuple(p.detach().clone().requires_grad_() for p in loha.parameters()))
-    # PEFT's backward differs from the finite differences for w1_a (stated, so a fixed PEFT shows up here)
+    # PEFT 0.21's backward differs from the finite differences for w1_a; PEFT 0.22 fixed it. Stated
+    # by version, so a change in either direction shows up here.
+    import peft
+    from packaging.version import Version
+
     t1, w1_a, w1_b = (t.detach().clone().requires_grad_() for t in (loha.t1, loha.w1_a, loha.w1_b))
     rest = (loha.t2.detach(), loha.w2_a.detach(), loha.w2_b.detach())
     HadaWeightCP.apply(t1, w1_a, w1_b, *rest, torch.tensor(1.0, dtype=torch.float64)).sum().backward()
     exact = torch.autograd.grad(loha.delta_weight().sum() / loha.scale, loha.w1_a)[0]
-    assert not torch.allclose(w1_a.grad, exact)
+    assert torch.allclose(w1_a.grad, exact) == (Version(peft.__version__) >= Version("0.22"))
 
 
 def test_rank_and_module_dropout_equal_peft_in_training():

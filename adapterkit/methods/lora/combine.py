@@ -14,9 +14,9 @@ With s_i each adapter's scale and w_i its weight (negative weights subtract):
   (``svd_clamp``: both clipped to that quantile of their entries' values, as PEFT).
 
 One adapter: always ``"linear"`` (PEFT's rule). A layer that holds only some of the adapters merges
-those. DoRA: the result is DoRA when the first adapter is (PEFT's rule); its magnitude is the base
-weight's row norms ||W||, what a fresh PEFT DoRA adapter starts with (the sources' magnitudes are not
-combined). ``density`` and ``majority_sign_method``: merge_types.py.
+those. DoRA adapters are refused: each learned its own magnitude vector, and no rule above combines
+them (PEFT 0.21 gave the result a fresh magnitude ||W||, dropping what was learned; PEFT 0.22
+refuses too). ``density`` and ``majority_sign_method``: merge_types.py.
 """
 
 from __future__ import annotations
@@ -28,13 +28,11 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from ... import bases
 from ...config import check_adapter_name
 from ...errors import AdapterNameError, ConfigError, MergeError
 from ...inject import adapter_config, adapter_layers, adapter_names, refuse_while_merged, set_active
 from ...transaction import unchanged_on_error
 from .config import LoRAConfig
-from . import dora_layouts
 from .layers import LoRA, LoRALayer
 from .merge_types import check_options, merge
 from .scaling import refuse_mha
@@ -82,13 +80,6 @@ def combine(
         train_modules=(),
     )
     refuse_mha([lo for _, layer in layers for n, lo in layer.adapters.items() if n in names], "combine")
-    no_dora = [ln for ln, layer in layers if not _dora_fits(layer.innermost())]
-    if config.dora and no_dora:
-        raise ConfigError(
-            f"combine: {names[0]!r} is DoRA, so the combination would be too (PEFT's rule), but "
-            f"{no_dora[:3]} cannot take DoRA (a grouped convolution, an attention module); put a "
-            f"plain LoRA adapter first."
-        )
     options = dict(density=density, sign_method=majority_sign_method, clamp=svd_clamp)
     factors = [_factors(layer, names, weights, new_rank, how, options) for _, layer in layers]  # may draw
     for (ln, _), (a, b) in zip(layers, factors):
@@ -102,11 +93,6 @@ def combine(
             layer.add(name, _module(layer.innermost(), config, a, b))
         set_active(model, name)
     return model
-
-
-def _dora_fits(base: nn.Module) -> bool:
-    kind = bases.base_kind(base)
-    return kind in ("linear", "conv1d", "quant", "embedding") + bases.CONV_KINDS and bases.foldable(base)
 
 
 def _checked(model: nn.Module, names, name: str, weights, how: str, options: tuple):
@@ -131,6 +117,13 @@ def _checked(model: nn.Module, names, name: str, weights, how: str, options: tup
     for n, cfg in zip(names, configs):
         if not isinstance(cfg, LoRAConfig):
             raise ConfigError(f"combine takes LoRA adapters; {n!r} is {type(cfg).__name__}.")
+        if cfg.dora:
+            raise ConfigError(
+                f"combine: {n!r} is a DoRA adapter, and combining DoRA adapters is not defined: each "
+                "learned its own magnitude vector, which no combination rule merges (PEFT >= 0.22 "
+                "refuses it too). Merge them into the base one after another (ak.merge_adapter), or "
+                "combine plain LoRA adapters."
+            )
         extras = [
             f
             for f in ("rank_pattern", "alpha_pattern", "lora_bias", "trainable_token_indices")
@@ -160,8 +153,6 @@ def _module(base: nn.Module, config: LoRAConfig, a: Tensor, b: Tensor) -> LoRA:
     new = LoRA(base, config)
     new.a.copy_(a)
     new.b.copy_(b)
-    if new.magnitude is not None:  # what a fresh DoRA adapter starts with in PEFT: ||W||
-        new.magnitude.copy_(dora_layouts.base_norm(new.kind, bases.dense_weight(base)))
     return new
 
 
