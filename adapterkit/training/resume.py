@@ -25,7 +25,7 @@ import torch
 
 from ..errors import AdapterFileError, ConfigError
 from . import checkpoint
-from .state import RunState
+from .state import RunState, whole_number
 
 MODES = (False, True, "auto")
 # settings a checkpoint's tensors depend on: changing one between runs makes it unusable
@@ -158,9 +158,7 @@ def _scheduler(path: Path) -> dict:
     data = _json(path, "scheduler.json")
     if not (
         isinstance(data, dict)
-        and isinstance(data.get("last_epoch"), int)
-        and not isinstance(data.get("last_epoch"), bool)
-        and data["last_epoch"] >= -1
+        and whole_number(data.get("last_epoch"), -1)
         and isinstance(data.get("base_lrs"), list)
         and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in data["base_lrs"])
     ):

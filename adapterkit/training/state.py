@@ -42,7 +42,8 @@ class RunState:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def _whole(value: Any, low: int = 0) -> bool:
+def whole_number(value: Any, low: int = 0) -> bool:
+    """An int (not a bool) >= ``low``."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
@@ -50,11 +51,11 @@ def _problem(data: Any) -> Optional[str]:
     """What is wrong with a state.json's object, or None."""
     if not isinstance(data, dict):
         return f"holds a {type(data).__name__}, not an object"
-    if not _whole(data.get("step")):
+    if not whole_number(data.get("step")):
         return f"has step {data.get('step')!r}, not a whole number >= 0"
     if not isinstance(data.get("history", []), list) or not isinstance(data.get("config", {}), dict):
         return "has a 'history' that is not a list or a 'config' that is not an object"
-    if not _whole(data.get("bad_evals", 0)) or not _whole(data.get("stage", -1), -1):
+    if not whole_number(data.get("bad_evals", 0)) or not whole_number(data.get("stage", -1), -1):
         return "has a 'bad_evals' or 'stage' that is not a whole number"
     best = data.get("best")
     if not (best is None or (isinstance(best, (int, float)) and not isinstance(best, bool))):

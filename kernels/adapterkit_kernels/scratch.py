@@ -29,8 +29,3 @@ def scratch(numel: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     if buf is None:
         buf = buffers[key] = torch.empty(numel, dtype=dtype, device=device)
     return buf
-
-
-def release() -> None:
-    """Drop this thread's buffers (they are made again when next needed)."""
-    _LOCAL.buffers = {}
