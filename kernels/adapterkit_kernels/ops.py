@@ -119,7 +119,7 @@ def qlora_matmul(
 
         y = QLoRATriton.apply(x2, qw, a, b, float(scale))
     else:
-        y = reference.QLoRAReference.apply(x2, qw, a, b, float(scale))
+        y = reference.qlora(x2, qw, a, b, float(scale))
     return reference.maybe_bias(y, bias).view(*x.shape[:-1], qw.shape[0])
 
 

@@ -152,49 +152,58 @@ def qlora_matmul(x: Tensor, qw: QuantWeight, a: Tensor, b: Tensor, scale: float)
 
 
 class QMatmulReference(torch.autograd.Function):
-    """y = x @ W^T on the reference path; backward dequantizes again instead of keeping W."""
+    """y = x @ W^T on the reference path; backward dequantizes again instead of keeping W.
 
-    @staticmethod
-    def forward(ctx, x: Tensor, qw: QuantWeight):
-        ctx.qw = qw
-        return qmatmul(x, qw)
-
-    @staticmethod
-    def backward(ctx, dy: Tensor):
-        dx = qmatmul_input_grad(dy, ctx.qw) if ctx.needs_input_grad[0] else None
-        return dx, None
-
-
-class QLoRAReference(torch.autograd.Function):
-    """y = x @ W^T + scale * (x @ A^T) @ B^T with gradients for x, A and B (W frozen)."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, qw: QuantWeight, a: Tensor, b: Tensor, scale: float):
-        ctx.qw, ctx.scale = qw, scale
-        ctx.save_for_backward(x, a, b)
-        return qlora_matmul(x, qw, a, b, scale)
-
-    @staticmethod
-    def backward(ctx, dy: Tensor):
-        x, a, b = ctx.saved_tensors
-        return lora_backward(ctx, dy, x, a, b, qmatmul_input_grad)
-
-
-def lora_backward(ctx, dy: Tensor, x: Tensor, a: Tensor, b: Tensor, input_grad) -> tuple:
-    """Gradients of x @ W^T + scale * (x @ A^T) @ B^T: (dx, None, dA, dB, None).
-
-    dh = scale * dy @ B (M, r); dx = dy @ W + dh @ A; dA = dh^T @ x; dB = scale * dy^T @ (x @ A^T).
+    ``add`` (M, N): accumulate into it in place instead (no fresh output to write).
     """
-    a_, b_ = a.to(dy.dtype), b.to(dy.dtype)
-    dh = (dy @ b_) * ctx.scale  # (M, r)
-    dx = da = db = None
-    if ctx.needs_input_grad[0]:
-        dx = input_grad(dy, ctx.qw) + dh @ a_
-    if ctx.needs_input_grad[2]:
-        da = (dh.t() @ x.to(dy.dtype)).to(a.dtype)
-    if ctx.needs_input_grad[3]:
-        db = ((dy.t() @ (x.to(dy.dtype) @ a_.t())) * ctx.scale).to(b.dtype)
-    return dx, None, da, db, None
+
+    @staticmethod
+    def forward(ctx, x: Tensor, qw: QuantWeight, add: Optional[Tensor] = None):
+        ctx.qw = qw
+        if add is None:
+            return qmatmul(x, qw)
+        ctx.mark_dirty(add)
+        return add.addmm_(x, dequantize(qw, x.dtype, reuse=True).t())
+
+    @staticmethod
+    def backward(ctx, dy: Tensor):
+        needs = ctx.needs_input_grad
+        dx = qmatmul_input_grad(dy, ctx.qw) if needs[0] else None
+        return (dx, None, dy) if len(needs) == 3 else (dx, None)
+
+
+class LoRABranch(torch.autograd.Function):
+    """y = (scale * x @ A^T) @ B^T, keeping x, A, B and the (M, r) scale * x @ A^T for the backward."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, a: Tensor, b: Tensor, scale: float):
+        ctx.scale = scale
+        h = (x @ a.t().to(x.dtype)).mul_(scale)  # (M, r)
+        ctx.save_for_backward(x, a, b, h)
+        return h @ b.t().to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, dy: Tensor):
+        x, a, b, h = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        a_, b_ = a.to(dy.dtype), b.to(dy.dtype)
+        dh = (dy @ b_).mul_(ctx.scale)  # (M, r)
+        dx = dh @ a_ if needs[0] else None
+        da = (dh.t() @ x.to(dy.dtype)).to(a.dtype) if needs[1] else None
+        db = (dy.t() @ h.to(dy.dtype)).to(b.dtype) if needs[2] else None
+        return dx, da, db, None
+
+
+def qlora(x: Tensor, qw: QuantWeight, a: Tensor, b: Tensor, scale: float) -> Tensor:
+    """x (M, K) -> x @ W^T + scale * (x @ A^T) @ B^T (M, N), differentiable in x, A and B.
+
+    The LoRA branch runs first and the base matmul last, adding into the branch's output. So the
+    tensors this layer keeps for backward (x, A, B) are kept before its base matmul runs, and a
+    checkpointed block whose last kept tensors are this layer's (a transformer block's last
+    projection) stops its recompute before that matmul: torch's non-reentrant checkpoint ends
+    the recompute once every kept tensor is back (``torch.utils.checkpoint.set_checkpoint_early_stop``).
+    """
+    return QMatmulReference.apply(x, qw, LoRABranch.apply(x, a, b, scale))
 
 
 def maybe_bias(y: Tensor, bias: Optional[Tensor]) -> Tensor:

@@ -70,7 +70,7 @@ def test_qlora_forward_backward(quant_type, double_quant, dtype):
         y = ops.qlora_matmul(x, qw, a, b, scale=2.0)
         grads = torch.autograd.grad(y, (x, a, b), dy)
     ref_in = [t.detach().float().requires_grad_() for t in (x, a, b)]
-    yr = reference.QLoRAReference.apply(ref_in[0], qw, ref_in[1], ref_in[2], 2.0)
+    yr = reference.qlora(ref_in[0], qw, ref_in[1], ref_in[2], 2.0)
     ref_grads = torch.autograd.grad(yr, ref_in, dy.float())
     _close(y, yr)
     for got, want in zip(grads, ref_grads):
@@ -118,7 +118,7 @@ def test_cuda_realistic_shapes(m, dtype):
         # compiled code may fuse level * nested + offset into one FMA: an ulp, not a bit-exact match
         assert torch.allclose(ops.dequantize(qw), reference.dequantize(qw), rtol=1e-6, atol=1e-7)
     ref_in = [t.detach().float().requires_grad_() for t in (x, a, b)]
-    yr = reference.QLoRAReference.apply(ref_in[0], qw, ref_in[1], ref_in[2], 2.0)
+    yr = reference.qlora(ref_in[0], qw, ref_in[1], ref_in[2], 2.0)
     _close(y, yr)
     for got, want in zip(grads, torch.autograd.grad(yr, ref_in, dy.float())):
         _close(got, want)
