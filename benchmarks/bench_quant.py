@@ -15,6 +15,12 @@ about 1.1B parameters, bf16, batch 4 x 1024. CPU presets, fp32: ``cpu`` (a small
     python benchmarks/bench_quant.py --part layer            # tables on stdout, --json FILE to keep them
     python benchmarks/bench_quant.py --part step
     OMP_NUM_THREADS=1 python benchmarks/bench_quant.py --part step --preset smollm2 --steps 3
+
+Part ``step-paired``: the same step, both libraries in one process, their steps alternating; the
+median and range of the per-pair time ratios (adapterkit / PEFT), --steps pairs. Use it for time on
+a machine whose speed drifts; --part step for memory.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_quant.py --part step-paired --preset smollm2 --steps 8
 """
 
 from __future__ import annotations
@@ -201,35 +207,36 @@ def _load(lib: str, folder: str, dtype: torch.dtype, device: str):
     return get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))
 
 
-def step_child(args) -> dict:
-    """One library's training steps in this process; prints one JSON line."""
-    preset = PRESETS[args.preset]
+def _trainer(lib: str, preset: dict, folder: str):
+    """(step, trainable parameters): one library's model on ``folder``, ready to train."""
     device, dtype = ("cuda" if CUDA else "cpu"), getattr(torch, preset["dtype"])
-    model = _load(args.lib, args.folder, dtype, device)
+    model = _load(lib, folder, dtype, device)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     ids = torch.randint(0, preset["config"]["vocab_size"], (preset["batch"], preset["seq"]), device=device)
 
     def step():
+        start = time.perf_counter()
         loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return loss
+        _sync()
+        return time.perf_counter() - start
 
     for _ in range(2):
         step()
-    _sync()
+    return step, params
+
+
+def step_child(args) -> dict:
+    """One library's training steps in this process; prints one JSON line."""
+    preset = PRESETS[args.preset]
+    step, params = _trainer(args.lib, preset, args.folder)
     if CUDA:
         torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(args.steps):
-        start = time.perf_counter()
-        step()
-        _sync()
-        times.append(time.perf_counter() - start)
-    median = statistics.median(times)
+    median = statistics.median(step() for _ in range(args.steps))
     out = {
         "lib": args.lib,
         "preset": args.preset,
@@ -245,6 +252,33 @@ def step_child(args) -> dict:
         out["peak_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
     print("RESULT " + json.dumps(out), flush=True)
     return out
+
+
+def step_paired(args) -> list:
+    """Both libraries in this process, their steps alternating (ABBA): each pair's time ratio.
+
+    A shared machine whose speed drifts by 10% over minutes moves separate runs' ratio by as much;
+    it moves the ratio of two steps taken back to back far less. Memory needs --part step.
+    """
+    preset_name = args.preset or ("1b" if CUDA else "cpu")
+    folder = args.folder or os.path.join(os.environ.get("TMPDIR", "/tmp"), f"adapterkit_bench_{preset_name}")
+    _save_model(PRESETS[preset_name], folder)
+    steps = {lib: _trainer(lib, PRESETS[preset_name], folder)[0] for lib in ("adapterkit", "peft")}
+    times = {"adapterkit": [], "peft": []}
+    for i in range(args.steps):
+        for lib in ("adapterkit", "peft") if i % 2 == 0 else ("peft", "adapterkit"):
+            times[lib].append(steps[lib]())
+    ratios = sorted(a / p for a, p in zip(times["adapterkit"], times["peft"]))
+    row = {
+        "preset": preset_name,
+        "pairs": args.steps,
+        "adapterkit_step_s": round(statistics.median(times["adapterkit"]), 4),
+        "peft_step_s": round(statistics.median(times["peft"]), 4),
+        "time_ratio_median": round(statistics.median(ratios), 3),
+        "time_ratio_range": [round(ratios[0], 3), round(ratios[-1], 3)],
+    }
+    print(json.dumps(row), flush=True)
+    return [row]
 
 
 def bench_step(args) -> list:
@@ -314,7 +348,7 @@ def machine() -> dict:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=["layer", "step", "step-child"], default="layer")
+    parser.add_argument("--part", choices=["layer", "step", "step-paired", "step-child"], default="layer")
     parser.add_argument("--m", type=int, nargs="+", default=[1, 16, 512, 4096] if CUDA else [1, 16, 512])
     parser.add_argument(
         "--shapes",
@@ -339,9 +373,12 @@ def main(argv=None):
         return step_child(args)
     info = machine()
     print(json.dumps(info), flush=True)
-    rows = bench_layer(args) if args.part == "layer" else bench_step(args)
-    print()
-    print(layer_table(rows) if args.part == "layer" else step_table(rows))
+    if args.part == "step-paired":
+        rows = step_paired(args)
+    else:
+        rows = bench_layer(args) if args.part == "layer" else bench_step(args)
+        print()
+        print(layer_table(rows) if args.part == "layer" else step_table(rows))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": info, "part": args.part, "rows": rows}, f, indent=1)
