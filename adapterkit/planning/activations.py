@@ -11,8 +11,8 @@ block's input needs a gradient (every block after the first adapted one):
     MLP                   3 b I        gate output (for act'), up output and act(gate) (for the
                                        product); + b I when down is adapted (its input)
     LoRA                  b r          h = drop(x) A^T per adapted layer (not on the fused 4-bit
-                                       path, which recomputes it); dropout: the keep-mask packed to
-                                       1 bit per input element, in / 8 bytes
+                                       CUDA path, which recomputes it; the CPU 4-bit path keeps it);
+                                       dropout: the keep-mask packed to 1 bit per input element, in / 8 bytes
     DoRA                  + its output where no other op keeps it (q, k, o, down; v with the
                           generation cache on), + s (out,) per layer
     Qwen3 q/k norms       4 (q + kv) + 4 (H + KV)
@@ -68,8 +68,8 @@ def _adapter_items(adapted: dict[str, Target], s: Settings, n: int, shared_out: 
     a, b, items = s.adapter, s.b, {}
     h = bits = dora = const = 0
     for role, t in adapted.items():
-        fused = t.quantized and not a.dora and a.dropout == 0
-        h += 0 if fused else n * a.rank * b
+        fused = t.quantized and not a.dora and a.dropout == 0  # one Function: x, A, B
+        h += 0 if fused and s.device == "cuda" else n * a.rank * b  # CPU: reference.qlora keeps h
         if a.dropout > 0:
             bits += math.ceil(n * t.n_in / 8)
         if a.dora:
