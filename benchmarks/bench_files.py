@@ -23,18 +23,8 @@ from pathlib import Path
 import torch
 
 import adapterkit as ak
+from model_shapes import SMOLLM2_135M
 
-SMOLLM2_135M = dict(
-    hidden_size=576,
-    intermediate_size=1536,
-    num_hidden_layers=30,
-    num_attention_heads=9,
-    num_key_value_heads=3,
-    vocab_size=49152,
-    max_position_embeddings=2048,
-    tie_word_embeddings=True,
-    rope_theta=100000.0,
-)
 
 CASES = {  # name -> adapterkit config (PEFT gets the same one through its own keys)
     "LoRA r16 all-linear": dict(rank=16, alpha=32, targets="all-linear"),
@@ -47,7 +37,7 @@ def base_model():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(**SMOLLM2_135M)).eval()
+    return LlamaForCausalLM(LlamaConfig(**SMOLLM2_135M, rope_theta=100000.0)).eval()
 
 
 def peft_config(cfg: dict):

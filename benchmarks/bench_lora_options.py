@@ -29,17 +29,8 @@ import time
 import warnings
 
 import torch
+from model_shapes import SMOLLM2_135M
 
-SMOL = dict(
-    hidden_size=576,
-    intermediate_size=1536,
-    num_hidden_layers=30,
-    num_attention_heads=9,
-    num_key_value_heads=3,
-    vocab_size=49152,
-    max_position_embeddings=2048,
-    tie_word_embeddings=True,
-)
 STEP_MODEL = dict(
     hidden_size=512,
     intermediate_size=1376,
@@ -99,7 +90,7 @@ def _time_init(library: str, base, init: str) -> float:
 
 def part_init(inits: list[str], repeats: int) -> dict:
     _peft_loftq_on_cpu()
-    base = _llama(SMOL).eval()
+    base = _llama(SMOLLM2_135M).eval()
     out = {}
     for init in inits:
         times = {"adapterkit": [], "peft": []}

@@ -25,6 +25,7 @@ import time
 
 from adapterkit.methods.lora.config import LoRAConfig
 from adapterkit.planning import Quant, Settings, calibrate
+from model_shapes import SMOLLM2_135M
 
 MIB = 2**20
 MODELS = {
@@ -58,17 +59,7 @@ MODELS = {
         vocab_size=256,
         max_position_embeddings=512,
     ),
-    "SmolLM2-135M": dict(
-        model_type="llama",
-        hidden_size=576,
-        intermediate_size=1536,
-        num_hidden_layers=30,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        vocab_size=49152,
-        max_position_embeddings=2048,
-        tie_word_embeddings=True,
-    ),
+    "SmolLM2-135M": dict(model_type="llama", **SMOLLM2_135M),
     "MiniLM-L6": dict(
         model_type="bert",
         hidden_size=384,

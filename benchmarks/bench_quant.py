@@ -39,6 +39,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import quant_setup as S  # noqa: E402
+from model_shapes import SMOLLM2_135M  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096)]
@@ -145,16 +146,7 @@ PRESETS = {
         dtype="bfloat16",
     ),
     "smollm2": dict(  # SmolLM2-135M's shapes (random weights: the speed does not depend on them)
-        config=dict(
-            hidden_size=576,
-            intermediate_size=1536,
-            num_hidden_layers=30,
-            num_attention_heads=9,
-            num_key_value_heads=3,
-            vocab_size=49152,
-            max_position_embeddings=2048,
-            tie_word_embeddings=True,
-        ),
+        config=SMOLLM2_135M,
         batch=4,
         seq=128,
         dtype="float32",
