@@ -252,9 +252,7 @@ def step_paired(args) -> list:
     A shared machine whose speed drifts by 10% over minutes moves separate runs' ratio by as much;
     it moves the ratio of two steps taken back to back far less. Memory needs --part step.
     """
-    preset_name = args.preset or ("1b" if CUDA else "cpu")
-    folder = args.folder or os.path.join(os.environ.get("TMPDIR", "/tmp"), f"adapterkit_bench_{preset_name}")
-    _save_model(PRESETS[preset_name], folder)
+    preset_name, folder = _preset_and_folder(args)
     steps = {lib: _trainer(lib, PRESETS[preset_name], folder)[0] for lib in ("adapterkit", "peft")}
     times = {"adapterkit": [], "peft": []}
     for i in range(args.steps):
@@ -273,10 +271,16 @@ def step_paired(args) -> list:
     return [row]
 
 
-def bench_step(args) -> list:
+def _preset_and_folder(args) -> tuple[str, str]:
+    """The preset asked for (by device when none) and the folder its saved model is in."""
     preset = args.preset or ("1b" if CUDA else "cpu")
     folder = args.folder or os.path.join(os.environ.get("TMPDIR", "/tmp"), f"adapterkit_bench_{preset}")
     _save_model(PRESETS[preset], folder)
+    return preset, folder
+
+
+def bench_step(args) -> list:
+    preset, folder = _preset_and_folder(args)
     rows = []
     for lib in ("adapterkit", "peft"):
         cmd = [

@@ -13,24 +13,12 @@ from torch import Tensor
 from .formats import QuantWeight
 from .qmatmul import qmatmul_triton
 from .qmatmul_grad import qmatmul_input_grad_triton
+from .reference import lora_grads
 
 
 def qlora_matmul_triton(x: Tensor, qw: QuantWeight, a: Tensor, b: Tensor, scale: float) -> Tensor:
     """x (M, K) -> (M, N), in x's dtype."""
     return qmatmul_triton(x, qw, a, b, scale)
-
-
-def lora_grads(ctx, dy: Tensor, x: Tensor, a: Tensor, b: Tensor, needs) -> tuple:
-    """Gradients of scale * (x @ A^T) @ B^T for (x, A, B), None where ``needs`` says none.
-
-    dh = scale * dy @ B (M, r); dx = dh @ A; dA = dh^T @ x; dB = scale * dy^T @ (x @ A^T).
-    """
-    a_, b_ = a.to(dy.dtype), b.to(dy.dtype)
-    dh = (dy @ b_) * ctx.scale  # (M, r)
-    dx = dh @ a_ if needs[0] else None
-    da = (dh.t() @ x.to(dy.dtype)).to(a.dtype) if needs[1] else None
-    db = ((dy.t() @ (x.to(dy.dtype) @ a_.t())) * ctx.scale).to(b.dtype) if needs[2] else None
-    return dx, da, db
 
 
 class QLoRATriton(torch.autograd.Function):
@@ -47,7 +35,7 @@ class QLoRATriton(torch.autograd.Function):
         x, a, b = ctx.saved_tensors
         dy = dy.contiguous()
         needs = ctx.needs_input_grad
-        dx, da, db = lora_grads(ctx, dy, x, a, b, (needs[0], needs[2], needs[3]))
+        dx, da, db = lora_grads(dy, x, a, b, ctx.scale, (needs[0], needs[2], needs[3]))
         if needs[0]:
             dx = qmatmul_input_grad_triton(dy, ctx.qw) + dx
         return dx, None, da, db, None

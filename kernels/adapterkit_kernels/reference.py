@@ -176,20 +176,31 @@ class LoRABranch(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy: Tensor):
         x, a, b, h = ctx.saved_tensors
-        needs = ctx.needs_input_grad
-        a_, b_ = a.to(dy.dtype), b.to(dy.dtype)
-        dh = (dy @ b_).mul_(ctx.scale)  # (M, r)
-        dx = dh @ a_ if needs[0] else None
-        da = (dh.t() @ x.to(dy.dtype)).to(a.dtype) if needs[1] else None
-        db = (dy.t() @ h.to(dy.dtype)).to(b.dtype) if needs[2] else None
-        return dx, da, db, None
+        return *lora_grads(dy, x, a, b, ctx.scale, ctx.needs_input_grad[:3], h), None
+
+
+def lora_grads(dy: Tensor, x: Tensor, a: Tensor, b: Tensor, scale: float, needs, h=None) -> tuple:
+    """Gradients of scale * (x @ A^T) @ B^T for (x, A, B), None where ``needs`` says none.
+
+    dh = scale * dy @ B (M, r); dx = dh @ A; dA = dh^T @ x; dB = dy^T @ h, h = scale * x @ A^T
+    (the kept h, or recomputed when None).
+    """
+    a_, b_ = a.to(dy.dtype), b.to(dy.dtype)
+    dh = (dy @ b_).mul_(scale)  # (M, r)
+    dx = dh @ a_ if needs[0] else None
+    da = (dh.t() @ x.to(dy.dtype)).to(a.dtype) if needs[1] else None
+    db = None
+    if needs[2]:
+        h = (x.to(dy.dtype) @ a_.t()).mul_(scale) if h is None else h.to(dy.dtype)
+        db = (dy.t() @ h).to(b.dtype)
+    return dx, da, db
 
 
 def qlora(x: Tensor, qw: QuantWeight, a: Tensor, b: Tensor, scale: float) -> Tensor:
     """x (M, K) -> x @ W^T + scale * (x @ A^T) @ B^T (M, N), differentiable in x, A and B.
 
     The LoRA branch runs first and the base matmul last, adding into the branch's output. So the
-    tensors this layer keeps for backward (x, A, B) are kept before its base matmul runs, and a
+    tensors this layer keeps for backward (x, A, B, h) are kept before its base matmul runs, and a
     checkpointed block whose last kept tensors are this layer's (a transformer block's last
     projection) stops its recompute before that matmul: torch's non-reentrant checkpoint ends
     the recompute once every kept tensor is back (``torch.utils.checkpoint.set_checkpoint_early_stop``).
