@@ -15,6 +15,7 @@ rank 16 / alpha 32 on every linear layer; variants plain, dropout 0.1 and DoRA.
     python benchmarks/bench_lora.py --part step --steps 5 --variants plain,dora
     python benchmarks/bench_lora.py --part step --threads 1 --clock cpu   # steadier when shared
     python benchmarks/bench_lora.py --part step --compile --threads 1 --clock cpu   # compiled models
+    python benchmarks/bench_lora.py --part memory --compile                         # compiled, memory
 """
 
 from __future__ import annotations
@@ -111,17 +112,19 @@ def bench_step(variants, rounds: int, warmup: int, compile_: bool = False) -> di
     return out
 
 
-def memory_child(lib: str, variant: str, repeats: int = 3) -> dict:
-    """Activation bytes held by one training forward (run in a fresh process)."""
+def memory_child(lib: str, variant: str, repeats: int = 3, compile_: bool = False) -> dict:
+    """Activation bytes held by one training forward (run in a fresh process); ``compile_``: of the
+    ``torch.compile``'d model (compiled by the first, untimed step)."""
     ids = S.batch()
     model = S.one(lib, variant)
+    forward = torch.compile(model) if compile_ else model
     opt = S.optimizer(model)
-    S.train_step(model, opt, ids)  # optimizer state and every lazy buffer exist from here on
+    S.train_step(forward, opt, ids)  # optimizer state and every lazy buffer exist from here on
     opt.zero_grad(set_to_none=True)
     held = []
     for _ in range(repeats):
         before = S.bytes_in_use()
-        loss = model(input_ids=ids, labels=ids).loss
+        loss = forward(input_ids=ids, labels=ids).loss
         held.append(S.bytes_in_use() - before)
         loss.backward()
         opt.zero_grad(set_to_none=True)
@@ -129,13 +132,14 @@ def memory_child(lib: str, variant: str, repeats: int = 3) -> dict:
     return {"held_mib": statistics.median(held) / MIB}
 
 
-def bench_memory(variants) -> dict:
+def bench_memory(variants, compile_: bool = False) -> dict:
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     jobs = [("full", "plain")] + [(lib, v) for v in variants for lib in ("adapterkit", "peft")]
     out = {}
     for lib, variant in jobs:
         short = {"adapterkit": "ak"}.get(lib, lib)
         cmd = [sys.executable, os.path.abspath(__file__), "--memory-child", short, variant]
+        cmd += ["--compile"] if compile_ else []
         res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
         held = json.loads(res.stdout.strip().splitlines()[-1])["held_mib"]
         key = "full" if lib == "full" else variant
@@ -214,7 +218,7 @@ def main(argv=None) -> None:
         default="wall",
         help="wall: elapsed time; cpu: this process's CPU time (steadier on a busy machine)",
     )
-    p.add_argument("--compile", action="store_true", help="time the step part with torch.compile'd models")
+    p.add_argument("--compile", action="store_true", help="step and memory parts with torch.compile'd models")
     p.add_argument("--json", help="also write the results to this file")
     p.add_argument("--memory-child", nargs=2, metavar=("LIB", "VARIANT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -222,7 +226,7 @@ def main(argv=None) -> None:
     global _clock
     _clock = CLOCK[args.clock]
     if args.memory_child:
-        print(json.dumps(memory_child(*args.memory_child)))
+        print(json.dumps(memory_child(*args.memory_child, compile_=args.compile)))
         return
     variants = [v for v in args.variants.split(",") if v]
     for v in variants:
@@ -233,7 +237,7 @@ def main(argv=None) -> None:
     if args.part in ("all", "step"):
         results["step"] = bench_step(variants, args.steps, max(args.warmup, 2 if args.compile else 0), args.compile)
     if args.part in ("all", "memory"):
-        results["memory"] = bench_memory(variants)
+        results["memory"] = bench_memory(variants, args.compile)
     if args.part in ("all", "infer"):
         results["infer"] = bench_infer(2 * args.steps, args.warmup)
     if args.json:

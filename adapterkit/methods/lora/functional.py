@@ -88,7 +88,7 @@ def unpack_mask(bits: Tensor, shape: torch.Size) -> Tensor:
     return words.view(torch.uint8)[: shape.numel()].view(shape)
 
 
-def _branch(x: Tensor, a: Tensor, p: float, seed: Optional[int]) -> tuple[Tensor, Optional[Tensor]]:
+def branch(x: Tensor, a: Tensor, p: float, seed: Optional[int]) -> tuple[Tensor, Optional[Tensor]]:
     """h = drop(x) @ A^T (N, r), and the keep-mask packed to bits (None without dropout)."""
     if seed is None:
         return x @ a.t(), None
@@ -111,12 +111,17 @@ def _lora_grads(dz, x, h, a, b, bits, scale: float, p: float, need) -> tuple:
         da = torch.mm(dh.t(), x) if need_a else None  # (r, in)
         dx = torch.mm(dh, a) if need_x else None  # (N, in)
         return dx, da, db
-    # d drop(x) / dx = keep / (1 - p), with the forward's mask, unpacked
-    dh.mul_(1.0 / (1.0 - p))
+    dx, da = masked_grads(dh.mul_(1.0 / (1.0 - p)), x, a, bits, need_x, need_a)
+    return dx, da, db
+
+
+def masked_grads(dh, x, a, bits, need_x: bool, need_a: bool) -> tuple[Optional[Tensor], Optional[Tensor]]:
+    """Gradients (dx, dA) of h = (x * keep / (1 - p)) @ A^T, given dh (N, r) already times 1 / (1 - p):
+    d drop(x) / dx = keep / (1 - p), with the forward's mask (``bits``) unpacked. None where not needed."""
     keep = unpack_mask(bits, x.shape).to(x.dtype)  # (N, in) 0/1
     dx = torch.mm(dh, a).mul_(keep) if need_x else None  # (N, in)
     da = torch.mm(dh.t(), keep.mul_(x)) if need_a else None  # (r, in); keep becomes x * keep
-    return dx, da, db
+    return dx, da
 
 
 def _dora_scale(out, s, bias) -> Tensor:
@@ -143,7 +148,7 @@ class LoRAFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, y, a, b, scale: float, p: float, seed: Optional[int]):
-        h, bits = _branch(x, a, p, seed)
+        h, bits = branch(x, a, p, seed)
         out = torch.addmm(y, h, b.t(), alpha=scale)  # (N, out)
         ctx.save_for_backward(x, h, a, b, bits)
         ctx.scale, ctx.p = scale, p
@@ -165,7 +170,7 @@ class DoRAFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, y_b, a, b, m, bias, norm, scale: float, p: float, seed: Optional[int]):
-        h, bits = _branch(x, a, p, seed)
+        h, bits = branch(x, a, p, seed)
         s = (m / norm).to(x.dtype)  # (out,); norm comes in fp32
         out = _dora_scale(torch.addmm(y_b, h, b.t(), alpha=scale), s, bias)  # (N, out)
         ctx.save_for_backward(x, h, a, b, m, s, bias, out, bits)

@@ -26,6 +26,7 @@ from ...quant.linear import QuantLinear
 from . import conv, dora_layouts, mha, mixed, stack
 from .config import LoRAConfig
 from .patterns import scale_of
+from .traced import dropout_branch
 from .bias import add_bias
 from .init import changes_base, initialise
 from .functional import (
@@ -145,8 +146,8 @@ class LoRA(nn.Module):
         return self._with_bias(base(x, lora=(self.a, self.b, self.scale)))
 
     def _traced_dropout(self) -> bool:
-        """Dropout under ``torch.compile``: the plain forward, whose mask the compiler draws itself
-        (the seeded, bit-packed mask of the Functions reads a seed back from a tensor: a graph break)."""
+        """Dropout under ``torch.compile``: the plain forward, with the dropout branch as a custom op
+        (traced.py; the Functions' seed, read back from a tensor, would be a graph break)."""
         return self.training and self.dropout > 0 and torch.compiler.is_compiling()
 
     def plain(self, x: Tensor, y: Tensor, y_base: Tensor, base: nn.Module) -> Tensor:
@@ -154,10 +155,15 @@ class LoRA(nn.Module):
 
         LoRA: y + s B A drop(x).  DoRA: g (ref + s B A drop(x) - bias) + bias, g = m / ||W + s B A||_row
         held constant, ref = y (or the base output y_base with dropout in training, PEFT's rule).
+        drop(x) A^T is the custom op ``dropout_branch`` (the same mask as the Functions, packed).
         """
         dtype = y.dtype
         a, b = self.a.to(dtype), self.b.to(dtype)
-        update = F.linear(F.linear(F.dropout(x.to(dtype), self.dropout, self.training), a), b) * self.scale
+        if self.training and self.dropout > 0:
+            h = dropout_branch(x.to(dtype).reshape(-1, a.shape[1]), a, self.dropout)[0]  # (N, r)
+            update = F.linear(h, b).view(y.shape) * self.scale
+        else:
+            update = F.linear(F.linear(x.to(dtype), a), b) * self.scale
         if self.magnitude is None:
             return y + update
         norm = dora_norm(bases.dense_weight(base), a, b, self.scale).detach()  # (out,) fp32, a constant
