@@ -4,6 +4,7 @@ dropout) equals the autograd Functions of the eager path."""
 
 import pytest
 import torch
+import torch.utils.checkpoint
 
 import adapterkit as ak
 from adapterkit.layer import AdapterLayer
@@ -26,7 +27,9 @@ def _inductor_cache(tmp_path, monkeypatch):
     torch.compiler.reset()
 
 
-def _block(**options):
+def _block(checkpointed: bool = False, **options):
+    """A one-block Llama with LoRA; ``step(h)`` its loss, the block under torch's non-reentrant
+    gradient checkpoint when ``checkpointed`` (what ak.prepare_for_kbit_training turns on)."""
     model = tiny_llama(hidden_size=32, num_hidden_layers=1)
     ak.attach(model, ak.LoRAConfig(rank=4, alpha=8, targets="all-linear", init="random", **options))
     model.train()
@@ -34,23 +37,33 @@ def _block(**options):
     pos = model.model.rotary_emb(x, torch.arange(6)[None])
     block = model.model.layers[0]
 
-    def step(h):
+    def run(h):
         out = block(h, position_embeddings=pos)
-        return (out[0] if isinstance(out, tuple) else out).square().mean()
+        return out[0] if isinstance(out, tuple) else out
+
+    def step(h):
+        out = torch.utils.checkpoint.checkpoint(run, h, use_reentrant=False) if checkpointed else run(h)
+        return out.square().mean()
 
     return model, step, x
 
 
-CASES = [(v, "aot_eager") for v in VARIANTS] + [("lora_dropout", "inductor"), ("dora_dropout", "inductor")]
+CASES = [(v, "aot_eager", False) for v in VARIANTS] + [
+    ("lora_dropout", "inductor", False),
+    ("dora_dropout", "inductor", False),
+    ("lora_dropout", "aot_eager", True),
+    ("dora_dropout", "inductor", True),
+]
 
 
-@pytest.mark.parametrize("variant,backend", CASES)
-def test_block_compiles_without_graph_breaks(variant, backend):
+@pytest.mark.parametrize("variant,backend,checkpointed", CASES)
+def test_block_compiles_without_graph_breaks(variant, backend, checkpointed):
     """fullgraph=True raises at any graph break. The compiled loss and gradients equal the eager
-    ones; with dropout from the same generator state, which gives the same masks (the dropout branch
-    is a custom op drawing its seed as the eager Functions do), and the loss then differs from the
-    dropout-free (eval) one."""
-    model, step, x = _block(**VARIANTS[variant])
+    ones (uncheckpointed); with dropout from the same generator state, which gives the same masks
+    (the dropout branch is a custom op taking its seed from one drawn as the eager Functions draw
+    it), and the loss then differs from the dropout-free (eval) one. Checkpointed, the compiled
+    recompute must reuse the forward's masks, not draw new ones, for the gradients to agree."""
+    model, step, x = _block(checkpointed, **VARIANTS[variant])
     params = [p for p in model.parameters() if p.requires_grad]
     x = x.requires_grad_()
     compiled_step = torch.compile(step, fullgraph=True, backend=backend)

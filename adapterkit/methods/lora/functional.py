@@ -40,9 +40,15 @@ _GATHER = 0x0102040810204080  # sums 8 bytes holding 0/1 into the top byte, byte
 _TOP_BYTE = 7 if sys.byteorder == "little" else 0
 
 
+def seed_tensor() -> Tensor:
+    """A dropout seed drawn from torch's default generator (so ``torch.manual_seed`` fixes it), as a
+    () int64 tensor: under ``torch.compile`` a random op in the graph (traced.py)."""
+    return torch.randint(0, 2**62, (), dtype=torch.int64)
+
+
 def new_seed() -> int:
-    """A dropout seed drawn from torch's default generator (so ``torch.manual_seed`` fixes it)."""
-    return int(torch.randint(0, 2**62, (), dtype=torch.int64))
+    """``seed_tensor()`` as a Python int (the eager Functions take it so)."""
+    return int(seed_tensor())
 
 
 def keep_mask(shape: torch.Size, p: float, seed: int, device: torch.device) -> Tensor:

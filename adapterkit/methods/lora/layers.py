@@ -26,7 +26,7 @@ from ...quant.linear import QuantLinear
 from . import conv, dora_layouts, mha, mixed, stack
 from .config import LoRAConfig
 from .patterns import scale_of
-from .traced import dropout_branch
+from .traced import dropout_branch, dropout_seed
 from .bias import add_bias
 from .init import changes_base, initialise
 from .functional import (
@@ -160,7 +160,8 @@ class LoRA(nn.Module):
         dtype = y.dtype
         a, b = self.a.to(dtype), self.b.to(dtype)
         if self.training and self.dropout > 0:
-            h = dropout_branch(x.to(dtype).reshape(-1, a.shape[1]), a, self.dropout)[0]  # (N, r)
+            x2 = x.to(dtype).reshape(-1, a.shape[1])  # (N, in)
+            h = dropout_branch(x2, a, self.dropout, dropout_seed(x2, a))[0]  # (N, r)
             update = F.linear(h, b).view(y.shape) * self.scale
         else:
             update = F.linear(F.linear(x.to(dtype), a), b) * self.scale
