@@ -27,9 +27,28 @@ def _inductor_cache(tmp_path, monkeypatch):
     torch.compiler.reset()
 
 
+def _mlp_block(**options):
+    """A feed-forward block of plain torch modules with LoRA, its loss under torch's non-reentrant
+    gradient checkpoint (what ak.prepare_for_kbit_training turns on). Not a transformers layer:
+    transformers 5.25's decoder layers do not compile under a checkpoint at all, adapters or not
+    (their forward sets a context variable: dynamo's "HOP: Unsafe side effect")."""
+    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.SiLU(), torch.nn.Linear(64, 32))
+    ak.attach(model, ak.LoRAConfig(rank=4, alpha=8, targets=["0", "2"], init="random", **options))
+    model.train()
+
+    def block(h):  # the layers, not the model's own call (whose hooks sit outside a block's checkpoint)
+        return model[2](model[1](model[0](h)))
+
+    def step(h):
+        return torch.utils.checkpoint.checkpoint(block, h, use_reentrant=False).square().mean()
+
+    return model, step, torch.randn(2, 6, 32)
+
+
 def _block(checkpointed: bool = False, **options):
-    """A one-block Llama with LoRA; ``step(h)`` its loss, the block under torch's non-reentrant
-    gradient checkpoint when ``checkpointed`` (what ak.prepare_for_kbit_training turns on)."""
+    """A one-block Llama with LoRA and ``step(h)``, its loss; ``checkpointed``: _mlp_block instead."""
+    if checkpointed:
+        return _mlp_block(**options)
     model = tiny_llama(hidden_size=32, num_hidden_layers=1)
     ak.attach(model, ak.LoRAConfig(rank=4, alpha=8, targets="all-linear", init="random", **options))
     model.train()
@@ -37,13 +56,9 @@ def _block(checkpointed: bool = False, **options):
     pos = model.model.rotary_emb(x, torch.arange(6)[None])
     block = model.model.layers[0]
 
-    def run(h):
-        out = block(h, position_embeddings=pos)
-        return out[0] if isinstance(out, tuple) else out
-
     def step(h):
-        out = torch.utils.checkpoint.checkpoint(run, h, use_reentrant=False) if checkpointed else run(h)
-        return out.square().mean()
+        out = block(h, position_embeddings=pos)
+        return (out[0] if isinstance(out, tuple) else out).square().mean()
 
     return model, step, x
 
