@@ -41,9 +41,9 @@ _TOP_BYTE = 7 if sys.byteorder == "little" else 0
 
 
 def seed_tensor() -> Tensor:
-    """A dropout seed drawn from torch's default generator (so ``torch.manual_seed`` fixes it), as a
-    () int64 tensor: under ``torch.compile`` a random op in the graph (traced.py)."""
-    return torch.randint(0, 2**62, (), dtype=torch.int64)
+    """A dropout seed drawn from torch's default CPU generator (so ``torch.manual_seed`` fixes it), as
+    a () int64 tensor (traced.py's seed op returns it)."""
+    return torch.randint(0, 2**62, (), dtype=torch.int64, device="cpu")
 
 
 def new_seed() -> int:

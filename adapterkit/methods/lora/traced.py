@@ -30,7 +30,7 @@ def dropout_seed(x: Tensor, a: Tensor) -> Tensor:
 
 @dropout_seed.register_fake
 def _(x: Tensor, a: Tensor) -> Tensor:
-    return torch.empty((), dtype=torch.int64)
+    return torch.empty((), dtype=torch.int64, device="cpu")
 
 
 @torch.library.custom_op("adapterkit::lora_dropout_branch", mutates_args=())
