@@ -73,8 +73,9 @@ CASES = [(v, "aot_eager", False) for v in VARIANTS] + [
 
 @pytest.mark.parametrize("variant,backend,checkpointed", CASES)
 def test_block_compiles_without_graph_breaks(variant, backend, checkpointed):
-    """fullgraph=True raises at any graph break. The compiled loss and gradients equal the eager
-    ones (uncheckpointed); with dropout from the same generator state, which gives the same masks
+    """fullgraph=True raises at any graph break. The compiled loss and gradients equal the same step
+    run eagerly (whose checkpoint restores the generator for its recompute); with dropout from the
+    same generator state, which gives the same masks
     (the dropout branch is a custom op taking its seed from one drawn as the eager Functions draw
     it), and the loss then differs from the dropout-free (eval) one. Checkpointed, the compiled
     recompute must reuse the forward's masks, not draw new ones, for the gradients to agree."""
