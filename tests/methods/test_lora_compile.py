@@ -45,10 +45,8 @@ def _mlp_block(**options):
     return model, step, torch.randn(2, 6, 32)
 
 
-def _block(checkpointed: bool = False, **options):
-    """A one-block Llama with LoRA and ``step(h)``, its loss; ``checkpointed``: _mlp_block instead."""
-    if checkpointed:
-        return _mlp_block(**options)
+def _block(**options):
+    """A one-block Llama with LoRA and ``step(h)``, its loss."""
     model = tiny_llama(hidden_size=32, num_hidden_layers=1)
     ak.attach(model, ak.LoRAConfig(rank=4, alpha=8, targets="all-linear", init="random", **options))
     model.train()
@@ -79,7 +77,7 @@ def test_block_compiles_without_graph_breaks(variant, backend, checkpointed):
     (the dropout branch is a custom op taking its seed from one drawn as the eager Functions draw
     it), and the loss then differs from the dropout-free (eval) one. Checkpointed, the compiled
     recompute must reuse the forward's masks, not draw new ones, for the gradients to agree."""
-    model, step, x = _block(checkpointed, **VARIANTS[variant])
+    model, step, x = (_mlp_block if checkpointed else _block)(**VARIANTS[variant])
     params = [p for p in model.parameters() if p.requires_grad]
     x = x.requires_grad_()
     compiled_step = torch.compile(step, fullgraph=True, backend=backend)
