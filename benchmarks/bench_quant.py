@@ -3,8 +3,9 @@
 Part ``layer``: forward and forward+backward of one layer, M tokens x (K -> N), with and without a
 rank-16 LoRA branch, for the contenders of quant_setup.py. On CUDA: bf16, Triton kernels, medians
 of ``triton.testing.do_bench``; M in {1, 16, 512, 4096}, (K, N) in {(4096, 4096), (4096, 14336),
-(14336, 4096)}. On CPU: fp32, adapterkit's PyTorch reference against bitsandbytes' CPU code,
-medians of --reps runs (perf_counter); by default the (4096, 4096) shape and M in {1, 16, 512}.
+(14336, 4096)}. On CPU: fp32, adapterkit as ``auto`` runs it (the C++ kernel for M <= 16, the
+PyTorch reference above) and on the reference alone, against bitsandbytes' CPU code, medians of
+--reps runs (perf_counter); by default the (4096, 4096) shape and M in {1, 4, 16, 512}.
 
 Part ``step``: one QLoRA training step (rank 16 all-linear, gradient checkpointing, AdamW) of a
 Llama-shaped model, adapterkit vs PEFT + bitsandbytes, each in a fresh process: tokens/s and peak
@@ -21,6 +22,12 @@ median and range of the per-pair time ratios (adapterkit / PEFT), --steps pairs.
 a machine whose speed drifts; --part step for memory.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_quant.py --part step-paired --preset smollm2 --steps 8
+
+Part ``generate``: greedy generation (batch 1, a 16-token prompt, --new-tokens) with the preset's
+QLoRA model in eval mode: ms per new token for adapterkit (``auto``: on CPU the C++ kernel for these
+few rows), adapterkit on the reference alone, and PEFT + bitsandbytes, runs alternating in one process.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_quant.py --part generate --preset smollm2 --steps 5
 """
 
 from __future__ import annotations
@@ -87,7 +94,7 @@ def _runner(contender, x, training: bool):
 
 def bench_layer(args) -> list:
     device, dtype = ("cuda", torch.bfloat16) if CUDA else ("cpu", torch.float32)
-    backend = "triton" if CUDA else "reference"
+    backend = "triton" if CUDA else "auto"
     rows = []
     for k, n in args.shapes:
         layer = S.Layer(k, n, args.rank, device, dtype, need_bnb=not args.no_bnb)
@@ -107,7 +114,7 @@ def bench_layer(args) -> list:
 
 
 def layer_table(rows: list) -> str:
-    names = ["adapterkit", "bnb_dequant", "bnb_matmul_4bit", "peft_bnb", "dense"]
+    names = ["adapterkit", "adapterkit_reference", "bnb_dequant", "bnb_matmul_4bit", "peft_bnb", "dense"]
     names = [n for n in names if any(n in r for r in rows)]
     head = (
         "| mode | LoRA | M | K x N | "
@@ -271,6 +278,51 @@ def step_paired(args) -> list:
     return [row]
 
 
+def bench_generate(args) -> list:
+    """Greedy generation, batch 1, with the QLoRA model of a preset (LoRA attached, eval mode): time per
+    new token for adapterkit as ``auto`` runs it, adapterkit on the reference alone, and PEFT +
+    bitsandbytes, in one process, the runs alternating; --steps rounds, medians."""
+    from adapterkit_kernels import ops
+
+    preset_name, folder = _preset_and_folder(args)
+    preset, device = PRESETS[preset_name], ("cuda" if CUDA else "cpu")
+    dtype = getattr(torch, preset["dtype"])
+    models = {lib: _load(lib, folder, dtype, device).eval() for lib in ("adapterkit", "peft")}
+    prompt = torch.randint(0, preset["config"]["vocab_size"], (1, 16), device=device)
+    runs = {
+        "adapterkit": ("adapterkit", "auto"),
+        "adapterkit_reference": ("adapterkit", "reference"),
+        "peft_bnb": ("peft", "auto"),
+    }
+
+    def per_token(name) -> float:
+        lib, backend = runs[name]
+        with ops.use_backend(backend), torch.no_grad():
+            start = time.perf_counter()
+            out = models[lib].generate(
+                input_ids=prompt,
+                max_new_tokens=args.new_tokens,
+                min_new_tokens=args.new_tokens,
+                do_sample=False,
+                use_cache=True,
+                pad_token_id=0,
+            )
+            _sync()
+        assert out.shape[1] == prompt.shape[1] + args.new_tokens
+        return (time.perf_counter() - start) / args.new_tokens
+
+    for name in runs:  # warm-up: builds, repacks, allocator
+        per_token(name)
+    times = {name: [] for name in runs}
+    for i in range(args.steps):
+        for name in runs if i % 2 == 0 else reversed(list(runs)):
+            times[name].append(per_token(name))
+    row = {"preset": preset_name, "new_tokens": args.new_tokens, "rounds": args.steps}
+    row.update({f"{name}_ms_per_token": round(1e3 * statistics.median(t), 2) for name, t in times.items()})
+    print(json.dumps(row), flush=True)
+    return [row]
+
+
 def _preset_and_folder(args) -> tuple[str, str]:
     """The preset asked for (by device when none) and the folder its saved model is in."""
     preset = args.preset or ("1b" if CUDA else "cpu")
@@ -344,8 +396,9 @@ def machine() -> dict:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=["layer", "step", "step-paired", "step-child"], default="layer")
-    parser.add_argument("--m", type=int, nargs="+", default=[1, 16, 512, 4096] if CUDA else [1, 16, 512])
+    parser.add_argument("--part", choices=["layer", "step", "step-paired", "step-child", "generate"], default="layer")
+    parser.add_argument("--new-tokens", type=int, default=32, help="generate: new tokens per run")
+    parser.add_argument("--m", type=int, nargs="+", default=[1, 16, 512, 4096] if CUDA else [1, 4, 16, 512])
     parser.add_argument(
         "--shapes",
         type=lambda s: tuple(int(v) for v in s.split("x")),
@@ -369,8 +422,8 @@ def main(argv=None):
         return step_child(args)
     info = machine()
     print(json.dumps(info), flush=True)
-    if args.part == "step-paired":
-        rows = step_paired(args)
+    if args.part in ("step-paired", "generate"):
+        rows = step_paired(args) if args.part == "step-paired" else bench_generate(args)
     else:
         rows = bench_layer(args) if args.part == "layer" else bench_step(args)
         print()

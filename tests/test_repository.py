@@ -24,6 +24,15 @@ def test_every_package_is_listed_for_the_wheel():
     assert listed - found == {"adapterkit_kernels"}
 
 
+def test_every_kernel_source_is_package_data():
+    """The C++ sources compiled at first use (``adapterkit_kernels.qmatmul_cpu``) travel in the wheel."""
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    package = ROOT / "kernels" / "adapterkit_kernels"
+    sources = {p.relative_to(package) for p in package.rglob("*.cpp")}
+    shipped = {p.relative_to(package) for g in globs["adapterkit_kernels"] for p in package.glob(g)}
+    assert sources and sources <= shipped
+
+
 def test_the_kernels_folder_hides_no_kernels_package():
     """Run from the repository root (``python -m pytest`` puts it first on sys.path), ``import kernels``
     must not find the project's folder as a package: transformers >= 5.25 imports the ``kernels``

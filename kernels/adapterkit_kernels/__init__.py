@@ -6,7 +6,8 @@
     qmatmul       Triton: fused dequantize + matmul (+ LoRA branch), decode split-K; autograd Function
     qmatmul_grad  Triton: the input gradient dy @ W, fused the same way
     qlora         Triton: the LoRA-fused forward's autograd Function
-    ops           the one dispatch point (ADAPTERKIT_BACKEND = auto | reference | triton)
+    qmatmul_cpu   C++ (csrc/qmatmul_cpu.cpp, built at first use): the matmul for few rows on CPU
+    ops           the one dispatch point (ADAPTERKIT_BACKEND = auto | reference | triton | cpu)
 
 Triton is imported lazily, only by the op files, so ``import adapterkit_kernels`` works without it.
 Kernel chain: ``_qmatmul_kernel`` (jit) -> ``qmatmul_triton`` (launcher) -> ``reference.qmatmul``

@@ -1,11 +1,15 @@
-"""The one dispatch point for quantized ops: Triton kernels or the pure-PyTorch reference.
+"""The one dispatch point for quantized ops: Triton kernels, the C++ CPU kernel, or the pure-PyTorch reference.
 
 Backend, read every time an op runs (so a running process can switch it):
-    ADAPTERKIT_BACKEND = auto | reference | triton      (environment variable; default auto)
-    with use_backend("reference"): ...                   (in code; wins over the variable)
-``auto`` takes Triton for CUDA tensors when triton imports, the reference otherwise (quietly).
+    ADAPTERKIT_BACKEND = auto | reference | triton | cpu   (environment variable; default auto)
+    with use_backend("reference"): ...                      (in code; wins over the variable)
+``auto`` takes Triton for CUDA tensors when triton imports; on CPU, the C++ kernel
+(qmatmul_cpu.py) for an fp32 matmul of at most ``qmatmul_cpu.SMALL_M`` rows when it builds with
+SIMD (not while ``torch.compile`` traces); the reference otherwise (quietly).
 ``triton`` asks for the kernels: on CPU tensors they run only under TRITON_INTERPRET=1 (how CI
 tests them); without triton, or on CPU without the interpreter, it fails loudly.
+``cpu`` asks for the C++ kernel for every CPU matmul (any number of rows); where it cannot run
+(not built, a CUDA tensor, not fp32, rows that are not whole blocks) it fails loudly.
 """
 
 from __future__ import annotations
@@ -20,11 +24,11 @@ from typing import Iterator, Optional
 import torch
 from torch import Tensor
 
-from . import formats, reference
+from . import formats, qmatmul_cpu, reference
 from ._launch import interpreting
 from .formats import QuantWeight
 
-BACKENDS = ("auto", "reference", "triton")
+BACKENDS = ("auto", "reference", "triton", "cpu")
 _local = threading.local()
 
 
@@ -58,7 +62,7 @@ def triton_installed() -> bool:
 def uses_triton(tensor: Tensor) -> bool:
     """Whether an op on ``tensor`` runs the Triton kernels under the current backend."""
     name = requested_backend()
-    if name == "reference":
+    if name in ("reference", "cpu"):
         return False
     runnable = triton_installed() and (tensor.is_cuda or interpreting())
     if name == "auto":
@@ -74,6 +78,34 @@ def uses_triton(tensor: Tensor) -> bool:
             "use ADAPTERKIT_BACKEND=auto or reference, or install triton / move to a GPU"
         )
     return True
+
+
+def uses_cpu_kernel(x: Tensor, qw: QuantWeight) -> bool:
+    """Whether a matmul of ``x`` (M, K) with ``qw`` runs the C++ CPU kernel under the current backend."""
+    name = requested_backend()
+    if name == "cpu":
+        why = (
+            f"the tensors are on {x.device}"
+            if x.device.type != "cpu" or qw.device.type != "cpu"
+            else f"x is {x.dtype} (the kernel computes in float32)"
+            if x.dtype != torch.float32
+            else f"the weight's rows ({qw.shape[1]} elements) are not whole blocks of {qw.block}"
+            if not qmatmul_cpu.fits(qw)
+            else None
+        )
+        if why:
+            raise RuntimeError(f"backend 'cpu' was requested but {why}; use ADAPTERKIT_BACKEND=auto or reference")
+        qmatmul_cpu.build()  # raises, saying why, where it cannot be built
+        return True
+    return (
+        name == "auto"
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and x.shape[0] <= qmatmul_cpu.SMALL_M
+        and qmatmul_cpu.fits(qw)
+        and not torch.compiler.is_compiling()
+        and qmatmul_cpu.available()
+    )
 
 
 # -- public ops --------------------------------------------------------------------------------
@@ -104,6 +136,8 @@ def qmatmul(x: Tensor, qw: QuantWeight, bias: Optional[Tensor] = None) -> Tensor
         from .qmatmul import QMatmulTriton
 
         y = QMatmulTriton.apply(x2, qw)
+    elif uses_cpu_kernel(x2, qw):
+        y = qmatmul_cpu.QMatmulCPU.apply(x2, qw)
     else:
         y = reference.QMatmulReference.apply(x2, qw)
     return reference.maybe_bias(y, bias).view(*x.shape[:-1], qw.shape[0])
@@ -119,7 +153,8 @@ def qlora_matmul(
 
         y = QLoRATriton.apply(x2, qw, a, b, float(scale))
     else:
-        y = reference.qlora(x2, qw, a, b, float(scale))
+        matmul = qmatmul_cpu.QMatmulCPU if uses_cpu_kernel(x2, qw) else reference.QMatmulReference
+        y = reference.qlora(x2, qw, a, b, float(scale), matmul)
     return reference.maybe_bias(y, bias).view(*x.shape[:-1], qw.shape[0])
 
 

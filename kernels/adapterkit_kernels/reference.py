@@ -1,4 +1,4 @@
-"""Pure-PyTorch quantize, dequantize and quantized matmuls: the CPU path and the test oracle.
+"""Pure-PyTorch quantize, dequantize and quantized matmuls: the CPU path (beside qmatmul_cpu) and the test oracle.
 
 Layouts are defined in ``formats.py``. The matmuls compute, for x (M, K) and W (N, K):
     qmatmul:             y  = x @ W^T                          (M, N)
@@ -196,7 +196,7 @@ def lora_grads(dy: Tensor, x: Tensor, a: Tensor, b: Tensor, scale: float, needs,
     return dx, da, db
 
 
-def qlora(x: Tensor, qw: QuantWeight, a: Tensor, b: Tensor, scale: float) -> Tensor:
+def qlora(x: Tensor, qw: QuantWeight, a: Tensor, b: Tensor, scale: float, matmul=None) -> Tensor:
     """x (M, K) -> x @ W^T + scale * (x @ A^T) @ B^T (M, N), differentiable in x, A and B.
 
     The LoRA branch runs first and the base matmul last, adding into the branch's output. So the
@@ -204,8 +204,10 @@ def qlora(x: Tensor, qw: QuantWeight, a: Tensor, b: Tensor, scale: float) -> Ten
     checkpointed block whose last kept tensors are this layer's (a transformer block's last
     projection) stops its recompute before that matmul: torch's non-reentrant checkpoint ends
     the recompute once every kept tensor is back (``torch.utils.checkpoint.set_checkpoint_early_stop``).
+    ``matmul``: the base matmul's autograd Function (``QMatmulReference``, or ops' choice of another
+    with its signature: the C++ CPU kernel's).
     """
-    return QMatmulReference.apply(x, qw, LoRABranch.apply(x, a, b, scale))
+    return (matmul or QMatmulReference).apply(x, qw, LoRABranch.apply(x, a, b, scale))
 
 
 def maybe_bias(y: Tensor, bias: Optional[Tensor]) -> Tensor:

@@ -42,10 +42,25 @@ def test_environment_variable_is_read_at_each_call(monkeypatch, counted):
     assert counted == {"triton": 1, "reference": 1}
 
 
-def test_auto_uses_the_reference_for_cpu_tensors(monkeypatch, counted):
+def test_auto_on_cpu_takes_the_cpu_kernel_for_few_rows_and_the_reference_for_many(monkeypatch, counted):
+    from adapterkit_kernels import qmatmul_cpu
+
+    cpu = {"calls": 0}
+    kernel = qmatmul_cpu.qmatmul_cpu
+
+    def spy(*args, **kwargs):
+        cpu["calls"] += 1
+        return kernel(*args, **kwargs)
+
+    monkeypatch.setattr(qmatmul_cpu, "qmatmul_cpu", spy)
     monkeypatch.delenv("ADAPTERKIT_BACKEND", raising=False)
-    ops.qmatmul(torch.randn(3, 64), _qw())
-    assert counted == {"triton": 0, "reference": 1}
+    qw = _qw()
+    ops.qmatmul(torch.randn(3, 64), qw)
+    expect_cpu = int(qmatmul_cpu.available())  # the SIMD build; a portable build is not picked by auto
+    assert counted == {"triton": 0, "reference": 1 - expect_cpu} and cpu["calls"] == expect_cpu
+    ops.qmatmul(torch.randn(qmatmul_cpu.SMALL_M + 1, 64), qw)
+    ops.qmatmul(torch.randn(3, 64, dtype=torch.bfloat16), qw)  # the kernel computes in fp32 only
+    assert counted == {"triton": 0, "reference": 3 - expect_cpu} and cpu["calls"] == expect_cpu
 
 
 def test_context_manager_wins_and_nests(monkeypatch, counted):
@@ -62,7 +77,7 @@ def test_context_manager_wins_and_nests(monkeypatch, counted):
 
 def test_unknown_backend_is_refused(monkeypatch):
     monkeypatch.setenv("ADAPTERKIT_BACKEND", "cuda")
-    with pytest.raises(ValueError, match="auto, reference, triton"):
+    with pytest.raises(ValueError, match="auto, reference, triton, cpu"):
         ops.qmatmul(torch.randn(3, 64), _qw())
     with pytest.raises(ValueError, match="unknown"):
         with ops.use_backend("tensorrt"):

@@ -1,0 +1,133 @@
+"""The CPU quantized matmul for few rows of x: C++ (csrc/qmatmul_cpu.cpp), built at first use.
+
+y (M, N) = x (M, K) @ W^T (+ add): each row of W is decoded once, in registers, and multiplied with
+every row of x, instead of dequantizing W to a dense fp32 copy and calling a GEMM (the reference).
+At M = 1 that copy is nearly all the work; from some M on, the GEMM's speed wins, so ``ops`` sends
+only M <= ``SMALL_M`` here (measured in benchmarks/quant.md). Backward: the reference's (dequantize,
+dy @ W), through ``reference.QMatmulReference``.
+
+Built by torch's own extension tooling (``torch.utils.cpp_extension.load``: a C++ compiler and
+ninja), for this machine's processor (``-march=native``; AVX-512 where it has it, else portable
+loops, which ``ops`` does not choose by itself), cached under torch's extension folder
+(``TORCH_EXTENSIONS_DIR``, else torch's default) in a folder named for this torch, Python and
+processor, so the build (~30-60 s) happens once per machine and environment; torch rebuilds it when
+the source changes.
+Where it cannot be built, ``available()`` says so once, as a warning, and the reference runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import sys
+import threading
+import time
+import warnings
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import formats, reference
+from .formats import QuantWeight
+
+SMALL_M = 16  # rows of x up to which ops.py takes this kernel (benchmarks/quant.md)
+NAME = "adapterkit_qmatmul_cpu"
+SOURCE = os.path.join(os.path.dirname(__file__), "csrc", "qmatmul_cpu.cpp")
+FLAGS = ["-O3", "-march=native", "-ffp-contract=off"]  # no fused multiply-add in W = level * absmax
+
+_lock = threading.Lock()
+_built: dict = {}  # "module" or "error"; "fast": what available() found
+
+
+def _cpu_tag() -> str:
+    """A short hash of this processor's feature flags: a build for another CPU (-march=native) is not reused."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        flags = ""
+    return hashlib.sha1((flags or platform.processor()).encode()).hexdigest()[:8]
+
+
+def build():
+    """The compiled extension module (built on the first call in this process); raises if it cannot be."""
+    with _lock:
+        if "module" in _built:
+            return _built["module"]
+        if "error" in _built:
+            raise _built["error"]
+        from torch.utils import cpp_extension
+
+        root = os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()
+        tag = f"{NAME}-torch{torch.__version__}-py{sys.version_info[0]}{sys.version_info[1]}-cpu{_cpu_tag()}"
+        folder = os.path.join(root, tag.replace("+", "_"))
+        fresh = not os.path.isdir(folder)
+        if fresh:
+            print(f"adapterkit: building the CPU quantized-matmul kernel into {folder} (once)", file=sys.stderr)
+        start = time.perf_counter()
+        try:
+            os.makedirs(folder, exist_ok=True)
+            module = cpp_extension.load(
+                name=NAME, sources=[SOURCE], extra_cflags=FLAGS, build_directory=folder, verbose=False
+            )
+        except Exception as err:  # no compiler, no ninja, a read-only cache folder, ...
+            _built["error"] = RuntimeError(f"the CPU quantized-matmul kernel could not be built: {err}")
+            raise _built["error"] from err
+        if fresh:
+            print(f"adapterkit: built in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+        _built["module"] = module
+        return module
+
+
+def available() -> bool:
+    """Whether the kernel is built (building it now if needed) and decodes with SIMD; warns once if it
+    cannot be built. ``ops`` picks it by itself only when this is True."""
+    if "fast" not in _built:
+        try:
+            _built["fast"] = bool(build().vectorized())
+        except RuntimeError as err:
+            _built["fast"] = False
+            warnings.warn(f"adapterkit: {err}; using the dequantize + matmul path", RuntimeWarning, stacklevel=2)
+    return _built["fast"]
+
+
+def fits(qw: QuantWeight) -> bool:
+    """Whether the layout suits the kernel: on CPU, and each row whole blocks (blocks never straddle rows)."""
+    return qw.device.type == "cpu" and qw.shape[1] % qw.block == 0
+
+
+def qmatmul_cpu(x: Tensor, qw: QuantWeight, add: Optional[Tensor] = None) -> Tensor:
+    """x (M, K) fp32 -> x @ W^T (M, N) fp32, or ``add`` (M, N) fp32 with it added in place."""
+    if not fits(qw) or x.device.type != "cpu" or x.dtype != torch.float32:
+        raise ValueError(
+            f"the CPU kernel needs float32 CPU inputs and a weight whose rows are whole blocks; got x "
+            f"{x.dtype} on {x.device}, weight {tuple(qw.shape)} on {qw.device}, block {qw.block}"
+        )
+    module = build()
+    x = x.contiguous()
+    if qw.bits == 4:  # even columns meet the high nibbles, odd columns the low ones
+        xa, xb, table = x[:, 0::2].contiguous(), x[:, 1::2].contiguous(), formats.code_table(qw.quant_type)
+    else:
+        xa, xb, table = x, x.new_empty(0), x.new_empty(0)
+    out = x.new_zeros(x.shape[0], qw.shape[0]) if add is None else add
+    nested = (qw.nested_absmax, qw.nested_offset, qw.nested_levels) if qw.double_quant else (None, None, None)
+    module.qmatmul_add(
+        xa, xb, qw.codes.contiguous(), table, qw.absmax.contiguous(), *nested, qw.shape[1], qw.block, out
+    )
+    return out
+
+
+class QMatmulCPU(reference.QMatmulReference):
+    """y = x @ W^T through the C++ kernel; backward as the reference's (dequantize again, dy @ W).
+
+    ``add`` (M, N): accumulate into it in place instead.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, qw: QuantWeight, add: Optional[Tensor] = None):
+        ctx.qw = qw
+        if add is not None:
+            ctx.mark_dirty(add)
+        return qmatmul_cpu(x, qw, add)

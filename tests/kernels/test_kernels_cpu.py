@@ -1,0 +1,137 @@
+"""The C++ CPU matmul for few rows (kernels/adapterkit_kernels/csrc/qmatmul_cpu.cpp) against the
+pure-PyTorch reference: every format, odd shapes, the in-place add, backward, threads, a whole
+quantized model's greedy generation, and loud failures where it cannot run."""
+
+import pytest
+import torch
+
+from adapterkit_kernels import ops, qmatmul_cpu, reference
+
+FORMATS = [  # (bits, quant_type, double_quant, block)
+    (4, "nf4", True, 64),
+    (4, "nf4", False, 128),
+    (4, "fp4", False, 32),
+    (4, "fp4", True, 256),
+    (8, "int8", False, 64),
+    (8, "int8", False, 256),
+]
+
+
+def _close(got, want):
+    """fp32, summation order only: within 1e-5 of the result's scale."""
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+
+
+def _weight(bits, quant_type, double_quant, block, n=37, k=512, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return ops.quantize(torch.randn(n, k, generator=gen), bits, quant_type, block, double_quant)
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f"{f[1]}-dq{int(f[2])}-b{f[3]}")
+@pytest.mark.parametrize("m", [1, 3, 8, 9, 17])
+def test_forward_equals_the_reference(fmt, m):
+    qw = _weight(*fmt)
+    x = torch.randn(m, 512)
+    want = reference.qmatmul(x, qw)  # dequantize, then x @ W^T
+    _close(qmatmul_cpu.qmatmul_cpu(x, qw), want)
+    add = torch.randn(m, qw.shape[0])
+    out = add.clone()
+    assert qmatmul_cpu.qmatmul_cpu(x, qw, out) is out  # accumulated in place
+    _close(out, add + want)
+
+
+@pytest.mark.parametrize("fmt", FORMATS[:1] + FORMATS[4:5], ids=["nf4", "int8"])
+def test_forward_and_backward_through_ops_equal_the_reference(fmt):
+    qw = _weight(*fmt, n=45, k=256)
+    a, b = torch.randn(8, 256, requires_grad=True), torch.randn(45, 8, requires_grad=True)
+    x = torch.randn(2, 5, 256, requires_grad=True)  # (B, T, K): 10 rows
+    results = {}
+    for backend in ("cpu", "reference"):
+        with ops.use_backend(backend):
+            y = ops.qmatmul(x, qw) + ops.qlora_matmul(x, qw, a, b, 0.5)
+        grads = torch.autograd.grad(y.square().sum(), (x, a, b))
+        results[backend] = (y, *grads)
+    for got, want in zip(results["cpu"], results["reference"]):
+        _close(got, want)
+
+
+def test_threads_split_the_rows_of_w_and_agree():
+    qw, x = _weight(4, "nf4", True, 64, n=301), torch.randn(4, 512)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = qmatmul_cpu.qmatmul_cpu(x, qw)
+        torch.set_num_threads(2)
+        two = qmatmul_cpu.qmatmul_cpu(x, qw)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)  # each output is one row's sum, whichever thread computes it
+
+
+def test_a_quantized_model_generates_the_same_tokens_as_on_the_reference():
+    """Greedy decoding (one row per step after the prompt) with the kernel, token for token, against the
+    reference; the scores of every step within fp32 summation order."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    import adapterkit as ak
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=96,
+        max_position_embeddings=64,
+    )
+    model = LlamaForCausalLM(cfg).eval()
+    ak.quantize(model, bits=4, quant_type="nf4", double_quant=True)
+    model = ak.attach(model, ak.LoRAConfig(rank=4, targets="all-linear", init="random"))
+    prompt = torch.randint(0, 96, (1, 5))
+    runs = {}
+    for backend in ("cpu", "reference"):
+        with ops.use_backend(backend), torch.no_grad():
+            runs[backend] = model.generate(
+                prompt,
+                max_new_tokens=8,
+                do_sample=False,
+                output_scores=True,
+                return_dict_in_generate=True,
+                pad_token_id=0,
+            )
+    assert torch.equal(runs["cpu"].sequences, runs["reference"].sequences)
+    for got, want in zip(runs["cpu"].scores, runs["reference"].scores):
+        _close(got, want)
+
+
+def test_explicit_cpu_backend_fails_loudly_where_it_cannot_run(monkeypatch):
+    qw = _weight(4, "nf4", True, 64, n=8, k=64)
+    with ops.use_backend("cpu"):
+        with pytest.raises(RuntimeError, match="float32"):
+            ops.qmatmul(torch.randn(2, 64, dtype=torch.bfloat16), qw)
+        odd = ops.quantize(torch.randn(8, 96), block=64)  # rows of 96: not whole blocks of 64
+        with pytest.raises(RuntimeError, match="not whole blocks"):
+            ops.qmatmul(torch.randn(2, 96), odd)
+    with pytest.raises(ValueError, match="whole blocks"):
+        qmatmul_cpu.qmatmul_cpu(torch.randn(2, 96), odd)
+
+
+def test_a_kernel_that_cannot_be_built_fails_explicit_requests_and_auto_falls_back_once(monkeypatch):
+    def broken():
+        raise RuntimeError("the CPU quantized-matmul kernel could not be built: no compiler")
+
+    monkeypatch.setattr(qmatmul_cpu, "build", broken)
+    monkeypatch.setattr(qmatmul_cpu, "_built", {})
+    qw, x = _weight(4, "nf4", True, 64, n=8, k=64), torch.randn(2, 64)
+    with ops.use_backend("cpu"):
+        with pytest.raises(RuntimeError, match="no compiler"):
+            ops.qmatmul(x, qw)
+    with pytest.warns(RuntimeWarning, match="dequantize"):
+        y = ops.qmatmul(x, qw)  # auto: the reference, with one warning
+    assert torch.equal(y, reference.qmatmul(x, qw))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ops.qmatmul(x, qw)  # no second warning
