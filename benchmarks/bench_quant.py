@@ -25,7 +25,8 @@ a machine whose speed drifts; --part step for memory.
 
 Part ``generate``: greedy generation (batch 1, a 16-token prompt, --new-tokens) with the preset's
 QLoRA model in eval mode: ms per new token for adapterkit (``auto``: on CPU the C++ kernel for these
-few rows), adapterkit on the reference alone, and PEFT + bitsandbytes, runs alternating in one process.
+few rows), adapterkit on the reference alone, and PEFT + bitsandbytes, runs alternating in one process,
+timed in process CPU seconds (so use one thread: OMP_NUM_THREADS=1).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_quant.py --part generate --preset smollm2 --steps 5
 """
@@ -281,7 +282,8 @@ def step_paired(args) -> list:
 def bench_generate(args) -> list:
     """Greedy generation, batch 1, with the QLoRA model of a preset (LoRA attached, eval mode): time per
     new token for adapterkit as ``auto`` runs it, adapterkit on the reference alone, and PEFT +
-    bitsandbytes, in one process, the runs alternating; --steps rounds, medians."""
+    bitsandbytes, in one process, the runs alternating; --steps rounds, medians. Timed in CPU seconds
+    of this process (``time.process_time``): on a shared machine wall time swings with other jobs."""
     from adapterkit_kernels import ops
 
     preset_name, folder = _preset_and_folder(args)
@@ -298,7 +300,7 @@ def bench_generate(args) -> list:
     def per_token(name) -> float:
         lib, backend = runs[name]
         with ops.use_backend(backend), torch.no_grad():
-            start = time.perf_counter()
+            start = time.process_time()
             out = models[lib].generate(
                 input_ids=prompt,
                 max_new_tokens=args.new_tokens,
@@ -309,7 +311,7 @@ def bench_generate(args) -> list:
             )
             _sync()
         assert out.shape[1] == prompt.shape[1] + args.new_tokens
-        return (time.perf_counter() - start) / args.new_tokens
+        return (time.process_time() - start) / args.new_tokens
 
     for name in runs:  # warm-up: builds, repacks, allocator
         per_token(name)
@@ -319,6 +321,9 @@ def bench_generate(args) -> list:
             times[name].append(per_token(name))
     row = {"preset": preset_name, "new_tokens": args.new_tokens, "rounds": args.steps}
     row.update({f"{name}_ms_per_token": round(1e3 * statistics.median(t), 2) for name, t in times.items()})
+    ratios = sorted(a / p for a, p in zip(times["adapterkit"], times["peft_bnb"]))  # per round: drift cancels
+    row["time_ratio_vs_peft_bnb"] = round(statistics.median(ratios), 3)
+    row["time_ratio_range"] = [round(ratios[0], 3), round(ratios[-1], 3)]
     print(json.dumps(row), flush=True)
     return [row]
 

@@ -136,8 +136,9 @@ def qmatmul(x: Tensor, qw: QuantWeight, bias: Optional[Tensor] = None) -> Tensor
         from .qmatmul import QMatmulTriton
 
         y = QMatmulTriton.apply(x2, qw)
-    elif uses_cpu_kernel(x2, qw):
-        y = qmatmul_cpu.QMatmulCPU.apply(x2, qw)
+    elif uses_cpu_kernel(x2, qw):  # no autograd node where no gradient is asked for (decoding)
+        grad = torch.is_grad_enabled() and x2.requires_grad
+        y = qmatmul_cpu.QMatmulCPU.apply(x2, qw) if grad else qmatmul_cpu.qmatmul_cpu(x2, qw)
     else:
         y = reference.QMatmulReference.apply(x2, qw)
     return reference.maybe_bias(y, bias).view(*x.shape[:-1], qw.shape[0])
@@ -152,9 +153,12 @@ def qlora_matmul(
         from .qlora import QLoRATriton
 
         y = QLoRATriton.apply(x2, qw, a, b, float(scale))
-    else:
-        matmul = qmatmul_cpu.QMatmulCPU if uses_cpu_kernel(x2, qw) else reference.QMatmulReference
-        y = reference.qlora(x2, qw, a, b, float(scale), matmul)
+    elif not uses_cpu_kernel(x2, qw):
+        y = reference.qlora(x2, qw, a, b, float(scale))
+    elif torch.is_grad_enabled():
+        y = reference.qlora(x2, qw, a, b, float(scale), qmatmul_cpu.QMatmulCPU)
+    else:  # decoding: the same sums without autograd nodes
+        y = qmatmul_cpu.qmatmul_cpu(x2, qw, reference.lora_branch(x2, a, b, float(scale))[1])
     return reference.maybe_bias(y, bias).view(*x.shape[:-1], qw.shape[0])
 
 

@@ -105,17 +105,10 @@ def qmatmul_cpu(x: Tensor, qw: QuantWeight, add: Optional[Tensor] = None) -> Ten
             f"the CPU kernel needs float32 CPU inputs and a weight whose rows are whole blocks; got x "
             f"{x.dtype} on {x.device}, weight {tuple(qw.shape)} on {qw.device}, block {qw.block}"
         )
-    module = build()
-    x = x.contiguous()
-    if qw.bits == 4:  # even columns meet the high nibbles, odd columns the low ones
-        xa, xb, table = x[:, 0::2].contiguous(), x[:, 1::2].contiguous(), formats.code_table(qw.quant_type)
-    else:
-        xa, xb, table = x, x.new_empty(0), x.new_empty(0)
+    table = formats.code_table(qw.quant_type) if qw.bits == 4 else x.new_empty(0)
     out = x.new_zeros(x.shape[0], qw.shape[0]) if add is None else add
     nested = (qw.nested_absmax, qw.nested_offset, qw.nested_levels) if qw.double_quant else (None, None, None)
-    module.qmatmul_add(
-        xa, xb, qw.codes.contiguous(), table, qw.absmax.contiguous(), *nested, qw.shape[1], qw.block, out
-    )
+    build().qmatmul_add(x.contiguous(), qw.codes.contiguous(), table, qw.absmax.contiguous(), *nested, qw.block, out)
     return out
 
 

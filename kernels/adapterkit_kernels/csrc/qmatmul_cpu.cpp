@@ -7,7 +7,7 @@
 // absmax each; 4-bit: two codes a byte, the even element in the high nibble, level = table[code];
 // 8-bit: level = q / 127. W[j, k] = level * absmax, exactly the reference's fp32 product (built
 // with -ffp-contract=off so no FMA fuses it). Needs K % block == 0 (blocks never straddle rows),
-// checked by the Python launcher, which also deinterleaves x for the 4-bit path:
+// checked by the Python launcher. The 4-bit path first deinterleaves x:
 //   xe (M, K/2) = x[:, 0::2] (the high nibbles' inputs), xo (M, K/2) = x[:, 1::2].
 // Reference: adapterkit_kernels.reference.qmatmul (dequantize, then x @ W^T).
 #include <torch/extension.h>
@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -119,19 +120,31 @@ Scales scales_of(const torch::Tensor& absmax, const c10::optional<torch::Tensor>
 
 }  // namespace
 
-// xa, xb: 4-bit: x's even and odd columns (M, K/2); 8-bit: x (M, K) and an empty xb.
-// table: the 16 fp32 levels (4-bit) or empty (8-bit). out: (M, N) fp32, added to in place.
-void qmatmul_add(torch::Tensor xa, torch::Tensor xb, torch::Tensor codes, torch::Tensor table, torch::Tensor absmax,
+// x (M, K) fp32; table: the 16 fp32 levels (4-bit) or empty (8-bit). out: (M, N) fp32, added to in place.
+void qmatmul_add(torch::Tensor x, torch::Tensor codes, torch::Tensor table, torch::Tensor absmax,
                  c10::optional<torch::Tensor> nested, c10::optional<torch::Tensor> offset,
-                 c10::optional<torch::Tensor> levels, int64_t k, int64_t block, torch::Tensor out) {
+                 c10::optional<torch::Tensor> levels, int64_t block, torch::Tensor out) {
   const bool four = table.numel() == 16;
-  const int64_t n = out.size(1), rows = out.size(0), width = four ? k / 2 : k;
-  TORCH_CHECK(k % block == 0 && block >= 32 && (block & (block - 1)) == 0, "qmatmul_cpu: K must be a multiple of the block (>= 32)");
-  TORCH_CHECK(xa.is_contiguous() && out.is_contiguous() && xa.size(1) == width, "qmatmul_cpu: bad x / out");
+  const int64_t k = x.size(1), n = out.size(1), rows = out.size(0), width = four ? k / 2 : k;
+  TORCH_CHECK(k % block == 0 && block >= 32 && (block & (block - 1)) == 0,
+              "qmatmul_cpu: K must be a multiple of the block, a power of two >= 32");
+  TORCH_CHECK(x.is_contiguous() && out.is_contiguous() && x.size(0) == rows, "qmatmul_cpu: bad x / out");
   const Scales sc = scales_of(absmax, nested, offset, levels);
   const int shift = __builtin_ctzll(block);  // blocks are powers of two (formats.BLOCKS)
-  const float* a = xa.data_ptr<float>();
-  const float* b = four ? xb.data_ptr<float>() : nullptr;
+  const float* a = x.data_ptr<float>();
+  const float* b = nullptr;
+  std::vector<float> split;  // 4-bit: xe then xo
+  if (four) {
+    split.resize(rows * k);
+    float* xe = split.data();
+    float* xo = xe + rows * width;
+    for (int64_t i = 0; i < rows * width; ++i) {
+      xe[i] = a[2 * i];
+      xo[i] = a[2 * i + 1];
+    }
+    a = xe;
+    b = xo;
+  }
   const float* tab = four ? table.data_ptr<float>() : nullptr;
   float* y = out.data_ptr<float>();
   const uint8_t* c4 = four ? codes.data_ptr<uint8_t>() : nullptr;
@@ -142,15 +155,15 @@ void qmatmul_add(torch::Tensor xa, torch::Tensor xb, torch::Tensor codes, torch:
 #endif
     float sums[kTile];
     for (int64_t m0 = 0; m0 < rows; m0 += kTile) {
-      const Rows x{a + m0 * width, b ? b + m0 * width : nullptr, width, static_cast<int>(std::min<int64_t>(kTile, rows - m0))};
+      const Rows tile{a + m0 * width, b ? b + m0 * width : nullptr, width, static_cast<int>(std::min<int64_t>(kTile, rows - m0))};
       for (int64_t j = begin; j < end; ++j) {  // a whole row of W streams past the tile of x
 #if defined(__AVX512F__)
-        if (four) row4(c4 + j * width, width, shift, j * k, sc, table_v, x, sums);
+        if (four) row4(c4 + j * width, width, shift, j * k, sc, table_v, tile, sums);
 #else
-        if (four) row4(c4 + j * width, width, shift, j * k, sc, tab, x, sums);
+        if (four) row4(c4 + j * width, width, shift, j * k, sc, tab, tile, sums);
 #endif
-        else row8(c8 + j * k, k, shift, j * k, sc, x, sums);
-        for (int m = 0; m < x.rows; ++m) y[(m0 + m) * n + j] += sums[m];
+        else row8(c8 + j * k, k, shift, j * k, sc, tile, sums);
+        for (int m = 0; m < tile.rows; ++m) y[(m0 + m) * n + j] += sums[m];
       }
     }
   });
