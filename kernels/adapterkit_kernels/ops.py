@@ -157,8 +157,8 @@ def qlora_matmul(
         y = reference.qlora(x2, qw, a, b, float(scale))
     elif torch.is_grad_enabled():
         y = reference.qlora(x2, qw, a, b, float(scale), qmatmul_cpu.QMatmulCPU)
-    else:  # decoding: the same sums without autograd nodes
-        y = qmatmul_cpu.qmatmul_cpu(x2, qw, reference.lora_branch(x2, a, b, float(scale))[1])
+    else:  # decoding: the LoRA branch in the same call, no autograd nodes
+        y = qmatmul_cpu.qmatmul_cpu(x2, qw, lora=(a, b, float(scale)))
     return reference.maybe_bias(y, bias).view(*x.shape[:-1], qw.shape[0])
 
 

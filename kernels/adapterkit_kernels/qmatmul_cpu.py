@@ -98,8 +98,12 @@ def fits(qw: QuantWeight) -> bool:
     return qw.device.type == "cpu" and qw.shape[1] % qw.block == 0
 
 
-def qmatmul_cpu(x: Tensor, qw: QuantWeight, add: Optional[Tensor] = None) -> Tensor:
-    """x (M, K) fp32 -> x @ W^T (M, N) fp32, or ``add`` (M, N) fp32 with it added in place."""
+def qmatmul_cpu(x: Tensor, qw: QuantWeight, add: Optional[Tensor] = None, lora=None) -> Tensor:
+    """x (M, K) fp32 -> x @ W^T (M, N) fp32, or ``add`` (M, N) fp32 with it added in place.
+
+    ``lora`` = (A (r, K), B (N, r), scale): also add scale * (x @ A^T) @ B^T, in the same pass (no
+    gradient flows through this call: for decoding; training goes through ``QMatmulCPU``).
+    """
     if not fits(qw) or x.device.type != "cpu" or x.dtype != torch.float32:
         raise ValueError(
             f"the CPU kernel needs float32 CPU inputs and a weight whose rows are whole blocks; got x "
@@ -108,7 +112,13 @@ def qmatmul_cpu(x: Tensor, qw: QuantWeight, add: Optional[Tensor] = None) -> Ten
     table = formats.code_table(qw.quant_type) if qw.bits == 4 else x.new_empty(0)
     out = x.new_zeros(x.shape[0], qw.shape[0]) if add is None else add
     nested = (qw.nested_absmax, qw.nested_offset, qw.nested_levels) if qw.double_quant else (None, None, None)
-    build().qmatmul_add(x.contiguous(), qw.codes.contiguous(), table, qw.absmax.contiguous(), *nested, qw.block, out)
+    a, b, scale = (None, None, 0.0) if lora is None else lora
+    if lora is not None:
+        a, b = a.detach().to(torch.float32).contiguous(), b.detach().to(torch.float32).contiguous()
+    module = build()
+    module.qmatmul_add(
+        x.contiguous(), qw.codes.contiguous(), table, qw.absmax.contiguous(), *nested, qw.block, out, a, b, scale
+    )
     return out
 
 

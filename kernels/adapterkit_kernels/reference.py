@@ -169,20 +169,14 @@ class LoRABranch(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, a: Tensor, b: Tensor, scale: float):
         ctx.scale = scale
-        h, y = lora_branch(x, a, b, scale)
+        h = (x @ a.t().to(x.dtype)).mul_(scale)  # (M, r)
         ctx.save_for_backward(x, a, b, h)
-        return y
+        return h @ b.t().to(x.dtype)
 
     @staticmethod
     def backward(ctx, dy: Tensor):
         x, a, b, h = ctx.saved_tensors
         return *lora_grads(dy, x, a, b, ctx.scale, ctx.needs_input_grad[:3], h), None
-
-
-def lora_branch(x: Tensor, a: Tensor, b: Tensor, scale: float) -> tuple[Tensor, Tensor]:
-    """(h, y): h = scale * x @ A^T (M, r) and y = h @ B^T (M, N), in x's dtype."""
-    h = (x @ a.t().to(x.dtype)).mul_(scale)
-    return h, h @ b.t().to(x.dtype)
 
 
 def lora_grads(dy: Tensor, x: Tensor, a: Tensor, b: Tensor, scale: float, needs, h=None) -> tuple:

@@ -38,6 +38,8 @@ def test_forward_equals_the_reference(fmt, m):
     out = add.clone()
     assert qmatmul_cpu.qmatmul_cpu(x, qw, out) is out  # accumulated in place
     _close(out, add + want)
+    a, b = torch.randn(5, 512), torch.randn(qw.shape[0], 5)  # rank 5: the LoRA branch in the same call
+    _close(qmatmul_cpu.qmatmul_cpu(x, qw, lora=(a, b, 0.7)), reference.qlora_matmul(x, qw, a, b, 0.7))
 
 
 @pytest.mark.parametrize("fmt", FORMATS[:1] + FORMATS[4:5], ids=["nf4", "int8"])

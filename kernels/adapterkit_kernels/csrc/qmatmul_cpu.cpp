@@ -121,9 +121,12 @@ Scales scales_of(const torch::Tensor& absmax, const c10::optional<torch::Tensor>
 }  // namespace
 
 // x (M, K) fp32; table: the 16 fp32 levels (4-bit) or empty (8-bit). out: (M, N) fp32, added to in place.
+// lora_a (r, K), lora_b (N, r) fp32, given together: also add scale * (x @ A^T) @ B^T (decoding with LoRA:
+// h = scale * x @ A^T (M, r) first, then each output adds its row of B against h).
 void qmatmul_add(torch::Tensor x, torch::Tensor codes, torch::Tensor table, torch::Tensor absmax,
                  c10::optional<torch::Tensor> nested, c10::optional<torch::Tensor> offset,
-                 c10::optional<torch::Tensor> levels, int64_t block, torch::Tensor out) {
+                 c10::optional<torch::Tensor> levels, int64_t block, torch::Tensor out,
+                 c10::optional<torch::Tensor> lora_a, c10::optional<torch::Tensor> lora_b, double scale) {
   const bool four = table.numel() == 16;
   const int64_t k = x.size(1), n = out.size(1), rows = out.size(0), width = four ? k / 2 : k;
   TORCH_CHECK(k % block == 0 && block >= 32 && (block & (block - 1)) == 0,
@@ -145,6 +148,23 @@ void qmatmul_add(torch::Tensor x, torch::Tensor codes, torch::Tensor table, torc
     a = xe;
     b = xo;
   }
+  const int64_t r = lora_a.has_value() ? lora_a->size(0) : 0;
+  std::vector<float> h(rows * r);  // (M, r)
+  const float* lb = nullptr;
+  if (r) {
+    TORCH_CHECK(lora_a->is_contiguous() && lora_b->is_contiguous() && lora_a->size(1) == k &&
+                    lora_b->size(0) == n && lora_b->size(1) == r,
+                "qmatmul_cpu: bad LoRA factors");
+    const float* la = lora_a->data_ptr<float>();
+    const float* xs = x.data_ptr<float>();
+    for (int64_t m = 0; m < rows; ++m)
+      for (int64_t q = 0; q < r; ++q) {
+        float acc = 0.f;
+        for (int64_t i = 0; i < k; ++i) acc += xs[m * k + i] * la[q * k + i];
+        h[m * r + q] = acc * static_cast<float>(scale);
+      }
+    lb = lora_b->data_ptr<float>();
+  }
   const float* tab = four ? table.data_ptr<float>() : nullptr;
   float* y = out.data_ptr<float>();
   const uint8_t* c4 = four ? codes.data_ptr<uint8_t>() : nullptr;
@@ -163,7 +183,11 @@ void qmatmul_add(torch::Tensor x, torch::Tensor codes, torch::Tensor table, torc
         if (four) row4(c4 + j * width, width, shift, j * k, sc, tab, tile, sums);
 #endif
         else row8(c8 + j * k, k, shift, j * k, sc, tile, sums);
-        for (int m = 0; m < tile.rows; ++m) y[(m0 + m) * n + j] += sums[m];
+        for (int m = 0; m < tile.rows; ++m) {
+          float lora = 0.f;
+          for (int64_t q = 0; q < r; ++q) lora += h[(m0 + m) * r + q] * lb[j * r + q];
+          y[(m0 + m) * n + j] += sums[m] + lora;
+        }
       }
     }
   });
@@ -178,6 +202,6 @@ bool vectorized() {
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("qmatmul_add", &qmatmul_add, "out += x @ W^T for a blockwise-quantized W (see the file's head)");
+  m.def("qmatmul_add", &qmatmul_add, "out += x @ W^T (+ scale x A^T B^T) for a blockwise-quantized W (see above)");
   m.def("vectorized", &vectorized, "whether this build decodes with AVX-512 (else portable loops)");
 }
