@@ -95,6 +95,7 @@ def _runner(contender, x, training: bool):
 
 def bench_layer(args) -> list:
     device, dtype = ("cuda", torch.bfloat16) if CUDA else ("cpu", torch.float32)
+    dtype = getattr(torch, args.dtype) if args.dtype else dtype
     backend = "triton" if CUDA else "auto"
     rows = []
     for k, n in args.shapes:
@@ -412,6 +413,9 @@ def main(argv=None):
         help="K x N pairs, e.g. 4096x14336",
     )
     parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument(
+        "--dtype", choices=["float32", "bfloat16"], help="layer: compute dtype (default bf16 on CUDA, fp32 on CPU)"
+    )
     parser.add_argument("--reps", type=int, default=3, help="CPU timing runs per case (median)")
     parser.add_argument("--no-bnb", action="store_true", help="adapterkit and dense only")
     parser.add_argument("--steps", type=int, default=5)

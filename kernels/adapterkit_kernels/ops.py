@@ -4,12 +4,12 @@ Backend, read every time an op runs (so a running process can switch it):
     ADAPTERKIT_BACKEND = auto | reference | triton | cpu   (environment variable; default auto)
     with use_backend("reference"): ...                      (in code; wins over the variable)
 ``auto`` takes Triton for CUDA tensors when triton imports; on CPU, the C++ kernel
-(qmatmul_cpu.py) for an fp32 matmul of at most ``qmatmul_cpu.SMALL_M`` rows when it builds with
-SIMD (not while ``torch.compile`` traces); the reference otherwise (quietly).
+(qmatmul_cpu.py) for a matmul of at most ``qmatmul_cpu.SMALL_M`` rows (fp32, bf16 or fp16 inputs)
+when it builds with SIMD (not while ``torch.compile`` traces); the reference otherwise (quietly).
 ``triton`` asks for the kernels: on CPU tensors they run only under TRITON_INTERPRET=1 (how CI
 tests them); without triton, or on CPU without the interpreter, it fails loudly.
 ``cpu`` asks for the C++ kernel for every CPU matmul (any number of rows); where it cannot run
-(not built, a CUDA tensor, not fp32, rows that are not whole blocks) it fails loudly.
+(not built, a CUDA tensor, fp64, rows that are not whole blocks) it fails loudly.
 """
 
 from __future__ import annotations
@@ -87,8 +87,8 @@ def uses_cpu_kernel(x: Tensor, qw: QuantWeight) -> bool:
         why = (
             f"the tensors are on {x.device}"
             if x.device.type != "cpu" or qw.device.type != "cpu"
-            else f"x is {x.dtype} (the kernel computes in float32)"
-            if x.dtype != torch.float32
+            else f"x is {x.dtype} (the kernel takes float32, bfloat16 and float16)"
+            if x.dtype not in qmatmul_cpu.DTYPES
             else f"the weight's rows ({qw.shape[1]} elements) are not whole blocks of {qw.block}"
             if not qmatmul_cpu.fits(qw)
             else None
@@ -100,7 +100,7 @@ def uses_cpu_kernel(x: Tensor, qw: QuantWeight) -> bool:
     return (
         name == "auto"
         and x.device.type == "cpu"
-        and x.dtype == torch.float32
+        and x.dtype in qmatmul_cpu.DTYPES
         and x.shape[0] <= qmatmul_cpu.SMALL_M
         and qmatmul_cpu.fits(qw)
         and not torch.compiler.is_compiling()

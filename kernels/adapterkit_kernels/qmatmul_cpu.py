@@ -3,7 +3,8 @@
 y (M, N) = x (M, K) @ W^T (+ add): each row of W is decoded once, in registers, and multiplied with
 every row of x, instead of dequantizing W to a dense fp32 copy and calling a GEMM (the reference).
 At M = 1 that copy is nearly all the work; from some M on, the GEMM's speed wins, so ``ops`` sends
-only M <= ``SMALL_M`` here (measured in benchmarks/quant.md). Backward: the reference's (dequantize,
+only M <= ``SMALL_M`` here (measured in benchmarks/quant.md). Inputs in fp32, bf16 or fp16; the
+sums run in fp32. Backward: the reference's (dequantize,
 dy @ W), through ``reference.QMatmulReference``.
 
 Built by torch's own extension tooling (``torch.utils.cpp_extension.load``: a C++ compiler and
@@ -98,28 +99,37 @@ def fits(qw: QuantWeight) -> bool:
     return qw.device.type == "cpu" and qw.shape[1] % qw.block == 0
 
 
-def qmatmul_cpu(x: Tensor, qw: QuantWeight, add: Optional[Tensor] = None, lora=None) -> Tensor:
-    """x (M, K) fp32 -> x @ W^T (M, N) fp32, or ``add`` (M, N) fp32 with it added in place.
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # inputs the kernel takes (it computes in fp32)
 
+
+def qmatmul_cpu(x: Tensor, qw: QuantWeight, add: Optional[Tensor] = None, lora=None) -> Tensor:
+    """x (M, K) -> x @ W^T (M, N) in x's dtype, or ``add`` (M, N) with it added in place.
+
+    The sums run in fp32 with W in fp32: for bf16 / fp16 inputs the reference rounds W to that dtype
+    first, so the two agree to that dtype's rounding, not bit for bit.
     ``lora`` = (A (r, K), B (N, r), scale): also add scale * (x @ A^T) @ B^T, in the same pass (no
     gradient flows through this call: for decoding; training goes through ``QMatmulCPU``).
     """
-    if not fits(qw) or x.device.type != "cpu" or x.dtype != torch.float32:
+    if not fits(qw) or x.device.type != "cpu" or x.dtype not in DTYPES:
         raise ValueError(
-            f"the CPU kernel needs float32 CPU inputs and a weight whose rows are whole blocks; got x "
-            f"{x.dtype} on {x.device}, weight {tuple(qw.shape)} on {qw.device}, block {qw.block}"
+            f"the CPU kernel needs float32 / bfloat16 / float16 CPU inputs and a weight whose rows are whole "
+            f"blocks; got x {x.dtype} on {x.device}, weight {tuple(qw.shape)} on {qw.device}, block {qw.block}"
         )
     table = formats.code_table(qw.quant_type) if qw.bits == 4 else x.new_empty(0)
-    out = x.new_zeros(x.shape[0], qw.shape[0]) if add is None else add
+    x32 = x.to(torch.float32).contiguous()
+    if add is None:
+        out = x32.new_zeros(x.shape[0], qw.shape[0])
+    else:
+        out = add if add.dtype == torch.float32 and add.is_contiguous() else add.to(torch.float32).contiguous()
     nested = (qw.nested_absmax, qw.nested_offset, qw.nested_levels) if qw.double_quant else (None, None, None)
     a, b, scale = (None, None, 0.0) if lora is None else lora
     if lora is not None:
         a, b = a.detach().to(torch.float32).contiguous(), b.detach().to(torch.float32).contiguous()
     module = build()
-    module.qmatmul_add(
-        x.contiguous(), qw.codes.contiguous(), table, qw.absmax.contiguous(), *nested, qw.block, out, a, b, scale
-    )
-    return out
+    module.qmatmul_add(x32, qw.codes.contiguous(), table, qw.absmax.contiguous(), *nested, qw.block, out, a, b, scale)
+    if add is not None and out is not add:
+        return add.copy_(out)
+    return out.to(x.dtype)
 
 
 class QMatmulCPU(reference.QMatmulReference):

@@ -17,9 +17,14 @@ FORMATS = [  # (bits, quant_type, double_quant, block)
 ]
 
 
+# Tolerance per input dtype, relative to the result's scale: fp32 differs from the reference by
+# summation order only; bf16 / fp16 results are fp32 sums rounded to the dtype (one rounding step).
+TOL = {torch.float32: 1e-5, torch.bfloat16: 2**-7, torch.float16: 2**-10}
+
+
 def _close(got, want):
-    """fp32, summation order only: within 1e-5 of the result's scale."""
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+    tol = TOL[got.dtype]
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol * want.abs().max().item())
 
 
 def _weight(bits, quant_type, double_quant, block, n=37, k=512, seed=0):
@@ -40,6 +45,24 @@ def test_forward_equals_the_reference(fmt, m):
     _close(out, add + want)
     a, b = torch.randn(5, 512), torch.randn(qw.shape[0], 5)  # rank 5: the LoRA branch in the same call
     _close(qmatmul_cpu.qmatmul_cpu(x, qw, lora=(a, b, 0.7)), reference.qlora_matmul(x, qw, a, b, 0.7))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("fmt", FORMATS[:1] + FORMATS[4:5], ids=["nf4", "int8"])
+def test_half_inputs_are_summed_in_fp32(fmt, dtype):
+    """bf16 / fp16 x: the fp32 result rounded to x's dtype (the fp32 reference on the same values), and
+    within the dtype's own rounding of W of the reference in that dtype (which rounds W first)."""
+    qw = _weight(*fmt, n=45, k=256)
+    x = torch.randn(3, 256).to(dtype)
+    got = qmatmul_cpu.qmatmul_cpu(x, qw)
+    assert got.dtype == dtype
+    _close(got, reference.qmatmul(x.float(), qw).to(dtype))
+    want = reference.qmatmul(x, qw)  # W rounded to the dtype, then the dtype's matmul
+    torch.testing.assert_close(got, want, rtol=0, atol=8 * TOL[dtype] * want.abs().max().item())
+    add = torch.randn(3, 45).to(dtype)
+    out = add.clone()
+    assert qmatmul_cpu.qmatmul_cpu(x, qw, out) is out
+    _close(out, (add.float() + reference.qmatmul(x.float(), qw)).to(dtype))
 
 
 @pytest.mark.parametrize("fmt", FORMATS[:1] + FORMATS[4:5], ids=["nf4", "int8"])
@@ -110,8 +133,8 @@ def test_a_quantized_model_generates_the_same_tokens_as_on_the_reference():
 def test_explicit_cpu_backend_fails_loudly_where_it_cannot_run(monkeypatch):
     qw = _weight(4, "nf4", True, 64, n=8, k=64)
     with ops.use_backend("cpu"):
-        with pytest.raises(RuntimeError, match="float32"):
-            ops.qmatmul(torch.randn(2, 64, dtype=torch.bfloat16), qw)
+        with pytest.raises(RuntimeError, match="float64"):
+            ops.qmatmul(torch.randn(2, 64, dtype=torch.float64), qw)
         odd = ops.quantize(torch.randn(8, 96), block=64)  # rows of 96: not whole blocks of 64
         with pytest.raises(RuntimeError, match="not whole blocks"):
             ops.qmatmul(torch.randn(2, 96), odd)

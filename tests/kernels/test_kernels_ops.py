@@ -58,9 +58,11 @@ def test_auto_on_cpu_takes_the_cpu_kernel_for_few_rows_and_the_reference_for_man
     ops.qmatmul(torch.randn(3, 64), qw)
     expect_cpu = int(qmatmul_cpu.available())  # the SIMD build; a portable build is not picked by auto
     assert counted == {"triton": 0, "reference": 1 - expect_cpu} and cpu["calls"] == expect_cpu
-    ops.qmatmul(torch.randn(qmatmul_cpu.SMALL_M + 1, 64), qw)
-    ops.qmatmul(torch.randn(3, 64, dtype=torch.bfloat16), qw)  # the kernel computes in fp32 only
-    assert counted == {"triton": 0, "reference": 3 - expect_cpu} and cpu["calls"] == expect_cpu
+    ops.qmatmul(torch.randn(3, 64, dtype=torch.bfloat16), qw)  # bf16 too (summed in fp32)
+    assert counted == {"triton": 0, "reference": 2 - 2 * expect_cpu} and cpu["calls"] == 2 * expect_cpu
+    ops.qmatmul(torch.randn(qmatmul_cpu.SMALL_M + 1, 64), qw)  # many rows: the GEMM
+    ops.qmatmul(torch.randn(3, 64, dtype=torch.float64), qw)  # fp64: the reference keeps its precision
+    assert counted == {"triton": 0, "reference": 4 - 2 * expect_cpu} and cpu["calls"] == 2 * expect_cpu
 
 
 def test_context_manager_wins_and_nests(monkeypatch, counted):
