@@ -6,10 +6,11 @@
 // are in registers. Layout (formats.py): W flattened row-major, blocks of `block` elements, one
 // absmax each; 4-bit: two codes a byte, the even element in the high nibble, level = table[code];
 // 8-bit: level = q / 127. W[j, k] = level * absmax, exactly the reference's fp32 product (built
-// with -ffp-contract=off so no FMA fuses it). Needs K % block == 0 (blocks never straddle rows),
-// checked by the Python launcher. The 4-bit path first deinterleaves x:
+// with -ffp-contract=off so no FMA fuses it). Needs K % block == 0 (blocks never straddle rows).
+// The 4-bit path first deinterleaves x:
 //   xe (M, K/2) = x[:, 0::2] (the high nibbles' inputs), xo (M, K/2) = x[:, 1::2].
-// Reference: adapterkit_kernels.reference.qmatmul (dequantize, then x @ W^T).
+// Optionally (decoding with LoRA) it also adds scale * (x @ A^T) @ B^T in the same pass.
+// Reference: adapterkit_kernels.reference.qmatmul / qlora_matmul (dequantize, then torch matmuls).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -40,7 +41,7 @@ struct Scales {
   }
 };
 
-struct Rows {      // the rows of x this pass reads, and where their sums go
+struct Rows {      // the rows of x one pass over a row of W reads
   const float* a;  // 4-bit: xe; 8-bit: x            (rows of stride lda)
   const float* b;  // 4-bit: xo; 8-bit: unused
   int64_t lda;
