@@ -196,7 +196,7 @@ def lora_grads(dy: Tensor, x: Tensor, a: Tensor, b: Tensor, scale: float, needs,
     return dx, da, db
 
 
-def qlora(x: Tensor, qw: QuantWeight, a: Tensor, b: Tensor, scale: float, matmul=None) -> Tensor:
+def qlora(x: Tensor, qw: QuantWeight, a: Tensor, b: Tensor, scale: float, matmul=QMatmulReference) -> Tensor:
     """x (M, K) -> x @ W^T + scale * (x @ A^T) @ B^T (M, N), differentiable in x, A and B.
 
     The LoRA branch runs first and the base matmul last, adding into the branch's output. So the
@@ -204,10 +204,10 @@ def qlora(x: Tensor, qw: QuantWeight, a: Tensor, b: Tensor, scale: float, matmul
     checkpointed block whose last kept tensors are this layer's (a transformer block's last
     projection) stops its recompute before that matmul: torch's non-reentrant checkpoint ends
     the recompute once every kept tensor is back (``torch.utils.checkpoint.set_checkpoint_early_stop``).
-    ``matmul``: the base matmul's autograd Function (``QMatmulReference``, or ops' choice of another
-    with its signature: the C++ CPU kernel's).
+    ``matmul``: the base matmul's autograd Function (this file's, or another with its signature: ops
+    passes the C++ CPU kernel's).
     """
-    return (matmul or QMatmulReference).apply(x, qw, LoRABranch.apply(x, a, b, scale))
+    return matmul.apply(x, qw, LoRABranch.apply(x, a, b, scale))
 
 
 def maybe_bias(y: Tensor, bias: Optional[Tensor]) -> Tensor:
