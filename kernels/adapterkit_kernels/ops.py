@@ -4,7 +4,7 @@ Backend, read every time an op runs (so a running process can switch it):
     ADAPTERKIT_BACKEND = auto | reference | triton | cpu   (environment variable; default auto)
     with use_backend("reference"): ...                      (in code; wins over the variable)
 ``auto`` takes Triton for CUDA tensors when triton imports; on CPU, the C++ kernel
-(qmatmul_cpu.py) for a matmul of at most ``qmatmul_cpu.SMALL_M`` rows (fp32, bf16 or fp16 inputs)
+(qmatmul_cpu.py) for a matmul of at most ``qmatmul_cpu.SMALL_M[dtype]`` rows (fp32, bf16 or fp16 inputs)
 when it builds with SIMD (not while ``torch.compile`` traces); the reference otherwise (quietly).
 ``triton`` asks for the kernels: on CPU tensors they run only under TRITON_INTERPRET=1 (how CI
 tests them); without triton, or on CPU without the interpreter, it fails loudly.
@@ -100,8 +100,7 @@ def uses_cpu_kernel(x: Tensor, qw: QuantWeight) -> bool:
     return (
         name == "auto"
         and x.device.type == "cpu"
-        and x.dtype in qmatmul_cpu.DTYPES
-        and x.shape[0] <= qmatmul_cpu.SMALL_M
+        and x.shape[0] <= qmatmul_cpu.SMALL_M.get(x.dtype, 0)
         and qmatmul_cpu.fits(qw)
         and not torch.compiler.is_compiling()
         and qmatmul_cpu.available()

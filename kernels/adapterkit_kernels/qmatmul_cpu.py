@@ -3,9 +3,9 @@
 y (M, N) = x (M, K) @ W^T (+ add): each row of W is decoded once, in registers, and multiplied with
 every row of x, instead of dequantizing W to a dense fp32 copy and calling a GEMM (the reference).
 At M = 1 that copy is nearly all the work; from some M on, the GEMM's speed wins, so ``ops`` sends
-only M <= ``SMALL_M`` here (measured in benchmarks/quant.md). Inputs in fp32, bf16 or fp16; the
-sums run in fp32. Backward: the reference's (dequantize,
-dy @ W), through ``reference.QMatmulReference``.
+only M <= ``SMALL_M[x.dtype]`` here (measured in benchmarks/quant.md). Inputs in fp32, bf16 or
+fp16; the sums run in fp32. Backward: the reference's (dequantize, dy @ W), through
+``reference.QMatmulReference``.
 
 Built by torch's own extension tooling (``torch.utils.cpp_extension.load``: a C++ compiler and
 ninja), for this machine's processor (``-march=native``; AVX-512 where it has it, else portable
@@ -33,7 +33,6 @@ from torch import Tensor
 from . import formats, reference
 from .formats import QuantWeight
 
-SMALL_M = 16  # rows of x up to which ops.py takes this kernel (benchmarks/quant.md)
 NAME = "adapterkit_qmatmul_cpu"
 SOURCE = os.path.join(os.path.dirname(__file__), "csrc", "qmatmul_cpu.cpp")
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off"]  # no fused multiply-add in W = level * absmax
@@ -94,19 +93,32 @@ def available() -> bool:
     return _built["fast"]
 
 
+def bf16_dot() -> bool:
+    """Whether bf16 inputs with a 4-bit W run as bf16 dot products (AVX512-BF16); builds it if needed."""
+    return bool(build().bf16_dot())
+
+
 def fits(qw: QuantWeight) -> bool:
     """Whether the layout suits the kernel: on CPU, and each row whole blocks (blocks never straddle rows)."""
     return qw.device.type == "cpu" and qw.shape[1] % qw.block == 0
 
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # inputs the kernel takes (it computes in fp32)
+# Rows of x up to which ops.py takes this kernel, per input dtype: where it was faster than
+# dequantize + torch's matmul on every measured shape (benchmarks/quant.md: SmolLM2's and 4096 x 4096).
+# bf16 stops earliest: torch's bf16 matmul is the fastest of the three on CPUs with AVX512-BF16;
+# fp16 latest: torch's fp16 matmul is the slowest there.
+SMALL_M = {torch.float32: 64, torch.bfloat16: 32, torch.float16: 128}
 
 
 def qmatmul_cpu(x: Tensor, qw: QuantWeight, add: Optional[Tensor] = None, lora=None) -> Tensor:
     """x (M, K) -> x @ W^T (M, N) in x's dtype, or ``add`` (M, N) with it added in place.
 
-    The sums run in fp32 with W in fp32: for bf16 / fp16 inputs the reference rounds W to that dtype
-    first, so the two agree to that dtype's rounding, not bit for bit.
+    The sums run in fp32. W is fp32, except for bf16 inputs with a 4-bit W where the build has bf16
+    dot products (``bf16_dot()``, AVX512-BF16): then W is rounded to bf16 first, as the reference
+    rounds it, and the result is the reference's up to summation order. Elsewhere (fp16; bf16 with
+    an 8-bit W or without AVX512-BF16) the reference's W rounded to the dtype differs from the
+    kernel's fp32 W, so the two agree to that dtype's rounding, not bit for bit.
     ``lora`` = (A (r, K), B (N, r), scale): also add scale * (x @ A^T) @ B^T, in the same pass (no
     gradient flows through this call: for decoding; training goes through ``QMatmulCPU``).
     """
@@ -116,17 +128,18 @@ def qmatmul_cpu(x: Tensor, qw: QuantWeight, add: Optional[Tensor] = None, lora=N
             f"blocks; got x {x.dtype} on {x.device}, weight {tuple(qw.shape)} on {qw.device}, block {qw.block}"
         )
     table = formats.code_table(qw.quant_type) if qw.bits == 4 else x.new_empty(0)
-    x32 = x.to(torch.float32).contiguous()
+    module = build()
+    bf16 = x.dtype == torch.bfloat16 and qw.bits == 4 and module.bf16_dot()
+    xin = x.contiguous() if bf16 else x.to(torch.float32).contiguous()
     if add is None:
-        out = x32.new_zeros(x.shape[0], qw.shape[0])
+        out = torch.zeros(x.shape[0], qw.shape[0])
     else:
         out = add if add.dtype == torch.float32 and add.is_contiguous() else add.to(torch.float32).contiguous()
     nested = (qw.nested_absmax, qw.nested_offset, qw.nested_levels) if qw.double_quant else (None, None, None)
     a, b, scale = (None, None, 0.0) if lora is None else lora
     if lora is not None:
         a, b = a.detach().to(torch.float32).contiguous(), b.detach().to(torch.float32).contiguous()
-    module = build()
-    module.qmatmul_add(x32, qw.codes.contiguous(), table, qw.absmax.contiguous(), *nested, qw.block, out, a, b, scale)
+    module.qmatmul_add(xin, qw.codes.contiguous(), table, qw.absmax.contiguous(), *nested, qw.block, out, a, b, scale)
     if add is not None and out is not add:
         return add.copy_(out)
     return out.to(x.dtype)

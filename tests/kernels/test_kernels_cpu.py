@@ -47,6 +47,29 @@ def test_forward_equals_the_reference(fmt, m):
     _close(qmatmul_cpu.qmatmul_cpu(x, qw, lora=(a, b, 0.7)), reference.qlora_matmul(x, qw, a, b, 0.7))
 
 
+ROW_LENGTHS = [  # (format, K): one 32-weight step, one block, longer than the kernel's 1024-weight chunk
+    (FORMATS[2], 32),  # fp4, block 32
+    (FORMATS[2], 1056),  # 1024 + 32
+    (FORMATS[2], 2400),  # 2 x 1024 + 352
+    (FORMATS[3], 256),  # fp4, block 256
+    (FORMATS[3], 1280),  # 1024 + 256
+    (FORMATS[4], 64),  # int8, block 64
+    (FORMATS[4], 2432),  # 2 x 1024 + 384
+]
+
+
+@pytest.mark.parametrize("fmt,k", ROW_LENGTHS, ids=lambda v: f"{v[1]}-b{v[3]}" if isinstance(v, tuple) else f"k{v}")
+@pytest.mark.parametrize("m", [1, 2, 5])
+def test_row_lengths_across_the_kernel_chunks(fmt, k, m):
+    """Rows shorter than the kernel's unrolled step and longer than its chunk, with a shorter last
+    chunk; 1-2 rows of x take the unrolled loop, 5 the plain one."""
+    qw = _weight(*fmt, n=19, k=k)
+    x = torch.randn(m, k)
+    _close(qmatmul_cpu.qmatmul_cpu(x, qw), reference.qmatmul(x, qw))
+    a, b = torch.randn(3, k), torch.randn(19, 3)
+    _close(qmatmul_cpu.qmatmul_cpu(x, qw, lora=(a, b, 2.0)), reference.qlora_matmul(x, qw, a, b, 2.0))
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("fmt", FORMATS[:1] + FORMATS[4:5], ids=["nf4", "int8"])
 def test_half_inputs_are_summed_in_fp32(fmt, dtype):
@@ -63,6 +86,28 @@ def test_half_inputs_are_summed_in_fp32(fmt, dtype):
     out = add.clone()
     assert qmatmul_cpu.qmatmul_cpu(x, qw, out) is out
     _close(out, (add.float() + reference.qmatmul(x.float(), qw)).to(dtype))
+
+
+@pytest.mark.parametrize("fmt", FORMATS[:4], ids=lambda f: f"{f[1]}-dq{int(f[2])}-b{f[3]}")
+@pytest.mark.parametrize("m", [1, 6, 11])
+def test_bf16_inputs_with_a_4bit_weight_take_the_references_bf16_weight(fmt, m):
+    """With bf16 dot products (AVX512-BF16) the kernel rounds W to bf16 as the reference does and sums
+    the exact bf16 products in fp32: the result is x @ W_bf16^T in fp32, rounded once to bf16 (each
+    element within one bf16 step of it). Without them it keeps W in fp32 (the dtype's tolerance)."""
+    qw = _weight(*fmt, n=45, k=2304)  # 1024 + 1024 + 256: three chunks
+    x = torch.randn(m, 2304).to(torch.bfloat16)
+    w16 = reference.dequantize(qw).to(torch.bfloat16)  # the reference's W for bf16 inputs
+    want = x.float() @ w16.float().t()  # exact products, fp32 sums
+    got = qmatmul_cpu.qmatmul_cpu(x, qw)
+    a, b = torch.randn(4, 2304), torch.randn(45, 4)
+    lora = qmatmul_cpu.qmatmul_cpu(x, qw, lora=(a, b, 0.5))
+    want_lora = want + 0.5 * (x.float() @ a.t()) @ b.t()
+    if qmatmul_cpu.bf16_dot():
+        for out, ref in ((got, want), (lora, want_lora)):
+            torch.testing.assert_close(out.float(), ref, rtol=2**-8, atol=1e-6 * ref.abs().max().item())
+    else:
+        _close(got, want.to(torch.bfloat16))
+        _close(lora, want_lora.to(torch.bfloat16))
 
 
 @pytest.mark.parametrize("fmt", FORMATS[:1] + FORMATS[4:5], ids=["nf4", "int8"])

@@ -60,7 +60,7 @@ def test_auto_on_cpu_takes_the_cpu_kernel_for_few_rows_and_the_reference_for_man
     assert counted == {"triton": 0, "reference": 1 - expect_cpu} and cpu["calls"] == expect_cpu
     ops.qmatmul(torch.randn(3, 64, dtype=torch.bfloat16), qw)  # bf16 too (summed in fp32)
     assert counted == {"triton": 0, "reference": 2 - 2 * expect_cpu} and cpu["calls"] == 2 * expect_cpu
-    ops.qmatmul(torch.randn(qmatmul_cpu.SMALL_M + 1, 64), qw)  # many rows: the GEMM
+    ops.qmatmul(torch.randn(qmatmul_cpu.SMALL_M[torch.float32] + 1, 64), qw)  # many rows: the GEMM
     ops.qmatmul(torch.randn(3, 64, dtype=torch.float64), qw)  # fp64: the reference keeps its precision
     assert counted == {"triton": 0, "reference": 4 - 2 * expect_cpu} and cpu["calls"] == 2 * expect_cpu
 
