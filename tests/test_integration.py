@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import adapterkit as ak
+from adapterkit import checkpointing
 from tests.models import VOCAB, tiny_llama, tokens
 
 
@@ -27,7 +28,7 @@ def test_gradient_checkpointing_still_trains_adapters(reentrant):
     model = _adapted(dropout=0.1)
     reference = _adapted(dropout=0.1)
     reference.load_state_dict(model.state_dict())
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+    checkpointing.enable(model, use_reentrant=reentrant)
     model.train(), reference.train()
     x = tokens()
     for m in (model, reference):

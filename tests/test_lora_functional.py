@@ -248,13 +248,14 @@ def test_dora_weight_norm_follows_changes_of_the_base_weight():
 def test_dropout_masks_survive_gradient_checkpointing():
     """Recomputed forwards draw the same masks: gradients equal those without checkpointing."""
     import adapterkit as ak
+    from adapterkit import checkpointing
     from tests.models import tiny_llama, tokens
 
     grads = []
-    for checkpointing in (False, True):
+    for checkpointed in (False, True):
         model = ak.attach(tiny_llama(), ak.LoRAConfig(rank=4, dropout=0.3, init="random")).train()
-        if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if checkpointed:
+            checkpointing.enable(model)
         torch.manual_seed(7)
         ids = tokens()
         model(input_ids=ids, labels=ids).loss.backward()

@@ -1,13 +1,14 @@
 """QLoRA: adapters on QuantLinear bases train, match a dense twin, merge to a dense model, requantize."""
 
 import copy
+import warnings
 
 import pytest
 import torch
 from torch import nn
 
 import adapterkit as ak
-from adapterkit import bases
+from adapterkit import bases, checkpointing
 from adapterkit.quant import QuantLinear, prepare_for_kbit_training, requantize
 from adapterkit_kernels import ops
 from tests.models import tiny_llama, tokens
@@ -149,9 +150,11 @@ def test_requantize_after_merge_is_explicit_and_its_error_is_bounded():
 
 def test_prepare_for_kbit_training_keeps_dtypes_and_checkpoints():
     model = ak.quantize(tiny_llama(**LLAMA).to(torch.bfloat16))
-    prepare_for_kbit_training(model)
+    with warnings.catch_warnings():  # no deprecated transformers name (gradient_ -> activation_checkpointing)
+        warnings.simplefilter("error", FutureWarning)
+        prepare_for_kbit_training(model)
     assert not any(p.requires_grad for p in model.parameters())
-    assert model.is_gradient_checkpointing and model.config.use_cache is False
+    assert checkpointing.is_on(model) and model.config.use_cache is False
     assert model.model.embed_tokens.weight.dtype == torch.bfloat16  # PEFT would make these fp32
     assert model.model.norm.weight.dtype == torch.bfloat16
     ak.attach(model, ak.LoRAConfig(rank=4, alpha=8, init="random"))
@@ -165,6 +168,8 @@ def test_prepare_for_kbit_training_keeps_dtypes_and_checkpoints():
 
 
 def test_prepare_for_kbit_training_refuses_checkpointing_it_cannot_do():
+    plain = nn.Sequential(nn.Linear(4, 4))
     with pytest.raises(ak.ConfigError, match="gradient_checkpointing=False"):
-        prepare_for_kbit_training(nn.Sequential(nn.Linear(4, 4)))
+        prepare_for_kbit_training(plain)
+    assert all(p.requires_grad for p in plain.parameters())  # refused before freezing anything
     assert prepare_for_kbit_training(nn.Sequential(nn.Linear(4, 4)), gradient_checkpointing=False)

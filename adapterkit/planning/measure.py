@@ -99,6 +99,7 @@ def _build(case: dict):
     import transformers
 
     import adapterkit as ak
+    from .. import checkpointing
     from ..training.config import build_adapter
 
     config = transformers.AutoConfig.for_model(**case["config"])
@@ -121,8 +122,7 @@ def _build(case: dict):
     adapter = build_adapter(case["adapter"])
     ak.attach(model, adapter)
     if case.get("gradient_checkpointing"):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
+        checkpointing.enable(model)
     return model.train()
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import checkpointing
 from ..errors import ConfigError
 
 
@@ -25,19 +26,15 @@ def prepare_for_kbit_training(
     model: nn.Module, gradient_checkpointing: bool = True, upcast_norms: bool = False
 ) -> nn.Module:
     """Freeze, checkpoint, keep dtypes; returns the model (changed in place)."""
+    if gradient_checkpointing and not checkpointing.supported(model):  # refused before anything changes
+        raise ConfigError(
+            f"{type(model).__name__} has no activation_checkpointing_enable() (not a transformers model); "
+            "pass gradient_checkpointing=False and wrap blocks in torch.utils.checkpoint yourself"
+        )
     for param in model.parameters():
         param.requires_grad_(False)
     if gradient_checkpointing:
-        enable = getattr(model, "gradient_checkpointing_enable", None)
-        if enable is None:
-            raise ConfigError(
-                f"{type(model).__name__} has no gradient_checkpointing_enable() (not a transformers model); "
-                "pass gradient_checkpointing=False and wrap blocks in torch.utils.checkpoint yourself"
-            )
-        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        config = getattr(model, "config", None)
-        if config is not None and hasattr(config, "use_cache"):
-            config.use_cache = False
+        checkpointing.enable(model)
     if upcast_norms:
         for module in model.modules():
             if _is_norm(module):

@@ -6,7 +6,7 @@ import dataclasses
 import random
 from typing import Optional
 
-from .. import inject
+from .. import checkpointing, inject
 from ..anatomy import classifier_heads
 from ..errors import ConfigError
 from . import data as data_mod
@@ -39,10 +39,9 @@ def build_model(config: TrainConfig, task: str, num_labels: Optional[int]):
 
 def _checkpointing(model, m):
     if m.gradient_checkpointing:
-        if not hasattr(model, "gradient_checkpointing_enable"):
+        if not checkpointing.supported(model):
             raise ConfigError(f"model.gradient_checkpointing: {type(model).__name__} does not support it.")
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
+        checkpointing.enable(model)
     return model
 
 

@@ -4,11 +4,13 @@ copied structurally, PEFT files both ways, gradients, inits (generation: test_pr
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
 
 import adapterkit as ak
+from adapterkit import checkpointing
 from adapterkit.inject import adapter_layers
 from adapterkit.methods.prompt import VirtualTokenLayer
 from tests.models import VOCAB, tiny_bert, tiny_gpt2, tiny_llama, tokens
@@ -201,12 +203,14 @@ def test_gradient_checkpointing_works_with_prompts_and_is_refused_clearly_with_p
     ids = tokens()
     prompt = ak.attach(tiny_llama(), ak.PromptTuningConfig(num_virtual_tokens=2)).train()
     plain = copy.deepcopy(prompt)
-    prompt.gradient_checkpointing_enable()
-    torch.testing.assert_close(prompt(ids, labels=ids).loss, plain(ids, labels=ids).loss)
     prefix = ak.attach(tiny_llama(), ak.PrefixTuningConfig(num_virtual_tokens=2)).train()
-    prefix.gradient_checkpointing_enable()
-    with pytest.raises(ak.UnsupportedModuleError, match="gradient_checkpointing_disable"):
-        prefix(ids, labels=ids)
+    with warnings.catch_warnings():  # no deprecated transformers name (gradient_ -> activation_checkpointing)
+        warnings.simplefilter("error", FutureWarning)
+        checkpointing.enable(prompt, use_reentrant=True)  # transformers' default
+        torch.testing.assert_close(prompt(ids, labels=ids).loss, plain(ids, labels=ids).loss)
+        checkpointing.enable(prefix, use_reentrant=True)
+        with pytest.raises(ak.UnsupportedModuleError, match="activation_checkpointing_disable"):
+            prefix(ids, labels=ids)
 
 
 def test_hook_is_kept_by_handle_and_deep_copies_get_their_own():

@@ -28,6 +28,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from ... import checkpointing
 from ...errors import InputError, UnsupportedModuleError
 
 
@@ -92,10 +93,11 @@ def _pre_hook(model: nn.Module, args: tuple, kwargs: dict):
         return None
     prefixes = [a for a in active if a.kind == "prefix"]
     prompts = [a for a in active if a.kind != "prefix"]
-    if prefixes and model.training and getattr(model, "is_gradient_checkpointing", False):
+    if prefixes and model.training and checkpointing.is_on(model):
         raise UnsupportedModuleError(
             "prefix tuning feeds its keys/values through the model's cache, which transformers drops in "
-            "layers under gradient checkpointing; call model.gradient_checkpointing_disable(), or use "
+            "layers under activation (gradient) checkpointing; call model.activation_checkpointing_disable() "
+            "(gradient_checkpointing_disable() before transformers 5.23), or use "
             "prompt tuning / P-tuning (PromptTuningConfig, PromptEncoderConfig), which work with it."
         )
     kwargs = dict(kwargs)
