@@ -59,9 +59,9 @@ def triton_installed() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def uses_triton(tensor: Tensor) -> bool:
-    """Whether an op on ``tensor`` runs the Triton kernels under the current backend."""
-    name = requested_backend()
+def uses_triton(tensor: Tensor, name: Optional[str] = None) -> bool:
+    """Whether an op on ``tensor`` runs the Triton kernels under the current backend (``name``: it, already read)."""
+    name = name or requested_backend()
     if name in ("reference", "cpu"):
         return False
     runnable = triton_installed() and (tensor.is_cuda or interpreting())
@@ -80,9 +80,9 @@ def uses_triton(tensor: Tensor) -> bool:
     return True
 
 
-def uses_cpu_kernel(x: Tensor, qw: QuantWeight) -> bool:
+def uses_cpu_kernel(x: Tensor, qw: QuantWeight, name: Optional[str] = None) -> bool:
     """Whether a matmul of ``x`` (M, K) with ``qw`` runs the C++ CPU kernel under the current backend."""
-    name = requested_backend()
+    name = name or requested_backend()
     if name == "cpu":
         why = (
             f"the tensors are on {x.device}"
@@ -130,12 +130,12 @@ def dequantize(qw: QuantWeight, dtype: torch.dtype = torch.float32) -> Tensor:
 
 def qmatmul(x: Tensor, qw: QuantWeight, bias: Optional[Tensor] = None) -> Tensor:
     """x (..., K) -> x @ W^T + bias (..., N), differentiable in x (and bias)."""
-    x2 = x.reshape(-1, x.shape[-1])
-    if uses_triton(x2):
+    x2, name = x.reshape(-1, x.shape[-1]), requested_backend()
+    if uses_triton(x2, name):
         from .qmatmul import QMatmulTriton
 
         y = QMatmulTriton.apply(x2, qw)
-    elif uses_cpu_kernel(x2, qw):  # no autograd node where no gradient is asked for (decoding)
+    elif uses_cpu_kernel(x2, qw, name):  # no autograd node where no gradient is asked for (decoding)
         grad = torch.is_grad_enabled() and x2.requires_grad
         y = qmatmul_cpu.QMatmulCPU.apply(x2, qw) if grad else qmatmul_cpu.qmatmul_cpu(x2, qw)
     else:
@@ -147,12 +147,12 @@ def qlora_matmul(
     x: Tensor, qw: QuantWeight, a: Tensor, b: Tensor, scale: float, bias: Optional[Tensor] = None
 ) -> Tensor:
     """x (..., K) -> x @ W^T + scale * (x @ A^T) @ B^T + bias (..., N); A (r, K), B (N, r)."""
-    x2 = x.reshape(-1, x.shape[-1])
-    if uses_triton(x2):
+    x2, name = x.reshape(-1, x.shape[-1]), requested_backend()
+    if uses_triton(x2, name):
         from .qlora import QLoRATriton
 
         y = QLoRATriton.apply(x2, qw, a, b, float(scale))
-    elif not uses_cpu_kernel(x2, qw):
+    elif not uses_cpu_kernel(x2, qw, name):
         y = reference.qlora(x2, qw, a, b, float(scale))
     elif torch.is_grad_enabled():
         y = reference.qlora(x2, qw, a, b, float(scale), qmatmul_cpu.QMatmulCPU)

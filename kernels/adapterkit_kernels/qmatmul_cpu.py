@@ -38,7 +38,7 @@ SOURCE = os.path.join(os.path.dirname(__file__), "csrc", "qmatmul_cpu.cpp")
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off"]  # no fused multiply-add in W = level * absmax
 
 _lock = threading.Lock()
-_built: dict = {}  # "module" or "error"; "fast": what available() found
+_built: dict = {}  # "module" or "error"; "fast": what available() found; "bf16": what bf16_dot() found
 
 
 def _cpu_tag() -> str:
@@ -53,6 +53,9 @@ def _cpu_tag() -> str:
 
 def build():
     """The compiled extension module (built on the first call in this process); raises if it cannot be."""
+    module = _built.get("module")
+    if module is not None:  # built: no lock on the per-call path
+        return module
     with _lock:
         if "module" in _built:
             return _built["module"]
@@ -95,7 +98,9 @@ def available() -> bool:
 
 def bf16_dot() -> bool:
     """Whether bf16 inputs with a 4-bit W run as bf16 dot products (AVX512-BF16); builds it if needed."""
-    return bool(build().bf16_dot())
+    if "bf16" not in _built:
+        _built["bf16"] = bool(build().bf16_dot())
+    return _built["bf16"]
 
 
 def fits(qw: QuantWeight) -> bool:
@@ -129,8 +134,8 @@ def qmatmul_cpu(x: Tensor, qw: QuantWeight, add: Optional[Tensor] = None, lora=N
         )
     table = formats.code_table(qw.quant_type) if qw.bits == 4 else x.new_empty(0)
     module = build()
-    bf16 = x.dtype == torch.bfloat16 and qw.bits == 4 and module.bf16_dot()
-    xin = x.contiguous() if bf16 else x.to(torch.float32).contiguous()
+    bf16 = x.dtype == torch.bfloat16 and qw.bits == 4 and bf16_dot()
+    xin = x.contiguous() if bf16 else _fp32(x)
     if add is None:
         out = torch.zeros(x.shape[0], qw.shape[0])
     else:
@@ -138,11 +143,18 @@ def qmatmul_cpu(x: Tensor, qw: QuantWeight, add: Optional[Tensor] = None, lora=N
     nested = (qw.nested_absmax, qw.nested_offset, qw.nested_levels) if qw.double_quant else (None, None, None)
     a, b, scale = (None, None, 0.0) if lora is None else lora
     if lora is not None:
-        a, b = a.detach().to(torch.float32).contiguous(), b.detach().to(torch.float32).contiguous()
+        a, b = _fp32(a), _fp32(b)
     module.qmatmul_add(xin, qw.codes.contiguous(), table, qw.absmax.contiguous(), *nested, qw.block, out, a, b, scale)
     if add is not None and out is not add:
         return add.copy_(out)
     return out.to(x.dtype)
+
+
+def _fp32(t: Tensor) -> Tensor:
+    """The tensor's values as a contiguous fp32 tensor (itself when it is one: the per-call path)."""
+    if t.dtype == torch.float32 and t.is_contiguous():
+        return t
+    return t.detach().to(torch.float32).contiguous()
 
 
 class QMatmulCPU(reference.QMatmulReference):
