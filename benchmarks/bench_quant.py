@@ -29,6 +29,7 @@ few rows), adapterkit on the reference alone, and PEFT + bitsandbytes, runs alte
 timed in process CPU seconds (so use one thread: OMP_NUM_THREADS=1).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_quant.py --part generate --preset smollm2 --steps 5
+    OMP_NUM_THREADS=1 python benchmarks/bench_quant.py --part generate --preset smollm2 --steps 5 --dtype bfloat16
 """
 
 from __future__ import annotations
@@ -289,7 +290,7 @@ def bench_generate(args) -> list:
 
     preset_name, folder = _preset_and_folder(args)
     preset, device = PRESETS[preset_name], ("cuda" if CUDA else "cpu")
-    dtype = getattr(torch, preset["dtype"])
+    dtype = getattr(torch, args.dtype or preset["dtype"])
     models = {lib: _load(lib, folder, dtype, device).eval() for lib in ("adapterkit", "peft")}
     prompt = torch.randint(0, preset["config"]["vocab_size"], (1, 16), device=device)
     runs = {
@@ -320,7 +321,7 @@ def bench_generate(args) -> list:
     for i in range(args.steps):
         for name in runs if i % 2 == 0 else reversed(list(runs)):
             times[name].append(per_token(name))
-    row = {"preset": preset_name, "new_tokens": args.new_tokens, "rounds": args.steps}
+    row = {"preset": preset_name, "dtype": str(dtype)[6:], "new_tokens": args.new_tokens, "rounds": args.steps}
     row.update({f"{name}_ms_per_token": round(1e3 * statistics.median(t), 2) for name, t in times.items()})
     ratios = sorted(a / p for a, p in zip(times["adapterkit"], times["peft_bnb"]))  # per round: drift cancels
     row["time_ratio_vs_peft_bnb"] = round(statistics.median(ratios), 3)
@@ -414,7 +415,9 @@ def main(argv=None):
     )
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument(
-        "--dtype", choices=["float32", "bfloat16"], help="layer: compute dtype (default bf16 on CUDA, fp32 on CPU)"
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        help="layer, generate: compute dtype (default: layer bf16 on CUDA, fp32 on CPU; generate the preset's)",
     )
     parser.add_argument("--reps", type=int, default=3, help="CPU timing runs per case (median)")
     parser.add_argument("--no-bnb", action="store_true", help="adapterkit and dense only")
