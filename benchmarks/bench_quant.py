@@ -3,9 +3,13 @@
 Part ``layer``: forward and forward+backward of one layer, M tokens x (K -> N), with and without a
 rank-16 LoRA branch, for the contenders of quant_setup.py. On CUDA: bf16, Triton kernels, medians
 of ``triton.testing.do_bench``; M in {1, 16, 512, 4096}, (K, N) in {(4096, 4096), (4096, 14336),
-(14336, 4096)}. On CPU: fp32, adapterkit as ``auto`` runs it (the C++ kernel for M <= 16, the
-PyTorch reference above) and on the reference alone, against bitsandbytes' CPU code, medians of
---reps runs (perf_counter); by default the (4096, 4096) shape and M in {1, 4, 16, 512}.
+(14336, 4096)}. On CPU: fp32 (or --dtype), adapterkit as ``auto`` runs it (the C++ kernel up to
+``qmatmul_cpu.SMALL_M`` rows, the PyTorch reference above), on the reference alone and on the C++
+kernel alone (where ``auto`` should switch), against bitsandbytes' CPU code, medians of --reps
+runs (perf_counter); by default the (4096, 4096) shape and M in {1, 4, 16, 512}. The crossover:
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_quant.py --part layer --no-bnb --reps 5 \
+        --m 16 32 64 96 128 --shapes 4096x4096 576x1536 1536x576 576x576
 
 Part ``step``: one QLoRA training step (rank 16 all-linear, gradient checkpointing, AdamW) of a
 Llama-shaped model, adapterkit vs PEFT + bitsandbytes, each in a fresh process: tokens/s and peak
@@ -117,7 +121,15 @@ def bench_layer(args) -> list:
 
 
 def layer_table(rows: list) -> str:
-    names = ["adapterkit", "adapterkit_reference", "bnb_dequant", "bnb_matmul_4bit", "peft_bnb", "dense"]
+    names = [
+        "adapterkit",
+        "adapterkit_reference",
+        "adapterkit_cpu_kernel",
+        "bnb_dequant",
+        "bnb_matmul_4bit",
+        "peft_bnb",
+        "dense",
+    ]
     names = [n for n in names if any(n in r for r in rows)]
     head = (
         "| mode | LoRA | M | K x N | "

@@ -3,8 +3,9 @@
 Each builder returns ``fn(x) -> y`` for an input x (M, K); the LoRA branch (rank r, scale 2) is
 added where ``lora`` is set. Weights: NF4, block 64, double quantization, on every side.
     adapterkit       ops.qlora_matmul / ops.qmatmul (Triton on CUDA; on CPU what ``auto`` picks: the C++
-                     kernel for M <= 16, the PyTorch reference above)
+                     kernel up to qmatmul_cpu.SMALL_M rows, the PyTorch reference above)
     adapterkit_reference  the same on the PyTorch reference alone (CPU only: the C++ kernel's baseline)
+    adapterkit_cpu_kernel the same on the C++ kernel at every M (CPU only: where auto should switch)
     bnb_dequant      bitsandbytes dequantize_4bit, then torch.matmul (+ the LoRA branch in torch)
     bnb_matmul_4bit  bitsandbytes matmul_4bit (+ the LoRA branch in torch)
     peft_bnb         PEFT's LoRA layer over a bitsandbytes Linear4bit (the QLoRA stack)
@@ -119,6 +120,7 @@ def builders(layer: Layer, lora: bool, training: bool, backend: str, with_bnb: b
     out = {"adapterkit": adapterkit(layer, lora, backend)}
     if layer.device == "cpu":
         out["adapterkit_reference"] = adapterkit(layer, lora, "reference")
+        out["adapterkit_cpu_kernel"] = adapterkit(layer, lora, "cpu")  # the C++ kernel at every M
     if with_bnb:
         out["bnb_dequant"] = bnb_dequant(layer, lora)
         out["bnb_matmul_4bit"] = bnb_matmul_4bit(layer, lora)
