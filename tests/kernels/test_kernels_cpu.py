@@ -138,9 +138,7 @@ def test_threads_split_the_rows_of_w_and_agree():
     assert torch.equal(one, two)  # each output is one row's sum, whichever thread computes it
 
 
-def test_a_quantized_model_generates_the_same_tokens_as_on_the_reference():
-    """Greedy decoding (one row per step after the prompt) with the kernel, token for token, against the
-    reference; the scores of every step within fp32 summation order."""
+def _tiny_quantized_llama(dtype):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     import adapterkit as ak
@@ -155,24 +153,45 @@ def test_a_quantized_model_generates_the_same_tokens_as_on_the_reference():
         vocab_size=96,
         max_position_embeddings=64,
     )
-    model = LlamaForCausalLM(cfg).eval()
+    model = LlamaForCausalLM(cfg).to(dtype).eval()
     ak.quantize(model, bits=4, quant_type="nf4", double_quant=True)
-    model = ak.attach(model, ak.LoRAConfig(rank=4, targets="all-linear", init="random"))
+    return ak.attach(model, ak.LoRAConfig(rank=4, targets="all-linear", init="random")).to(dtype)
+
+
+def _greedy(model, prompt, backend):
+    with ops.use_backend(backend), torch.no_grad():
+        return model.generate(
+            prompt, max_new_tokens=8, do_sample=False, output_scores=True, return_dict_in_generate=True, pad_token_id=0
+        )
+
+
+def test_a_quantized_model_generates_the_same_tokens_as_on_the_reference():
+    """Greedy decoding (one row per step after the prompt) with the kernel, token for token, against the
+    reference; the scores of every step within fp32 summation order."""
+    model = _tiny_quantized_llama(torch.float32)
     prompt = torch.randint(0, 96, (1, 5))
-    runs = {}
-    for backend in ("cpu", "reference"):
-        with ops.use_backend(backend), torch.no_grad():
-            runs[backend] = model.generate(
-                prompt,
-                max_new_tokens=8,
-                do_sample=False,
-                output_scores=True,
-                return_dict_in_generate=True,
-                pad_token_id=0,
-            )
+    runs = {backend: _greedy(model, prompt, backend) for backend in ("cpu", "reference")}
     assert torch.equal(runs["cpu"].sequences, runs["reference"].sequences)
     for got, want in zip(runs["cpu"].scores, runs["reference"].scores):
         _close(got, want)
+
+
+def test_a_bf16_quantized_model_generates_as_on_the_reference():
+    """A model kept in bf16 (the kernel's bf16 path): every step's scores within bf16 rounding of the
+    reference's, and the same token at every step, unless the reference's two best scores are closer
+    than twice the two runs' largest difference at that step (then either token is right, and the
+    runs may part there: the comparison stops)."""
+    model = _tiny_quantized_llama(torch.bfloat16)
+    prompt = torch.randint(0, 96, (1, 5))
+    runs = {backend: _greedy(model, prompt, backend) for backend in ("cpu", "reference")}
+    for step, (got, want) in enumerate(zip(runs["cpu"].scores, runs["reference"].scores)):
+        got, want = got.float(), want.float()
+        torch.testing.assert_close(got, want, rtol=0, atol=4 * TOL[torch.bfloat16] * want.abs().max().item())
+        token, ref_token = runs["cpu"].sequences[0, 5 + step], runs["reference"].sequences[0, 5 + step]
+        if token != ref_token:
+            best, second = want.topk(2).values[0]
+            assert best - second <= 2 * (got - want).abs().max(), f"step {step}: a clear choice differs"
+            break
 
 
 def test_explicit_cpu_backend_fails_loudly_where_it_cannot_run(monkeypatch):
