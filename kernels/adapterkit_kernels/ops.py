@@ -10,6 +10,9 @@ when it builds with SIMD (not while ``torch.compile`` traces); the reference oth
 tests them); without triton, or on CPU without the interpreter, it fails loudly.
 ``cpu`` asks for the C++ kernel for every CPU matmul (any number of rows); where it cannot run
 (not built, a CUDA tensor, fp64, rows that are not whole blocks) it fails loudly.
+Under ``auto`` and ``cpu``, what the kernel does not take on CPU (many rows, backward, ``dequantize``)
+dequantizes W with the same extension's one-pass C++ code (fp32 / bf16, whole blocks) for torch's
+matmul: the reference's values, faster; the reference's torch ops where it does not apply.
 """
 
 from __future__ import annotations
@@ -107,6 +110,24 @@ def uses_cpu_kernel(x: Tensor, qw: QuantWeight, name: Optional[str] = None) -> b
     )
 
 
+def uses_cpu_dequantize(qw: QuantWeight, dtype: torch.dtype, name: Optional[str] = None) -> bool:
+    """Whether dequantizing ``qw`` to ``dtype`` (for a matmul the kernel does not take: many rows, and
+    every backward) runs the extension's one-pass C++ code (``qmatmul_cpu.dequantize_cpu``) rather than
+    the reference's torch ops: under ``auto`` or ``cpu``, on CPU, fp32 / bf16, whole blocks, when the
+    extension builds with SIMD."""
+    return (
+        (name or requested_backend()) in ("auto", "cpu")
+        and qmatmul_cpu.dense_fits(qw, dtype)
+        and not torch.compiler.is_compiling()
+        and qmatmul_cpu.available()
+    )
+
+
+def _dense_matmul(x: Tensor, qw: QuantWeight, name: str):
+    """The autograd Function for a matmul of many rows on CPU (or wherever no kernel applies)."""
+    return qmatmul_cpu.QMatmulDense if uses_cpu_dequantize(qw, x.dtype, name) else reference.QMatmulReference
+
+
 # -- public ops --------------------------------------------------------------------------------
 def quantize(
     weight: Tensor,
@@ -125,6 +146,8 @@ def dequantize(qw: QuantWeight, dtype: torch.dtype = torch.float32) -> Tensor:
         from .dequant import dequantize_triton
 
         return dequantize_triton(qw, dtype)
+    if uses_cpu_dequantize(qw, dtype):
+        return qmatmul_cpu.dequantize_cpu(qw, dtype)
     return reference.dequantize(qw, dtype)
 
 
@@ -139,7 +162,7 @@ def qmatmul(x: Tensor, qw: QuantWeight, bias: Optional[Tensor] = None) -> Tensor
         grad = torch.is_grad_enabled() and x2.requires_grad
         y = qmatmul_cpu.QMatmulCPU.apply(x2, qw) if grad else qmatmul_cpu.qmatmul_cpu(x2, qw)
     else:
-        y = reference.QMatmulReference.apply(x2, qw)
+        y = _dense_matmul(x2, qw, name).apply(x2, qw)
     return reference.maybe_bias(y, bias).view(*x.shape[:-1], qw.shape[0])
 
 
@@ -153,7 +176,7 @@ def qlora_matmul(
 
         y = QLoRATriton.apply(x2, qw, a, b, float(scale))
     elif not uses_cpu_kernel(x2, qw, name):
-        y = reference.qlora(x2, qw, a, b, float(scale))
+        y = reference.qlora(x2, qw, a, b, float(scale), _dense_matmul(x2, qw, name))
     elif torch.is_grad_enabled():
         y = reference.qlora(x2, qw, a, b, float(scale), qmatmul_cpu.QMatmulCPU)
     else:  # decoding: the LoRA branch in the same call, no autograd nodes
@@ -167,4 +190,6 @@ def qmatmul_input_grad(dy: Tensor, qw: QuantWeight) -> Tensor:
         from .qmatmul_grad import qmatmul_input_grad_triton
 
         return qmatmul_input_grad_triton(dy, qw)
+    if uses_cpu_dequantize(qw, dy.dtype):
+        return dy @ qmatmul_cpu.dense_weight(qw, dy.dtype)
     return reference.qmatmul_input_grad(dy, qw)

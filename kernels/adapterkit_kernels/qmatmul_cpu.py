@@ -4,8 +4,9 @@ y (M, N) = x (M, K) @ W^T (+ add): each row of W is decoded once, in registers, 
 every row of x, instead of dequantizing W to a dense fp32 copy and calling a GEMM (the reference).
 At M = 1 that copy is nearly all the work; from some M on, the GEMM's speed wins, so ``ops`` sends
 only M <= ``SMALL_M[x.dtype]`` here (measured in benchmarks/quant.md). Inputs in fp32, bf16 or
-fp16; the sums run in fp32. Backward: the reference's (dequantize, dy @ W), through
-``reference.QMatmulReference``.
+fp16; the sums run in fp32. For more rows, and for every backward (dy @ W), the same extension
+dequantizes W in one pass into a reused buffer for torch's matmul (``dense_weight``,
+``QMatmulDense``): the reference's values, written several times faster than its torch ops.
 
 Built by torch's own extension tooling (``torch.utils.cpp_extension.load``: a C++ compiler and
 ninja), for this machine's processor (``-march=native``; AVX-512 where it has it, else portable
@@ -32,6 +33,7 @@ from torch import Tensor
 
 from . import formats, reference
 from .formats import QuantWeight
+from .scratch import scratch
 
 NAME = "adapterkit_qmatmul_cpu"
 SOURCE = os.path.join(os.path.dirname(__file__), "csrc", "qmatmul_cpu.cpp")
@@ -157,8 +159,59 @@ def _fp32(t: Tensor) -> Tensor:
     return t.detach().to(torch.float32).contiguous()
 
 
-class QMatmulCPU(reference.QMatmulReference):
-    """y = x @ W^T through the C++ kernel; backward as the reference's (dequantize again, dy @ W).
+DENSE_DTYPES = (torch.float32, torch.bfloat16)  # what dense_weight writes in C++
+
+
+def dense_fits(qw: QuantWeight, dtype: torch.dtype) -> bool:
+    """Whether ``dense_weight`` writes this weight in C++: on CPU, whole blocks, fp32 or bf16."""
+    return qw.device.type == "cpu" and qw.numel % qw.block == 0 and dtype in DENSE_DTYPES
+
+
+def dequantize_cpu(qw: QuantWeight, dtype: torch.dtype, out: Optional[Tensor] = None) -> Tensor:
+    """W (N, K) dense in ``dtype`` (fp32 / bf16, where ``dense_fits``), into ``out`` or a fresh tensor,
+    in one C++ pass: the reference's values (fp32 bit for bit; bf16 rounded as the reference rounds,
+    but weights below 2^-126 in magnitude flushed to 0), several times faster than its torch ops."""
+    if not dense_fits(qw, dtype):
+        raise ValueError(f"the C++ dequantize takes whole blocks on CPU into fp32 / bf16; got {dtype}, {qw}")
+    out = torch.empty(qw.shape, dtype=dtype) if out is None else out
+    table = formats.code_table(qw.quant_type) if qw.bits == 4 else out.new_empty(0, dtype=torch.float32)
+    nested = (qw.nested_absmax, qw.nested_offset, qw.nested_levels) if qw.double_quant else (None, None, None)
+    build().dequantize(qw.codes.contiguous(), table, qw.absmax.contiguous(), *nested, qw.block, out)
+    return out
+
+
+def dense_weight(qw: QuantWeight, dtype: torch.dtype) -> Tensor:
+    """W (N, K) dense in ``dtype``, in this thread's reused buffer for the size (scratch.py: valid
+    until the next reuse; for a matmul that consumes it at once): ``dequantize_cpu`` where it
+    fits, else the reference."""
+    if not dense_fits(qw, dtype):
+        return reference.dequantize(qw, dtype, reuse=True)
+    return dequantize_cpu(qw, dtype, scratch(qw.numel, dtype, qw.device).view(qw.shape))
+
+
+class QMatmulDense(reference.QMatmulReference):
+    """y = x @ W^T for many rows of x, where torch's matmul beats the kernel: W dequantized by the
+    C++ code (``dense_weight``) into a reused buffer, then torch's matmul; backward the same way
+    (dx = dy @ W). The reference's numerics, faster. ``add`` (M, N): accumulate into it in place."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, qw: QuantWeight, add: Optional[Tensor] = None):
+        ctx.qw = qw
+        weight = dense_weight(qw, x.dtype)
+        if add is None:
+            return x @ weight.t()
+        ctx.mark_dirty(add)
+        return add.addmm_(x, weight.t())
+
+    @staticmethod
+    def backward(ctx, dy: Tensor):
+        needs = ctx.needs_input_grad
+        dx = dy @ dense_weight(ctx.qw, dy.dtype) if needs[0] else None
+        return (dx, None, dy) if len(needs) == 3 else (dx, None)
+
+
+class QMatmulCPU(QMatmulDense):
+    """y = x @ W^T through the C++ kernel; backward as ``QMatmulDense``'s (dequantize, dy @ W).
 
     ``add`` (M, N): accumulate into it in place instead.
     """

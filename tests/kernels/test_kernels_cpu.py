@@ -138,6 +138,42 @@ def test_threads_split_the_rows_of_w_and_agree():
     assert torch.equal(one, two)  # each output is one row's sum, whichever thread computes it
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f"{f[1]}-dq{int(f[2])}-b{f[3]}")
+def test_cpp_dequantize_writes_the_references_weight(fmt, dtype):
+    """The one-pass C++ dequantize (many rows, backward, ops.dequantize): the reference's values bit for
+    bit, in fp32 and rounded to bf16, also where blocks straddle rows (96 elements a row)."""
+    for n, k in ((45, 256), (100, 96)):
+        qw = _weight(*fmt, n=n, k=k)
+        if qw.numel % qw.block:
+            continue  # not whole blocks: dense_fits says no and the reference runs (next assertion)
+        assert torch.equal(qmatmul_cpu.dequantize_cpu(qw, dtype), reference.dequantize(qw, dtype))
+        assert torch.equal(ops.dequantize(qw, dtype), reference.dequantize(qw, dtype))
+    odd = _weight(*fmt, n=3, k=fmt[3] + 16)
+    assert not qmatmul_cpu.dense_fits(odd, dtype)
+    assert torch.equal(ops.dequantize(odd, dtype), reference.dequantize(odd, dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_many_rows_equal_the_reference_bit_for_bit_forward_and_backward(dtype):
+    """Above the kernel's rows (auto: C++ dequantize into a reused buffer, torch's matmul) the numbers
+    are the reference's exactly: the same W, the same torch matmuls."""
+    qw = _weight(4, "nf4", True, 64, n=45, k=256)
+    m = qmatmul_cpu.SMALL_M[dtype] + 3
+    results = {}
+    for backend in ("auto", "reference"):
+        x = torch.randn(m, 256, generator=torch.Generator().manual_seed(1)).to(dtype).requires_grad_()
+        a = torch.randn(8, 256, generator=torch.Generator().manual_seed(2)).to(dtype).requires_grad_()
+        b = torch.randn(45, 8, generator=torch.Generator().manual_seed(3)).to(dtype).requires_grad_()
+        with ops.use_backend(backend):
+            y = ops.qmatmul(x, qw) + ops.qlora_matmul(x, qw, a, b, 0.5)
+            grads = torch.autograd.grad(y.square().sum(), (x, a, b))
+            dx = ops.qmatmul_input_grad(y.detach(), qw)
+        results[backend] = (y, *grads, dx)
+    for got, want in zip(results["auto"], results["reference"]):
+        assert torch.equal(got, want)
+
+
 def _tiny_quantized_llama(dtype):
     from transformers import LlamaConfig, LlamaForCausalLM
 

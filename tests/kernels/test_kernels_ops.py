@@ -42,27 +42,36 @@ def test_environment_variable_is_read_at_each_call(monkeypatch, counted):
     assert counted == {"triton": 1, "reference": 1}
 
 
-def test_auto_on_cpu_takes_the_cpu_kernel_for_few_rows_and_the_reference_for_many(monkeypatch, counted):
+def test_auto_on_cpu_takes_the_cpu_kernel_for_few_rows_and_the_cpp_dequantize_for_many(monkeypatch, counted):
     from adapterkit_kernels import qmatmul_cpu
 
-    cpu = {"calls": 0}
-    kernel = qmatmul_cpu.qmatmul_cpu
+    cpu = {"kernel": 0, "dense": 0}
+    kernel, dense = qmatmul_cpu.qmatmul_cpu, qmatmul_cpu.dense_weight
 
-    def spy(*args, **kwargs):
-        cpu["calls"] += 1
-        return kernel(*args, **kwargs)
+    def spy(name, fn):
+        def wrapped(*args, **kwargs):
+            cpu[name] += 1
+            return fn(*args, **kwargs)
 
-    monkeypatch.setattr(qmatmul_cpu, "qmatmul_cpu", spy)
+        return wrapped
+
+    monkeypatch.setattr(qmatmul_cpu, "qmatmul_cpu", spy("kernel", kernel))
+    monkeypatch.setattr(qmatmul_cpu, "dense_weight", spy("dense", dense))
     monkeypatch.delenv("ADAPTERKIT_BACKEND", raising=False)
     qw = _qw()
+    on = int(qmatmul_cpu.available())  # the SIMD build; a portable build is not picked by auto
     ops.qmatmul(torch.randn(3, 64), qw)
-    expect_cpu = int(qmatmul_cpu.available())  # the SIMD build; a portable build is not picked by auto
-    assert counted == {"triton": 0, "reference": 1 - expect_cpu} and cpu["calls"] == expect_cpu
-    ops.qmatmul(torch.randn(3, 64, dtype=torch.bfloat16), qw)  # bf16 too (summed in fp32)
-    assert counted == {"triton": 0, "reference": 2 - 2 * expect_cpu} and cpu["calls"] == 2 * expect_cpu
-    ops.qmatmul(torch.randn(qmatmul_cpu.SMALL_M[torch.float32] + 1, 64), qw)  # many rows: the GEMM
+    assert counted == {"triton": 0, "reference": 1 - on} and cpu == {"kernel": on, "dense": 0}
+    ops.qmatmul(torch.randn(3, 64, dtype=torch.bfloat16), qw)  # bf16 too
+    assert counted == {"triton": 0, "reference": 2 - 2 * on} and cpu == {"kernel": 2 * on, "dense": 0}
+    many = torch.randn(qmatmul_cpu.SMALL_M[torch.float32] + 1, 64)  # many rows: C++ dequantize, torch's GEMM
+    ops.qmatmul(many, qw)
+    assert counted == {"triton": 0, "reference": 3 - 3 * on} and cpu == {"kernel": 2 * on, "dense": on}
     ops.qmatmul(torch.randn(3, 64, dtype=torch.float64), qw)  # fp64: the reference keeps its precision
-    assert counted == {"triton": 0, "reference": 4 - 2 * expect_cpu} and cpu["calls"] == 2 * expect_cpu
+    assert counted == {"triton": 0, "reference": 4 - 3 * on} and cpu == {"kernel": 2 * on, "dense": on}
+    with ops.use_backend("reference"):  # the oracle stays pure PyTorch at every size
+        ops.qmatmul(many, qw)
+    assert counted == {"triton": 0, "reference": 5 - 3 * on} and cpu == {"kernel": 2 * on, "dense": on}
 
 
 def test_context_manager_wins_and_nests(monkeypatch, counted):

@@ -374,6 +374,62 @@ void qmatmul_add(torch::Tensor x, torch::Tensor codes, torch::Tensor table, torc
   });
 }
 
+// out (numel,) = W flattened, dense: level * absmax in fp32 (the reference's dequantize), or that
+// rounded to bf16 (round to nearest even; weights below 2^-126 in magnitude become 0) when out is
+// bf16. Any shape: blocks are taken over the flat weight; numel % block == 0. For the matmuls of
+// many rows, where torch's GEMM wins: the reference dequantizes with several passes of torch ops.
+void dequantize(torch::Tensor codes, torch::Tensor table, torch::Tensor absmax, c10::optional<torch::Tensor> nested,
+                c10::optional<torch::Tensor> offset, c10::optional<torch::Tensor> levels, int64_t block,
+                torch::Tensor out) {
+  const bool four = table.numel() == 16, bf16 = out.scalar_type() == at::kBFloat16;
+  const int64_t numel = out.numel();
+  TORCH_CHECK(numel % block == 0 && block >= 32 && (block & (block - 1)) == 0 && out.is_contiguous(),
+              "qmatmul_cpu.dequantize: whole blocks (a power of two >= 32) into a contiguous output");
+  TORCH_CHECK(out.scalar_type() == at::kFloat || bf16, "qmatmul_cpu.dequantize: fp32 or bf16 output");
+  const Scales sc = scales_of(absmax, nested, offset, levels);
+  const uint8_t* c = static_cast<const uint8_t*>(codes.data_ptr());
+  const float* tab = four ? table.data_ptr<float>() : nullptr;
+  float* out32 = bf16 ? nullptr : out.data_ptr<float>();
+  uint16_t* out16 = bf16 ? reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>()) : nullptr;
+  at::parallel_for(0, numel / block, 64, [&](int64_t first, int64_t last) {
+    std::vector<float> buf(last - first);
+    const float* scale = absmax_of(sc, first, last - first, buf.data());
+    for (int64_t b = first; b < last; ++b) {
+      const float s = scale[b - first];
+      const int64_t w0 = b * block;  // the block's first weight
+#if defined(__AVX512F__)
+      if (four && (!bf16 || kBf16Dot)) {
+        const __m512 t = _mm512_mul_ps(_mm512_loadu_ps(tab), _mm512_set1_ps(s));  // level * absmax
+        const __m512i low4 = _mm512_set1_epi32(15);
+        const __m512i evens = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+        const __m512i odds = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+        for (int64_t w = w0; w < w0 + block; w += 32) {
+          const __m512i byte = _mm512_cvtepu8_epi32(load16(c + w / 2));
+          const __m512 wh = _mm512_permutexvar_ps(_mm512_srli_epi32(byte, 4), t);    // W[w + 2i]
+          const __m512 wl = _mm512_permutexvar_ps(_mm512_and_si512(byte, low4), t);  // W[w + 2i + 1]
+          const __m512 lo = _mm512_permutex2var_ps(wh, evens, wl), hi = _mm512_permutex2var_ps(wh, odds, wl);
+          if (bf16) {
+#if defined(__AVX512BF16__)
+            _mm512_storeu_si512(out16 + w, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+#endif
+          } else {
+            _mm512_storeu_ps(out32 + w, lo);
+            _mm512_storeu_ps(out32 + w + 16, hi);
+          }
+        }
+        continue;
+      }
+#endif
+      for (int64_t w = w0; w < w0 + block; ++w) {
+        const float v = four ? tab[(c[w / 2] >> (w % 2 ? 0 : 4)) & 15] * s
+                             : (static_cast<float>(static_cast<int8_t>(c[w])) * (1.0f / 127.0f)) * s;
+        if (bf16) out16[w] = c10::BFloat16(v).x;
+        else out32[w] = v;
+      }
+    }
+  });
+}
+
 bool vectorized() {
 #if defined(__AVX512F__)
   return true;
@@ -386,6 +442,7 @@ bool bf16_dot() { return kBf16Dot; }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("qmatmul_add", &qmatmul_add, "out += x @ W^T (+ scale x A^T B^T) for a blockwise-quantized W (see above)");
+  m.def("dequantize", &dequantize, "out = the dense weight, fp32 or bf16 (see above)");
   m.def("vectorized", &vectorized, "whether this build decodes with AVX-512 (else portable loops)");
   m.def("bf16_dot", &bf16_dot, "whether this build takes bf16 x with a 4-bit W (AVX512-BF16 dot products)");
 }
