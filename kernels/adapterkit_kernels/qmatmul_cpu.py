@@ -172,7 +172,10 @@ def dequantize_cpu(qw: QuantWeight, dtype: torch.dtype, out: Optional[Tensor] = 
     in one C++ pass: the reference's values (fp32 bit for bit; bf16 rounded as the reference rounds,
     but weights below 2^-126 in magnitude flushed to 0), several times faster than its torch ops."""
     if not dense_fits(qw, dtype):
-        raise ValueError(f"the C++ dequantize takes whole blocks on CPU into fp32 / bf16; got {dtype}, {qw}")
+        raise ValueError(
+            f"the C++ dequantize takes whole blocks on CPU into fp32 / bf16; got {dtype}, a weight "
+            f"{tuple(qw.shape)} on {qw.device} in blocks of {qw.block}"
+        )
     out = torch.empty(qw.shape, dtype=dtype) if out is None else out
     table = formats.code_table(qw.quant_type) if qw.bits == 4 else out.new_empty(0, dtype=torch.float32)
     nested = (qw.nested_absmax, qw.nested_offset, qw.nested_levels) if qw.double_quant else (None, None, None)
