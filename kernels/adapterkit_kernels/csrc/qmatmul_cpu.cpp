@@ -260,10 +260,19 @@ const float* absmax_of(const Scales& sc, int64_t first, int64_t count, float* ou
   int64_t i = 0;
 #if defined(__AVX512F__)
   const __m512 offset = _mm512_set1_ps(sc.offset);
+  __m512 table[16];  // the 256 levels, 16 a register: looked up by permutes (a gather is slower)
+  if (count >= 16)
+    for (int t = 0; t < 16; ++t) table[t] = _mm512_loadu_ps(sc.levels + 16 * t);
   for (; i + 16 <= count; i += 16) {
     const int64_t b = first + i;
     const __m512i q = _mm512_cvtepu8_epi32(load16(sc.qabsmax + b));
-    const __m512 level = _mm512_i32gather_ps(q, sc.levels, 4);
+    const __m512i pair = _mm512_srli_epi32(q, 5);  // which 32 levels: table[2 pair], table[2 pair + 1]
+    __m512 level = _mm512_permutex2var_ps(table[0], q, table[1]);
+#pragma GCC unroll 7
+    for (int p = 1; p < 8; ++p) {
+      const __mmask16 here = _mm512_cmpeq_epi32_mask(pair, _mm512_set1_epi32(p));
+      level = _mm512_mask_mov_ps(level, here, _mm512_permutex2var_ps(table[2 * p], q, table[2 * p + 1]));
+    }
     const int split = static_cast<int>(kNested - b % kNested);  // lanes from here on: the next nested group
     const __mmask16 next = split >= 16 ? 0 : static_cast<__mmask16>(0xFFFF << split);
     const __m512 nested = _mm512_mask_blend_ps(next, _mm512_set1_ps(sc.nested[b / kNested]),
