@@ -21,7 +21,7 @@ def test_every_package_is_listed_for_the_wheel():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "adapterkit").rglob("__init__.py")}
     assert found - listed == set(), "add these to [tool.setuptools] packages in pyproject.toml"
-    assert listed - found == {"adapterkit_kernels"}
+    assert listed - found == {"adapterkit_kernels", "adapterkit_kernels.csrc"}
 
 
 def test_every_kernel_source_is_package_data():
@@ -29,7 +29,13 @@ def test_every_kernel_source_is_package_data():
     globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     package = ROOT / "kernels" / "adapterkit_kernels"
     sources = {p.relative_to(package) for p in package.rglob("*.cpp")}
-    shipped = {p.relative_to(package) for g in globs["adapterkit_kernels"] for p in package.glob(g)}
+    shipped = {
+        p.relative_to(package)
+        for name, patterns in globs.items()
+        if name.startswith("adapterkit_kernels")
+        for g in patterns
+        for p in (package / "/".join(name.split(".")[1:])).glob(g)
+    }
     assert sources and sources <= shipped
 
 
