@@ -134,7 +134,6 @@ def qmatmul_cpu(x: Tensor, qw: QuantWeight, add: Optional[Tensor] = None, lora=N
             f"the CPU kernel needs float32 / bfloat16 / float16 CPU inputs and a weight whose rows are whole "
             f"blocks; got x {x.dtype} on {x.device}, weight {tuple(qw.shape)} on {qw.device}, block {qw.block}"
         )
-    table = formats.code_table(qw.quant_type) if qw.bits == 4 else x.new_empty(0)
     module = build()
     bf16 = x.dtype == torch.bfloat16 and qw.bits == 4 and bf16_dot()
     xin = x.contiguous() if bf16 else _fp32(x)
@@ -142,14 +141,21 @@ def qmatmul_cpu(x: Tensor, qw: QuantWeight, add: Optional[Tensor] = None, lora=N
         out = torch.zeros(x.shape[0], qw.shape[0])
     else:
         out = add if add.dtype == torch.float32 and add.is_contiguous() else add.to(torch.float32).contiguous()
-    nested = (qw.nested_absmax, qw.nested_offset, qw.nested_levels) if qw.double_quant else (None, None, None)
     a, b, scale = (None, None, 0.0) if lora is None else lora
     if lora is not None:
         a, b = _fp32(a), _fp32(b)
-    module.qmatmul_add(xin, qw.codes.contiguous(), table, qw.absmax.contiguous(), *nested, qw.block, out, a, b, scale)
+    module.qmatmul_add(xin, *_weight_args(qw), out, a, b, scale)
     if add is not None and out is not add:
         return add.copy_(out)
     return out.to(x.dtype)
+
+
+def _weight_args(qw: QuantWeight) -> tuple:
+    """The weight's arguments of both C++ entry points: codes, the 16 levels (4-bit; empty for
+    8-bit), absmax, the double-quant nested absmax / offset / levels (or None), the block."""
+    table = formats.code_table(qw.quant_type) if qw.bits == 4 else torch.empty(0)
+    nested = (qw.nested_absmax, qw.nested_offset, qw.nested_levels) if qw.double_quant else (None, None, None)
+    return (qw.codes.contiguous(), table, qw.absmax.contiguous(), *nested, qw.block)
 
 
 def _fp32(t: Tensor) -> Tensor:
@@ -177,9 +183,7 @@ def dequantize_cpu(qw: QuantWeight, dtype: torch.dtype, out: Optional[Tensor] = 
             f"{tuple(qw.shape)} on {qw.device} in blocks of {qw.block}"
         )
     out = torch.empty(qw.shape, dtype=dtype) if out is None else out
-    table = formats.code_table(qw.quant_type) if qw.bits == 4 else out.new_empty(0, dtype=torch.float32)
-    nested = (qw.nested_absmax, qw.nested_offset, qw.nested_levels) if qw.double_quant else (None, None, None)
-    build().dequantize(qw.codes.contiguous(), table, qw.absmax.contiguous(), *nested, qw.block, out)
+    build().dequantize(*_weight_args(qw), out)
     return out
 
 
